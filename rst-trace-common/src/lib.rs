@@ -1,0 +1,354 @@
+//! The one definition of the ABI between rst-trace's eBPF programs and its userspace daemon.
+//!
+//! Everything here is `#[repr(C)]` with explicit-width fields and explicit padding, so both sides
+//! (bpfel and x86_64) agree on every byte. No `bool`: flags are bits in integers.
+#![no_std]
+
+/// Ring buffer carrying [`RstEvent`]s to userspace.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU count of events dropped because the ring buffer was full.
+pub const MAP_LOST: &str = "LOST";
+/// LRU map from socket address to what we know of the socket ([`SockInfo`]).
+pub const MAP_SOCKS: &str = "SOCKS";
+/// `--pid` filter: thread group ids to keep (value unused).
+pub const MAP_FILTER_PIDS: &str = "FILTER_PIDS";
+/// `--port` filter: ports to keep, host byte order (value unused).
+pub const MAP_FILTER_PORTS: &str = "FILTER_PORTS";
+/// The [`Config`] global, filled in by userspace before load.
+pub const GLOBAL_CONFIG: &str = "CONFIG";
+
+pub const PROG_SEND_RESET: &str = "tcp_send_reset";
+pub const PROG_RECEIVE_RESET: &str = "tcp_receive_reset";
+pub const PROG_SET_STATE: &str = "inet_sock_set_state";
+pub const PROG_DESTROY_SOCK: &str = "tcp_destroy_sock";
+
+/// Default number of sockets remembered in [`MAP_SOCKS`].
+pub const SOCKS_MAX_ENTRIES: u32 = 65536;
+pub const FILTER_MAX_ENTRIES: u32 = 1024;
+
+/// Offset value meaning "this field does not exist on the running kernel".
+pub const OFF_NONE: u16 = u16::MAX;
+/// `RstEvent::reason` when the tracepoint has no `reason` field (kernels before 6.10).
+pub const REASON_NONE: u32 = u32::MAX;
+
+/// Layout of `tcp:tcp_send_reset` addresses.
+/// Before 6.10: `sport`, `dport`, `saddr[4]`, `daddr[4]`, `saddr_v6`, `daddr_v6` (6.1 adds `family`).
+pub const SEND_LAYOUT_SPLIT: u8 = 0;
+/// Since 6.10 (commit "tcp: add the reason to tcp_send_reset"): `saddr[28]`/`daddr[28]` hold a
+/// `struct sockaddr_in`/`sockaddr_in6`, port in network byte order.
+pub const SEND_LAYOUT_SOCKADDR: u8 = 1;
+
+/// `Config::filters` bits.
+pub const FILTER_PID: u32 = 1;
+pub const FILTER_PORT: u32 = 2;
+pub const FILTER_NO_SENT: u32 = 4;
+pub const FILTER_NO_RECEIVED: u32 = 8;
+
+/// Offsets the eBPF programs need, found by userspace at start-up in the tracefs `format` files
+/// and in vmlinux BTF, so one object runs on every kernel layout. [`OFF_NONE`] marks an absent field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    // tcp:tcp_send_reset record
+    pub send_skbaddr: u16,
+    pub send_skaddr: u16,
+    pub send_state: u16,
+    pub send_reason: u16,
+    pub send_saddr: u16,
+    pub send_daddr: u16,
+    pub send_sport: u16,
+    pub send_dport: u16,
+    pub send_family: u16,
+    pub send_saddr_v6: u16,
+    pub send_daddr_v6: u16,
+    pub send_layout: u8,
+    pub _pad0: u8,
+    // tcp:tcp_receive_reset record
+    pub recv_skaddr: u16,
+    pub recv_sport: u16,
+    pub recv_dport: u16,
+    pub recv_family: u16,
+    pub recv_saddr: u16,
+    pub recv_daddr: u16,
+    pub recv_saddr_v6: u16,
+    pub recv_daddr_v6: u16,
+    pub recv_cookie: u16,
+    // sock:inet_sock_set_state record
+    pub ss_skaddr: u16,
+    pub ss_oldstate: u16,
+    pub ss_newstate: u16,
+    pub ss_protocol: u16,
+    // tcp:tcp_destroy_sock record
+    pub destroy_skaddr: u16,
+    // struct sock / sock_common
+    pub sk_family: u16,
+    pub sk_state: u16,
+    pub sk_net: u16,
+    pub sk_cookie: u16,
+    pub sk_flags: u16,
+    pub sk_lingertime: u16,
+    // struct net
+    pub net_inum: u16,
+    // struct tcp_sock
+    pub tp_rcv_nxt: u16,
+    pub tp_copied_seq: u16,
+    pub tp_write_seq: u16,
+    pub tp_snd_una: u16,
+    pub tp_linger2: u16,
+    // struct sk_buff
+    pub skb_head: u16,
+    pub skb_data: u16,
+    pub skb_network_header: u16,
+    pub skb_dev: u16,
+    pub skb_transport_header: u16,
+    // struct net_device
+    pub dev_nd_net: u16,
+    /// Bit number of `SOCK_LINGER` in `enum sock_flags`.
+    pub sock_linger_bit: u16,
+    /// `FILTER_*` bits.
+    pub filters: u32,
+}
+
+impl Config {
+    /// Every field absent and no filter: what the eBPF object is compiled with.
+    pub const fn empty() -> Self {
+        Self {
+            send_skbaddr: OFF_NONE,
+            send_skaddr: OFF_NONE,
+            send_state: OFF_NONE,
+            send_reason: OFF_NONE,
+            send_saddr: OFF_NONE,
+            send_daddr: OFF_NONE,
+            send_sport: OFF_NONE,
+            send_dport: OFF_NONE,
+            send_family: OFF_NONE,
+            send_saddr_v6: OFF_NONE,
+            send_daddr_v6: OFF_NONE,
+            send_layout: SEND_LAYOUT_SPLIT,
+            _pad0: 0,
+            recv_skaddr: OFF_NONE,
+            recv_sport: OFF_NONE,
+            recv_dport: OFF_NONE,
+            recv_family: OFF_NONE,
+            recv_saddr: OFF_NONE,
+            recv_daddr: OFF_NONE,
+            recv_saddr_v6: OFF_NONE,
+            recv_daddr_v6: OFF_NONE,
+            recv_cookie: OFF_NONE,
+            ss_skaddr: OFF_NONE,
+            ss_oldstate: OFF_NONE,
+            ss_newstate: OFF_NONE,
+            ss_protocol: OFF_NONE,
+            destroy_skaddr: OFF_NONE,
+            sk_family: OFF_NONE,
+            sk_state: OFF_NONE,
+            sk_net: OFF_NONE,
+            sk_cookie: OFF_NONE,
+            sk_flags: OFF_NONE,
+            sk_lingertime: OFF_NONE,
+            net_inum: OFF_NONE,
+            tp_rcv_nxt: OFF_NONE,
+            tp_copied_seq: OFF_NONE,
+            tp_write_seq: OFF_NONE,
+            tp_snd_una: OFF_NONE,
+            tp_linger2: OFF_NONE,
+            skb_head: OFF_NONE,
+            skb_data: OFF_NONE,
+            skb_network_header: OFF_NONE,
+            skb_dev: OFF_NONE,
+            skb_transport_header: OFF_NONE,
+            dev_nd_net: OFF_NONE,
+            sock_linger_bit: OFF_NONE,
+            filters: 0,
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Config>() == 96);
+
+/// A task as the kernel saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Task {
+    /// Thread group id (what userspace calls the pid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub uid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<Task>() == 32);
+
+/// What the kernel side remembers about a socket, keyed by its `struct sock *`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    /// The process that owns the socket, learned in its own system call.
+    pub owner: Task,
+    /// `bpf_ktime_get_ns()` when `owner` was recorded; 0: no owner known.
+    pub owner_ns: u64,
+    /// State the socket left for TCP_CLOSE (from `inet_sock_set_state`), 0 if it has not.
+    pub close_prev_state: u8,
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
+
+/// `RstEvent::kind`.
+pub const KIND_SENT: u8 = 1;
+pub const KIND_RECEIVED: u8 = 2;
+
+/// `RstEvent::attribution`.
+pub const ATTR_NONE: u8 = 0;
+/// `owner` came from [`MAP_SOCKS`] (learned earlier in the owner's own system call).
+pub const ATTR_OWNER_MAP: u8 = 1;
+/// `owner` is the current task, because the kernel acted inside the owner's system call.
+pub const ATTR_OWNER_CURRENT: u8 = 2;
+
+/// `RstEvent::facts` bits.
+/// The provoking segment's IP and TCP headers were read (`tcp_flags`, `ttl`, endpoints from it).
+pub const FACT_PACKET: u32 = 1;
+/// `unread`, `unsent` and `linger2` were read from `struct tcp_sock`.
+pub const FACT_TCP_SOCK: u32 = 2;
+/// The socket has `SO_LINGER` on with a zero timeout.
+pub const FACT_LINGER_ZERO: u32 = 4;
+/// The socket has `SO_LINGER` on (any timeout).
+pub const FACT_LINGER_ON: u32 = 8;
+
+/// One reset, as the kernel side saw it. Explaining it is userspace's job.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RstEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub mono_ns: u64,
+    pub skaddr: u64,
+    pub skbaddr: u64,
+    /// Socket cookie, 0 if the kernel has not generated one.
+    pub cookie: u64,
+    /// The task running when the tracepoint fired (often an innocent bystander).
+    pub task: Task,
+    /// The process the socket belongs to, see `attribution`.
+    pub owner: Task,
+    pub owner_ns: u64,
+    /// Local and remote address from this host's point of view; IPv4 in the first 4 bytes.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Network namespace inode, 0 if unknown.
+    pub netns: u32,
+    /// Raw `enum sk_rst_reason`, or [`REASON_NONE`].
+    pub reason: u32,
+    /// `rcv_nxt - copied_seq`: bytes received but not read by the application.
+    pub unread: u32,
+    /// `write_seq - snd_una`: bytes written but not acknowledged by the peer.
+    pub unsent: u32,
+    /// `tcp_sock.linger2` (`TCP_LINGER2`), valid with [`FACT_TCP_SOCK`].
+    pub linger2: i32,
+    /// [`KIND_SENT`] or [`KIND_RECEIVED`].
+    pub kind: u8,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u8,
+    /// TCP state the kernel reported (`enum tcp_state` numbering, 0 = no socket).
+    pub state: u8,
+    /// State before the socket was moved to CLOSE, 0 if unknown.
+    pub prev_state: u8,
+    /// TCP flags byte of the segment that provoked the reset (with [`FACT_PACKET`]).
+    pub tcp_flags: u8,
+    /// TTL / hop limit of that segment (with [`FACT_PACKET`]).
+    pub ttl: u8,
+    /// `ATTR_*`.
+    pub attribution: u8,
+    pub _pad0: u8,
+    /// `FACT_*` bits.
+    pub facts: u32,
+    pub _pad1: u32,
+}
+
+/// Size of one record in the ring buffer.
+pub const RST_EVENT_SIZE: usize = 176;
+const _: () = assert!(core::mem::size_of::<RstEvent>() == RST_EVENT_SIZE);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all these are repr(C), made only of integers and integer arrays, with explicit padding.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Task {}
+    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::RstEvent {}
+}
+
+/// Why a ring buffer record could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is not [`RST_EVENT_SIZE`] bytes long.
+    Size(usize),
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Size(n) => write!(f, "ring record of {n} bytes, expected {RST_EVENT_SIZE}"),
+        }
+    }
+}
+
+impl RstEvent {
+    /// Decodes one ring buffer record. Records of the wrong size are rejected, never guessed at.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() != RST_EVENT_SIZE {
+            return Err(DecodeError::Size(bytes.len()));
+        }
+        // SAFETY: the length is checked above; every bit pattern is a valid RstEvent (integers only);
+        // read_unaligned because ring buffer records are only 8-byte aligned by convention.
+        Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+
+    /// The record's bytes, as the eBPF side writes them (used by tests and the benchmark).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: repr(C) plain integers with explicit padding fields, so no uninitialised bytes.
+        unsafe {
+            core::slice::from_raw_parts((self as *const Self).cast::<u8>(), RST_EVENT_SIZE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut e = RstEvent {
+            mono_ns: 1,
+            skaddr: 0xffff_8880_0000_1000,
+            kind: KIND_SENT,
+            reason: 11,
+            local_port: 8888,
+            ..Default::default()
+        };
+        e.owner.comm[..6].copy_from_slice(b"server");
+        let d = RstEvent::decode(e.as_bytes()).unwrap();
+        assert_eq!(d, e);
+    }
+
+    #[test]
+    fn short_and_long_buffers_are_rejected() {
+        let e = RstEvent::default();
+        let b = e.as_bytes();
+        assert_eq!(
+            RstEvent::decode(&b[..RST_EVENT_SIZE - 1]),
+            Err(DecodeError::Size(RST_EVENT_SIZE - 1))
+        );
+        assert_eq!(RstEvent::decode(&[]), Err(DecodeError::Size(0)));
+        let mut long = [0u8; RST_EVENT_SIZE + 8];
+        long[..RST_EVENT_SIZE].copy_from_slice(b);
+        assert_eq!(
+            RstEvent::decode(&long),
+            Err(DecodeError::Size(RST_EVENT_SIZE + 8))
+        );
+    }
+}

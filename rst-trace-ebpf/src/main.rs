@@ -1,0 +1,435 @@
+//! rst-trace's kernel side. Small and dumb on purpose: collect facts about each reset, filter
+//! early, submit them to a ring buffer. Explaining them is userspace's job.
+//!
+//! There is no CO-RE for Rust eBPF, so every tracepoint field offset and kernel struct offset
+//! comes from userspace (tracefs `format` files and vmlinux BTF) through the `CONFIG` global.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use rst_trace_common::{
+    ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, Config, FACT_LINGER_ON, FACT_LINGER_ZERO,
+    FACT_PACKET, FACT_TCP_SOCK, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID,
+    FILTER_PORT, KIND_RECEIVED, KIND_SENT, OFF_NONE, REASON_NONE, RstEvent, SEND_LAYOUT_SOCKADDR,
+    SOCKS_MAX_ENTRIES, SockInfo, Task,
+};
+
+// Kernel ABI constants that never change (uapi).
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+// enum tcp_state (include/net/tcp_states.h), exported to userspace through /proc/net/tcp.
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+#[unsafe(no_mangle)]
+static CONFIG: Global<Config> = Global::new(Config::empty());
+
+/// Reads one field of `CONFIG`. Volatile, so the compiler cannot fold in the compiled-in default
+/// (userspace overrides the global at load time); per field, so the whole struct is not copied
+/// onto the 512-byte BPF stack.
+macro_rules! conf {
+    ($field:ident) => {
+        // SAFETY: Global is repr(transparent) over an always-initialised Config.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*(core::ptr::addr_of!(CONFIG).cast::<Config>())).$field
+            ))
+        }
+    };
+}
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU scratch space for the event being built: it does not fit on the BPF stack.
+#[map]
+static SCRATCH: PerCpuArray<RstEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);
+
+#[map]
+static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
+
+#[map]
+static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
+
+/// Reads a field of the tracepoint record at an offset found in its tracefs `format` file.
+#[inline(always)]
+fn tp<T>(ctx: &TracePointContext, off: u16) -> Option<T> {
+    if off == OFF_NONE {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the access; a bad offset yields an error, not a fault.
+    unsafe { ctx.read_at::<T>(usize::from(off)).ok() }
+}
+
+/// Reads kernel memory at `base + off`. Pointers are handled as numbers: the verifier rejects
+/// arithmetic on typed pointers, and these offsets come from BTF at run time.
+#[inline(always)]
+fn kread<T>(base: u64, off: u16) -> Option<T> {
+    if off == OFF_NONE || base == 0 {
+        return None;
+    }
+    // SAFETY: as above, bpf_probe_read_kernel never faults.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
+}
+
+#[inline(always)]
+fn current_task() -> Task {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Task {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// `sock_net(sk)->ns.inum`
+#[inline(always)]
+fn sock_netns(sk: u64) -> u32 {
+    kread::<u64>(sk, conf!(sk_net))
+        .and_then(|net| kread::<u32>(net, conf!(net_inum)))
+        .unwrap_or(0)
+}
+
+/// `dev_net(skb->dev)->ns.inum`, for resets sent with no socket.
+#[inline(always)]
+fn skb_netns(skb: u64) -> u32 {
+    kread::<u64>(skb, conf!(skb_dev))
+        .and_then(|dev| kread::<u64>(dev, conf!(dev_nd_net)))
+        .and_then(|net| kread::<u32>(net, conf!(net_inum)))
+        .unwrap_or(0)
+}
+
+/// Reads the IP and TCP headers of the segment a reset answers. The reset goes back to the
+/// segment's source, so local = its destination. For a LISTEN or absent socket this is the only
+/// place the real endpoints are (the tracepoint shows the listener's `0.0.0.0:port`).
+#[inline(always)]
+fn read_packet(skb: u64, ev: &mut RstEvent) {
+    let Some(head) = kread::<u64>(skb, conf!(skb_head)) else {
+        return;
+    };
+    let (Some(nh), Some(th)) = (
+        kread::<u16>(skb, conf!(skb_network_header)),
+        kread::<u16>(skb, conf!(skb_transport_header)),
+    ) else {
+        return;
+    };
+    let Some(ip) = kread::<[u8; 40]>(head, nh) else {
+        return;
+    };
+    let Some(tcp) = kread::<[u8; 14]>(head, th) else {
+        return;
+    };
+    match ip[0] >> 4 {
+        4 => {
+            ev.family = AF_INET as u8;
+            ev.ttl = ip[8];
+            ev.remote_addr[..4].copy_from_slice(&ip[12..16]);
+            ev.local_addr[..4].copy_from_slice(&ip[16..20]);
+        }
+        6 => {
+            ev.family = AF_INET6 as u8;
+            ev.ttl = ip[7];
+            ev.remote_addr.copy_from_slice(&ip[8..24]);
+            ev.local_addr.copy_from_slice(&ip[24..40]);
+        }
+        _ => return,
+    }
+    ev.remote_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    ev.local_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    ev.tcp_flags = tcp[13];
+    ev.facts |= FACT_PACKET;
+}
+
+/// Facts only a full `struct tcp_sock` has. Callers make sure `sk` is one (not a request or
+/// TIME_WAIT mini-socket).
+#[inline(always)]
+fn read_tcp_sock(sk: u64, ev: &mut RstEvent) {
+    let (Some(rcv_nxt), Some(copied_seq), Some(write_seq), Some(snd_una)) = (
+        kread::<u32>(sk, conf!(tp_rcv_nxt)),
+        kread::<u32>(sk, conf!(tp_copied_seq)),
+        kread::<u32>(sk, conf!(tp_write_seq)),
+        kread::<u32>(sk, conf!(tp_snd_una)),
+    ) else {
+        return;
+    };
+    // Sequence numbers wrap: the differences are what tcp_close() and tcp_disconnect() look at.
+    ev.unread = rcv_nxt.wrapping_sub(copied_seq);
+    ev.unsent = write_seq.wrapping_sub(snd_una);
+    ev.linger2 = kread::<i32>(sk, conf!(tp_linger2)).unwrap_or(0);
+    ev.facts |= FACT_TCP_SOCK;
+    if conf!(sock_linger_bit) < 64 {
+        if let Some(flags) = kread::<u64>(sk, conf!(sk_flags)) {
+            if flags & (1u64 << conf!(sock_linger_bit)) != 0 {
+                ev.facts |= FACT_LINGER_ON;
+                if kread::<u64>(sk, conf!(sk_lingertime)) == Some(0) {
+                    ev.facts |= FACT_LINGER_ZERO;
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn owner_from_map(sk: u64, ev: &mut RstEvent) {
+    if sk == 0 {
+        return;
+    }
+    // SAFETY: the value is copied out at once; LRU entries may be recycled concurrently, which at
+    // worst yields a stale owner for a pointer the kernel reused (the destroy hook prevents most).
+    if let Some(info) = unsafe { SOCKS.get(&sk) } {
+        ev.prev_state = info.close_prev_state;
+        if info.owner_ns != 0 {
+            ev.owner = info.owner;
+            ev.owner_ns = info.owner_ns;
+            ev.attribution = ATTR_OWNER_MAP;
+        }
+    }
+}
+
+/// In-kernel filters, so a busy host does not pay for events nobody asked for.
+#[inline(always)]
+fn wanted(ev: &RstEvent) -> bool {
+    if conf!(filters) & FILTER_PID != 0 {
+        if ev.attribution == ATTR_NONE {
+            return false;
+        }
+        if FILTER_PIDS.get_ptr(&ev.owner.pid).is_none() {
+            return false;
+        }
+    }
+    if conf!(filters) & FILTER_PORT != 0
+        && FILTER_PORTS.get_ptr(&ev.local_port).is_none()
+        && FILTER_PORTS.get_ptr(&ev.remote_port).is_none()
+    {
+        return false;
+    }
+    true
+}
+
+/// The zeroed per-CPU scratch event, stamped with the current time.
+#[inline(always)]
+fn scratch_event() -> Option<&'static mut RstEvent> {
+    let ev = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot; a BPF program runs to completion on its CPU without preemption by
+    // another program that uses the same slot (tracepoint programs do not nest on one CPU).
+    unsafe {
+        core::ptr::write_bytes(ev, 0, 1);
+        (*ev).mono_ns = bpf_ktime_get_ns();
+        Some(&mut *ev)
+    }
+}
+
+#[inline(always)]
+fn submit(ev: &RstEvent) {
+    if EVENTS.output(ev, 0).is_err() {
+        // Never lose an event silently: userspace reports this count.
+        if let Some(n) = LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer.
+            unsafe { *n += 1 };
+        }
+    }
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    if conf!(filters) & FILTER_NO_SENT != 0 {
+        return 0;
+    }
+    let Some(ev) = scratch_event() else {
+        return 0;
+    };
+    ev.kind = KIND_SENT;
+    ev.skbaddr = tp::<u64>(&ctx, conf!(send_skbaddr)).unwrap_or(0);
+    ev.skaddr = tp::<u64>(&ctx, conf!(send_skaddr)).unwrap_or(0);
+    let state = tp::<i32>(&ctx, conf!(send_state)).unwrap_or(0);
+    ev.state = state as u8;
+    ev.reason = tp::<u32>(&ctx, conf!(send_reason)).unwrap_or(REASON_NONE);
+    let (sk, skb) = (ev.skaddr, ev.skbaddr);
+
+    if conf!(send_layout) == SEND_LAYOUT_SOCKADDR {
+        // struct sockaddr_in / sockaddr_in6: family, port (network order), then the address.
+        if let (Some(s), Some(d)) = (
+            tp::<[u8; 28]>(&ctx, conf!(send_saddr)),
+            tp::<[u8; 28]>(&ctx, conf!(send_daddr)),
+        ) {
+            let family = u16::from_ne_bytes([s[0], s[1]]);
+            ev.family = family as u8;
+            ev.local_port = u16::from_be_bytes([s[2], s[3]]);
+            ev.remote_port = u16::from_be_bytes([d[2], d[3]]);
+            if family == AF_INET6 {
+                ev.local_addr.copy_from_slice(&s[8..24]);
+                ev.remote_addr.copy_from_slice(&d[8..24]);
+            } else {
+                ev.local_addr[..4].copy_from_slice(&s[4..8]);
+                ev.remote_addr[..4].copy_from_slice(&d[4..8]);
+            }
+        }
+    } else {
+        // Before 6.10 the ports are already in host order (TP_fast_assign applies ntohs).
+        ev.local_port = tp::<u16>(&ctx, conf!(send_sport)).unwrap_or(0);
+        ev.remote_port = tp::<u16>(&ctx, conf!(send_dport)).unwrap_or(0);
+        // 5.10 has no `family` field: the socket has it (this layout only fires with a socket).
+        let family = tp::<u16>(&ctx, conf!(send_family))
+            .or_else(|| kread::<u16>(sk, conf!(sk_family)))
+            .unwrap_or(0);
+        ev.family = family as u8;
+        if family == AF_INET6 {
+            ev.local_addr = tp(&ctx, conf!(send_saddr_v6)).unwrap_or([0; 16]);
+            ev.remote_addr = tp(&ctx, conf!(send_daddr_v6)).unwrap_or([0; 16]);
+        } else {
+            let s: [u8; 4] = tp(&ctx, conf!(send_saddr)).unwrap_or([0; 4]);
+            let d: [u8; 4] = tp(&ctx, conf!(send_daddr)).unwrap_or([0; 4]);
+            ev.local_addr[..4].copy_from_slice(&s);
+            ev.remote_addr[..4].copy_from_slice(&d);
+        }
+    }
+
+    if skb != 0 {
+        // A reply to an incoming segment (tcp_v4_send_reset / tcp_v6_send_reset, softirq).
+        read_packet(skb, ev);
+    }
+    ev.netns = if sk != 0 {
+        sock_netns(sk)
+    } else {
+        skb_netns(skb)
+    };
+    if sk != 0 {
+        ev.cookie = kread::<u64>(sk, conf!(sk_cookie)).unwrap_or(0);
+    }
+    owner_from_map(sk, ev);
+    if skb == 0 && sk != 0 {
+        // tcp_send_active_reset(): called with a full socket and no skb.
+        read_tcp_sock(sk, ev);
+        if state == TCP_CLOSE {
+            // The socket was moved to CLOSE right before the reset: tcp_close(), tcp_disconnect()
+            // or process exit, all in the owner's own system call (the keepalive timer's reset
+            // leaves the state ESTABLISHED). The current task is the one that acted.
+            ev.owner = current_task();
+            ev.owner_ns = ev.mono_ns;
+            ev.attribution = ATTR_OWNER_CURRENT;
+        }
+    }
+    if !wanted(ev) {
+        return 0;
+    }
+    ev.task = current_task();
+    submit(ev);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    if conf!(filters) & FILTER_NO_RECEIVED != 0 {
+        return 0;
+    }
+    let Some(ev) = scratch_event() else {
+        return 0;
+    };
+    ev.kind = KIND_RECEIVED;
+    ev.reason = REASON_NONE;
+    let sk = tp::<u64>(&ctx, conf!(recv_skaddr)).unwrap_or(0);
+    ev.skaddr = sk;
+    ev.local_port = tp::<u16>(&ctx, conf!(recv_sport)).unwrap_or(0);
+    ev.remote_port = tp::<u16>(&ctx, conf!(recv_dport)).unwrap_or(0);
+    let family = tp::<u16>(&ctx, conf!(recv_family))
+        .or_else(|| kread::<u16>(sk, conf!(sk_family)))
+        .unwrap_or(0);
+    ev.family = family as u8;
+    if family == AF_INET6 {
+        ev.local_addr = tp(&ctx, conf!(recv_saddr_v6)).unwrap_or([0; 16]);
+        ev.remote_addr = tp(&ctx, conf!(recv_daddr_v6)).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = tp(&ctx, conf!(recv_saddr)).unwrap_or([0; 4]);
+        let d: [u8; 4] = tp(&ctx, conf!(recv_daddr)).unwrap_or([0; 4]);
+        ev.local_addr[..4].copy_from_slice(&s);
+        ev.remote_addr[..4].copy_from_slice(&d);
+    }
+    // tcp_reset() fires the tracepoint before it moves the socket to CLOSE: this is the state
+    // the connection was in when the RST arrived.
+    ev.state = kread::<u8>(sk, conf!(sk_state)).unwrap_or(0);
+    ev.cookie = tp::<u64>(&ctx, conf!(recv_cookie))
+        .or_else(|| kread::<u64>(sk, conf!(sk_cookie)))
+        .unwrap_or(0);
+    ev.netns = sock_netns(sk);
+    read_tcp_sock(sk, ev);
+    owner_from_map(sk, ev);
+    if !wanted(ev) {
+        return 0;
+    }
+    ev.task = current_task();
+    submit(ev);
+    0
+}
+
+/// Learns socket owners and state history. `connect()` (CLOSE -> SYN_SENT) and `listen()`
+/// (-> LISTEN) run in the owner's own system call, so the current task is the owner there.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if tp::<u16>(&ctx, conf!(ss_protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    let Some(sk) = tp::<u64>(&ctx, conf!(ss_skaddr)) else {
+        return 0;
+    };
+    let old = tp::<i32>(&ctx, conf!(ss_oldstate)).unwrap_or(0);
+    let new = tp::<i32>(&ctx, conf!(ss_newstate)).unwrap_or(0);
+    if new == TCP_SYN_SENT || new == TCP_LISTEN {
+        let info = SockInfo {
+            owner: current_task(),
+            owner_ns: unsafe { bpf_ktime_get_ns() },
+            close_prev_state: 0,
+            _pad: [0; 7],
+        };
+        let _ = SOCKS.insert(&sk, &info, 0);
+    } else if new == TCP_CLOSE {
+        if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+            // SAFETY: a map value pointer, valid for this program run.
+            unsafe { (*info).close_prev_state = old as u8 };
+        } else {
+            let info = SockInfo {
+                close_prev_state: old as u8,
+                ..SockInfo::default()
+            };
+            let _ = SOCKS.insert(&sk, &info, 0);
+        }
+    }
+    0
+}
+
+/// The socket is freed after this; its address may be reused, so forget it.
+#[tracepoint]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    if let Some(sk) = tp::<u64>(&ctx, conf!(destroy_skaddr)) {
+        let _ = SOCKS.remove(&sk);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

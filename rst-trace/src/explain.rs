@@ -1,0 +1,728 @@
+//! Turns the kernel side's facts into a [`Report`]: which condition caused the reset, which
+//! process it belongs to, and one sentence saying so. This is the product's judgement; the eBPF
+//! side only collects facts.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use rst_trace_common::{
+    ATTR_NONE, FACT_LINGER_ZERO, FACT_PACKET, FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT,
+    REASON_NONE, RstEvent, Task,
+};
+
+/// `RstEvent::kind`, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Sent,
+    Received,
+}
+
+impl TryFrom<u8> for Direction {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            KIND_SENT => Ok(Self::Sent),
+            KIND_RECEIVED => Ok(Self::Received),
+            other => Err(other),
+        }
+    }
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Received => "received",
+        }
+    }
+}
+
+/// `enum tcp_state` (include/net/tcp_states.h); the numbering is ABI (/proc/net/tcp shows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    BoundInactive,
+    Unknown(u8),
+}
+
+impl TryFrom<u8> for TcpState {
+    type Error = std::convert::Infallible;
+    fn try_from(v: u8) -> Result<Self, Self::Error> {
+        Ok(match v {
+            1 => Self::Established,
+            2 => Self::SynSent,
+            3 => Self::SynRecv,
+            4 => Self::FinWait1,
+            5 => Self::FinWait2,
+            6 => Self::TimeWait,
+            7 => Self::Close,
+            8 => Self::CloseWait,
+            9 => Self::LastAck,
+            10 => Self::Listen,
+            11 => Self::Closing,
+            12 => Self::NewSynRecv,
+            13 => Self::BoundInactive,
+            n => Self::Unknown(n),
+        })
+    }
+}
+
+impl TcpState {
+    /// Decodes a state byte; 0 means "no socket".
+    pub fn decode(v: u8) -> Option<Self> {
+        if v == 0 {
+            return None;
+        }
+        let Ok(s) = Self::try_from(v);
+        Some(s)
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Self::Established => "ESTABLISHED".into(),
+            Self::SynSent => "SYN_SENT".into(),
+            Self::SynRecv => "SYN_RECV".into(),
+            Self::FinWait1 => "FIN_WAIT1".into(),
+            Self::FinWait2 => "FIN_WAIT2".into(),
+            Self::TimeWait => "TIME_WAIT".into(),
+            Self::Close => "CLOSE".into(),
+            Self::CloseWait => "CLOSE_WAIT".into(),
+            Self::LastAck => "LAST_ACK".into(),
+            Self::Listen => "LISTEN".into(),
+            Self::Closing => "CLOSING".into(),
+            Self::NewSynRecv => "NEW_SYN_RECV".into(),
+            Self::BoundInactive => "BOUND_INACTIVE".into(),
+            Self::Unknown(n) => format!("UNKNOWN({n})"),
+        }
+    }
+}
+
+/// TCP header flag names in the order output.md fixes.
+pub fn tcp_flags_names(flags: u8) -> String {
+    const NAMES: [(u8, &str); 8] = [
+        (0x01, "FIN"),
+        (0x02, "SYN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    let v: Vec<&str> = NAMES
+        .iter()
+        .filter(|(b, _)| flags & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if v.is_empty() { "none".into() } else { v.join("|") }
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// A process as reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub uid: u32,
+}
+
+impl Process {
+    fn from_task(t: &Task) -> Self {
+        let end = t.comm.iter().position(|&b| b == 0).unwrap_or(t.comm.len());
+        Self {
+            pid: t.pid,
+            tid: t.tid,
+            comm: String::from_utf8_lossy(&t.comm[..end]).into_owned(),
+            uid: t.uid,
+        }
+    }
+}
+
+impl std::fmt::Display for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.comm, self.pid)
+    }
+}
+
+/// A detail value: condition-specific facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DetailValue {
+    Num(u64),
+    Text(String),
+}
+
+/// The sent reset a received one was linked to (both ends on this host).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linked {
+    pub condition: &'static str,
+    pub process: Option<Process>,
+    pub mono_ns: u64,
+}
+
+/// One explained reset; `output` renders it as text or JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub mono_ns: u64,
+    pub direction: Direction,
+    /// Who produced a sent RST (`tcp`, `netfilter`); `None` for received resets.
+    pub origin: Option<&'static str>,
+    pub condition: &'static str,
+    pub explanation: String,
+    pub kernel_reason: Option<String>,
+    pub state: Option<TcpState>,
+    pub ipv6: bool,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub process: Option<Process>,
+    pub attribution: &'static str,
+    /// Why no process is named, for the text output.
+    pub no_process_why: Option<&'static str>,
+    pub netns: u32,
+    pub socket_cookie: Option<u64>,
+    pub detail: Vec<(&'static str, DetailValue)>,
+    pub linked: Option<Linked>,
+    /// The condition was inferred without a kernel reason (kernels before 6.10).
+    pub inferred: bool,
+}
+
+impl Report {
+    #[cfg(test)]
+    pub fn detail_num(&self, key: &str) -> Option<u64> {
+        self.detail.iter().find_map(|(k, v)| match v {
+            DetailValue::Num(n) if *k == key => Some(*n),
+            _ => None,
+        })
+    }
+}
+
+/// Condition ids (conditions.md): a public API, never renamed.
+pub mod cond {
+    pub const PORT_NOT_LISTENING: &str = "port_not_listening";
+    pub const NO_CONNECTION: &str = "no_connection";
+    pub const STALE_SYNACK: &str = "stale_synack";
+    pub const TIME_WAIT_SEGMENT: &str = "time_wait_segment";
+    pub const UNEXPECTED_ACK_ON_LISTENER: &str = "unexpected_ack_on_listener";
+    pub const ACCEPT_QUEUE_OVERFLOW: &str = "accept_queue_overflow";
+    pub const INVALID_ACK: &str = "invalid_ack";
+    pub const PAWS_REJECT: &str = "paws_reject";
+    pub const CLOSE_WITH_UNREAD_DATA: &str = "close_with_unread_data";
+    pub const LINGER_ABORT: &str = "linger_abort";
+    pub const LISTENER_CLOSED: &str = "listener_closed";
+    pub const DISCONNECT: &str = "disconnect";
+    pub const DISCONNECT_WITH_UNSENT_DATA: &str = "disconnect_with_unsent_data";
+    pub const DATA_AFTER_CLOSE: &str = "data_after_close";
+    pub const FIN_WAIT2_ABORT: &str = "fin_wait2_abort";
+    pub const ORPHAN_LIMIT: &str = "orphan_limit";
+    pub const KEEPALIVE_TIMEOUT: &str = "keepalive_timeout";
+    pub const FIREWALL_REJECT: &str = "firewall_reject";
+    pub const CONNECTION_REFUSED: &str = "connection_refused";
+    pub const PEER_RESET: &str = "peer_reset";
+    pub const OTHER: &str = "other";
+
+    /// Every id, for `--condition` validation.
+    pub const ALL: &[&str] = &[
+        PORT_NOT_LISTENING,
+        NO_CONNECTION,
+        STALE_SYNACK,
+        TIME_WAIT_SEGMENT,
+        UNEXPECTED_ACK_ON_LISTENER,
+        ACCEPT_QUEUE_OVERFLOW,
+        INVALID_ACK,
+        PAWS_REJECT,
+        CLOSE_WITH_UNREAD_DATA,
+        LINGER_ABORT,
+        LISTENER_CLOSED,
+        DISCONNECT,
+        DISCONNECT_WITH_UNSENT_DATA,
+        DATA_AFTER_CLOSE,
+        FIN_WAIT2_ABORT,
+        ORPHAN_LIMIT,
+        KEEPALIVE_TIMEOUT,
+        FIREWALL_REJECT,
+        CONNECTION_REFUSED,
+        PEER_RESET,
+        OTHER,
+    ];
+}
+
+/// Decodes addresses from the event (IPv4 in the first four bytes).
+fn endpoint(ipv6: bool, addr: &[u8; 16], port: u16) -> SocketAddr {
+    let ip = if ipv6 {
+        let v6 = Ipv6Addr::from(*addr);
+        // An IPv4-mapped address on a dual-stack socket is really IPv4: show it that way.
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    } else {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// What userspace remembers between events, bounded.
+#[derive(Default)]
+pub struct History {
+    /// Recent sent resets, to link a received reset to its local sender (loopback, netns).
+    recent_sent: VecDeque<(SocketAddr, SocketAddr, Linked)>,
+}
+
+/// How long a sent reset stays linkable to a received one.
+const LINK_WINDOW_NS: u64 = 2_000_000_000;
+const LINK_MAX: usize = 4096;
+
+impl History {
+    fn remember_sent(&mut self, r: &Report) {
+        while let Some((_, _, l)) = self.recent_sent.front() {
+            if self.recent_sent.len() >= LINK_MAX || r.mono_ns.saturating_sub(l.mono_ns) > LINK_WINDOW_NS {
+                self.recent_sent.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.recent_sent.push_back((
+            r.local,
+            r.remote,
+            Linked {
+                condition: r.condition,
+                process: r.process.clone(),
+                mono_ns: r.mono_ns,
+            },
+        ));
+    }
+
+    fn find_sender(&self, local: SocketAddr, remote: SocketAddr, mono_ns: u64) -> Option<Linked> {
+        self.recent_sent
+            .iter()
+            .rev()
+            .find(|(l, r, s)| {
+                *l == remote && *r == local && mono_ns.abs_diff(s.mono_ns) <= LINK_WINDOW_NS
+            })
+            .map(|(_, _, s)| s.clone())
+    }
+}
+
+/// Explains one event. `reasons` maps the kernel's `enum sk_rst_reason` values to names.
+pub fn explain(ev: &RstEvent, reasons: &HashMap<u32, String>, history: &mut History) -> Option<Report> {
+    let direction = Direction::try_from(ev.kind).ok()?;
+    let ipv6 = ev.family == 10;
+    let local = endpoint(ipv6, &ev.local_addr, ev.local_port);
+    let remote = endpoint(ipv6, &ev.remote_addr, ev.remote_port);
+    let ipv6 = local.is_ipv6();
+    let process = (ev.attribution != ATTR_NONE).then(|| Process::from_task(&ev.owner));
+    let mut r = Report {
+        mono_ns: ev.mono_ns,
+        direction,
+        origin: None,
+        condition: cond::OTHER,
+        explanation: String::new(),
+        kernel_reason: None,
+        state: TcpState::decode(ev.state),
+        ipv6,
+        local,
+        remote,
+        attribution: if process.is_some() { "socket_owner" } else { "none" },
+        no_process_why: None,
+        process,
+        netns: ev.netns,
+        socket_cookie: (ev.cookie != 0).then_some(ev.cookie),
+        detail: Vec::new(),
+        linked: None,
+        inferred: false,
+    };
+    match direction {
+        Direction::Sent => explain_sent(ev, reasons, &mut r),
+        Direction::Received => explain_received(ev, history, &mut r),
+    }
+    if r.process.is_none() && r.no_process_why.is_none() {
+        r.no_process_why = Some(if ev.skaddr == 0 {
+            "no socket"
+        } else {
+            "owner unknown"
+        });
+    }
+    if direction == Direction::Sent {
+        history.remember_sent(&r);
+    }
+    Some(r)
+}
+
+fn who(r: &Report) -> String {
+    match &r.process {
+        Some(p) => p.to_string(),
+        None => "the application".into(),
+    }
+}
+
+fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
+    r.origin = Some("tcp");
+    let reason = (ev.reason != REASON_NONE).then(|| {
+        reasons
+            .get(&ev.reason)
+            .cloned()
+            .unwrap_or_else(|| format!("UNKNOWN({})", ev.reason))
+    });
+    r.kernel_reason = reason.clone();
+    let prev = TcpState::decode(ev.prev_state);
+    let packet = ev.facts & FACT_PACKET != 0;
+    let flags = ev.tcp_flags;
+    let tcp_sock = ev.facts & FACT_TCP_SOCK != 0;
+    // For aborts the tracepoint says CLOSE; the state the connection was in comes from the
+    // preceding inet_sock_set_state X -> CLOSE transition.
+    if r.state == Some(TcpState::Close) && ev.skbaddr == 0 && prev.is_some() {
+        r.state = prev;
+    }
+    let state_name = r.state.map(TcpState::name).unwrap_or_else(|| "no socket".into());
+    let reason_str = reason.as_deref().unwrap_or("");
+    // Without a kernel reason (before 6.10), infer it from what the kernel side saw.
+    let inferred = reason.is_none();
+    let reason_key: &str = if inferred {
+        r.inferred = true;
+        infer_reason(ev, prev)
+    } else {
+        reason_str
+    };
+    let proc_ = who(r);
+    let local = r.local;
+    let remote = r.remote;
+    let incoming = tcp_flags_names(flags);
+    match reason_key {
+        "NO_SOCKET" => {
+            r.state = None;
+            r.socket_cookie = None;
+            r.no_process_why = Some("no socket");
+            if packet {
+                r.detail.push(("incoming_flags", DetailValue::Text(incoming.clone())));
+            }
+            if packet && flags & SYN != 0 && flags & ACK == 0 {
+                r.condition = cond::PORT_NOT_LISTENING;
+                r.explanation = format!(
+                    "nothing listens on {local}: the kernel refused the connection attempt (SYN) from {remote} with RST; the client sees ECONNREFUSED"
+                );
+            } else if packet && flags & SYN != 0 {
+                r.condition = cond::STALE_SYNACK;
+                r.explanation = format!(
+                    "a SYN-ACK from {remote} arrived for a connection attempt that no longer exists on {local} (the client gave up, e.g. a connect timeout), so the kernel answered with RST"
+                );
+            } else {
+                r.condition = cond::NO_CONNECTION;
+                r.explanation = format!(
+                    "a segment ({incoming}) from {remote} arrived for a connection {local} no longer has (closed, or state lost), so the kernel answered with RST; the peer sees ECONNRESET"
+                );
+            }
+        }
+        "TCP_TIMEWAIT_SOCKET" => {
+            r.condition = cond::TIME_WAIT_SEGMENT;
+            if packet {
+                r.detail.push(("incoming_flags", DetailValue::Text(incoming.clone())));
+            }
+            r.explanation = format!(
+                "a segment ({incoming}) from {remote} hit a connection already closed and waiting in TIME_WAIT on {local}, so the kernel answered with RST"
+            );
+        }
+        "TCP_FLAGS" if r.state == Some(TcpState::Listen) => {
+            r.condition = cond::UNEXPECTED_ACK_ON_LISTENER;
+            r.explanation = format!(
+                "an ACK ({incoming}) from {remote} reached listener {proc_} on {local} for a connection it does not have (handshake state lost, or a stray segment), so the kernel answered with RST"
+            );
+        }
+        "INVALID_SYN" if r.state == Some(TcpState::Listen) => {
+            r.condition = cond::ACCEPT_QUEUE_OVERFLOW;
+            r.explanation = format!(
+                "{proc_}'s accept queue on {local} was full and net.ipv4.tcp_abort_on_overflow=1, so the kernel reset the connection from {remote}"
+            );
+        }
+        "TCP_INVALID_ACK_SEQUENCE" | "TCP_TOO_OLD_ACK" | "TCP_ACK_UNSENT_DATA" | "TCP_OLD_ACK" => {
+            r.condition = cond::INVALID_ACK;
+            r.explanation = format!(
+                "a segment from {remote} acknowledged data {local} never sent or long acknowledged (state {state_name}), so the kernel answered with RST"
+            );
+        }
+        "TCP_RFC7323_PAWS" => {
+            r.condition = cond::PAWS_REJECT;
+            r.explanation = format!(
+                "a segment from {remote} failed the PAWS timestamp check (RFC 7323) in state {state_name}, so the kernel answered with RST"
+            );
+        }
+        "TCP_ABORT_ON_CLOSE" => {
+            r.condition = cond::CLOSE_WITH_UNREAD_DATA;
+            if tcp_sock {
+                // rcv_nxt counts a received FIN too: it is not data the application left unread.
+                let fin = u32::from(matches!(prev, Some(TcpState::CloseWait | TcpState::LastAck)));
+                let unread = ev.unread.saturating_sub(fin);
+                r.detail.push(("unread_bytes", DetailValue::Num(u64::from(unread))));
+                r.explanation = format!(
+                    "{proc_} closed the socket with {unread} unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN"
+                );
+            } else {
+                r.explanation = format!(
+                    "{proc_} closed the socket with unread data in its receive queue, so the kernel aborted the connection with RST instead of FIN"
+                );
+            }
+        }
+        "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA" | "INFER_ACTIVE_CLOSE" => {
+            let unsent = ev.unsent;
+            if prev == Some(TcpState::Listen) || r.state == Some(TcpState::Listen) {
+                r.condition = cond::LISTENER_CLOSED;
+                r.explanation = format!(
+                    "{proc_} closed its listening socket on {local} while a connection from {remote} was not yet accepted, so the kernel reset that connection"
+                );
+            } else if reason_key == "TCP_DISCONNECT_WITH_DATA" {
+                r.condition = cond::DISCONNECT_WITH_UNSENT_DATA;
+                r.detail.push(("unsent_bytes", DetailValue::Num(u64::from(unsent))));
+                r.explanation = format!(
+                    "{proc_} aborted the connection to {remote} with {unsent} bytes not yet acknowledged by the peer, so the kernel sent RST"
+                );
+            } else if ev.facts & FACT_LINGER_ZERO != 0 {
+                r.condition = cond::LINGER_ABORT;
+                r.detail.push(("unsent_bytes", DetailValue::Num(u64::from(unsent))));
+                r.explanation = format!(
+                    "{proc_} closed the socket with SO_LINGER set to 0 seconds: an abortive close that discards {unsent} unsent bytes and sends RST to {remote}"
+                );
+            } else {
+                r.condition = cond::DISCONNECT;
+                r.explanation = format!(
+                    "{proc_} disconnected the socket (connect() with AF_UNSPEC) while connected to {remote}, which aborts the connection with RST"
+                );
+            }
+        }
+        "TCP_ABORT_ON_DATA" => {
+            if tcp_sock && ev.linger2 < 0 {
+                r.condition = cond::FIN_WAIT2_ABORT;
+                r.explanation = format!(
+                    "{proc_} closed the socket with TCP_LINGER2 < 0, so when {remote} answered the kernel aborted it with RST instead of waiting in FIN_WAIT2"
+                );
+            } else {
+                r.condition = cond::DATA_AFTER_CLOSE;
+                r.explanation = format!(
+                    "data arrived from {remote} after {proc_} had closed the socket (or shut down reading), so the kernel answered with RST (RFC 1122)"
+                );
+            }
+        }
+        "TCP_ABORT_ON_LINGER" => {
+            r.condition = cond::FIN_WAIT2_ABORT;
+            r.explanation = format!(
+                "{proc_} closed the socket with TCP_LINGER2 < 0, so the kernel aborted it with RST instead of waiting in FIN_WAIT2"
+            );
+        }
+        "TCP_ABORT_ON_MEMORY" => {
+            r.condition = cond::ORPHAN_LIMIT;
+            r.explanation = format!(
+                "too many orphaned sockets or TCP memory pressure: the kernel aborted the closed connection {local} > {remote} with RST (see net.ipv4.tcp_max_orphans, tcp_mem)"
+            );
+        }
+        "TCP_KEEPALIVE_TIMEOUT" => {
+            r.condition = cond::KEEPALIVE_TIMEOUT;
+            r.explanation = format!(
+                "keepalive probes to {remote} went unanswered, so the kernel gave up on {proc_}'s connection and sent RST; the application sees ETIMEDOUT"
+            );
+        }
+        _ => {
+            r.condition = cond::OTHER;
+            let why = reason.as_deref().unwrap_or("no reason reported");
+            r.explanation = format!(
+                "the kernel sent RST to {remote} (reason {why}, state {state_name})"
+            );
+        }
+    }
+    if r.inferred {
+        r.explanation.push_str(" (inferred: this kernel reports no reset reason)");
+    }
+}
+
+/// Kernels before 6.10 give no reason: infer the likely one from the same facts.
+fn infer_reason(ev: &RstEvent, prev: Option<TcpState>) -> &'static str {
+    let state = TcpState::decode(ev.state);
+    if ev.skbaddr == 0 {
+        // tcp_send_active_reset(): an abort decided on this host.
+        return match state {
+            Some(TcpState::Close) if ev.facts & FACT_TCP_SOCK != 0 && ev.unread > 1 => {
+                "TCP_ABORT_ON_CLOSE"
+            }
+            Some(TcpState::Close) if prev == Some(TcpState::Listen) => "INFER_ACTIVE_CLOSE",
+            Some(TcpState::Close) => "INFER_ACTIVE_CLOSE",
+            Some(TcpState::Established) => "TCP_KEEPALIVE_TIMEOUT",
+            _ => "",
+        };
+    }
+    match state {
+        Some(TcpState::TimeWait) => "TCP_TIMEWAIT_SOCKET",
+        Some(TcpState::Listen) if ev.tcp_flags & ACK != 0 => "TCP_FLAGS",
+        None => "NO_SOCKET",
+        _ => "",
+    }
+}
+
+fn explain_received(ev: &RstEvent, history: &History, r: &mut Report) {
+    let proc_ = who(r);
+    let remote = r.remote;
+    let local = r.local;
+    let state_name = r.state.map(TcpState::name).unwrap_or_else(|| "unknown".into());
+    let linked = history.find_sender(local, remote, ev.mono_ns);
+    let by = match &linked {
+        Some(l) => format!(
+            "; it was sent by {} on this host ({})",
+            l.process
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "the kernel, no process".into()),
+            l.condition
+        ),
+        None => String::new(),
+    };
+    if r.state == Some(TcpState::SynSent) {
+        r.condition = cond::CONNECTION_REFUSED;
+        r.detail.push(("errno", DetailValue::Text("ECONNREFUSED".into())));
+        r.explanation = format!(
+            "{proc_}'s connection attempt to {remote} was refused: the peer answered the SYN with RST{by}; connect() fails with ECONNREFUSED"
+        );
+    } else {
+        r.condition = cond::PEER_RESET;
+        // tcp_reset() picks the error the application will see from the state.
+        let errno = match r.state {
+            Some(TcpState::CloseWait) => Some("EPIPE"),
+            Some(TcpState::Close) => None,
+            _ => Some("ECONNRESET"),
+        };
+        if let Some(e) = errno {
+            r.detail.push(("errno", DetailValue::Text(e.into())));
+        }
+        let sees = errno
+            .map(|e| format!("; {proc_} sees {e} on its next read or write"))
+            .unwrap_or_default();
+        r.explanation =
+            format!("{remote} reset the connection while it was {state_name}{by}{sees}");
+    }
+    r.linked = linked;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasons() -> HashMap<u32, String> {
+        [(1, "NO_SOCKET"), (11, "TCP_ABORT_ON_CLOSE"), (14, "TCP_STATE")]
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect()
+    }
+
+    fn task(comm: &str, pid: u32) -> Task {
+        let mut t = Task {
+            pid,
+            tid: pid,
+            ..Default::default()
+        };
+        t.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        t
+    }
+
+    #[test]
+    fn flags_order_is_fixed() {
+        assert_eq!(tcp_flags_names(0x18), "PSH|ACK");
+        assert_eq!(tcp_flags_names(0x12), "SYN|ACK");
+        assert_eq!(tcp_flags_names(0x02), "SYN");
+        assert_eq!(tcp_flags_names(0), "none");
+    }
+
+    #[test]
+    fn unknown_kind_and_state_decode_without_panicking() {
+        assert_eq!(Direction::try_from(9), Err(9));
+        assert_eq!(TcpState::decode(99), Some(TcpState::Unknown(99)));
+        assert_eq!(TcpState::decode(0), None);
+        let ev = RstEvent {
+            kind: 77,
+            ..Default::default()
+        };
+        assert!(explain(&ev, &reasons(), &mut History::default()).is_none());
+    }
+
+    #[test]
+    fn unknown_reason_value_is_other_with_raw_name() {
+        let ev = RstEvent {
+            kind: KIND_SENT,
+            reason: 200,
+            state: 1,
+            skaddr: 1,
+            family: 2,
+            ..Default::default()
+        };
+        let r = explain(&ev, &reasons(), &mut History::default()).unwrap();
+        assert_eq!(r.condition, cond::OTHER);
+        assert_eq!(r.kernel_reason.as_deref(), Some("UNKNOWN(200)"));
+    }
+
+    #[test]
+    fn syn_to_closed_port_is_port_not_listening_without_a_process() {
+        let ev = RstEvent {
+            kind: KIND_SENT,
+            reason: 1,
+            skbaddr: 1,
+            family: 2,
+            facts: FACT_PACKET,
+            tcp_flags: SYN,
+            task: task("client", 42),
+            ..Default::default()
+        };
+        let r = explain(&ev, &reasons(), &mut History::default()).unwrap();
+        assert_eq!(r.condition, cond::PORT_NOT_LISTENING);
+        assert_eq!(r.process, None);
+        assert_eq!(r.state, None);
+    }
+
+    #[test]
+    fn received_reset_links_to_local_sender() {
+        let mut h = History::default();
+        let mut sent = RstEvent {
+            kind: KIND_SENT,
+            reason: 11,
+            family: 2,
+            skaddr: 5,
+            state: 7,
+            prev_state: 1,
+            attribution: rst_trace_common::ATTR_OWNER_CURRENT,
+            owner: task("server", 10),
+            facts: FACT_TCP_SOCK,
+            unread: 128,
+            local_port: 8888,
+            remote_port: 40000,
+            mono_ns: 100,
+            ..Default::default()
+        };
+        sent.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        sent.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let s = explain(&sent, &reasons(), &mut h).unwrap();
+        assert_eq!(s.condition, cond::CLOSE_WITH_UNREAD_DATA);
+        assert_eq!(s.detail_num("unread_bytes"), Some(128));
+        assert_eq!(s.state, Some(TcpState::Established));
+        let mut recv = sent;
+        recv.kind = KIND_RECEIVED;
+        recv.local_port = 40000;
+        recv.remote_port = 8888;
+        recv.state = 1;
+        recv.attribution = ATTR_NONE;
+        recv.mono_ns = 200;
+        let r = explain(&recv, &reasons(), &mut h).unwrap();
+        assert_eq!(r.condition, cond::PEER_RESET);
+        assert_eq!(r.process, None);
+        let l = r.linked.unwrap();
+        assert_eq!(l.condition, cond::CLOSE_WITH_UNREAD_DATA);
+        assert_eq!(l.process.unwrap().comm, "server");
+    }
+}

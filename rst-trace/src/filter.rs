@@ -1,0 +1,158 @@
+//! Userspace filters. `--pid`, `--port` and `--direction` are also applied in the kernel (so a
+//! busy host does not pay for events nobody asked for); applying them here too keeps the result
+//! right whatever the kernel side could decide.
+
+use std::collections::HashSet;
+
+use crate::{
+    cli::{Cli, DirectionArg},
+    explain::{Direction, Report},
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub pids: HashSet<u32>,
+    pub comms: HashSet<String>,
+    pub ports: HashSet<u16>,
+    pub direction: Option<Direction>,
+    pub conditions: HashSet<String>,
+}
+
+impl Filter {
+    pub fn from_cli(cli: &Cli) -> Self {
+        Self {
+            pids: cli.pids.iter().copied().collect(),
+            comms: cli.comms.iter().cloned().collect(),
+            ports: cli.ports.iter().copied().collect(),
+            direction: match cli.direction {
+                DirectionArg::Sent => Some(Direction::Sent),
+                DirectionArg::Received => Some(Direction::Received),
+                DirectionArg::Both => None,
+            },
+            conditions: cli.conditions.iter().cloned().collect(),
+        }
+    }
+
+    /// Filters combine with AND; the values of one filter with OR.
+    pub fn matches(&self, r: &Report) -> bool {
+        if !self.pids.is_empty() && !r.process.as_ref().is_some_and(|p| self.pids.contains(&p.pid)) {
+            return false;
+        }
+        if !self.comms.is_empty()
+            && !r.process.as_ref().is_some_and(|p| self.comms.contains(&p.comm))
+        {
+            return false;
+        }
+        if !self.ports.is_empty()
+            && !self.ports.contains(&r.local.port())
+            && !self.ports.contains(&r.remote.port())
+        {
+            return false;
+        }
+        if self.direction.is_some_and(|d| d != r.direction) {
+            return false;
+        }
+        if !self.conditions.is_empty() && !self.conditions.contains(r.condition) {
+            return false;
+        }
+        true
+    }
+
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let mut list = |name: &str, mut v: Vec<String>| {
+            if !v.is_empty() {
+                v.sort();
+                parts.push(format!("{name}={}", v.join(",")));
+            }
+        };
+        list("pid", self.pids.iter().map(ToString::to_string).collect());
+        list("comm", self.comms.iter().cloned().collect());
+        list("port", self.ports.iter().map(ToString::to_string).collect());
+        list("condition", self.conditions.iter().cloned().collect());
+        if let Some(d) = self.direction {
+            parts.push(format!("direction={}", d.as_str()));
+        }
+        if parts.is_empty() {
+            "no filters".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::explain::{Process, cond};
+
+    fn report(pid: Option<u32>, comm: &str, lport: u16, rport: u16, dir: Direction) -> Report {
+        Report {
+            mono_ns: 0,
+            direction: dir,
+            origin: None,
+            condition: cond::PEER_RESET,
+            explanation: String::new(),
+            kernel_reason: None,
+            state: None,
+            ipv6: false,
+            local: SocketAddr::from(([127, 0, 0, 1], lport)),
+            remote: SocketAddr::from(([127, 0, 0, 1], rport)),
+            process: pid.map(|pid| Process {
+                pid,
+                tid: pid,
+                comm: comm.into(),
+                uid: 0,
+            }),
+            attribution: "socket_owner",
+            no_process_why: None,
+            netns: 0,
+            socket_cookie: None,
+            detail: vec![],
+            linked: None,
+            inferred: false,
+        }
+    }
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        let f = Filter::default();
+        assert!(f.matches(&report(None, "", 1, 2, Direction::Sent)));
+    }
+
+    #[test]
+    fn pid_filter_needs_a_matching_process() {
+        let f = Filter {
+            pids: [10, 11].into(),
+            ..Default::default()
+        };
+        assert!(f.matches(&report(Some(11), "a", 1, 2, Direction::Sent)));
+        assert!(!f.matches(&report(Some(12), "a", 1, 2, Direction::Sent)));
+        assert!(!f.matches(&report(None, "a", 1, 2, Direction::Sent)));
+    }
+
+    #[test]
+    fn filters_combine_with_and_values_with_or() {
+        let f = Filter {
+            comms: ["srv".to_string()].into(),
+            ports: [80, 443].into(),
+            direction: Some(Direction::Received),
+            conditions: [cond::PEER_RESET.to_string()].into(),
+            ..Default::default()
+        };
+        assert!(f.matches(&report(Some(1), "srv", 5000, 443, Direction::Received)));
+        assert!(f.matches(&report(Some(1), "srv", 80, 5000, Direction::Received)));
+        assert!(!f.matches(&report(Some(1), "srv", 5000, 5001, Direction::Received)));
+        assert!(!f.matches(&report(Some(1), "cli", 80, 5000, Direction::Received)));
+        assert!(!f.matches(&report(Some(1), "srv", 80, 5000, Direction::Sent)));
+        let mut r = report(Some(1), "srv", 80, 5000, Direction::Received);
+        r.condition = cond::CONNECTION_REFUSED;
+        assert!(!f.matches(&r));
+        assert_eq!(
+            f.describe(),
+            "comm=srv port=443,80 condition=peer_reset direction=received"
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! Builds the eBPF side's [`Config`] from the running kernel: tracepoint record layouts from the
+//! tracefs `format` files, struct offsets from vmlinux BTF. Nothing kernel-specific is compiled in.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result, anyhow};
+use rst_trace_common::{Config, OFF_NONE, SEND_LAYOUT_SOCKADDR, SEND_LAYOUT_SPLIT};
+
+use crate::{btf::Btf, tracefs::Format};
+
+/// The tracepoints rst-trace reads, as found on the running kernel.
+pub struct Tracepoints {
+    pub send_reset: Format,
+    pub receive_reset: Format,
+    pub set_state: Format,
+    pub destroy_sock: Option<Format>,
+}
+
+/// The kernel facts userspace needs to decode events.
+#[derive(Clone, Debug, Default)]
+pub struct KernelInfo {
+    /// `enum sk_rst_reason` names by value, from the `format` file (or BTF); empty before 6.10.
+    pub reasons: HashMap<u32, String>,
+}
+
+fn off(v: Option<u16>) -> u16 {
+    v.unwrap_or(OFF_NONE)
+}
+
+/// Fills in the tracepoint part of the config. Errors name the field that does not fit.
+pub fn tracepoint_config(tps: &Tracepoints, cfg: &mut Config) -> Result<()> {
+    let s = &tps.send_reset;
+    cfg.send_skbaddr = s.require("skbaddr", 8)?;
+    cfg.send_skaddr = s.require("skaddr", 8)?;
+    cfg.send_state = s.require("state", 4)?;
+    cfg.send_reason = off(s.optional("reason", 4)?);
+    match s.field("saddr").map(|f| f.size) {
+        // >= 6.10: struct sockaddr_in6-sized buffers.
+        Some(28) => {
+            cfg.send_layout = SEND_LAYOUT_SOCKADDR;
+            cfg.send_saddr = s.require("saddr", 28)?;
+            cfg.send_daddr = s.require("daddr", 28)?;
+        }
+        Some(4) => {
+            cfg.send_layout = SEND_LAYOUT_SPLIT;
+            cfg.send_saddr = s.require("saddr", 4)?;
+            cfg.send_daddr = s.require("daddr", 4)?;
+            cfg.send_sport = s.require("sport", 2)?;
+            cfg.send_dport = s.require("dport", 2)?;
+            cfg.send_family = off(s.optional("family", 2)?);
+            cfg.send_saddr_v6 = s.require("saddr_v6", 16)?;
+            cfg.send_daddr_v6 = s.require("daddr_v6", 16)?;
+        }
+        other => {
+            return Err(anyhow!(
+                "tcp:tcp_send_reset has an unknown layout (saddr size {other:?}); \
+                 please report this kernel version"
+            ));
+        }
+    }
+    let r = &tps.receive_reset;
+    cfg.recv_skaddr = r.require("skaddr", 8)?;
+    cfg.recv_sport = r.require("sport", 2)?;
+    cfg.recv_dport = r.require("dport", 2)?;
+    cfg.recv_family = off(r.optional("family", 2)?);
+    cfg.recv_saddr = r.require("saddr", 4)?;
+    cfg.recv_daddr = r.require("daddr", 4)?;
+    cfg.recv_saddr_v6 = r.require("saddr_v6", 16)?;
+    cfg.recv_daddr_v6 = r.require("daddr_v6", 16)?;
+    cfg.recv_cookie = off(r.optional("sock_cookie", 8)?);
+    let st = &tps.set_state;
+    cfg.ss_skaddr = st.require("skaddr", 8)?;
+    cfg.ss_oldstate = st.require("oldstate", 4)?;
+    cfg.ss_newstate = st.require("newstate", 4)?;
+    cfg.ss_protocol = st.require("protocol", 2)?;
+    cfg.destroy_skaddr = match &tps.destroy_sock {
+        Some(d) => d.require("skaddr", 8)?,
+        None => OFF_NONE,
+    };
+    Ok(())
+}
+
+fn btf_off(btf: &Btf, root: &str, path: &str) -> Result<u16> {
+    let o = btf.offset_of(root, path)?;
+    u16::try_from(o).with_context(|| format!("{root}.{path} at offset {o} does not fit in u16"))
+}
+
+/// The first of several historical locations of a field that exists on the running kernel.
+fn btf_off_any(btf: &Btf, root: &str, paths: &[&str]) -> Result<u16> {
+    let mut last = None;
+    for p in paths {
+        match btf_off(btf, root, p) {
+            Ok(o) => return Ok(o),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no path given for {root}")))
+}
+
+/// Fills in the kernel struct offsets from BTF.
+pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
+    cfg.sk_family = btf_off(btf, "sock", "__sk_common.skc_family")?;
+    cfg.sk_state = btf_off(btf, "sock", "__sk_common.skc_state")?;
+    cfg.sk_net = btf_off(btf, "sock", "__sk_common.skc_net.net")?;
+    cfg.sk_cookie = btf_off(btf, "sock", "__sk_common.skc_cookie")?;
+    // 6.18 moved sk_flags into sock_common as skc_flags.
+    cfg.sk_flags = btf_off_any(btf, "sock", &["sk_flags", "__sk_common.skc_flags"])?;
+    cfg.sk_lingertime = btf_off(btf, "sock", "sk_lingertime")?;
+    cfg.net_inum = btf_off(btf, "net", "ns.inum")?;
+    cfg.tp_rcv_nxt = btf_off(btf, "tcp_sock", "rcv_nxt")?;
+    cfg.tp_copied_seq = btf_off(btf, "tcp_sock", "copied_seq")?;
+    cfg.tp_write_seq = btf_off(btf, "tcp_sock", "write_seq")?;
+    cfg.tp_snd_una = btf_off(btf, "tcp_sock", "snd_una")?;
+    cfg.tp_linger2 = btf_off(btf, "tcp_sock", "linger2")?;
+    cfg.skb_head = btf_off(btf, "sk_buff", "head")?;
+    cfg.skb_data = btf_off(btf, "sk_buff", "data")?;
+    cfg.skb_network_header = btf_off(btf, "sk_buff", "network_header")?;
+    cfg.skb_transport_header = btf_off(btf, "sk_buff", "transport_header")?;
+    cfg.skb_dev = btf_off(btf, "sk_buff", "dev")?;
+    cfg.dev_nd_net = btf_off(btf, "net_device", "nd_net.net")?;
+    cfg.sock_linger_bit = u16::try_from(btf.enum_value("sock_flags", "SOCK_LINGER")?)
+        .context("SOCK_LINGER out of range")?;
+    Ok(())
+}
+
+/// Reason names: from the `format` file's `__print_symbolic` table, else from BTF's
+/// `enum sk_rst_reason` (names there carry an `SK_RST_REASON_` prefix).
+pub fn reason_names(send_reset: &Format, btf: Option<&Btf>) -> HashMap<u32, String> {
+    let from_format = send_reset.symbols("reason");
+    if !from_format.is_empty() || send_reset.field("reason").is_none() {
+        return from_format;
+    }
+    btf.and_then(|b| b.enum_values("sk_rst_reason").ok())
+        .map(|vals| {
+            vals.into_iter()
+                .filter_map(|(n, v)| {
+                    let n = n.strip_prefix("SK_RST_REASON_").unwrap_or(&n).to_owned();
+                    u32::try_from(v).ok().map(|v| (v, n))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn fixture(kernel: &str, cat: &str, name: &str) -> Option<Format> {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/tracefs")
+            .join(kernel)
+            .join(cat)
+            .join(format!("{name}.format"));
+        let text = std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("fixture {} missing: {e}", p.display()));
+        Some(Format::parse(&text).unwrap())
+    }
+
+    fn tracepoints(kernel: &str) -> Tracepoints {
+        Tracepoints {
+            send_reset: fixture(kernel, "tcp", "tcp_send_reset").unwrap(),
+            receive_reset: fixture(kernel, "tcp", "tcp_receive_reset").unwrap(),
+            set_state: fixture(kernel, "sock", "inet_sock_set_state").unwrap(),
+            destroy_sock: fixture(kernel, "tcp", "tcp_destroy_sock"),
+        }
+    }
+
+    #[test]
+    fn linux_5_10_split_layout_without_family_or_reason() {
+        let mut cfg = Config::empty();
+        tracepoint_config(&tracepoints("debian-5.10.262"), &mut cfg).unwrap();
+        assert_eq!(cfg.send_layout, SEND_LAYOUT_SPLIT);
+        assert_eq!(cfg.send_reason, OFF_NONE);
+        assert_eq!(cfg.send_family, OFF_NONE);
+        assert_eq!((cfg.send_sport, cfg.send_dport), (28, 30));
+        assert_eq!((cfg.send_saddr, cfg.send_daddr), (32, 36));
+        assert_eq!((cfg.send_saddr_v6, cfg.send_daddr_v6), (40, 56));
+        // 5.10's tcp_receive_reset has no family either.
+        assert_eq!(cfg.recv_family, OFF_NONE);
+        assert_eq!((cfg.recv_saddr, cfg.recv_cookie), (20, 64));
+        assert_eq!((cfg.ss_oldstate, cfg.ss_newstate, cfg.ss_protocol), (16, 20, 30));
+        assert_eq!(cfg.destroy_skaddr, 8);
+        assert!(reason_names(&tracepoints("debian-5.10.262").send_reset, None).is_empty());
+    }
+
+    #[test]
+    fn linux_6_1_split_layout_with_family() {
+        let mut cfg = Config::empty();
+        tracepoint_config(&tracepoints("debian-6.1.192"), &mut cfg).unwrap();
+        assert_eq!(cfg.send_layout, SEND_LAYOUT_SPLIT);
+        assert_eq!(cfg.send_reason, OFF_NONE);
+        assert_eq!(cfg.send_family, 32);
+        assert_eq!((cfg.send_saddr, cfg.send_saddr_v6), (34, 42));
+        assert_eq!((cfg.recv_family, cfg.recv_saddr), (20, 22));
+    }
+
+    #[test]
+    fn linux_6_12_and_6_18_sockaddr_layout_with_reason() {
+        for k in ["debian-6.12.117", "linux-6.18"] {
+            let tps = tracepoints(k);
+            let mut cfg = Config::empty();
+            tracepoint_config(&tps, &mut cfg).unwrap();
+            assert_eq!(cfg.send_layout, SEND_LAYOUT_SOCKADDR, "{k}");
+            assert_eq!((cfg.send_reason, cfg.send_saddr, cfg.send_daddr), (28, 32, 60));
+            assert_eq!(cfg.send_sport, OFF_NONE);
+            let reasons = reason_names(&tps.send_reset, None);
+            assert_eq!(reasons.get(&1).map(String::as_str), Some("NO_SOCKET"), "{k}");
+            assert_eq!(
+                reasons.get(&11).map(String::as_str),
+                Some("TCP_ABORT_ON_CLOSE"),
+                "{k}"
+            );
+        }
+    }
+
+    #[test]
+    fn state_symbols_by_number_in_set_state() {
+        let f = fixture("linux-6.18", "sock", "inet_sock_set_state").unwrap();
+        let s = f.symbols("newstate");
+        assert_eq!(s.get(&2).map(String::as_str), Some("TCP_SYN_SENT"));
+        assert_eq!(s.get(&12).map(String::as_str), Some("TCP_NEW_SYN_RECV"));
+    }
+
+    #[test]
+    fn malformed_format_is_an_error() {
+        assert!(Format::parse("name: x\nformat:\n").is_err());
+        assert!(Format::parse("field:int a;\toffset:x;\tsize:4;").is_err());
+    }
+
+    #[test]
+    fn wrong_field_size_is_named() {
+        let f = Format::parse(
+            "name: tcp_send_reset\nformat:\n\tfield:const void * skbaddr;\toffset:8;\tsize:4;\tsigned:0;\n",
+        )
+        .unwrap();
+        let e = f.require("skbaddr", 8).unwrap_err().to_string();
+        assert!(e.contains("skbaddr") && e.contains("size 4"), "{e}");
+    }
+
+    #[test]
+    fn running_kernel_btf_offsets() {
+        // The test machines have BTF (the product needs it too).
+        let btf = Btf::from_sys_fs().unwrap();
+        let mut cfg = Config::empty();
+        struct_config(&btf, &mut cfg).unwrap();
+        // sock_common starts struct sock; skc_family is within its first 32 bytes on every kernel.
+        assert!(cfg.sk_family < 32);
+        assert!(cfg.sk_state < 32);
+        assert_ne!(cfg.tp_rcv_nxt, OFF_NONE);
+        assert!(cfg.sock_linger_bit < 64);
+        let reasons = btf.enum_values("sk_rst_reason").unwrap();
+        assert!(reasons.iter().any(|(n, _)| n == "SK_RST_REASON_NO_SOCKET"));
+    }
+}

@@ -1,0 +1,328 @@
+//! rst-trace: for every TCP reset, which process and which condition caused it.
+
+mod btf;
+mod cli;
+mod explain;
+mod filter;
+mod layout;
+mod output;
+mod summary;
+mod tracefs;
+mod tracer;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::{self, Write as _},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::RingBuf;
+use clap::Parser as _;
+use rst_trace_common::{KIND_RECEIVED, MAP_EVENTS, RstEvent};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{Instant, interval, sleep_until},
+};
+
+use crate::{
+    cli::Cli,
+    explain::{History, explain},
+    filter::Filter,
+    output::{Clock, Format},
+    summary::Summary,
+};
+
+const NEEDS_ROOT: &str = "rst-trace needs root (CAP_BPF, CAP_PERFMON and read access to tracefs, \
+     which is root-only by default): run it with sudo";
+
+/// Exit codes (output.md): 0 normal end, 1 runtime error, 2 usage error (clap).
+const EXIT_RUNTIME: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rst-trace: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rst-trace: error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set, checked before touching
+/// tracefs so the message names the real cause.
+fn check_privileges() -> Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+        return Err(anyhow!(NEEDS_ROOT));
+    }
+    Ok(())
+}
+
+fn note_unknown_pids(pids: &[u32]) {
+    for pid in pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!(
+                "rst-trace: note: no process {pid} is running now; its resets will show if it starts"
+            );
+        }
+    }
+}
+
+/// Writes records to stdout; a closed pipe (`rst-trace | head`) ends the program quietly.
+struct Out {
+    w: io::BufWriter<io::Stdout>,
+    broken: bool,
+}
+
+impl Out {
+    fn line(&mut self, s: &str) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = writeln!(self.w, "{s}") {
+            self.fail(e);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.w.flush() {
+            self.fail(e);
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            eprintln!("rst-trace: error: writing to stdout: {e}");
+        }
+        self.broken = true;
+    }
+}
+
+struct State {
+    fmt: Format,
+    clock: Clock,
+    filter: Filter,
+    history: History,
+    summary: Summary,
+    quiet: bool,
+    matched: u64,
+    count: Option<u64>,
+    bad_records: u64,
+    lost_seen: u64,
+    pending: VecDeque<RstEvent>,
+    out: Out,
+}
+
+/// Received resets are held this long before they are explained: on loopback and veth the
+/// peer's `tcp_send_reset` fires *after* our `tcp_receive_reset` (the RST is delivered inside
+/// the sender's transmit path), and a data_after_close reset fires `tcp_receive_reset` on the
+/// sending socket just before its `tcp_send_reset`. Holding lets both be linked or suppressed.
+const HOLD_RECEIVED_NS: u64 = 5_000_000;
+
+impl State {
+    /// Takes one ring record; returns true when `--count` is reached.
+    fn ingest(&mut self, bytes: &[u8], reasons: &HashMap<u32, String>) -> bool {
+        let ev = match RstEvent::decode(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.bad_records += 1;
+                if self.bad_records == 1 {
+                    eprintln!("rst-trace: warning: skipped a malformed ring record: {e}");
+                }
+                return false;
+            }
+        };
+        if ev.kind == KIND_RECEIVED {
+            self.pending.push_back(ev);
+            return false;
+        }
+        self.emit(&ev, reasons)
+    }
+
+    /// Explains pending received resets once they are old enough (all of them if `force`).
+    fn release(&mut self, force: bool, reasons: &HashMap<u32, String>) -> bool {
+        let now = Clock::mono_now();
+        while let Some(ev) = self.pending.front() {
+            if !force && now.saturating_sub(ev.mono_ns) < HOLD_RECEIVED_NS {
+                break;
+            }
+            let ev = self.pending.pop_front().expect("front exists");
+            if self.emit(&ev, reasons) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn emit(&mut self, ev: &RstEvent, reasons: &HashMap<u32, String>) -> bool {
+        let Some(report) = explain(ev, reasons, &mut self.history) else {
+            self.bad_records += 1;
+            return false;
+        };
+        if report.kernel_reason.as_deref() == Some("TCP_ABORT_ON_DATA") {
+            // tcp_rcv_state_process() calls tcp_reset() on the socket before sending the RST:
+            // that tcp_receive_reset is this host's own abort, not a received reset.
+            self.pending
+                .retain(|p| p.skaddr != ev.skaddr || ev.mono_ns.abs_diff(p.mono_ns) > HOLD_RECEIVED_NS);
+        }
+        if !self.filter.matches(&report) {
+            return false;
+        }
+        self.matched += 1;
+        self.summary.add(&report);
+        if !self.quiet {
+            let line = output::render(&report, &self.clock, self.fmt);
+            self.out.line(&line);
+        }
+        self.count.is_some_and(|c| self.matched >= c)
+    }
+
+    fn check_lost(&mut self, total: u64) {
+        if total > self.lost_seen {
+            let line = output::lost(total - self.lost_seen, total, &self.clock, self.fmt);
+            self.lost_seen = total;
+            self.summary.lost = total;
+            match self.fmt {
+                Format::Json => self.out.line(&line),
+                // Text mode: stdout carries events only; the warning goes to stderr.
+                Format::Text { .. } => eprintln!("{line}"),
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    check_privileges()?;
+    note_unknown_pids(&cli.pids);
+    let filter = Filter::from_cli(&cli);
+    let started = std::time::Instant::now();
+    let mut tracer = tracer::load(&filter, cli.ring_size)?;
+    let ring = RingBuf::try_from(
+        tracer
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .context("ring buffer map missing from the eBPF object")?,
+    )?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd lives.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("registering the ring buffer with the event loop: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    let color = !cli.json && std::io::IsTerminal::is_terminal(&io::stdout());
+    let fmt = if cli.json {
+        Format::Json
+    } else {
+        Format::Text { color }
+    };
+    let mut st = State {
+        fmt,
+        clock: Clock::now(),
+        filter,
+        history: History::default(),
+        summary: Summary::default(),
+        quiet: cli.quiet,
+        matched: 0,
+        count: cli.count,
+        bad_records: 0,
+        lost_seen: 0,
+        pending: VecDeque::new(),
+        out: Out {
+            w: io::BufWriter::new(io::stdout()),
+            broken: false,
+        },
+    };
+    let reasons = tracer.info.reasons.clone();
+    eprintln!(
+        "rst-trace: tracing TCP resets ({}; kernel reasons: {}; attached in {} ms)",
+        st.filter.describe(),
+        if reasons.is_empty() { "none, inferring" } else { "yes" },
+        started.elapsed().as_millis()
+    );
+
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    let deadline = cli.duration.map_or(far, |d| Instant::now() + Duration::from_secs(d));
+    let mut lost_tick = interval(Duration::from_secs(1));
+    let mut summary_tick = interval(Duration::from_secs(cli.interval.unwrap_or(3600).max(1)));
+    summary_tick.tick().await;
+    let mut done = st.count == Some(0);
+    while !done && !st.out.broken {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    if st.ingest(&item, &reasons) {
+                        done = true;
+                        break;
+                    }
+                }
+                guard.clear_ready();
+                done = done || st.release(false, &reasons);
+                st.out.flush();
+            }
+            () = tokio::time::sleep(Duration::from_nanos(HOLD_RECEIVED_NS)), if !st.pending.is_empty() => {
+                done = st.release(false, &reasons);
+                st.out.flush();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            () = sleep_until(deadline) => break,
+            _ = lost_tick.tick() => {
+                st.check_lost(tracer::lost_total(&tracer.ebpf)?);
+                st.out.flush();
+            }
+            _ = summary_tick.tick(), if cli.interval.is_some() => {
+                let s = st.summary.render(&st.clock, st.fmt);
+                st.out.line(&s);
+                st.out.flush();
+            }
+        }
+    }
+    // Flush what the kernel already queued (SIGTERM in a storm loses nothing that was read).
+    if !done {
+        let rb = ring.get_mut();
+        while let Some(item) = rb.next() {
+            if st.ingest(&item, &reasons) {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            st.release(true, &reasons);
+        }
+    }
+    st.check_lost(tracer::lost_total(&tracer.ebpf)?);
+    if cli.summary {
+        let s = st.summary.render(&st.clock, st.fmt);
+        st.out.line(&s);
+    }
+    st.out.flush();
+    if st.bad_records > 0 {
+        eprintln!("rst-trace: warning: {} malformed ring records skipped", st.bad_records);
+    }
+    Ok(())
+}

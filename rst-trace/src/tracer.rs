@@ -1,0 +1,125 @@
+//! Loads the eBPF object with the running kernel's layout, sets the in-kernel filters and attaches
+//! the programs to their tracepoints.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, PerCpuArray},
+    programs::TracePoint,
+};
+use rst_trace_common::{
+    Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT,
+    GLOBAL_CONFIG, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, PROG_DESTROY_SOCK,
+    PROG_RECEIVE_RESET, PROG_SEND_RESET, PROG_SET_STATE,
+};
+
+use crate::{
+    btf::Btf,
+    explain::Direction,
+    filter::Filter,
+    layout::{self, KernelInfo, Tracepoints},
+    tracefs,
+};
+
+/// The eBPF object, built by build.rs through aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-trace"));
+
+pub struct Tracer {
+    pub ebpf: Ebpf,
+    pub info: KernelInfo,
+}
+
+fn required_format(tracefs: &Path, cat: &str, name: &str) -> Result<tracefs::Format> {
+    tracefs::read_format(tracefs, cat, name)?.ok_or_else(|| {
+        anyhow!(
+            "this kernel has no tracepoint {cat}:{name} (it needs Linux 4.16 or later with \
+             CONFIG_TRACEPOINTS): run rst-trace on a newer kernel"
+        )
+    })
+}
+
+pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
+    let tracefs = tracefs::locate()?;
+    let tps = Tracepoints {
+        send_reset: required_format(&tracefs, "tcp", "tcp_send_reset")?,
+        receive_reset: required_format(&tracefs, "tcp", "tcp_receive_reset")?,
+        set_state: required_format(&tracefs, "sock", "inet_sock_set_state")?,
+        destroy_sock: tracefs::read_format(&tracefs, "tcp", "tcp_destroy_sock")?,
+    };
+    let mut cfg = Config::empty();
+    layout::tracepoint_config(&tps, &mut cfg)?;
+    let btf = Btf::from_sys_fs()?;
+    layout::struct_config(&btf, &mut cfg)?;
+    let info = KernelInfo {
+        reasons: layout::reason_names(&tps.send_reset, Some(&btf)),
+    };
+    if !filter.pids.is_empty() {
+        cfg.filters |= FILTER_PID;
+    }
+    if !filter.ports.is_empty() {
+        cfg.filters |= FILTER_PORT;
+    }
+    match filter.direction {
+        Some(Direction::Sent) => cfg.filters |= FILTER_NO_RECEIVED,
+        Some(Direction::Received) => cfg.filters |= FILTER_NO_SENT,
+        None => {}
+    }
+    if filter.pids.len() > FILTER_MAX_ENTRIES as usize || filter.ports.len() > FILTER_MAX_ENTRIES as usize {
+        return Err(anyhow!("at most {FILTER_MAX_ENTRIES} --pid and --port values are supported"));
+    }
+
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_CONFIG, &cfg, true)
+        .map_max_entries(MAP_EVENTS, ring_size)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF programs (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)")?;
+
+    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+        // Only missing when the object has no log statements; not fatal.
+        log::debug!("eBPF logger not initialised: {e}");
+    }
+
+    {
+        let mut pids: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(ebpf.map_mut(MAP_FILTER_PIDS).context("pid filter map")?)?;
+        for &p in &filter.pids {
+            pids.insert(&p, &1, 0)?;
+        }
+    }
+    {
+        let mut ports: BpfHashMap<_, u16, u8> =
+            BpfHashMap::try_from(ebpf.map_mut(MAP_FILTER_PORTS).context("port filter map")?)?;
+        for &p in &filter.ports {
+            ports.insert(&p, &1, 0)?;
+        }
+    }
+
+    // Owner tracking first, so no socket created meanwhile is missed; resets last.
+    let mut attach = |prog: &str, cat: &str, name: &str| -> Result<()> {
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the eBPF object"))?
+            .try_into()?;
+        p.load()
+            .with_context(|| format!("loading program {prog} (rejected by the verifier?)"))?;
+        p.attach(cat, name)
+            .with_context(|| format!("attaching to tracepoint {cat}:{name}"))?;
+        Ok(())
+    };
+    attach(PROG_SET_STATE, "sock", "inet_sock_set_state")?;
+    if tps.destroy_sock.is_some() {
+        attach(PROG_DESTROY_SOCK, "tcp", "tcp_destroy_sock")?;
+    }
+    attach(PROG_SEND_RESET, "tcp", "tcp_send_reset")?;
+    attach(PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
+    Ok(Tracer { ebpf, info })
+}
+
+/// Sum of the per-CPU lost-event counters.
+pub fn lost_total(ebpf: &Ebpf) -> Result<u64> {
+    let map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map(MAP_LOST).context("lost counter map")?)?;
+    Ok(map.get(&0, 0)?.iter().sum())
+}
