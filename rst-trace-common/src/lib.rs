@@ -310,9 +310,7 @@ impl RstEvent {
     /// The record's bytes, as the eBPF side writes them (used by tests and the benchmark).
     pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: repr(C) plain integers with explicit padding fields, so no uninitialised bytes.
-        unsafe {
-            core::slice::from_raw_parts((self as *const Self).cast::<u8>(), RST_EVENT_SIZE)
-        }
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), RST_EVENT_SIZE) }
     }
 }
 

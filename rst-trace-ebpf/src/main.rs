@@ -176,14 +176,14 @@ fn read_tcp_sock(sk: u64, ev: &mut RstEvent) {
     ev.unsent = write_seq.wrapping_sub(snd_una);
     ev.linger2 = kread::<i32>(sk, conf!(tp_linger2)).unwrap_or(0);
     ev.facts |= FACT_TCP_SOCK;
-    if conf!(sock_linger_bit) < 64 {
-        if let Some(flags) = kread::<u64>(sk, conf!(sk_flags)) {
-            if flags & (1u64 << conf!(sock_linger_bit)) != 0 {
-                ev.facts |= FACT_LINGER_ON;
-                if kread::<u64>(sk, conf!(sk_lingertime)) == Some(0) {
-                    ev.facts |= FACT_LINGER_ZERO;
-                }
-            }
+    let bit = conf!(sock_linger_bit);
+    if bit < 64
+        && let Some(flags) = kread::<u64>(sk, conf!(sk_flags))
+        && flags & (1u64 << bit) != 0
+    {
+        ev.facts |= FACT_LINGER_ON;
+        if kread::<u64>(sk, conf!(sk_lingertime)) == Some(0) {
+            ev.facts |= FACT_LINGER_ZERO;
         }
     }
 }

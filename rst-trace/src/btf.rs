@@ -40,10 +40,16 @@ struct Member {
 #[derive(Clone, Debug)]
 enum Type {
     /// struct or union
-    Composite { members: Vec<Member> },
+    Composite {
+        members: Vec<Member>,
+    },
     /// typedef, const, volatile, restrict, type tag: all just refer to another type
-    Alias { type_id: u32 },
-    Enum { values: Vec<(String, i64)> },
+    Alias {
+        type_id: u32,
+    },
+    Enum {
+        values: Vec<(String, i64)>,
+    },
     Other,
 }
 
@@ -125,7 +131,11 @@ impl Btf {
                         let m_off = u32_at(types_sec, pos + 8)?;
                         pos += 12;
                         // With kind_flag the offset word is bitfield_size << 24 | bit_offset.
-                        let bit_offset = if kind_flag { m_off & 0x00ff_ffff } else { m_off };
+                        let bit_offset = if kind_flag {
+                            m_off & 0x00ff_ffff
+                        } else {
+                            m_off
+                        };
                         members.push(Member {
                             name: name(m_name),
                             type_id: m_type,
@@ -174,9 +184,7 @@ impl Btf {
                 other => bail!("unknown BTF kind {other}"),
             };
             let id = types.len() as u32;
-            if name_off != 0
-                && matches!(kind, KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64)
-            {
+            if name_off != 0 && matches!(kind, KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64) {
                 by_name.entry(name(name_off)).or_default().push(id);
             }
             types.push(ty);
@@ -195,10 +203,15 @@ impl Btf {
     }
 
     fn composite(&self, name: &str) -> Option<&[Member]> {
-        self.by_name.get(name)?.iter().find_map(|&id| match self.resolve(id) {
-            Some(Type::Composite { members }) if !members.is_empty() => Some(members.as_slice()),
-            _ => None,
-        })
+        self.by_name
+            .get(name)?
+            .iter()
+            .find_map(|&id| match self.resolve(id) {
+                Some(Type::Composite { members }) if !members.is_empty() => {
+                    Some(members.as_slice())
+                }
+                _ => None,
+            })
     }
 
     /// Finds member `name` in `members`, looking through anonymous structs and unions as C does.
@@ -240,7 +253,7 @@ impl Btf {
                 };
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             bail!("kernel BTF: {root}.{path} is a bitfield");
         }
         Ok(bits / 8)

@@ -29,7 +29,10 @@ fn parse_condition(s: &str) -> Result<String, String> {
     if cond::ALL.contains(&s) {
         Ok(s.to_owned())
     } else {
-        Err(format!("unknown condition id; valid ids: {}", cond::ALL.join(", ")))
+        Err(format!(
+            "unknown condition id; valid ids: {}",
+            cond::ALL.join(", ")
+        ))
     }
 }
 
@@ -109,7 +112,8 @@ mod tests {
 
     #[test]
     fn repeatable_filters_and_bad_values() {
-        let c = Cli::try_parse_from(["rst-trace", "-p", "1", "--pid", "2", "--port", "80"]).unwrap();
+        let c =
+            Cli::try_parse_from(["rst-trace", "-p", "1", "--pid", "2", "--port", "80"]).unwrap();
         assert_eq!(c.pids, vec![1, 2]);
         assert_eq!(c.ports, vec![80]);
         assert!(Cli::try_parse_from(["rst-trace", "--condition", "nope"]).is_err());

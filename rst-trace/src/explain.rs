@@ -8,8 +8,8 @@ use std::{
 };
 
 use rst_trace_common::{
-    ATTR_NONE, FACT_LINGER_ZERO, FACT_PACKET, FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT,
-    REASON_NONE, RstEvent, Task,
+    ATTR_NONE, FACT_LINGER_ZERO, FACT_PACKET, FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT, REASON_NONE,
+    RstEvent, Task,
 };
 
 /// `RstEvent::kind`, decoded.
@@ -58,10 +58,10 @@ pub enum TcpState {
     Unknown(u8),
 }
 
-impl TryFrom<u8> for TcpState {
-    type Error = std::convert::Infallible;
-    fn try_from(v: u8) -> Result<Self, Self::Error> {
-        Ok(match v {
+/// Every byte decodes: values this build does not know become `Unknown(n)`.
+impl From<u8> for TcpState {
+    fn from(v: u8) -> Self {
+        match v {
             1 => Self::Established,
             2 => Self::SynSent,
             3 => Self::SynRecv,
@@ -76,7 +76,7 @@ impl TryFrom<u8> for TcpState {
             12 => Self::NewSynRecv,
             13 => Self::BoundInactive,
             n => Self::Unknown(n),
-        })
+        }
     }
 }
 
@@ -86,8 +86,7 @@ impl TcpState {
         if v == 0 {
             return None;
         }
-        let Ok(s) = Self::try_from(v);
-        Some(s)
+        Some(Self::from(v))
     }
 
     pub fn name(self) -> String {
@@ -127,7 +126,11 @@ pub fn tcp_flags_names(flags: u8) -> String {
         .filter(|(b, _)| flags & b != 0)
         .map(|(_, n)| *n)
         .collect();
-    if v.is_empty() { "none".into() } else { v.join("|") }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join("|")
+    }
 }
 
 const SYN: u8 = 0x02;
@@ -290,7 +293,9 @@ const LINK_MAX: usize = 4096;
 impl History {
     fn remember_sent(&mut self, r: &Report) {
         while let Some((_, _, l)) = self.recent_sent.front() {
-            if self.recent_sent.len() >= LINK_MAX || r.mono_ns.saturating_sub(l.mono_ns) > LINK_WINDOW_NS {
+            if self.recent_sent.len() >= LINK_MAX
+                || r.mono_ns.saturating_sub(l.mono_ns) > LINK_WINDOW_NS
+            {
                 self.recent_sent.pop_front();
             } else {
                 break;
@@ -319,7 +324,11 @@ impl History {
 }
 
 /// Explains one event. `reasons` maps the kernel's `enum sk_rst_reason` values to names.
-pub fn explain(ev: &RstEvent, reasons: &HashMap<u32, String>, history: &mut History) -> Option<Report> {
+pub fn explain(
+    ev: &RstEvent,
+    reasons: &HashMap<u32, String>,
+    history: &mut History,
+) -> Option<Report> {
     let direction = Direction::try_from(ev.kind).ok()?;
     let ipv6 = ev.family == 10;
     let local = endpoint(ipv6, &ev.local_addr, ev.local_port);
@@ -337,7 +346,11 @@ pub fn explain(ev: &RstEvent, reasons: &HashMap<u32, String>, history: &mut Hist
         ipv6,
         local,
         remote,
-        attribution: if process.is_some() { "socket_owner" } else { "none" },
+        attribution: if process.is_some() {
+            "socket_owner"
+        } else {
+            "none"
+        },
         no_process_why: None,
         process,
         netns: ev.netns,
@@ -388,7 +401,10 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
     if r.state == Some(TcpState::Close) && ev.skbaddr == 0 && prev.is_some() {
         r.state = prev;
     }
-    let state_name = r.state.map(TcpState::name).unwrap_or_else(|| "no socket".into());
+    let state_name = r
+        .state
+        .map(TcpState::name)
+        .unwrap_or_else(|| "no socket".into());
     let reason_str = reason.as_deref().unwrap_or("");
     // Without a kernel reason (before 6.10), infer it from what the kernel side saw.
     let inferred = reason.is_none();
@@ -408,7 +424,8 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
             r.socket_cookie = None;
             r.no_process_why = Some("no socket");
             if packet {
-                r.detail.push(("incoming_flags", DetailValue::Text(incoming.clone())));
+                r.detail
+                    .push(("incoming_flags", DetailValue::Text(incoming.clone())));
             }
             if packet && flags & SYN != 0 && flags & ACK == 0 {
                 r.condition = cond::PORT_NOT_LISTENING;
@@ -430,7 +447,8 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
         "TCP_TIMEWAIT_SOCKET" => {
             r.condition = cond::TIME_WAIT_SEGMENT;
             if packet {
-                r.detail.push(("incoming_flags", DetailValue::Text(incoming.clone())));
+                r.detail
+                    .push(("incoming_flags", DetailValue::Text(incoming.clone())));
             }
             r.explanation = format!(
                 "a segment ({incoming}) from {remote} hit a connection already closed and waiting in TIME_WAIT on {local}, so the kernel answered with RST"
@@ -464,9 +482,13 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
             r.condition = cond::CLOSE_WITH_UNREAD_DATA;
             if tcp_sock {
                 // rcv_nxt counts a received FIN too: it is not data the application left unread.
-                let fin = u32::from(matches!(prev, Some(TcpState::CloseWait | TcpState::LastAck)));
+                let fin = u32::from(matches!(
+                    prev,
+                    Some(TcpState::CloseWait | TcpState::LastAck)
+                ));
                 let unread = ev.unread.saturating_sub(fin);
-                r.detail.push(("unread_bytes", DetailValue::Num(u64::from(unread))));
+                r.detail
+                    .push(("unread_bytes", DetailValue::Num(u64::from(unread))));
                 r.explanation = format!(
                     "{proc_} closed the socket with {unread} unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN"
                 );
@@ -485,13 +507,15 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
                 );
             } else if reason_key == "TCP_DISCONNECT_WITH_DATA" {
                 r.condition = cond::DISCONNECT_WITH_UNSENT_DATA;
-                r.detail.push(("unsent_bytes", DetailValue::Num(u64::from(unsent))));
+                r.detail
+                    .push(("unsent_bytes", DetailValue::Num(u64::from(unsent))));
                 r.explanation = format!(
                     "{proc_} aborted the connection to {remote} with {unsent} bytes not yet acknowledged by the peer, so the kernel sent RST"
                 );
             } else if ev.facts & FACT_LINGER_ZERO != 0 {
                 r.condition = cond::LINGER_ABORT;
-                r.detail.push(("unsent_bytes", DetailValue::Num(u64::from(unsent))));
+                r.detail
+                    .push(("unsent_bytes", DetailValue::Num(u64::from(unsent))));
                 r.explanation = format!(
                     "{proc_} closed the socket with SO_LINGER set to 0 seconds: an abortive close that discards {unsent} unsent bytes and sends RST to {remote}"
                 );
@@ -536,13 +560,13 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
         _ => {
             r.condition = cond::OTHER;
             let why = reason.as_deref().unwrap_or("no reason reported");
-            r.explanation = format!(
-                "the kernel sent RST to {remote} (reason {why}, state {state_name})"
-            );
+            r.explanation =
+                format!("the kernel sent RST to {remote} (reason {why}, state {state_name})");
         }
     }
     if r.inferred {
-        r.explanation.push_str(" (inferred: this kernel reports no reset reason)");
+        r.explanation
+            .push_str(" (inferred: this kernel reports no reset reason)");
     }
 }
 
@@ -573,7 +597,10 @@ fn explain_received(ev: &RstEvent, history: &History, r: &mut Report) {
     let proc_ = who(r);
     let remote = r.remote;
     let local = r.local;
-    let state_name = r.state.map(TcpState::name).unwrap_or_else(|| "unknown".into());
+    let state_name = r
+        .state
+        .map(TcpState::name)
+        .unwrap_or_else(|| "unknown".into());
     let linked = history.find_sender(local, remote, ev.mono_ns);
     let by = match &linked {
         Some(l) => format!(
@@ -588,7 +615,8 @@ fn explain_received(ev: &RstEvent, history: &History, r: &mut Report) {
     };
     if r.state == Some(TcpState::SynSent) {
         r.condition = cond::CONNECTION_REFUSED;
-        r.detail.push(("errno", DetailValue::Text("ECONNREFUSED".into())));
+        r.detail
+            .push(("errno", DetailValue::Text("ECONNREFUSED".into())));
         r.explanation = format!(
             "{proc_}'s connection attempt to {remote} was refused: the peer answered the SYN with RST{by}; connect() fails with ECONNREFUSED"
         );
@@ -617,10 +645,14 @@ mod tests {
     use super::*;
 
     fn reasons() -> HashMap<u32, String> {
-        [(1, "NO_SOCKET"), (11, "TCP_ABORT_ON_CLOSE"), (14, "TCP_STATE")]
-            .into_iter()
-            .map(|(k, v)| (k, v.to_string()))
-            .collect()
+        [
+            (1, "NO_SOCKET"),
+            (11, "TCP_ABORT_ON_CLOSE"),
+            (14, "TCP_STATE"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect()
     }
 
     fn task(comm: &str, pid: u32) -> Task {

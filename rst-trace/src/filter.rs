@@ -35,11 +35,19 @@ impl Filter {
 
     /// Filters combine with AND; the values of one filter with OR.
     pub fn matches(&self, r: &Report) -> bool {
-        if !self.pids.is_empty() && !r.process.as_ref().is_some_and(|p| self.pids.contains(&p.pid)) {
+        if !self.pids.is_empty()
+            && !r
+                .process
+                .as_ref()
+                .is_some_and(|p| self.pids.contains(&p.pid))
+        {
             return false;
         }
         if !self.comms.is_empty()
-            && !r.process.as_ref().is_some_and(|p| self.comms.contains(&p.comm))
+            && !r
+                .process
+                .as_ref()
+                .is_some_and(|p| self.comms.contains(&p.comm))
         {
             return false;
         }

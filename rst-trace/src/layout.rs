@@ -181,7 +181,10 @@ mod tests {
         // 5.10's tcp_receive_reset has no family either.
         assert_eq!(cfg.recv_family, OFF_NONE);
         assert_eq!((cfg.recv_saddr, cfg.recv_cookie), (20, 64));
-        assert_eq!((cfg.ss_oldstate, cfg.ss_newstate, cfg.ss_protocol), (16, 20, 30));
+        assert_eq!(
+            (cfg.ss_oldstate, cfg.ss_newstate, cfg.ss_protocol),
+            (16, 20, 30)
+        );
         assert_eq!(cfg.destroy_skaddr, 8);
         assert!(reason_names(&tracepoints("debian-5.10.262").send_reset, None).is_empty());
     }
@@ -204,10 +207,17 @@ mod tests {
             let mut cfg = Config::empty();
             tracepoint_config(&tps, &mut cfg).unwrap();
             assert_eq!(cfg.send_layout, SEND_LAYOUT_SOCKADDR, "{k}");
-            assert_eq!((cfg.send_reason, cfg.send_saddr, cfg.send_daddr), (28, 32, 60));
+            assert_eq!(
+                (cfg.send_reason, cfg.send_saddr, cfg.send_daddr),
+                (28, 32, 60)
+            );
             assert_eq!(cfg.send_sport, OFF_NONE);
             let reasons = reason_names(&tps.send_reset, None);
-            assert_eq!(reasons.get(&1).map(String::as_str), Some("NO_SOCKET"), "{k}");
+            assert_eq!(
+                reasons.get(&1).map(String::as_str),
+                Some("NO_SOCKET"),
+                "{k}"
+            );
             assert_eq!(
                 reasons.get(&11).map(String::as_str),
                 Some("TCP_ABORT_ON_CLOSE"),

@@ -43,7 +43,10 @@ const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rst-trace: cannot start the runtime: {e}");
@@ -65,7 +68,8 @@ fn check_privileges() -> Result<()> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let caps = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -185,8 +189,9 @@ impl State {
         if report.kernel_reason.as_deref() == Some("TCP_ABORT_ON_DATA") {
             // tcp_rcv_state_process() calls tcp_reset() on the socket before sending the RST:
             // that tcp_receive_reset is this host's own abort, not a received reset.
-            self.pending
-                .retain(|p| p.skaddr != ev.skaddr || ev.mono_ns.abs_diff(p.mono_ns) > HOLD_RECEIVED_NS);
+            self.pending.retain(|p| {
+                p.skaddr != ev.skaddr || ev.mono_ns.abs_diff(p.mono_ns) > HOLD_RECEIVED_NS
+            });
         }
         if !self.filter.matches(&report) {
             return false;
@@ -259,12 +264,18 @@ async fn run(cli: Cli) -> Result<()> {
     eprintln!(
         "rst-trace: tracing TCP resets ({}; kernel reasons: {}; attached in {} ms)",
         st.filter.describe(),
-        if reasons.is_empty() { "none, inferring" } else { "yes" },
+        if reasons.is_empty() {
+            "none, inferring"
+        } else {
+            "yes"
+        },
         started.elapsed().as_millis()
     );
 
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
-    let deadline = cli.duration.map_or(far, |d| Instant::now() + Duration::from_secs(d));
+    let deadline = cli
+        .duration
+        .map_or(far, |d| Instant::now() + Duration::from_secs(d));
     let mut lost_tick = interval(Duration::from_secs(1));
     let mut summary_tick = interval(Duration::from_secs(cli.interval.unwrap_or(3600).max(1)));
     summary_tick.tick().await;
@@ -322,7 +333,10 @@ async fn run(cli: Cli) -> Result<()> {
     }
     st.out.flush();
     if st.bad_records > 0 {
-        eprintln!("rst-trace: warning: {} malformed ring records skipped", st.bad_records);
+        eprintln!(
+            "rst-trace: warning: {} malformed ring records skipped",
+            st.bad_records
+        );
     }
     Ok(())
 }

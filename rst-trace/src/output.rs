@@ -150,7 +150,11 @@ pub fn report_text(r: &Report, clock: &Clock, color: bool) -> String {
     let state = r.state.map(|s| s.name()).unwrap_or_else(|| "-".into());
     let (c0, c1, b0) = if color {
         (
-            if dir == "SENT" { "\x1b[31m" } else { "\x1b[33m" },
+            if dir == "SENT" {
+                "\x1b[31m"
+            } else {
+                "\x1b[33m"
+            },
             "\x1b[0m",
             "\x1b[1m",
         )
@@ -202,11 +206,14 @@ mod tests {
     fn rfc3339_known_instants() {
         assert_eq!(rfc3339(0, 9), "1970-01-01T00:00:00.000000000Z");
         // 2026-11-24T12:00:01.123456789Z
-        let t = 1_795_003_201_123_456_789i128;
+        let t = 1_795_521_601_123_456_789i128;
         assert_eq!(rfc3339(t, 9), "2026-11-24T12:00:01.123456789Z");
         assert_eq!(rfc3339(t, 6), "2026-11-24T12:00:01.123456Z");
         // leap day
-        assert_eq!(rfc3339(951_782_400_000_000_000, 3), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000, 3),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 
     fn reasons() -> HashMap<u32, String> {
@@ -244,7 +251,7 @@ mod tests {
 
     // Wall clock so that mono 81234567890123 is 2026-11-24T12:00:01.123456789Z.
     fn clock() -> Clock {
-        Clock::fixed(1_795_003_201_123_456_789i128 - 81_234_567_890_123)
+        Clock::fixed(1_795_521_601_123_456_789i128 - 81_234_567_890_123)
     }
 
     #[test]

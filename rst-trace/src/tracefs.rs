@@ -151,7 +151,11 @@ pub fn locate() -> Result<PathBuf> {
 
 /// Reads `events/<category>/<name>/format`; `Ok(None)` if the kernel has no such tracepoint.
 pub fn read_format(tracefs: &Path, category: &str, name: &str) -> Result<Option<Format>> {
-    let path = tracefs.join("events").join(category).join(name).join("format");
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
     match std::fs::read_to_string(&path) {
         Ok(text) => Format::parse(&text)
             .with_context(|| format!("parsing {}", path.display()))

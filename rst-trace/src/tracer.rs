@@ -66,15 +66,21 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
         Some(Direction::Received) => cfg.filters |= FILTER_NO_SENT,
         None => {}
     }
-    if filter.pids.len() > FILTER_MAX_ENTRIES as usize || filter.ports.len() > FILTER_MAX_ENTRIES as usize {
-        return Err(anyhow!("at most {FILTER_MAX_ENTRIES} --pid and --port values are supported"));
+    if filter.pids.len() > FILTER_MAX_ENTRIES as usize
+        || filter.ports.len() > FILTER_MAX_ENTRIES as usize
+    {
+        return Err(anyhow!(
+            "at most {FILTER_MAX_ENTRIES} --pid and --port values are supported"
+        ));
     }
 
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, &cfg, true)
         .map_max_entries(MAP_EVENTS, ring_size)
         .load(EBPF_OBJECT)
-        .context("loading the eBPF programs (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)")?;
+        .context(
+            "loading the eBPF programs (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)",
+        )?;
 
     if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
         // Only missing when the object has no log statements; not fatal.

@@ -1,1 +1,303 @@
+//! Helpers for rst-trace's end-to-end tests: network namespaces, the real rst-trace binary
+//! (with its real eBPF programs), and scriptable peer processes that make real resets happen.
+//!
+//! These tests need root. Without it they fail loudly; they never skip.
 
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// Panics unless running as root: the tests load eBPF programs and create namespaces.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "rst-trace's end-to-end tests need root (they load eBPF programs and create network \
+         namespaces): run them with sudo, e.g. `sudo ./x test`"
+    );
+}
+
+/// The rst-trace binary under test (built by `./x test` / `cargo xtask test`).
+pub fn rst_trace_bin() -> PathBuf {
+    let p = std::env::var_os("RST_TRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/rst-trace")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: build it first with `cargo build --release -p rst-trace` (./x test does)",
+        p.display()
+    );
+    p
+}
+
+/// The peer helper binary of this crate. Cargo builds it next to the test executables' `deps/`
+/// directory when it runs this package's integration tests.
+pub fn peer_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("rstt-peer");
+    assert!(p.exists(), "{} not built", p.display());
+    p
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace of the test's own, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        require_root();
+        let name = format!(
+            "rstt-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NAME ARGS...`
+    pub fn ip(&self, args: &[&str]) {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args));
+    }
+
+    /// Runs a command inside the namespace and asserts it succeeds.
+    pub fn exec(&self, args: &[&str]) {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args));
+    }
+
+    /// The namespace's inode, as rst-trace reports it in `netns`.
+    pub fn inode(&self) -> u64 {
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns file")
+            .ino()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A running rst-trace with `--json`, its events collected as they arrive.
+pub struct Tracer {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tracer {
+    /// Starts rst-trace and waits for its readiness line on stderr.
+    pub fn start(args: &[&str]) -> Self {
+        require_root();
+        let mut child = Command::new(rst_trace_bin())
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning rst-trace");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout");
+        let ev = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("rst-trace printed a non-JSON line {line:?}: {e}"));
+                ev.lock().unwrap().push(v);
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        let se = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("rst-trace: tracing TCP resets") {
+                    let _ = tx.send(());
+                }
+                se.lock().unwrap().push(line);
+            }
+        });
+        let mut t = Self {
+            child,
+            events,
+            stderr,
+        };
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = t.child.kill();
+            panic!(
+                "rst-trace did not print its readiness line; stderr: {:?}",
+                t.stderr.lock().unwrap()
+            );
+        }
+        t
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s for an event matching `pred`, and returns it.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = self.events().into_iter().find(|v| pred(v)) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no event for {what} within 10 s; events seen: {:#?}; stderr: {:?}",
+                    self.events(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGINT and waits for the exit status.
+    pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait rst-trace");
+        // Give the reader thread a moment to take the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        (status, self.events())
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A peer process (see `rstt-peer`), in a namespace, with its own comm.
+pub struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Peer {
+    /// Starts `rstt-peer --netns NS --name COMM [--wait] ARGS...`.
+    pub fn spawn(ns: &Netns, comm: &str, wait: bool, args: &[&str]) -> Self {
+        let mut cmd = Command::new(peer_bin());
+        cmd.args(["--netns", &ns.name, "--name", comm]);
+        if wait {
+            cmd.arg("--wait");
+        }
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning rstt-peer");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let p = Self {
+            child,
+            stdin,
+            lines: rx,
+        };
+        if wait {
+            let l = p.line();
+            assert_eq!(l, format!("pid {}", p.pid()), "peer's first line");
+        }
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line the peer printed (10 s at most).
+    pub fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("peer printed nothing within 10 s")
+    }
+
+    /// Lets a `--wait` peer act.
+    pub fn go(&mut self) {
+        let mut s = self.stdin.take().expect("peer was started with --wait");
+        writeln!(s, "go").expect("writing to peer");
+    }
+
+    pub fn wait(mut self) -> ExitStatus {
+        self.child.wait().expect("wait peer")
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Accessors that keep assertions short.
+pub fn s<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(v, |v, k| &v[k])
+}
+
+pub fn is_rst(v: &Value, direction: &str, condition: &str) -> bool {
+    v["type"] == "rst" && v["direction"] == direction && v["condition"] == condition
+}

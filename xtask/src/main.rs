@@ -1,1 +1,295 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup|build|run|test|check` (or `./x ...`, which first installs the
+//! pinned stable toolchain that cargo itself needs).
+//!
+//! Every step is idempotent and prints one line per action, so running it twice is cheap and
+//! tells what it found.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The nightly the eBPF crate builds with (keep in sync with rst-trace/build.rs).
+const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Debian packages: LLVM 22 for bpf-linker, iproute2/iptables/conntrack for the tests.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "iproute2",
+    "iptables",
+    "conntrack",
+];
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install whatever is missing: apt packages, the eBPF nightly + rust-src, bpf-linker.
+    Setup,
+    /// Set up, then build the release binary (target/release/rst-trace).
+    Build,
+    /// Set up, build, and run rst-trace with ARGS (as root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test (unit and end-to-end, as root), clippy and rustfmt.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// clippy with -D warnings and rustfmt --check only.
+    Check,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn say(s: &str) {
+    println!("xtask: {s}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output_ok(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup_apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output_ok(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        say(&format!("apt packages present: {}", APT_PACKAGES.join(" ")));
+        return Ok(());
+    }
+    say(&format!("installing apt packages: {}", missing.join(" ")));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn setup_nightly() -> Result<()> {
+    let have = output_ok(Command::new("rustup").args(["toolchain", "list"]))
+        .is_some_and(|l| l.lines().any(|t| t.starts_with(EBPF_TOOLCHAIN)));
+    let has_src = have
+        && output_ok(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ]))
+        .is_some_and(|l| l.lines().any(|c| c.starts_with("rust-src")));
+    if has_src {
+        say(&format!("toolchain {EBPF_TOOLCHAIN} with rust-src present"));
+        return Ok(());
+    }
+    say(&format!(
+        "installing toolchain {EBPF_TOOLCHAIN} with rust-src"
+    ));
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        EBPF_TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "-c",
+        "rust-src",
+    ]))
+}
+
+fn setup_bpf_linker() -> Result<()> {
+    let version = output_ok(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        say(&format!("bpf-linker {BPF_LINKER_VERSION} present"));
+        return Ok(());
+    }
+    say(&format!(
+        "installing bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"
+    ));
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", LLVM_PREFIX))
+}
+
+fn setup_tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        say("tracefs mounted");
+        return Ok(());
+    }
+    say("mounting tracefs at /sys/kernel/tracing");
+    run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
+
+fn setup() -> Result<()> {
+    setup_apt()?;
+    setup_nightly()?;
+    setup_bpf_linker()?;
+    // Only root can mount it; rst-trace itself needs root anyway.
+    if is_root() {
+        setup_tracefs()?;
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(root());
+    c
+}
+
+fn build() -> Result<()> {
+    setup()?;
+    say("building target/release/rst-trace");
+    run(cargo().args(["build", "--release", "-p", "rst-trace"]))
+}
+
+fn check() -> Result<()> {
+    say("cargo fmt --check");
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    say("cargo clippy --all-targets -- -D warnings");
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--workspace",
+        // The eBPF crate only builds for the bpf target (aya-build builds it, with
+        // rustc's own lints); on the host its panic handler clashes with std.
+        "--exclude",
+        "rst-trace-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+/// Runs the tests, echoing cargo's output, and ends with one `passed, failed` total line.
+fn test(args: &[String]) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cargo()
+        .args([
+            "test",
+            "--release",
+            "--workspace",
+            "--exclude",
+            "rst-trace-ebpf",
+        ])
+        .args(args)
+        .env("RST_TRACE_BIN", root().join("target/release/rst-trace"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let out = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        // "test result: ok. 8 passed; 0 failed; 0 ignored; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut w = part.split_whitespace();
+                match (w.next().and_then(|n| n.parse::<u64>().ok()), w.next()) {
+                    (Some(n), Some("passed")) => passed += n,
+                    (Some(n), Some("failed")) => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("xtask: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup(),
+        Cmd::Build => build(),
+        Cmd::Run { args } => {
+            build()?;
+            let bin = root().join("target/release/rst-trace");
+            let status = Command::new(&bin).args(&args).status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            build()?;
+            if !is_root() {
+                bail!("the end-to-end tests load eBPF programs: run `sudo ./x test`");
+            }
+            say("cargo test --release --workspace --exclude rst-trace-ebpf");
+            run(cargo()
+                .args([
+                    "test",
+                    "--release",
+                    "--workspace",
+                    "--exclude",
+                    "rst-trace-ebpf",
+                ])
+                .args(&args)
+                .env("RST_TRACE_BIN", root().join("target/release/rst-trace")))?;
+            check()
+        }
+        Cmd::Check => check(),
+    }
+}

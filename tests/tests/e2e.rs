@@ -1,0 +1,228 @@
+//! End-to-end: the real rst-trace binary and eBPF programs, real sockets in a network namespace
+//! of each test's own, real resets; assertions on what rst-trace printed.
+
+use std::process::Command;
+
+use rst_trace_tests::{Netns, Peer, Tracer, is_rst, require_root, rst_trace_bin, s};
+
+/// Scenario (a): connect to a closed port.
+fn refused(family_addr: &str, port: u16, tag: &str) {
+    let ns = Netns::new(tag);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let target = format!("{family_addr}:{port}");
+    let client = Peer::spawn(&ns, "rstt-refused", false, &["connect", &target]);
+    let pid = client.pid();
+    assert_eq!(client.line(), "errno ECONNREFUSED");
+    let inode = ns.inode();
+    let sent = tracer.wait_for("sent port_not_listening", |v| {
+        is_rst(v, "sent", "port_not_listening") && v["netns"] == inode
+    });
+    // The RST is sent by the kernel for a port nobody owns: the connecting client, whose
+    // softirq happened to run it, must not be blamed as the sender.
+    assert_eq!(sent["process"], serde_json::Value::Null, "{sent:#}");
+    assert_eq!(sent["attribution"], "none");
+    assert_eq!(sent["kernel_reason"], "NO_SOCKET");
+    assert_eq!(sent["origin"], "tcp");
+    assert_eq!(sent["state"], serde_json::Value::Null);
+    assert_eq!(s(&sent, "local.port"), port);
+    assert_eq!(s(&sent, "detail.incoming_flags"), "SYN");
+    let recv = tracer.wait_for("received connection_refused", |v| {
+        is_rst(v, "received", "connection_refused") && v["netns"] == inode
+    });
+    assert_eq!(s(&recv, "process.pid"), pid, "{recv:#}");
+    assert_eq!(s(&recv, "process.comm"), "rstt-refused");
+    assert_eq!(recv["attribution"], "socket_owner");
+    assert_eq!(recv["state"], "SYN_SENT");
+    assert_eq!(s(&recv, "remote.port"), port);
+    assert_eq!(s(&recv, "detail.errno"), "ECONNREFUSED");
+    // Both ends of one exchange: the endpoints mirror each other.
+    assert_eq!(s(&recv, "local.port"), s(&sent, "remote.port"));
+    assert_eq!(s(&recv, "local.addr"), s(&sent, "remote.addr"));
+    assert_eq!(s(&recv, "remote.addr"), s(&sent, "local.addr"));
+    let expect_family = if family_addr.starts_with('[') {
+        "ipv6"
+    } else {
+        "ipv4"
+    };
+    assert_eq!(sent["family"], expect_family);
+    assert_eq!(recv["family"], expect_family);
+    assert_eq!(s(&recv, "linked_sent.condition"), "port_not_listening");
+    let (status, _) = tracer.stop();
+    assert!(status.success(), "rst-trace exit {status:?}");
+}
+
+#[test]
+fn closed_port_ipv4() {
+    refused("127.0.0.1", 20001, "refused4");
+}
+
+#[test]
+fn closed_port_ipv6() {
+    refused("[::1]", 20002, "refused6");
+}
+
+/// Scenario (b): the classic demo. The client sends 256 bytes, the server reads 128 and closes.
+fn unread_close(addr: &str, port: u16, tag: &str) {
+    let ns = Netns::new(tag);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let bind = format!("{addr}:{port}");
+    let server = Peer::spawn(&ns, "rstt-server", false, &["server", &bind, "128"]);
+    assert_eq!(server.line(), "listening");
+    let client = Peer::spawn(&ns, "rstt-client", false, &["client", &bind, "256"]);
+    assert_eq!(client.line(), "sent");
+    assert_eq!(server.line(), "closed");
+    assert_eq!(client.line(), "errno ECONNRESET");
+    let inode = ns.inode();
+    let sent = tracer.wait_for("sent close_with_unread_data", |v| {
+        is_rst(v, "sent", "close_with_unread_data") && v["netns"] == inode
+    });
+    assert_eq!(s(&sent, "process.pid"), server.pid(), "{sent:#}");
+    assert_eq!(s(&sent, "process.comm"), "rstt-server");
+    assert_eq!(sent["attribution"], "socket_owner");
+    assert_eq!(sent["kernel_reason"], "TCP_ABORT_ON_CLOSE");
+    assert_eq!(sent["state"], "ESTABLISHED");
+    assert_eq!(s(&sent, "detail.unread_bytes"), 128);
+    assert_eq!(s(&sent, "local.port"), port);
+    let recv = tracer.wait_for("received peer_reset", |v| {
+        is_rst(v, "received", "peer_reset") && v["netns"] == inode
+    });
+    // The client's socket: never blamed on the server.
+    assert_eq!(s(&recv, "process.pid"), client.pid(), "{recv:#}");
+    assert_eq!(s(&recv, "process.comm"), "rstt-client");
+    assert_eq!(recv["state"], "ESTABLISHED");
+    assert_eq!(s(&recv, "remote.port"), port);
+    assert_eq!(s(&recv, "detail.errno"), "ECONNRESET");
+    assert_eq!(s(&recv, "linked_sent.condition"), "close_with_unread_data");
+    assert_eq!(s(&recv, "linked_sent.process.pid"), server.pid());
+    assert!(recv["socket_cookie"].as_u64().is_some_and(|c| c > 0));
+    assert!(sent["time"].as_str().unwrap().ends_with('Z'));
+    let (status, events) = tracer.stop();
+    assert!(status.success());
+    // Exactly one reset each way for this connection.
+    let ours: Vec<_> = events.iter().filter(|v| v["netns"] == inode).collect();
+    assert_eq!(ours.len(), 2, "{ours:#?}");
+}
+
+#[test]
+fn classic_demo_ipv4() {
+    unread_close("127.0.0.1", 20003, "demo4");
+}
+
+#[test]
+fn classic_demo_ipv6() {
+    unread_close("[::1]", 20004, "demo6");
+}
+
+/// Scenario (c): `--pid` shows one process's resets and hides another's.
+#[test]
+fn pid_filter_shows_one_process_only() {
+    let ns = Netns::new("pidfilter");
+    let mut a = Peer::spawn(&ns, "rstt-a", true, &["connect", "127.0.0.1:20011"]);
+    let mut b = Peer::spawn(&ns, "rstt-b", true, &["connect", "127.0.0.1:20012"]);
+    let filtered = Tracer::start(&["--pid", &a.pid().to_string()]);
+    let control = Tracer::start(&["--port", "20011", "--port", "20012"]);
+    a.go();
+    b.go();
+    assert_eq!(a.line(), "errno ECONNREFUSED");
+    assert_eq!(b.line(), "errno ECONNREFUSED");
+    let inode = ns.inode();
+    // The control tracer sees both refusals, so B's reset really happened.
+    for pid in [a.pid(), b.pid()] {
+        control.wait_for("control: connection_refused", |v| {
+            is_rst(v, "received", "connection_refused") && v["process"]["pid"] == pid
+        });
+    }
+    let ev = filtered.wait_for("filtered: A's connection_refused", |v| {
+        is_rst(v, "received", "connection_refused") && v["netns"] == inode
+    });
+    assert_eq!(s(&ev, "process.pid"), a.pid());
+    let (_, events) = filtered.stop();
+    for v in &events {
+        assert_eq!(s(v, "process.pid"), a.pid(), "--pid let through {v:#}");
+    }
+    drop(control);
+}
+
+/// Scenario (d): an unprivileged user gets exit 1 and the documented message.
+#[test]
+fn unprivileged_user_is_told_to_use_sudo() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("rstt-unpriv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("rst-trace");
+    std::fs::copy(rst_trace_bin(), &bin).unwrap();
+    Command::new("chmod")
+        .args(["755", dir.to_str().unwrap(), bin.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&bin)
+        .output()
+        .expect("setpriv");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("rst-trace needs root"), "stderr: {err}");
+    assert!(err.contains("sudo"), "stderr: {err}");
+    assert!(out.stdout.is_empty());
+}
+
+/// Scenario (e): an unknown flag is a usage error, exit 2.
+#[test]
+fn unknown_flag_is_usage_error() {
+    let out = Command::new(rst_trace_bin())
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--no-such-flag"), "stderr: {err}");
+    let out = Command::new(rst_trace_bin())
+        .args(["--condition", "bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `--count` ends the program with status 0 after N events.
+#[test]
+fn count_exits_zero() {
+    let ns = Netns::new("count");
+    let mut t = Command::new(rst_trace_bin())
+        .args([
+            "--json",
+            "--count",
+            "1",
+            "--port",
+            "20021",
+            "--direction",
+            "received",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the readiness line.
+    let err = t.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(err));
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.starts_with("rst-trace: tracing TCP resets"),
+        "{first}"
+    );
+    let c = Peer::spawn(&ns, "rstt-count", false, &["connect", "127.0.0.1:20021"]);
+    assert_eq!(c.line(), "errno ECONNREFUSED");
+    let out = t.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["condition"], "connection_refused");
+}
