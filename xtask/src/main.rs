@@ -275,20 +275,12 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             build()?;
             if !is_root() {
-                bail!("the end-to-end tests load eBPF programs: run `sudo ./x test`");
+                bail!("the end-to-end tests load eBPF programs: run `./x test` as root");
             }
+            // Lints first, so the run ends with the test totals.
+            check()?;
             say("cargo test --release --workspace --exclude rst-trace-ebpf");
-            run(cargo()
-                .args([
-                    "test",
-                    "--release",
-                    "--workspace",
-                    "--exclude",
-                    "rst-trace-ebpf",
-                ])
-                .args(&args)
-                .env("RST_TRACE_BIN", root().join("target/release/rst-trace")))?;
-            check()
+            test(&args)
         }
         Cmd::Check => check(),
     }
