@@ -21,6 +21,15 @@ pub const PROG_SEND_RESET: &str = "tcp_send_reset";
 pub const PROG_RECEIVE_RESET: &str = "tcp_receive_reset";
 pub const PROG_SET_STATE: &str = "inet_sock_set_state";
 pub const PROG_DESTROY_SOCK: &str = "tcp_destroy_sock";
+pub const PROG_SEND_LENGTH: &str = "sock_io";
+pub const PROG_RECV_LENGTH: &str = "sock_recv_length";
+pub const PROG_EXIT_ACCEPT: &str = "sys_exit_accept";
+/// LRU map from thread id to the listener it is closing ([`ListenerClose`]).
+pub const MAP_CLOSING_LISTENERS: &str = "CLOSING_LISTENERS";
+/// Owners of sockets that existed before rst-trace started, keyed by socket cookie (seeded by
+/// userspace from sock_diag and /proc/*/fd).
+pub const MAP_SEED_OWNERS: &str = "SEED_OWNERS";
+pub const SEED_MAX_ENTRIES: u32 = 65536;
 
 /// Default number of sockets remembered in [`MAP_SOCKS`].
 pub const SOCKS_MAX_ENTRIES: u32 = 65536;
@@ -78,8 +87,14 @@ pub struct Config {
     pub ss_oldstate: u16,
     pub ss_newstate: u16,
     pub ss_protocol: u16,
+    pub ss_sport: u16,
     // tcp:tcp_destroy_sock record
     pub destroy_skaddr: u16,
+    // sock:sock_send_length / sock_recv_length records (6.3+), same layout
+    pub len_sk: u16,
+    pub len_protocol: u16,
+    // syscalls:sys_exit_accept4 / sys_exit_accept record
+    pub exit_ret: u16,
     // struct sock / sock_common
     pub sk_family: u16,
     pub sk_state: u16,
@@ -87,6 +102,9 @@ pub struct Config {
     pub sk_cookie: u16,
     pub sk_flags: u16,
     pub sk_lingertime: u16,
+    pub sk_protocol: u16,
+    pub sk_ack_backlog: u16,
+    pub sk_max_ack_backlog: u16,
     // struct net
     pub net_inum: u16,
     // struct tcp_sock
@@ -95,6 +113,9 @@ pub struct Config {
     pub tp_write_seq: u16,
     pub tp_snd_una: u16,
     pub tp_linger2: u16,
+    pub tp_lsndtime: u16,
+    pub tp_rcv_tstamp: u16,
+    pub tp_lrcvtime: u16,
     // struct sk_buff
     pub skb_head: u16,
     pub skb_data: u16,
@@ -103,6 +124,14 @@ pub struct Config {
     pub skb_transport_header: u16,
     // struct net_device
     pub dev_nd_net: u16,
+    // task_struct -> files_struct -> fdtable -> file -> socket -> sock, to find the socket an
+    // accept() returned
+    pub task_files: u16,
+    pub files_fdt: u16,
+    pub fdt_max_fds: u16,
+    pub fdt_fd: u16,
+    pub file_private_data: u16,
+    pub socket_sk: u16,
     /// Bit number of `SOCK_LINGER` in `enum sock_flags`.
     pub sock_linger_bit: u16,
     /// `FILTER_*` bits.
@@ -139,32 +168,48 @@ impl Config {
             ss_oldstate: OFF_NONE,
             ss_newstate: OFF_NONE,
             ss_protocol: OFF_NONE,
+            ss_sport: OFF_NONE,
             destroy_skaddr: OFF_NONE,
+            len_sk: OFF_NONE,
+            len_protocol: OFF_NONE,
+            exit_ret: OFF_NONE,
             sk_family: OFF_NONE,
             sk_state: OFF_NONE,
             sk_net: OFF_NONE,
             sk_cookie: OFF_NONE,
             sk_flags: OFF_NONE,
             sk_lingertime: OFF_NONE,
+            sk_protocol: OFF_NONE,
+            sk_ack_backlog: OFF_NONE,
+            sk_max_ack_backlog: OFF_NONE,
             net_inum: OFF_NONE,
             tp_rcv_nxt: OFF_NONE,
             tp_copied_seq: OFF_NONE,
             tp_write_seq: OFF_NONE,
             tp_snd_una: OFF_NONE,
             tp_linger2: OFF_NONE,
+            tp_lsndtime: OFF_NONE,
+            tp_rcv_tstamp: OFF_NONE,
+            tp_lrcvtime: OFF_NONE,
             skb_head: OFF_NONE,
             skb_data: OFF_NONE,
             skb_network_header: OFF_NONE,
             skb_dev: OFF_NONE,
             skb_transport_header: OFF_NONE,
             dev_nd_net: OFF_NONE,
+            task_files: OFF_NONE,
+            files_fdt: OFF_NONE,
+            fdt_max_fds: OFF_NONE,
+            fdt_fd: OFF_NONE,
+            file_private_data: OFF_NONE,
+            socket_sk: OFF_NONE,
             sock_linger_bit: OFF_NONE,
             filters: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 96);
+const _: () = assert!(core::mem::size_of::<Config>() == 128);
 
 /// A task as the kernel saw it.
 #[repr(C)]
@@ -196,6 +241,20 @@ pub struct SockInfo {
 
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
 
+/// The listener a thread is closing: its unaccepted connections are reset from inside that
+/// `close()` (inet_csk_listen_stop() -> tcp_disconnect() of each child).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerClose {
+    pub sk: u64,
+    pub mono_ns: u64,
+    /// Listening port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<ListenerClose>() == 24);
+
 /// `RstEvent::kind`.
 pub const KIND_SENT: u8 = 1;
 pub const KIND_RECEIVED: u8 = 2;
@@ -206,6 +265,8 @@ pub const ATTR_NONE: u8 = 0;
 pub const ATTR_OWNER_MAP: u8 = 1;
 /// `owner` is the current task, because the kernel acted inside the owner's system call.
 pub const ATTR_OWNER_CURRENT: u8 = 2;
+/// `owner` came from [`MAP_SEED_OWNERS`]: the socket existed before rst-trace started.
+pub const ATTR_OWNER_SEED: u8 = 3;
 
 /// `RstEvent::facts` bits.
 /// The provoking segment's IP and TCP headers were read (`tcp_flags`, `ttl`, endpoints from it).
@@ -216,6 +277,12 @@ pub const FACT_TCP_SOCK: u32 = 2;
 pub const FACT_LINGER_ZERO: u32 = 4;
 /// The socket has `SO_LINGER` on (any timeout).
 pub const FACT_LINGER_ON: u32 = 8;
+/// The current thread is closing a listener on the reset socket's local port.
+pub const FACT_LISTENER_CLOSING: u32 = 16;
+/// `ack_backlog`/`max_ack_backlog` were read (the socket is a listener).
+pub const FACT_BACKLOG: u32 = 32;
+/// `idle_jiffies` was computed.
+pub const FACT_IDLE: u32 = 64;
 
 /// One reset, as the kernel side saw it. Explaining it is userspace's job.
 #[repr(C)]
@@ -265,11 +332,16 @@ pub struct RstEvent {
     pub _pad0: u8,
     /// `FACT_*` bits.
     pub facts: u32,
-    pub _pad1: u32,
+    /// Jiffies since the connection last sent or received (`lsndtime`, `rcv_tstamp`,
+    /// `icsk_ack.lrcvtime`), with [`FACT_IDLE`].
+    pub idle_jiffies: u32,
+    /// A listener's accept queue length and limit, with [`FACT_BACKLOG`].
+    pub ack_backlog: u32,
+    pub max_ack_backlog: u32,
 }
 
 /// Size of one record in the ring buffer.
-pub const RST_EVENT_SIZE: usize = 176;
+pub const RST_EVENT_SIZE: usize = 184;
 const _: () = assert!(core::mem::size_of::<RstEvent>() == RST_EVENT_SIZE);
 
 #[cfg(feature = "user")]
@@ -279,6 +351,7 @@ mod user {
     unsafe impl aya::Pod for super::Task {}
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::RstEvent {}
+    unsafe impl aya::Pod for super::ListenerClose {}
 }
 
 /// Why a ring buffer record could not be decoded.

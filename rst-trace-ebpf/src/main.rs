@@ -9,18 +9,19 @@
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use rst_trace_common::{
-    ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, Config, FACT_LINGER_ON, FACT_LINGER_ZERO,
-    FACT_PACKET, FACT_TCP_SOCK, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID,
-    FILTER_PORT, KIND_RECEIVED, KIND_SENT, OFF_NONE, REASON_NONE, RstEvent, SEND_LAYOUT_SOCKADDR,
-    SOCKS_MAX_ENTRIES, SockInfo, Task,
+    ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, ATTR_OWNER_SEED, Config, FACT_BACKLOG,
+    FACT_IDLE, FACT_LINGER_ON, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_PACKET, FACT_TCP_SOCK,
+    FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT, KIND_RECEIVED,
+    KIND_SENT, ListenerClose, OFF_NONE, REASON_NONE, RstEvent, SEED_MAX_ENTRIES,
+    SEND_LAYOUT_SOCKADDR, SOCKS_MAX_ENTRIES, SockInfo, Task,
 };
 
 // Kernel ABI constants that never change (uapi).
@@ -29,8 +30,10 @@ const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 // enum tcp_state (include/net/tcp_states.h), exported to userspace through /proc/net/tcp.
 const TCP_SYN_SENT: i32 = 2;
+const TCP_TIME_WAIT: i32 = 6;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
+const TCP_NEW_SYN_RECV: i32 = 12;
 
 #[unsafe(no_mangle)]
 static CONFIG: Global<Config> = Global::new(Config::empty());
@@ -63,6 +66,12 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);
 
 #[map]
+static SEED_OWNERS: HashMap<u64, Task> = HashMap::with_max_entries(SEED_MAX_ENTRIES, 0);
+
+#[map]
+static CLOSING_LISTENERS: LruHashMap<u32, ListenerClose> = LruHashMap::with_max_entries(1024, 0);
+
+#[map]
 static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
 
 #[map]
@@ -87,6 +96,16 @@ fn kread<T>(base: u64, off: u16) -> Option<T> {
     }
     // SAFETY: as above, bpf_probe_read_kernel never faults.
     unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
+}
+
+/// Reads kernel memory at an absolute address.
+#[inline(always)]
+fn kread_at<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel never faults.
+    unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
 }
 
 #[inline(always)]
@@ -176,6 +195,24 @@ fn read_tcp_sock(sk: u64, ev: &mut RstEvent) {
     ev.unsent = write_seq.wrapping_sub(snd_una);
     ev.linger2 = kread::<i32>(sk, conf!(tp_linger2)).unwrap_or(0);
     ev.facts |= FACT_TCP_SOCK;
+    // Idle time: jiffies since the last send (lsndtime), ACK (rcv_tstamp) or data
+    // (icsk_ack.lrcvtime); all u32 jiffies, so wrapping differences.
+    if let (Some(snd), Some(ack), Some(data)) = (
+        kread::<u32>(sk, conf!(tp_lsndtime)),
+        kread::<u32>(sk, conf!(tp_rcv_tstamp)),
+        kread::<u32>(sk, conf!(tp_lrcvtime)),
+    ) {
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_jiffies64() } as u32;
+        let a = now.wrapping_sub(snd);
+        let b = now.wrapping_sub(ack);
+        let c = now.wrapping_sub(data);
+        ev.idle_jiffies = if a < b { a } else { b };
+        if c < ev.idle_jiffies {
+            ev.idle_jiffies = c;
+        }
+        ev.facts |= FACT_IDLE;
+    }
     let bit = conf!(sock_linger_bit);
     if bit < 64
         && let Some(flags) = kread::<u64>(sk, conf!(sk_flags))
@@ -201,8 +238,44 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
             ev.owner = info.owner;
             ev.owner_ns = info.owner_ns;
             ev.attribution = ATTR_OWNER_MAP;
+            return;
         }
     }
+    // Sockets that existed before rst-trace started: userspace seeded their owners by cookie.
+    if ev.cookie != 0
+        && let Some(t) = unsafe { SEED_OWNERS.get(&ev.cookie) }
+    {
+        ev.owner = *t;
+        ev.attribution = ATTR_OWNER_SEED;
+    }
+}
+
+/// Records the current task as `sk`'s owner (called only in the owner's own system calls).
+/// A socket passed to another process (fork, SCM_RIGHTS) changes hands at its next use there.
+#[inline(always)]
+fn learn_owner(sk: u64) {
+    if sk == 0 {
+        return;
+    }
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a map value pointer, valid for this program run.
+        unsafe {
+            if (*info).owner_ns != 0 && (*info).owner.pid == pid {
+                return;
+            }
+            (*info).owner = current_task();
+            (*info).owner_ns = bpf_ktime_get_ns();
+        }
+        return;
+    }
+    let info = SockInfo {
+        owner: current_task(),
+        owner_ns: unsafe { bpf_ktime_get_ns() },
+        close_prev_state: 0,
+        _pad: [0; 7],
+    };
+    let _ = SOCKS.insert(&sk, &info, 0);
 }
 
 /// In-kernel filters, so a busy host does not pay for events nobody asked for.
@@ -316,10 +389,31 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         ev.cookie = kread::<u64>(sk, conf!(sk_cookie)).unwrap_or(0);
     }
     owner_from_map(sk, ev);
+    if sk != 0 && state == TCP_LISTEN {
+        // Listener facts: a full accept queue explains INVALID_SYN / TCP_FLAGS resets.
+        if let (Some(q), Some(max)) = (
+            kread::<u32>(sk, conf!(sk_ack_backlog)),
+            kread::<u32>(sk, conf!(sk_max_ack_backlog)),
+        ) {
+            ev.ack_backlog = q;
+            ev.max_ack_backlog = max;
+            ev.facts |= FACT_BACKLOG;
+        }
+    } else if sk != 0 && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV {
+        // A full tcp_sock (TIME_WAIT and request sockets are mini-sockets without these fields).
+        read_tcp_sock(sk, ev);
+    }
     if skb == 0 && sk != 0 {
         // tcp_send_active_reset(): called with a full socket and no skb.
-        read_tcp_sock(sk, ev);
         if state == TCP_CLOSE {
+            let tid = bpf_get_current_pid_tgid() as u32;
+            // SAFETY: value copied out at once.
+            if let Some(l) = unsafe { CLOSING_LISTENERS.get(&tid) }
+                && l.port == ev.local_port
+                && ev.mono_ns.wrapping_sub(l.mono_ns) < 1_000_000_000
+            {
+                ev.facts |= FACT_LISTENER_CLOSING;
+            }
             // The socket was moved to CLOSE right before the reset: tcp_close(), tcp_disconnect()
             // or process exit, all in the owner's own system call (the keepalive timer's reset
             // leaves the state ESTABLISHED). The current task is the one that acted.
@@ -393,14 +487,19 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let old = tp::<i32>(&ctx, conf!(ss_oldstate)).unwrap_or(0);
     let new = tp::<i32>(&ctx, conf!(ss_newstate)).unwrap_or(0);
     if new == TCP_SYN_SENT || new == TCP_LISTEN {
-        let info = SockInfo {
-            owner: current_task(),
-            owner_ns: unsafe { bpf_ktime_get_ns() },
-            close_prev_state: 0,
-            _pad: [0; 7],
-        };
-        let _ = SOCKS.insert(&sk, &info, 0);
+        learn_owner(sk);
     } else if new == TCP_CLOSE {
+        if old == TCP_LISTEN {
+            // tcp_close() of a listener: the resets of its unaccepted children follow, in this
+            // same thread (inet_csk_listen_stop()).
+            let l = ListenerClose {
+                sk,
+                mono_ns: unsafe { bpf_ktime_get_ns() },
+                port: tp::<u16>(&ctx, conf!(ss_sport)).unwrap_or(0),
+                _pad: [0; 6],
+            };
+            let _ = CLOSING_LISTENERS.insert(&(bpf_get_current_pid_tgid() as u32), &l, 0);
+        }
         if let Some(info) = SOCKS.get_ptr_mut(&sk) {
             // SAFETY: a map value pointer, valid for this program run.
             unsafe { (*info).close_prev_state = old as u8 };
@@ -421,6 +520,62 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     if let Some(sk) = tp::<u64>(&ctx, conf!(destroy_skaddr)) {
         let _ = SOCKS.remove(&sk);
     }
+    0
+}
+
+/// `sock:sock_send_length` / `sock:sock_recv_length` (6.3+): every send and receive runs in
+/// the process that uses the socket, which owns it from then on (e.g. a forked worker).
+#[tracepoint]
+pub fn sock_io(ctx: TracePointContext) -> u32 {
+    if tp::<u16>(&ctx, conf!(len_protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    if let Some(sk) = tp::<u64>(&ctx, conf!(len_sk)) {
+        learn_owner(sk);
+    }
+    0
+}
+
+/// `syscalls:sys_exit_accept4` / `sys_exit_accept`: the new fd's socket belongs to the caller.
+/// current->files->fdt->fd[ret]->private_data (struct socket)->sk.
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let Some(fd) = tp::<i64>(&ctx, conf!(exit_ret)) else {
+        return 0;
+    };
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: helper without preconditions; the result is only used as a number.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(files) = kread::<u64>(task, conf!(task_files)) else {
+        return 0;
+    };
+    let Some(fdt) = kread::<u64>(files, conf!(files_fdt)) else {
+        return 0;
+    };
+    let Some(max) = kread::<u32>(fdt, conf!(fdt_max_fds)) else {
+        return 0;
+    };
+    if fd as u64 >= u64::from(max) {
+        return 0;
+    }
+    let Some(fds) = kread::<u64>(fdt, conf!(fdt_fd)) else {
+        return 0;
+    };
+    let Some(file) = kread_at::<u64>(fds + (fd as u64) * 8) else {
+        return 0;
+    };
+    let Some(sock) = kread::<u64>(file, conf!(file_private_data)) else {
+        return 0;
+    };
+    let Some(sk) = kread::<u64>(sock, conf!(socket_sk)) else {
+        return 0;
+    };
+    if conf!(sk_protocol) != OFF_NONE && kread::<u16>(sk, conf!(sk_protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    learn_owner(sk);
     0
 }
 

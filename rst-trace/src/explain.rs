@@ -8,9 +8,11 @@ use std::{
 };
 
 use rst_trace_common::{
-    ATTR_NONE, FACT_LINGER_ZERO, FACT_PACKET, FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT, REASON_NONE,
-    RstEvent, Task,
+    ATTR_NONE, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_PACKET,
+    FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent, Task,
 };
+
+use crate::layout::KernelInfo;
 
 /// `RstEvent::kind`, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -324,11 +326,14 @@ impl History {
 }
 
 /// Explains one event. `reasons` maps the kernel's `enum sk_rst_reason` values to names.
-pub fn explain(
-    ev: &RstEvent,
-    reasons: &HashMap<u32, String>,
-    history: &mut History,
-) -> Option<Report> {
+/// Idle time past which a received reset suggests a middlebox (NAT, load balancer, mobile
+/// carrier) expired the flow: common idle timeouts are 4 to 5 minutes (e.g. 350 s on AWS NLB,
+/// 4 min on Azure LB, about 5 min on mobile networks).
+const MIDDLEBOX_IDLE_MS: u64 = 240_000;
+
+/// Explains one event, using the kernel facts (`enum sk_rst_reason` names, jiffy length).
+pub fn explain(ev: &RstEvent, info: &KernelInfo, history: &mut History) -> Option<Report> {
+    let reasons = &info.reasons;
     let direction = Direction::try_from(ev.kind).ok()?;
     let ipv6 = ev.family == 10;
     let local = endpoint(ipv6, &ev.local_addr, ev.local_port);
@@ -359,9 +364,11 @@ pub fn explain(
         linked: None,
         inferred: false,
     };
+    let idle_ms = (ev.facts & FACT_IDLE != 0 && info.jiffy_ns > 0)
+        .then(|| u64::from(ev.idle_jiffies) * info.jiffy_ns / 1_000_000);
     match direction {
         Direction::Sent => explain_sent(ev, reasons, &mut r),
-        Direction::Received => explain_received(ev, history, &mut r),
+        Direction::Received => explain_received(ev, history, idle_ms, &mut r),
     }
     if r.process.is_none() && r.no_process_why.is_none() {
         r.no_process_why = Some(if ev.skaddr == 0 {
@@ -398,7 +405,7 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
     let tcp_sock = ev.facts & FACT_TCP_SOCK != 0;
     // For aborts the tracepoint says CLOSE; the state the connection was in comes from the
     // preceding inet_sock_set_state X -> CLOSE transition.
-    if r.state == Some(TcpState::Close) && ev.skbaddr == 0 && prev.is_some() {
+    if r.state == Some(TcpState::Close) && prev.is_some() {
         r.state = prev;
     }
     let state_name = r
@@ -446,6 +453,7 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
         }
         "TCP_TIMEWAIT_SOCKET" => {
             r.condition = cond::TIME_WAIT_SEGMENT;
+            r.no_process_why = Some("closed, in TIME_WAIT");
             if packet {
                 r.detail
                     .push(("incoming_flags", DetailValue::Text(incoming.clone())));
@@ -454,16 +462,28 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
                 "a segment ({incoming}) from {remote} hit a connection already closed and waiting in TIME_WAIT on {local}, so the kernel answered with RST"
             );
         }
+        "TCP_FLAGS" | "INVALID_SYN"
+            if r.state == Some(TcpState::Listen)
+                && (reason_key == "INVALID_SYN"
+                    || (ev.facts & FACT_BACKLOG != 0 && ev.ack_backlog > ev.max_ack_backlog)) =>
+        {
+            r.condition = cond::ACCEPT_QUEUE_OVERFLOW;
+            if ev.facts & FACT_BACKLOG != 0 {
+                r.detail
+                    .push(("accept_queue", DetailValue::Num(u64::from(ev.ack_backlog))));
+                r.detail.push((
+                    "accept_queue_max",
+                    DetailValue::Num(u64::from(ev.max_ack_backlog)),
+                ));
+            }
+            r.explanation = format!(
+                "{proc_}'s accept queue on {local} was full (it is not calling accept() fast enough) and net.ipv4.tcp_abort_on_overflow=1, so the kernel reset the connection from {remote}"
+            );
+        }
         "TCP_FLAGS" if r.state == Some(TcpState::Listen) => {
             r.condition = cond::UNEXPECTED_ACK_ON_LISTENER;
             r.explanation = format!(
                 "an ACK ({incoming}) from {remote} reached listener {proc_} on {local} for a connection it does not have (handshake state lost, or a stray segment), so the kernel answered with RST"
-            );
-        }
-        "INVALID_SYN" if r.state == Some(TcpState::Listen) => {
-            r.condition = cond::ACCEPT_QUEUE_OVERFLOW;
-            r.explanation = format!(
-                "{proc_}'s accept queue on {local} was full and net.ipv4.tcp_abort_on_overflow=1, so the kernel reset the connection from {remote}"
             );
         }
         "TCP_INVALID_ACK_SEQUENCE" | "TCP_TOO_OLD_ACK" | "TCP_ACK_UNSENT_DATA" | "TCP_OLD_ACK" => {
@@ -500,7 +520,7 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
         }
         "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA" | "INFER_ACTIVE_CLOSE" => {
             let unsent = ev.unsent;
-            if prev == Some(TcpState::Listen) || r.state == Some(TcpState::Listen) {
+            if ev.facts & FACT_LISTENER_CLOSING != 0 || prev == Some(TcpState::Listen) {
                 r.condition = cond::LISTENER_CLOSED;
                 r.explanation = format!(
                     "{proc_} closed its listening socket on {local} while a connection from {remote} was not yet accepted, so the kernel reset that connection"
@@ -593,7 +613,7 @@ fn infer_reason(ev: &RstEvent, prev: Option<TcpState>) -> &'static str {
     }
 }
 
-fn explain_received(ev: &RstEvent, history: &History, r: &mut Report) {
+fn explain_received(ev: &RstEvent, history: &History, idle_ms: Option<u64>, r: &mut Report) {
     let proc_ = who(r);
     let remote = r.remote;
     let local = r.local;
@@ -634,8 +654,20 @@ fn explain_received(ev: &RstEvent, history: &History, r: &mut Report) {
         let sees = errno
             .map(|e| format!("; {proc_} sees {e} on its next read or write"))
             .unwrap_or_default();
+        if let Some(ms) = idle_ms {
+            r.detail.push(("idle_ms", DetailValue::Num(ms)));
+        }
+        // Evidence, never a verdict: a long idle connection reset by a remote peer is what a
+        // NAT, load balancer or mobile network that expired the flow produces.
+        let suspicion = match idle_ms {
+            Some(ms) if linked.is_none() && ms >= MIDDLEBOX_IDLE_MS => format!(
+                " (suspicion, not fact: the connection had been idle for {} s, longer than common NAT, load-balancer and mobile idle timeouts, so a middlebox that expired the flow may have sent this RST)",
+                ms / 1000
+            ),
+            _ => String::new(),
+        };
         r.explanation =
-            format!("{remote} reset the connection while it was {state_name}{by}{sees}");
+            format!("{remote} reset the connection while it was {state_name}{by}{sees}{suspicion}");
     }
     r.linked = linked;
 }
@@ -644,15 +676,18 @@ fn explain_received(ev: &RstEvent, history: &History, r: &mut Report) {
 mod tests {
     use super::*;
 
-    fn reasons() -> HashMap<u32, String> {
-        [
-            (1, "NO_SOCKET"),
-            (11, "TCP_ABORT_ON_CLOSE"),
-            (14, "TCP_STATE"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k, v.to_string()))
-        .collect()
+    fn reasons() -> KernelInfo {
+        KernelInfo {
+            reasons: [
+                (1, "NO_SOCKET"),
+                (11, "TCP_ABORT_ON_CLOSE"),
+                (14, "TCP_STATE"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect(),
+            jiffy_ns: 4_000_000,
+        }
     }
 
     fn task(comm: &str, pid: u32) -> Task {

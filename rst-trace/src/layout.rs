@@ -14,6 +14,10 @@ pub struct Tracepoints {
     pub receive_reset: Format,
     pub set_state: Format,
     pub destroy_sock: Option<Format>,
+    /// `sock:sock_send_length` (6.3+); `sock_recv_length` has the same layout.
+    pub send_length: Option<Format>,
+    /// `syscalls:sys_exit_accept4` (needs CONFIG_FTRACE_SYSCALLS).
+    pub exit_accept: Option<Format>,
 }
 
 /// The kernel facts userspace needs to decode events.
@@ -21,6 +25,24 @@ pub struct Tracepoints {
 pub struct KernelInfo {
     /// `enum sk_rst_reason` names by value, from the `format` file (or BTF); empty before 6.10.
     pub reasons: HashMap<u32, String>,
+    /// Length of a jiffy in ns (1 s / CONFIG_HZ), for the idle times the kernel keeps in jiffies.
+    pub jiffy_ns: u64,
+}
+
+/// The jiffy length: the resolution of the coarse clocks is one tick (TICK_NSEC), which is how
+/// userspace can learn CONFIG_HZ without the kernel config.
+pub fn jiffy_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc == 0 {
+        (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    } else {
+        0
+    }
 }
 
 fn off(v: Option<u16>) -> u16 {
@@ -73,10 +95,18 @@ pub fn tracepoint_config(tps: &Tracepoints, cfg: &mut Config) -> Result<()> {
     cfg.ss_oldstate = st.require("oldstate", 4)?;
     cfg.ss_newstate = st.require("newstate", 4)?;
     cfg.ss_protocol = st.require("protocol", 2)?;
+    cfg.ss_sport = st.require("sport", 2)?;
     cfg.destroy_skaddr = match &tps.destroy_sock {
         Some(d) => d.require("skaddr", 8)?,
         None => OFF_NONE,
     };
+    if let Some(l) = &tps.send_length {
+        cfg.len_sk = l.require("sk", 8)?;
+        cfg.len_protocol = l.require("protocol", 2)?;
+    }
+    if let Some(a) = &tps.exit_accept {
+        cfg.exit_ret = a.require("ret", 8)?;
+    }
     Ok(())
 }
 
@@ -106,18 +136,31 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     // 6.18 moved sk_flags into sock_common as skc_flags.
     cfg.sk_flags = btf_off_any(btf, "sock", &["sk_flags", "__sk_common.skc_flags"])?;
     cfg.sk_lingertime = btf_off(btf, "sock", "sk_lingertime")?;
+    // sk_protocol was a bitfield before 5.6: then the accept hook skips its TCP check.
+    cfg.sk_protocol = btf_off(btf, "sock", "sk_protocol").unwrap_or(OFF_NONE);
+    cfg.sk_ack_backlog = btf_off(btf, "sock", "sk_ack_backlog")?;
+    cfg.sk_max_ack_backlog = btf_off(btf, "sock", "sk_max_ack_backlog")?;
     cfg.net_inum = btf_off(btf, "net", "ns.inum")?;
     cfg.tp_rcv_nxt = btf_off(btf, "tcp_sock", "rcv_nxt")?;
     cfg.tp_copied_seq = btf_off(btf, "tcp_sock", "copied_seq")?;
     cfg.tp_write_seq = btf_off(btf, "tcp_sock", "write_seq")?;
     cfg.tp_snd_una = btf_off(btf, "tcp_sock", "snd_una")?;
     cfg.tp_linger2 = btf_off(btf, "tcp_sock", "linger2")?;
+    cfg.tp_lsndtime = btf_off(btf, "tcp_sock", "lsndtime")?;
+    cfg.tp_rcv_tstamp = btf_off(btf, "tcp_sock", "rcv_tstamp")?;
+    cfg.tp_lrcvtime = btf_off(btf, "tcp_sock", "inet_conn.icsk_ack.lrcvtime")?;
     cfg.skb_head = btf_off(btf, "sk_buff", "head")?;
     cfg.skb_data = btf_off(btf, "sk_buff", "data")?;
     cfg.skb_network_header = btf_off(btf, "sk_buff", "network_header")?;
     cfg.skb_transport_header = btf_off(btf, "sk_buff", "transport_header")?;
     cfg.skb_dev = btf_off(btf, "sk_buff", "dev")?;
     cfg.dev_nd_net = btf_off(btf, "net_device", "nd_net.net")?;
+    cfg.task_files = btf_off_any(btf, "task_struct", &["files"])?;
+    cfg.files_fdt = btf_off(btf, "files_struct", "fdt")?;
+    cfg.fdt_max_fds = btf_off(btf, "fdtable", "max_fds")?;
+    cfg.fdt_fd = btf_off(btf, "fdtable", "fd")?;
+    cfg.file_private_data = btf_off(btf, "file", "private_data")?;
+    cfg.socket_sk = btf_off(btf, "socket", "sk")?;
     cfg.sock_linger_bit = u16::try_from(btf.enum_value("sock_flags", "SOCK_LINGER")?)
         .context("SOCK_LINGER out of range")?;
     Ok(())
@@ -165,6 +208,8 @@ mod tests {
             receive_reset: fixture(kernel, "tcp", "tcp_receive_reset").unwrap(),
             set_state: fixture(kernel, "sock", "inet_sock_set_state").unwrap(),
             destroy_sock: fixture(kernel, "tcp", "tcp_destroy_sock"),
+            send_length: None,
+            exit_accept: None,
         }
     }
 

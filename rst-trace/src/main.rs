@@ -11,7 +11,7 @@ mod tracefs;
 mod tracer;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     io::{self, Write as _},
     process::ExitCode,
     time::Duration,
@@ -31,6 +31,7 @@ use crate::{
     cli::Cli,
     explain::{History, explain},
     filter::Filter,
+    layout::KernelInfo,
     output::{Clock, Format},
     summary::Summary,
 };
@@ -148,7 +149,7 @@ const HOLD_RECEIVED_NS: u64 = 5_000_000;
 
 impl State {
     /// Takes one ring record; returns true when `--count` is reached.
-    fn ingest(&mut self, bytes: &[u8], reasons: &HashMap<u32, String>) -> bool {
+    fn ingest(&mut self, bytes: &[u8], reasons: &KernelInfo) -> bool {
         let ev = match RstEvent::decode(bytes) {
             Ok(ev) => ev,
             Err(e) => {
@@ -167,7 +168,7 @@ impl State {
     }
 
     /// Explains pending received resets once they are old enough (all of them if `force`).
-    fn release(&mut self, force: bool, reasons: &HashMap<u32, String>) -> bool {
+    fn release(&mut self, force: bool, reasons: &KernelInfo) -> bool {
         let now = Clock::mono_now();
         while let Some(ev) = self.pending.front() {
             if !force && now.saturating_sub(ev.mono_ns) < HOLD_RECEIVED_NS {
@@ -181,7 +182,7 @@ impl State {
         false
     }
 
-    fn emit(&mut self, ev: &RstEvent, reasons: &HashMap<u32, String>) -> bool {
+    fn emit(&mut self, ev: &RstEvent, reasons: &KernelInfo) -> bool {
         let Some(report) = explain(ev, reasons, &mut self.history) else {
             self.bad_records += 1;
             return false;
@@ -260,11 +261,11 @@ async fn run(cli: Cli) -> Result<()> {
             broken: false,
         },
     };
-    let reasons = tracer.info.reasons.clone();
+    let reasons = tracer.info.clone();
     eprintln!(
         "rst-trace: tracing TCP resets ({}; kernel reasons: {}; attached in {} ms)",
         st.filter.describe(),
-        if reasons.is_empty() {
+        if reasons.reasons.is_empty() {
             "none, inferring"
         } else {
             "yes"

@@ -195,8 +195,6 @@ pub fn lost(count: u64, total: u64, clock: &Clock, fmt: Format) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use rst_trace_common::{ATTR_OWNER_CURRENT, FACT_PACKET, FACT_TCP_SOCK, KIND_SENT, RstEvent};
 
     use super::*;
@@ -216,11 +214,14 @@ mod tests {
         );
     }
 
-    fn reasons() -> HashMap<u32, String> {
-        [(1, "NO_SOCKET"), (11, "TCP_ABORT_ON_CLOSE")]
-            .into_iter()
-            .map(|(k, v)| (k, v.to_string()))
-            .collect()
+    fn reasons() -> crate::layout::KernelInfo {
+        crate::layout::KernelInfo {
+            reasons: [(1, "NO_SOCKET"), (11, "TCP_ABORT_ON_CLOSE")]
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+            jiffy_ns: 4_000_000,
+        }
     }
 
     fn close_event() -> RstEvent {

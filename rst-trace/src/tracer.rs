@@ -12,7 +12,7 @@ use aya::{
 use rst_trace_common::{
     Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT,
     GLOBAL_CONFIG, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, PROG_DESTROY_SOCK,
-    PROG_RECEIVE_RESET, PROG_SEND_RESET, PROG_SET_STATE,
+    PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_LENGTH, PROG_SEND_RESET, PROG_SET_STATE,
 };
 
 use crate::{
@@ -47,6 +47,8 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
         receive_reset: required_format(&tracefs, "tcp", "tcp_receive_reset")?,
         set_state: required_format(&tracefs, "sock", "inet_sock_set_state")?,
         destroy_sock: tracefs::read_format(&tracefs, "tcp", "tcp_destroy_sock")?,
+        send_length: tracefs::read_format(&tracefs, "sock", "sock_send_length")?,
+        exit_accept: tracefs::read_format(&tracefs, "syscalls", "sys_exit_accept4")?,
     };
     let mut cfg = Config::empty();
     layout::tracepoint_config(&tps, &mut cfg)?;
@@ -54,6 +56,7 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
     layout::struct_config(&btf, &mut cfg)?;
     let info = KernelInfo {
         reasons: layout::reason_names(&tps.send_reset, Some(&btf)),
+        jiffy_ns: layout::jiffy_ns(),
     };
     if !filter.pids.is_empty() {
         cfg.filters |= FILTER_PID;
@@ -108,8 +111,10 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
             .program_mut(prog)
             .with_context(|| format!("program {prog} missing from the eBPF object"))?
             .try_into()?;
-        p.load()
-            .with_context(|| format!("loading program {prog} (rejected by the verifier?)"))?;
+        if p.fd().is_err() {
+            p.load()
+                .with_context(|| format!("loading program {prog} (rejected by the verifier?)"))?;
+        }
         p.attach(cat, name)
             .with_context(|| format!("attaching to tracepoint {cat}:{name}"))?;
         Ok(())
@@ -117,6 +122,18 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
     attach(PROG_SET_STATE, "sock", "inet_sock_set_state")?;
     if tps.destroy_sock.is_some() {
         attach(PROG_DESTROY_SOCK, "tcp", "tcp_destroy_sock")?;
+    }
+    // Optional owner hooks: without them, accepted sockets are owned from their first reset-free
+    // history only (connect/listen) or the start-up seed.
+    if tps.exit_accept.is_some() {
+        attach(PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept4")?;
+        if tracefs::read_format(&tracefs, "syscalls", "sys_exit_accept")?.is_some() {
+            attach(PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept")?;
+        }
+    }
+    if tps.send_length.is_some() {
+        attach(PROG_SEND_LENGTH, "sock", "sock_send_length")?;
+        attach(PROG_SEND_LENGTH, "sock", "sock_recv_length")?;
     }
     attach(PROG_SEND_RESET, "tcp", "tcp_send_reset")?;
     attach(PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
