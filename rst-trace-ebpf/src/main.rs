@@ -17,10 +17,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use rst_trace_common::{
-    ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, ATTR_OWNER_SEED, Config, FACT_BACKLOG,
-    FACT_IDLE, FACT_LINGER_ON, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_PACKET, FACT_TCP_SOCK,
-    FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT, KIND_RECEIVED,
-    KIND_SENT, ListenerClose, OFF_NONE, REASON_NONE, RstEvent, SEED_MAX_ENTRIES,
+    ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, ATTR_OWNER_SEED, Config, DESTROYED_GRACE_NS,
+    FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ON, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_PACKET,
+    FACT_TCP_SOCK, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT,
+    KIND_RECEIVED, KIND_SENT, ListenerClose, OFF_NONE, REASON_NONE, RstEvent, SEED_MAX_ENTRIES,
     SEND_LAYOUT_SOCKADDR, SOCKS_MAX_ENTRIES, SockInfo, Task,
 };
 
@@ -232,7 +232,9 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
     }
     // SAFETY: the value is copied out at once; LRU entries may be recycled concurrently, which at
     // worst yields a stale owner for a pointer the kernel reused (the destroy hook prevents most).
-    if let Some(info) = unsafe { SOCKS.get(&sk) } {
+    if let Some(info) = unsafe { SOCKS.get(&sk) }
+        && !stale(info, ev.mono_ns)
+    {
         ev.prev_state = info.close_prev_state;
         if info.owner_ns != 0 {
             ev.owner = info.owner;
@@ -250,6 +252,12 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
     }
 }
 
+/// An entry left by a destroyed socket whose address may now belong to another socket.
+#[inline(always)]
+fn stale(info: &SockInfo, now: u64) -> bool {
+    info.destroyed_ns != 0 && now.wrapping_sub(info.destroyed_ns) > DESTROYED_GRACE_NS
+}
+
 /// Records the current task as `sk`'s owner (called only in the owner's own system calls).
 /// A socket passed to another process (fork, SCM_RIGHTS) changes hands at its next use there.
 #[inline(always)]
@@ -261,19 +269,21 @@ fn learn_owner(sk: u64) {
     if let Some(info) = SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a map value pointer, valid for this program run.
         unsafe {
-            if (*info).owner_ns != 0 && (*info).owner.pid == pid {
+            if (*info).destroyed_ns == 0 {
+                if (*info).owner_ns != 0 && (*info).owner.pid == pid {
+                    return;
+                }
+                (*info).owner = current_task();
+                (*info).owner_ns = bpf_ktime_get_ns();
                 return;
             }
-            (*info).owner = current_task();
-            (*info).owner_ns = bpf_ktime_get_ns();
         }
-        return;
     }
+    // New socket, or a new socket at a destroyed one's address: start afresh.
     let info = SockInfo {
         owner: current_task(),
         owner_ns: unsafe { bpf_ktime_get_ns() },
-        close_prev_state: 0,
-        _pad: [0; 7],
+        ..SockInfo::default()
     };
     let _ = SOCKS.insert(&sk, &info, 0);
 }
@@ -489,6 +499,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if new == TCP_SYN_SENT || new == TCP_LISTEN {
         learn_owner(sk);
     } else if new == TCP_CLOSE {
+        let now = unsafe { bpf_ktime_get_ns() };
         if old == TCP_LISTEN {
             // tcp_close() of a listener: the resets of its unaccepted children follow, in this
             // same thread (inet_csk_listen_stop()).
@@ -500,8 +511,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             };
             let _ = CLOSING_LISTENERS.insert(&(bpf_get_current_pid_tgid() as u32), &l, 0);
         }
-        if let Some(info) = SOCKS.get_ptr_mut(&sk) {
-            // SAFETY: a map value pointer, valid for this program run.
+        // SAFETY: map value pointers, valid for this program run.
+        if let Some(info) = SOCKS.get_ptr_mut(&sk)
+            && !stale(unsafe { &*info }, now)
+        {
             unsafe { (*info).close_prev_state = old as u8 };
         } else {
             let info = SockInfo {
@@ -514,11 +527,14 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The socket is freed after this; its address may be reused, so forget it.
+/// The socket is freed after this and its address may be reused: mark it (see `stale`).
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    if let Some(sk) = tp::<u64>(&ctx, conf!(destroy_skaddr)) {
-        let _ = SOCKS.remove(&sk);
+    if let Some(sk) = tp::<u64>(&ctx, conf!(destroy_skaddr))
+        && let Some(info) = SOCKS.get_ptr_mut(&sk)
+    {
+        // SAFETY: a map value pointer, valid for this program run.
+        unsafe { (*info).destroyed_ns = bpf_ktime_get_ns() };
     }
     0
 }

@@ -219,23 +219,19 @@ impl Drop for Tracer {
     }
 }
 
-/// A peer process (see `rstt-peer`), in a namespace, with its own comm.
+/// A peer process (see `rstt-peer`), in a namespace, with its own comm, running steps.
 pub struct Peer {
     child: Child,
-    stdin: Option<ChildStdin>,
+    stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
 }
 
 impl Peer {
-    /// Starts `rstt-peer --netns NS --name COMM [--wait] ARGS...`.
-    pub fn spawn(ns: &Netns, comm: &str, wait: bool, args: &[&str]) -> Self {
-        let mut cmd = Command::new(peer_bin());
-        cmd.args(["--netns", &ns.name, "--name", comm]);
-        if wait {
-            cmd.arg("--wait");
-        }
-        let mut child = cmd
-            .args(args)
+    /// Starts `rstt-peer --netns NS --name COMM STEPS...` and reads its `pid N` line.
+    pub fn spawn(ns: &Netns, comm: &str, steps: &[&str]) -> Self {
+        let mut child = Command::new(peer_bin())
+            .args(["--netns", &ns.name, "--name", comm])
+            .args(steps)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -251,16 +247,14 @@ impl Peer {
                 }
             }
         });
-        let stdin = child.stdin.take();
+        let stdin = child.stdin.take().expect("stdin");
         let p = Self {
             child,
             stdin,
             lines: rx,
         };
-        if wait {
-            let l = p.line();
-            assert_eq!(l, format!("pid {}", p.pid()), "peer's first line");
-        }
+        let l = p.line();
+        assert_eq!(l, format!("pid {}", p.pid()), "peer's first line");
         p
     }
 
@@ -268,17 +262,21 @@ impl Peer {
         self.child.id()
     }
 
-    /// The next line the peer printed (10 s at most).
+    /// The next line the peer printed (15 s at most).
     pub fn line(&self) -> String {
         self.lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("peer printed nothing within 10 s")
+            .recv_timeout(Duration::from_secs(15))
+            .expect("peer printed nothing within 15 s")
     }
 
-    /// Lets a `--wait` peer act.
+    /// Asserts the next line.
+    pub fn expect(&self, want: &str) {
+        assert_eq!(self.line(), want, "peer {} output", self.pid());
+    }
+
+    /// Lets the peer past its next `wait` step.
     pub fn go(&mut self) {
-        let mut s = self.stdin.take().expect("peer was started with --wait");
-        writeln!(s, "go").expect("writing to peer");
+        writeln!(self.stdin, "go").expect("writing to peer");
     }
 
     pub fn wait(mut self) -> ExitStatus {

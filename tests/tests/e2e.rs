@@ -10,9 +10,9 @@ fn refused(family_addr: &str, port: u16, tag: &str) {
     let ns = Netns::new(tag);
     let tracer = Tracer::start(&["--port", &port.to_string()]);
     let target = format!("{family_addr}:{port}");
-    let client = Peer::spawn(&ns, "rstt-refused", false, &["connect", &target]);
+    let client = Peer::spawn(&ns, "rstt-refused", &[&format!("connect={target}")]);
     let pid = client.pid();
-    assert_eq!(client.line(), "errno ECONNREFUSED");
+    client.expect("errno ECONNREFUSED");
     let inode = ns.inode();
     let sent = tracer.wait_for("sent port_not_listening", |v| {
         is_rst(v, "sent", "port_not_listening") && v["netns"] == inode
@@ -66,12 +66,34 @@ fn unread_close(addr: &str, port: u16, tag: &str) {
     let ns = Netns::new(tag);
     let tracer = Tracer::start(&["--port", &port.to_string()]);
     let bind = format!("{addr}:{port}");
-    let server = Peer::spawn(&ns, "rstt-server", false, &["server", &bind, "128"]);
-    assert_eq!(server.line(), "listening");
-    let client = Peer::spawn(&ns, "rstt-client", false, &["client", &bind, "256"]);
-    assert_eq!(client.line(), "sent");
-    assert_eq!(server.line(), "closed");
-    assert_eq!(client.line(), "errno ECONNRESET");
+    let server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            &format!("listen={bind}"),
+            "say=listening",
+            "accept",
+            "wait_unread=256",
+            "read=128",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[
+            &format!("connect={bind}"),
+            "send=256",
+            "say=sent",
+            "read_err",
+        ],
+    );
+    client.expect("sent");
+    server.expect("closed");
+    client.expect("errno ECONNRESET");
     let inode = ns.inode();
     let sent = tracer.wait_for("sent close_with_unread_data", |v| {
         is_rst(v, "sent", "close_with_unread_data") && v["netns"] == inode
@@ -117,14 +139,14 @@ fn classic_demo_ipv6() {
 #[test]
 fn pid_filter_shows_one_process_only() {
     let ns = Netns::new("pidfilter");
-    let mut a = Peer::spawn(&ns, "rstt-a", true, &["connect", "127.0.0.1:20011"]);
-    let mut b = Peer::spawn(&ns, "rstt-b", true, &["connect", "127.0.0.1:20012"]);
+    let mut a = Peer::spawn(&ns, "rstt-a", &["wait", "connect=127.0.0.1:20011"]);
+    let mut b = Peer::spawn(&ns, "rstt-b", &["wait", "connect=127.0.0.1:20012"]);
     let filtered = Tracer::start(&["--pid", &a.pid().to_string()]);
     let control = Tracer::start(&["--port", "20011", "--port", "20012"]);
     a.go();
     b.go();
-    assert_eq!(a.line(), "errno ECONNREFUSED");
-    assert_eq!(b.line(), "errno ECONNREFUSED");
+    a.expect("errno ECONNREFUSED");
+    b.expect("errno ECONNREFUSED");
     let inode = ns.inode();
     // The control tracer sees both refusals, so B's reset really happened.
     for pid in [a.pid(), b.pid()] {
@@ -216,8 +238,8 @@ fn count_exits_zero() {
         first.starts_with("rst-trace: tracing TCP resets"),
         "{first}"
     );
-    let c = Peer::spawn(&ns, "rstt-count", false, &["connect", "127.0.0.1:20021"]);
-    assert_eq!(c.line(), "errno ECONNREFUSED");
+    let c = Peer::spawn(&ns, "rstt-count", &["connect=127.0.0.1:20021"]);
+    c.expect("errno ECONNREFUSED");
     let out = t.wait_with_output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
