@@ -6,6 +6,7 @@ mod explain;
 mod filter;
 mod layout;
 mod output;
+mod owners;
 mod summary;
 mod tracefs;
 mod tracer;
@@ -263,13 +264,14 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let reasons = tracer.info.clone();
     eprintln!(
-        "rst-trace: tracing TCP resets ({}; kernel reasons: {}; attached in {} ms)",
+        "rst-trace: tracing TCP resets ({}; kernel reasons: {}; {} existing sockets owned; attached in {} ms)",
         st.filter.describe(),
         if reasons.reasons.is_empty() {
             "none, inferring"
         } else {
             "yes"
         },
+        tracer.seeded,
         started.elapsed().as_millis()
     );
 

@@ -11,8 +11,9 @@ use aya::{
 };
 use rst_trace_common::{
     Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT,
-    GLOBAL_CONFIG, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, PROG_DESTROY_SOCK,
-    PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_LENGTH, PROG_SEND_RESET, PROG_SET_STATE,
+    GLOBAL_CONFIG, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS,
+    PROG_DESTROY_SOCK, PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_LENGTH, PROG_SEND_RESET,
+    PROG_SET_STATE, SEED_MAX_ENTRIES, Task,
 };
 
 use crate::{
@@ -20,7 +21,7 @@ use crate::{
     explain::Direction,
     filter::Filter,
     layout::{self, KernelInfo, Tracepoints},
-    tracefs,
+    owners, tracefs,
 };
 
 /// The eBPF object, built by build.rs through aya-build.
@@ -29,6 +30,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct Tracer {
     pub ebpf: Ebpf,
     pub info: KernelInfo,
+    /// Sockets that existed at start-up whose owner was seeded.
+    pub seeded: usize,
 }
 
 fn required_format(tracefs: &Path, cat: &str, name: &str) -> Result<tracefs::Format> {
@@ -106,38 +109,51 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
     }
 
     // Owner tracking first, so no socket created meanwhile is missed; resets last.
-    let mut attach = |prog: &str, cat: &str, name: &str| -> Result<()> {
-        let p: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog} missing from the eBPF object"))?
-            .try_into()?;
-        if p.fd().is_err() {
-            p.load()
-                .with_context(|| format!("loading program {prog} (rejected by the verifier?)"))?;
-        }
-        p.attach(cat, name)
-            .with_context(|| format!("attaching to tracepoint {cat}:{name}"))?;
-        Ok(())
-    };
-    attach(PROG_SET_STATE, "sock", "inet_sock_set_state")?;
+    attach(&mut ebpf, PROG_SET_STATE, "sock", "inet_sock_set_state")?;
     if tps.destroy_sock.is_some() {
-        attach(PROG_DESTROY_SOCK, "tcp", "tcp_destroy_sock")?;
+        attach(&mut ebpf, PROG_DESTROY_SOCK, "tcp", "tcp_destroy_sock")?;
     }
     // Optional owner hooks: without them, accepted sockets are owned from their first reset-free
     // history only (connect/listen) or the start-up seed.
     if tps.exit_accept.is_some() {
-        attach(PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept4")?;
+        attach(&mut ebpf, PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept4")?;
         if tracefs::read_format(&tracefs, "syscalls", "sys_exit_accept")?.is_some() {
-            attach(PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept")?;
+            attach(&mut ebpf, PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept")?;
         }
     }
     if tps.send_length.is_some() {
-        attach(PROG_SEND_LENGTH, "sock", "sock_send_length")?;
-        attach(PROG_SEND_LENGTH, "sock", "sock_recv_length")?;
+        attach(&mut ebpf, PROG_SEND_LENGTH, "sock", "sock_send_length")?;
+        attach(&mut ebpf, PROG_SEND_LENGTH, "sock", "sock_recv_length")?;
     }
-    attach(PROG_SEND_RESET, "tcp", "tcp_send_reset")?;
-    attach(PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
-    Ok(Tracer { ebpf, info })
+    // With the owner hooks live, seed the sockets that already existed.
+    let (existing, _namespaces) = owners::existing();
+    let mut seeded = 0;
+    {
+        let mut seed: BpfHashMap<_, u64, Task> =
+            BpfHashMap::try_from(ebpf.map_mut(MAP_SEED_OWNERS).context("seed owner map")?)?;
+        for (cookie, task) in existing.iter().take(SEED_MAX_ENTRIES as usize) {
+            seed.insert(cookie, task, 0)?;
+            seeded += 1;
+        }
+    }
+    attach(&mut ebpf, PROG_SEND_RESET, "tcp", "tcp_send_reset")?;
+    attach(&mut ebpf, PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
+    Ok(Tracer { ebpf, info, seeded })
+}
+
+/// Loads (once) and attaches program `prog` to tracepoint `cat:name`.
+fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the eBPF object"))?
+        .try_into()?;
+    if p.fd().is_err() {
+        p.load()
+            .with_context(|| format!("loading program {prog} (rejected by the verifier?)"))?;
+    }
+    p.attach(cat, name)
+        .with_context(|| format!("attaching to tracepoint {cat}:{name}"))?;
+    Ok(())
 }
 
 /// Sum of the per-CPU lost-event counters.

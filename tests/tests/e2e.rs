@@ -248,3 +248,102 @@ fn count_exits_zero() {
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(v["condition"], "connection_refused");
 }
+
+/// Sockets opened before rst-trace started are owned too (seeded from sock_diag and /proc).
+#[test]
+fn socket_opened_before_start_is_owned() {
+    let ns = Netns::new("seed");
+    let bind = "127.0.0.1:20031";
+    let server = Peer::spawn(
+        &ns,
+        "rstt-old-srv",
+        &[
+            &format!("listen={bind}"),
+            "say=listening",
+            "accept",
+            "say=accepted",
+            "read_err",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let mut client = Peer::spawn(
+        &ns,
+        "rstt-old-cli",
+        &[
+            &format!("connect={bind}"),
+            "wait",
+            "linger0",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("accepted");
+    let tracer = Tracer::start(&["--port", "20031"]);
+    client.go();
+    client.expect("closed");
+    server.expect("errno ECONNRESET");
+    let inode = ns.inode();
+    let recv = tracer.wait_for("received peer_reset", |v| {
+        is_rst(v, "received", "peer_reset") && v["netns"] == inode
+    });
+    assert_eq!(s(&recv, "process.pid"), server.pid(), "{recv:#}");
+    assert_eq!(s(&recv, "process.comm"), "rstt-old-srv");
+    assert_eq!(recv["attribution"], "socket_owner");
+    let sent = tracer.wait_for("sent linger_abort", |v| {
+        is_rst(v, "sent", "linger_abort") && v["netns"] == inode
+    });
+    assert_eq!(s(&sent, "process.pid"), client.pid());
+    assert!(tracer.stderr()[0].contains("existing sockets owned"));
+}
+
+/// A connection accepted by a forked child belongs to that child, not to the listener's
+/// parent process.
+#[test]
+fn connection_accepted_by_forked_child_belongs_to_child() {
+    let ns = Netns::new("fork");
+    let bind = "127.0.0.1:20032";
+    let tracer = Tracer::start(&["--port", "20032"]);
+    let server = Peer::spawn(
+        &ns,
+        "rstt-parent",
+        &[
+            &format!("listen={bind}"),
+            "fork",
+            "accept",
+            "say=accepted",
+            "read_err",
+            "hold",
+        ],
+    );
+    let child: u32 = server
+        .line()
+        .strip_prefix("child ")
+        .expect("child line")
+        .parse()
+        .unwrap();
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[
+            &format!("connect={bind}"),
+            "sleep=100",
+            "linger0",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("accepted");
+    client.expect("closed");
+    let inode = ns.inode();
+    let recv = tracer.wait_for("received peer_reset", |v| {
+        is_rst(v, "received", "peer_reset") && v["netns"] == inode
+    });
+    assert_eq!(s(&recv, "process.pid"), child, "{recv:#}");
+    assert_ne!(s(&recv, "process.pid"), server.pid());
+    assert_eq!(s(&recv, "process.comm"), "rstt-parent");
+    // SAFETY: the child is our grandchild process; make sure it does not outlive the test.
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+}

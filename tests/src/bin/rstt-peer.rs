@@ -23,6 +23,7 @@
 //!   close | close_listener  close the current socket | the listener
 //!   sleep=MS | say=TEXT | wait (for a line on stdin) | hold (sleep until killed)
 //!   kill                    SIGKILL this process (the kernel closes its sockets)
+//!   fork                    fork: the parent prints `child PID` and holds; the child goes on
 //!   busy=MS                 spin on the CPU (a bystander)
 //!
 //! It prints `pid N` first.
@@ -328,6 +329,20 @@ fn main() {
                 }
                 // SAFETY: signalling ourselves.
                 unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
+            "fork" => {
+                // SAFETY: single-threaded here; the child only continues this loop.
+                let child = unsafe { libc::fork() };
+                assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+                if child > 0 {
+                    say(&format!("child {child}"));
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
+                // The child dies with its parent (the test kills the parent).
+                // SAFETY: prctl with a signal number.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             }
             "busy" => {
                 let end = Instant::now() + Duration::from_millis(nth(0) as u64);

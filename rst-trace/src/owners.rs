@@ -1,0 +1,294 @@
+//! Owners of the TCP sockets that existed before rst-trace started.
+//!
+//! The kernel side learns owners from system calls it sees (connect, listen, accept, send,
+//! receive). Sockets older than rst-trace are seeded here: `/proc/*/fd` maps socket inodes to
+//! processes, and sock_diag (NETLINK_SOCK_DIAG), dumped inside every network namespace in use,
+//! maps inodes to socket cookies. Dumping also makes the kernel generate each socket's cookie
+//! (sock_diag_save_cookie()), which is what the eBPF side then finds in `sk_cookie`.
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use anyhow::{Context as _, Result, bail};
+use rst_trace_common::Task;
+
+/// A process that holds a socket.
+#[derive(Clone, Debug)]
+struct Holder {
+    pid: u32,
+    uid: u32,
+    comm: [u8; 16],
+}
+
+/// Socket inode -> holder, and one pid per network namespace.
+fn scan_proc() -> (HashMap<u32, Holder>, HashMap<u64, u32>) {
+    let mut by_inode = HashMap::new();
+    let mut netns = HashMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return (by_inode, netns);
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let base = entry.path();
+        if let Ok(link) = fs::read_link(base.join("ns/net"))
+            && let Some(ino) = link
+                .to_str()
+                .and_then(|s| s.strip_prefix("net:["))
+                .and_then(|s| s.strip_suffix(']'))
+                .and_then(|s| s.parse::<u64>().ok())
+        {
+            netns.entry(ino).or_insert(pid);
+        }
+        let Ok(fds) = fs::read_dir(base.join("fd")) else {
+            continue;
+        };
+        let mut holder: Option<Holder> = None;
+        for fd in fds.flatten() {
+            let Ok(link) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(inode) = link
+                .to_str()
+                .and_then(|s| s.strip_prefix("socket:["))
+                .and_then(|s| s.strip_suffix(']'))
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let h = holder.get_or_insert_with(|| {
+                let name = fs::read_to_string(base.join("comm")).unwrap_or_default();
+                let mut comm = [0u8; 16];
+                let n = name.trim_end().len().min(15);
+                comm[..n].copy_from_slice(&name.trim_end().as_bytes()[..n]);
+                let uid = fs::read_to_string(base.join("status"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("Uid:"))
+                            .and_then(|v| v.split_whitespace().next().and_then(|u| u.parse().ok()))
+                    })
+                    .unwrap_or(0);
+                Holder { pid, uid, comm }
+            });
+            // The first process found keeps it (usually the one that created it).
+            by_inode.entry(inode).or_insert_with(|| h.clone());
+        }
+    }
+    (by_inode, netns)
+}
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_HDRLEN: usize = 16;
+/// struct inet_diag_msg: family, state, timer, retrans, id (48 bytes), expires, rqueue, wqueue,
+/// uid, inode.
+const INET_DIAG_MSG_LEN: usize = 72;
+
+/// The request: struct nlmsghdr + struct inet_diag_req_v2 for every TCP state.
+fn diag_request(family: u8, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + 56;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_ne_bytes());
+    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.push(family);
+    b.push(libc::IPPROTO_TCP as u8);
+    b.push(0); // idiag_ext
+    b.push(0); // pad
+    b.extend_from_slice(&u32::MAX.to_ne_bytes()); // idiag_states: all
+    b.resize(len, 0); // inet_diag_sockid: all zero (dump)
+    b
+}
+
+/// Parses one recv() worth of netlink messages into (inode, cookie) pairs. Returns true at the
+/// end of the dump.
+fn parse_diag(buf: &[u8], out: &mut Vec<(u32, u64)>) -> Result<bool> {
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into()?) as usize;
+        let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into()?);
+        if len < NLMSG_HDRLEN || off + len > buf.len() {
+            bail!("malformed sock_diag message (length {len})");
+        }
+        match ty {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let errno = i32::from_ne_bytes(
+                    buf.get(off + 16..off + 20)
+                        .context("short error")?
+                        .try_into()?,
+                );
+                bail!(
+                    "sock_diag error {}",
+                    std::io::Error::from_raw_os_error(-errno)
+                );
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                let m = buf
+                    .get(off + NLMSG_HDRLEN..off + NLMSG_HDRLEN + INET_DIAG_MSG_LEN)
+                    .context("short inet_diag_msg")?;
+                let cookie = u64::from(u32::from_ne_bytes(m[44..48].try_into()?))
+                    | (u64::from(u32::from_ne_bytes(m[48..52].try_into()?)) << 32);
+                let inode = u32::from_ne_bytes(m[68..72].try_into()?);
+                if inode != 0 && cookie != 0 {
+                    out.push((inode, cookie));
+                }
+            }
+            _ => {}
+        }
+        off += (len + 3) & !3;
+    }
+    Ok(false)
+}
+
+/// (inode, cookie) of every TCP socket in the calling thread's network namespace.
+fn dump_tcp() -> Result<Vec<(u32, u64)>> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        bail!("sock_diag socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut out = Vec::new();
+    for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
+        let req = diag_request(family, seq);
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+        if n < 0 {
+            bail!("sock_diag send: {}", std::io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: valid fd and buffer.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                bail!("sock_diag recv: {}", std::io::Error::last_os_error());
+            }
+            if n == 0 || parse_diag(&buf[..n as usize], &mut out)? {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Dumps TCP sockets inside the network namespace of `pid`, from a thread of its own (setns()
+/// changes only the calling thread's namespace).
+fn dump_in_netns_of(pid: u32) -> Result<Vec<(u32, u64)>> {
+    let path = format!("/proc/{pid}/ns/net");
+    let ns = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    std::thread::spawn(move || -> Result<Vec<(u32, u64)>> {
+        // SAFETY: a valid namespace fd; affects this short-lived thread only.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        dump_tcp()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("sock_diag thread panicked"))?
+}
+
+/// Socket cookie -> owner, for every TCP socket some process holds now.
+pub fn existing() -> (HashMap<u64, Task>, usize) {
+    let (by_inode, netns) = scan_proc();
+    let mut out = HashMap::new();
+    let mut namespaces = 0;
+    for pid in netns.values() {
+        // A process may exit meanwhile: skip its namespace, another process may share it.
+        let Ok(socks) = dump_in_netns_of(*pid) else {
+            continue;
+        };
+        namespaces += 1;
+        for (inode, cookie) in socks {
+            if let Some(h) = by_inode.get(&inode) {
+                out.insert(
+                    cookie,
+                    Task {
+                        pid: h.pid,
+                        tid: h.pid,
+                        uid: h.uid,
+                        _pad: 0,
+                        comm: h.comm,
+                    },
+                );
+            }
+        }
+    }
+    (out, namespaces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ty: u16, body: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDRLEN + body.len();
+        let mut b = Vec::new();
+        b.extend_from_slice(&(len as u32).to_ne_bytes());
+        b.extend_from_slice(&ty.to_ne_bytes());
+        b.extend_from_slice(&[0; 10]);
+        b.extend_from_slice(body);
+        while b.len() % 4 != 0 {
+            b.push(0);
+        }
+        b
+    }
+
+    #[test]
+    fn parses_inode_and_cookie() {
+        let mut m = vec![0u8; INET_DIAG_MSG_LEN];
+        m[44..48].copy_from_slice(&7u32.to_ne_bytes());
+        m[48..52].copy_from_slice(&1u32.to_ne_bytes());
+        m[68..72].copy_from_slice(&4242u32.to_ne_bytes());
+        let mut buf = msg(SOCK_DIAG_BY_FAMILY, &m);
+        buf.extend(msg(NLMSG_DONE, &[0; 4]));
+        let mut out = Vec::new();
+        assert!(parse_diag(&buf, &mut out).unwrap());
+        assert_eq!(out, vec![(4242, (1u64 << 32) | 7)]);
+    }
+
+    #[test]
+    fn rejects_truncated_and_reports_errors() {
+        let mut out = Vec::new();
+        let mut buf = msg(SOCK_DIAG_BY_FAMILY, &[0; 8]);
+        assert!(parse_diag(&buf, &mut out).is_err());
+        buf = msg(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes());
+        let e = parse_diag(&buf, &mut out).unwrap_err().to_string();
+        assert!(e.contains("sock_diag error"), "{e}");
+        let mut bad = msg(SOCK_DIAG_BY_FAMILY, &[0; INET_DIAG_MSG_LEN]);
+        bad[0..4].copy_from_slice(&9999u32.to_ne_bytes());
+        assert!(parse_diag(&bad, &mut out).is_err());
+    }
+
+    #[test]
+    fn request_layout() {
+        let r = diag_request(libc::AF_INET6 as u8, 9);
+        assert_eq!(r.len(), 72);
+        assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 72);
+        assert_eq!(r[16], libc::AF_INET6 as u8);
+        assert_eq!(r[17], libc::IPPROTO_TCP as u8);
+        assert_eq!(&r[20..24], &u32::MAX.to_ne_bytes());
+    }
+}
