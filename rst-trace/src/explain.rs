@@ -501,12 +501,7 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
         "TCP_ABORT_ON_CLOSE" => {
             r.condition = cond::CLOSE_WITH_UNREAD_DATA;
             if tcp_sock {
-                // rcv_nxt counts a received FIN too: it is not data the application left unread.
-                let fin = u32::from(matches!(
-                    prev,
-                    Some(TcpState::CloseWait | TcpState::LastAck)
-                ));
-                let unread = ev.unread.saturating_sub(fin);
+                let unread = unread_data(ev, prev);
                 r.detail
                     .push(("unread_bytes", DetailValue::Num(u64::from(unread))));
                 r.explanation = format!(
@@ -518,7 +513,7 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
                 );
             }
         }
-        "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA" | "INFER_ACTIVE_CLOSE" => {
+        "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA" => {
             let unsent = ev.unsent;
             if ev.facts & FACT_LISTENER_CLOSING != 0 || prev == Some(TcpState::Listen) {
                 r.condition = cond::LISTENER_CLOSED;
@@ -590,24 +585,52 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
     }
 }
 
-/// Kernels before 6.10 give no reason: infer the likely one from the same facts.
+/// Bytes the application left unread: `rcv_nxt - copied_seq` counts a received FIN as one.
+fn unread_data(ev: &RstEvent, prev: Option<TcpState>) -> u32 {
+    let fin = u32::from(matches!(
+        prev,
+        Some(TcpState::CloseWait | TcpState::LastAck | TcpState::Closing | TcpState::TimeWait)
+    ));
+    ev.unread.saturating_sub(fin)
+}
+
+/// Kernels before 6.10 give no reason: infer the kernel reason the same facts would carry on a
+/// newer kernel, following the decisions of tcp_close(), tcp_disconnect(), tcp_keepalive_timer()
+/// and tcp_rcv_state_process().
 fn infer_reason(ev: &RstEvent, prev: Option<TcpState>) -> &'static str {
     let state = TcpState::decode(ev.state);
+    let tcp_sock = ev.facts & FACT_TCP_SOCK != 0;
     if ev.skbaddr == 0 {
         // tcp_send_active_reset(): an abort decided on this host.
         return match state {
-            Some(TcpState::Close) if ev.facts & FACT_TCP_SOCK != 0 && ev.unread > 1 => {
-                "TCP_ABORT_ON_CLOSE"
+            Some(TcpState::Close) => {
+                if ev.facts & FACT_LISTENER_CLOSING != 0 || prev == Some(TcpState::Listen) {
+                    "TCP_STATE"
+                } else if tcp_sock && unread_data(ev, prev) > 0 {
+                    "TCP_ABORT_ON_CLOSE"
+                } else if tcp_sock
+                    && ev.unsent > 0
+                    && matches!(prev, Some(TcpState::LastAck | TcpState::Closing))
+                {
+                    "TCP_DISCONNECT_WITH_DATA"
+                } else if tcp_sock && ev.linger2 < 0 && prev == Some(TcpState::FinWait2) {
+                    "TCP_ABORT_ON_LINGER"
+                } else {
+                    "TCP_STATE"
+                }
             }
-            Some(TcpState::Close) if prev == Some(TcpState::Listen) => "INFER_ACTIVE_CLOSE",
-            Some(TcpState::Close) => "INFER_ACTIVE_CLOSE",
+            // The keepalive timer resets without changing the state first.
             Some(TcpState::Established) => "TCP_KEEPALIVE_TIMEOUT",
-            _ => "",
+            // Orphans aborted by tcp_out_of_resources() (too many orphans, memory pressure).
+            Some(_) => "TCP_ABORT_ON_MEMORY",
+            None => "",
         };
     }
     match state {
         Some(TcpState::TimeWait) => "TCP_TIMEWAIT_SOCKET",
-        Some(TcpState::Listen) if ev.tcp_flags & ACK != 0 => "TCP_FLAGS",
+        Some(TcpState::Listen) if ev.tcp_flags & SYN == 0 && ev.tcp_flags & ACK != 0 => "TCP_FLAGS",
+        Some(TcpState::SynSent) => "TCP_INVALID_ACK_SEQUENCE",
+        Some(TcpState::Close) => "TCP_ABORT_ON_DATA",
         None => "NO_SOCKET",
         _ => "",
     }
@@ -698,6 +721,145 @@ mod tests {
         };
         t.comm[..comm.len()].copy_from_slice(comm.as_bytes());
         t
+    }
+
+    /// An event as a 5.10 kernel reports it: no reason.
+    fn old_kernel(state: u8, prev: u8, skb: bool) -> RstEvent {
+        RstEvent {
+            kind: KIND_SENT,
+            reason: REASON_NONE,
+            family: 2,
+            skaddr: 1,
+            skbaddr: u64::from(skb),
+            state,
+            prev_state: prev,
+            facts: FACT_TCP_SOCK,
+            attribution: rst_trace_common::ATTR_OWNER_CURRENT,
+            owner: task("app", 7),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn old_kernels_infer_the_condition_and_say_so() {
+        let k = KernelInfo::default();
+        let mut h = History::default();
+        let cases: Vec<(RstEvent, &str)> = vec![
+            (
+                RstEvent {
+                    unread: 5,
+                    ..old_kernel(7, 1, false)
+                },
+                cond::CLOSE_WITH_UNREAD_DATA,
+            ),
+            // A received FIN is not unread data.
+            (
+                RstEvent {
+                    unread: 1,
+                    ..old_kernel(7, 8, false)
+                },
+                cond::DISCONNECT,
+            ),
+            (
+                RstEvent {
+                    facts: FACT_TCP_SOCK | FACT_LINGER_ZERO,
+                    ..old_kernel(7, 1, false)
+                },
+                cond::LINGER_ABORT,
+            ),
+            (
+                RstEvent {
+                    facts: FACT_TCP_SOCK | FACT_LISTENER_CLOSING,
+                    ..old_kernel(7, 1, false)
+                },
+                cond::LISTENER_CLOSED,
+            ),
+            (
+                RstEvent {
+                    unsent: 9,
+                    ..old_kernel(7, 9, false)
+                },
+                cond::DISCONNECT_WITH_UNSENT_DATA,
+            ),
+            (
+                RstEvent {
+                    linger2: -1,
+                    ..old_kernel(7, 5, false)
+                },
+                cond::FIN_WAIT2_ABORT,
+            ),
+            (old_kernel(1, 0, false), cond::KEEPALIVE_TIMEOUT),
+            (old_kernel(4, 0, false), cond::ORPHAN_LIMIT),
+            (old_kernel(6, 0, true), cond::TIME_WAIT_SEGMENT),
+            (
+                RstEvent {
+                    tcp_flags: ACK,
+                    ..old_kernel(10, 0, true)
+                },
+                cond::UNEXPECTED_ACK_ON_LISTENER,
+            ),
+            (old_kernel(2, 0, true), cond::INVALID_ACK),
+            (old_kernel(7, 4, true), cond::DATA_AFTER_CLOSE),
+        ];
+        for (ev, want) in cases {
+            let r = explain(&ev, &k, &mut h).unwrap();
+            assert_eq!(r.condition, want, "{ev:?}");
+            assert!(r.inferred);
+            assert_eq!(r.kernel_reason, None);
+            assert!(r.explanation.contains("inferred"), "{}", r.explanation);
+        }
+    }
+
+    #[test]
+    fn listener_reset_with_full_queue_is_overflow() {
+        let mut ev = RstEvent {
+            kind: KIND_SENT,
+            reason: 6,
+            state: 10,
+            skaddr: 1,
+            skbaddr: 1,
+            family: 2,
+            tcp_flags: ACK,
+            facts: FACT_BACKLOG | FACT_PACKET,
+            ack_backlog: 2,
+            max_ack_backlog: 1,
+            ..Default::default()
+        };
+        let mut k = reasons();
+        k.reasons.insert(6, "TCP_FLAGS".into());
+        let r = explain(&ev, &k, &mut History::default()).unwrap();
+        assert_eq!(r.condition, cond::ACCEPT_QUEUE_OVERFLOW);
+        ev.ack_backlog = 1;
+        let r = explain(&ev, &k, &mut History::default()).unwrap();
+        assert_eq!(r.condition, cond::UNEXPECTED_ACK_ON_LISTENER);
+    }
+
+    #[test]
+    fn long_idle_received_reset_is_a_suspicion_not_a_fact() {
+        let ev = RstEvent {
+            kind: KIND_RECEIVED,
+            reason: REASON_NONE,
+            state: 1,
+            skaddr: 1,
+            family: 2,
+            facts: FACT_TCP_SOCK | FACT_IDLE,
+            idle_jiffies: 100_000, // 400 s at 4 ms a jiffy
+            ..Default::default()
+        };
+        let r = explain(&ev, &reasons(), &mut History::default()).unwrap();
+        assert_eq!(r.condition, cond::PEER_RESET);
+        assert_eq!(r.detail_num("idle_ms"), Some(400_000));
+        assert!(
+            r.explanation.contains("suspicion, not fact"),
+            "{}",
+            r.explanation
+        );
+        let short = RstEvent {
+            idle_jiffies: 10,
+            ..ev
+        };
+        let r = explain(&short, &reasons(), &mut History::default()).unwrap();
+        assert!(!r.explanation.contains("suspicion"));
     }
 
     #[test]

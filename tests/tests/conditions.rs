@@ -751,3 +751,76 @@ fn accept_queue_overflow() {
     assert_eq!(s(&r, "local.port"), s(&v, "remote.port"));
     assert_eq!(s(&r, "linked_sent.condition"), "accept_queue_overflow");
 }
+
+/// A crafted SYN-ACK (scapy, tests/scripts/synack.py) that the connecting client must reject.
+fn crafted_synack(tag: &str, port: u16, mode: &str, condition: &str, reason: &str) {
+    use std::io::BufRead as _;
+    let (ns, t) = setup(tag, port);
+    let p = port.to_string();
+    // Drop the client's SYN before this host's TCP answers it: the script answers instead.
+    ns.exec(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        &p,
+        "--tcp-flags",
+        "SYN,ACK,RST",
+        "SYN",
+        "-j",
+        "DROP",
+    ]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/synack.py");
+    let mut responder = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "/usr/bin/python3",
+            script,
+            &p,
+            mode,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the scapy responder (is python3-scapy installed? ./x setup installs it)");
+    let mut lines = std::io::BufReader::new(responder.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[&format!("connect_timeout=127.0.0.1:{port},3000"), "hold"],
+    );
+    assert_eq!(lines.next().unwrap().unwrap(), "sent");
+    let v = sent(&t, &ns, condition);
+    // Decided in softirq while the SYN-ACK was processed: the connecting client's socket.
+    assert_process(&v, &client, "rstt-client");
+    assert_eq!(v["state"], "SYN_SENT");
+    assert_eq!(v["kernel_reason"], reason);
+    assert_eq!(s(&v, "remote.port"), port);
+    let _ = responder.wait();
+}
+
+#[test]
+fn synack_with_wrong_ack_number() {
+    crafted_synack(
+        "badack",
+        21100,
+        "bad_ack",
+        "invalid_ack",
+        "TCP_INVALID_ACK_SEQUENCE",
+    );
+}
+
+#[test]
+fn synack_failing_paws() {
+    crafted_synack(
+        "paws",
+        21101,
+        "bad_tsecr",
+        "paws_reject",
+        "TCP_RFC7323_PAWS",
+    );
+}

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// Debian packages: LLVM 22 for bpf-linker, iproute2/iptables/conntrack for the tests.
+/// Debian packages: LLVM 22 for bpf-linker; iproute2, iptables, conntrack and scapy for the tests.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "zlib1g-dev",
@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "conntrack",
+    "python3-scapy",
 ];
 
 #[derive(Parser)]
