@@ -24,6 +24,13 @@ pub const PROG_DESTROY_SOCK: &str = "tcp_destroy_sock";
 pub const PROG_SEND_LENGTH: &str = "sock_io";
 pub const PROG_RECV_LENGTH: &str = "sock_recv_length";
 pub const PROG_EXIT_ACCEPT: &str = "sys_exit_accept";
+/// `net:net_dev_queue`: sees RSTs that netfilter's REJECT builds (no TCP tracepoint fires).
+pub const PROG_DEV_QUEUE: &str = "net_dev_queue";
+/// raw tracepoint `tcp_probe` (every segment tcp_rcv_established() handles): TTL evidence.
+pub const PROG_TCP_PROBE: &str = "tcp_probe_ttl";
+/// Per-CPU: the last reset the TCP stack announced (`tcp_send_reset`), so the transmit hook can
+/// tell the stack's own RSTs without a socket (IPv6 replies) from netfilter's.
+pub const MAP_LAST_TCP_RST: &str = "LAST_TCP_RST";
 /// LRU map from thread id to the listener it is closing ([`ListenerClose`]).
 pub const MAP_CLOSING_LISTENERS: &str = "CLOSING_LISTENERS";
 /// Owners of sockets that existed before rst-trace started, keyed by socket cookie (seeded by
@@ -95,6 +102,8 @@ pub struct Config {
     pub len_protocol: u16,
     // syscalls:sys_exit_accept4 / sys_exit_accept record
     pub exit_ret: u16,
+    // net:net_dev_queue record
+    pub ndq_skbaddr: u16,
     // struct sock / sock_common
     pub sk_family: u16,
     pub sk_state: u16,
@@ -122,6 +131,7 @@ pub struct Config {
     pub skb_network_header: u16,
     pub skb_dev: u16,
     pub skb_transport_header: u16,
+    pub skb_sk: u16,
     // struct net_device
     pub dev_nd_net: u16,
     // task_struct -> files_struct -> fdtable -> file -> socket -> sock, to find the socket an
@@ -173,6 +183,7 @@ impl Config {
             len_sk: OFF_NONE,
             len_protocol: OFF_NONE,
             exit_ret: OFF_NONE,
+            ndq_skbaddr: OFF_NONE,
             sk_family: OFF_NONE,
             sk_state: OFF_NONE,
             sk_net: OFF_NONE,
@@ -196,6 +207,7 @@ impl Config {
             skb_network_header: OFF_NONE,
             skb_dev: OFF_NONE,
             skb_transport_header: OFF_NONE,
+            skb_sk: OFF_NONE,
             dev_nd_net: OFF_NONE,
             task_files: OFF_NONE,
             files_fdt: OFF_NONE,
@@ -209,7 +221,7 @@ impl Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 128);
+const _: () = assert!(core::mem::size_of::<Config>() == 132);
 
 /// A task as the kernel saw it.
 #[repr(C)]
@@ -241,7 +253,9 @@ pub struct SockInfo {
     pub destroyed_ns: u64,
     /// State the socket left for TCP_CLOSE (from `inet_sock_set_state`), 0 if it has not.
     pub close_prev_state: u8,
-    pub _pad: [u8; 7],
+    /// TTL / hop limit of the peer's last non-RST segment, 0 if none seen.
+    pub peer_ttl: u8,
+    pub _pad: [u8; 6],
 }
 
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 56);
@@ -291,6 +305,11 @@ pub const FACT_LISTENER_CLOSING: u32 = 16;
 pub const FACT_BACKLOG: u32 = 32;
 /// `idle_jiffies` was computed.
 pub const FACT_IDLE: u32 = 64;
+/// The RST was built by netfilter (REJECT --reject-with tcp-reset), seen on transmit; endpoints,
+/// `tcp_flags` and `ttl` are the RST's own (local = its source).
+pub const FACT_NETFILTER: u32 = 128;
+/// Received resets: `ttl` is the RST's own TTL / hop limit.
+pub const FACT_RST_TTL: u32 = 256;
 
 /// One reset, as the kernel side saw it. Explaining it is userspace's job.
 #[repr(C)]
@@ -337,7 +356,8 @@ pub struct RstEvent {
     pub ttl: u8,
     /// `ATTR_*`.
     pub attribution: u8,
-    pub _pad0: u8,
+    /// Received resets: TTL / hop limit of the peer's ordinary segments, 0 if unknown.
+    pub peer_ttl: u8,
     /// `FACT_*` bits.
     pub facts: u32,
     /// Jiffies since the connection last sent or received (`lsndtime`, `rcv_tstamp`,

@@ -12,16 +12,17 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_current_uid_gid, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use rst_trace_common::{
     ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, ATTR_OWNER_SEED, Config, DESTROYED_GRACE_NS,
-    FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ON, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_PACKET,
-    FACT_TCP_SOCK, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT,
-    KIND_RECEIVED, KIND_SENT, ListenerClose, OFF_NONE, REASON_NONE, RstEvent, SEED_MAX_ENTRIES,
-    SEND_LAYOUT_SOCKADDR, SOCKS_MAX_ENTRIES, SockInfo, Task,
+    FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ON, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING,
+    FACT_NETFILTER, FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK, FILTER_MAX_ENTRIES,
+    FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT, KIND_RECEIVED, KIND_SENT,
+    ListenerClose, OFF_NONE, REASON_NONE, RstEvent, SEED_MAX_ENTRIES, SEND_LAYOUT_SOCKADDR,
+    SOCKS_MAX_ENTRIES, SockInfo, Task,
 };
 
 // Kernel ABI constants that never change (uapi).
@@ -54,6 +55,15 @@ macro_rules! conf {
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU: [bpf_ktime_get_ns(), local_port << 16 | remote_port] of the last `tcp_send_reset`.
+#[map]
+static LAST_TCP_RST: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU: [sk, TTL] of the last RST tcp_rcv_established() saw, read by tcp_receive_reset
+/// which fires right after in the same call (tcp_validate_incoming() -> tcp_reset()).
+#[map]
+static RST_TTL: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space for the event being built: it does not fit on the BPF stack.
 #[map]
@@ -389,6 +399,16 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     if skb != 0 {
         // A reply to an incoming segment (tcp_v4_send_reset / tcp_v6_send_reset, softirq).
         read_packet(skb, ev);
+        // Announced before it is transmitted: net_dev_queue must not take it for netfilter's.
+        if let Some(last) = LAST_TCP_RST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot.
+            unsafe {
+                *last = [
+                    ev.mono_ns,
+                    (u64::from(ev.local_port) << 16) | u64::from(ev.remote_port),
+                ]
+            };
+        }
     }
     ev.netns = if sk != 0 {
         sock_netns(sk)
@@ -476,6 +496,15 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     ev.netns = sock_netns(sk);
     read_tcp_sock(sk, ev);
     owner_from_map(sk, ev);
+    if let Some(info) = unsafe { SOCKS.get(&sk) } {
+        ev.peer_ttl = info.peer_ttl;
+    }
+    if let Some(r) = RST_TTL.get(0)
+        && r[0] == sk
+    {
+        ev.ttl = r[1] as u8;
+        ev.facts |= FACT_RST_TTL;
+    }
     if !wanted(ev) {
         return 0;
     }
@@ -592,6 +621,120 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         return 0;
     }
     learn_owner(sk);
+    0
+}
+
+/// raw tracepoint `tcp_probe(sk, skb)`, at the top of tcp_rcv_established(): the TTL of the
+/// peer's segments on owned sockets, and of an RST about to be handled.
+#[raw_tracepoint(tracepoint = "tcp_probe")]
+pub fn tcp_probe_ttl(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    let (Some(head), Some(nh), Some(th)) = (
+        kread::<u64>(skb, conf!(skb_head)),
+        kread::<u16>(skb, conf!(skb_network_header)),
+        kread::<u16>(skb, conf!(skb_transport_header)),
+    ) else {
+        return 0;
+    };
+    let Some(ip) = kread::<[u8; 9]>(head, nh) else {
+        return 0;
+    };
+    let ttl = if ip[0] >> 4 == 6 { ip[7] } else { ip[8] };
+    let Some(flags) = kread_at::<u8>(head + u64::from(th) + 13) else {
+        return 0;
+    };
+    if flags & 0x04 != 0 {
+        if let Some(r) = RST_TTL.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot.
+            unsafe { *r = [sk, u64::from(ttl)] };
+        }
+    } else if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a map value pointer, valid for this program run.
+        unsafe {
+            if (*info).peer_ttl != ttl {
+                (*info).peer_ttl = ttl;
+            }
+        }
+    }
+    0
+}
+
+/// `net:net_dev_queue`: every transmitted packet, so it must stay cheap. Netfilter's REJECT
+/// (nf_send_reset(), nf_send_reset6()) builds its RST with no socket and fires no TCP
+/// tracepoint; TCP's own RSTs carry their socket (or the per-netns control socket for IPv4
+/// replies). One read decides for almost every packet.
+#[tracepoint]
+pub fn net_dev_queue(ctx: TracePointContext) -> u32 {
+    if conf!(filters) & FILTER_NO_SENT != 0 {
+        return 0;
+    }
+    let Some(skb) = tp::<u64>(&ctx, conf!(ndq_skbaddr)) else {
+        return 0;
+    };
+    if kread::<u64>(skb, conf!(skb_sk)) != Some(0) {
+        return 0;
+    }
+    let (Some(head), Some(nh)) = (
+        kread::<u64>(skb, conf!(skb_head)),
+        kread::<u16>(skb, conf!(skb_network_header)),
+    ) else {
+        return 0;
+    };
+    let ip_addr = head + u64::from(nh);
+    let Some(ip) = kread_at::<[u8; 40]>(ip_addr) else {
+        return 0;
+    };
+    let (proto, l4, family) = match ip[0] >> 4 {
+        4 => (ip[9], u64::from(ip[0] & 0x0f) * 4, AF_INET),
+        6 => (ip[6], 40, AF_INET6),
+        _ => return 0,
+    };
+    if u16::from(proto) != IPPROTO_TCP {
+        return 0;
+    }
+    let Some(tcp) = kread_at::<[u8; 14]>(ip_addr + l4) else {
+        return 0;
+    };
+    const RST: u8 = 0x04;
+    if tcp[13] & RST == 0 {
+        return 0;
+    }
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(last) = LAST_TCP_RST.get(0)
+        && last[1] == (u64::from(sport) << 16) | u64::from(dport)
+        && now.wrapping_sub(last[0]) < 5_000_000
+    {
+        return 0;
+    }
+    let Some(ev) = scratch_event() else {
+        return 0;
+    };
+    ev.kind = KIND_SENT;
+    ev.reason = REASON_NONE;
+    ev.skbaddr = skb;
+    ev.family = family as u8;
+    ev.facts = FACT_NETFILTER | FACT_PACKET;
+    ev.tcp_flags = tcp[13];
+    ev.local_port = sport;
+    ev.remote_port = dport;
+    if family == AF_INET {
+        ev.ttl = ip[8];
+        ev.local_addr[..4].copy_from_slice(&ip[12..16]);
+        ev.remote_addr[..4].copy_from_slice(&ip[16..20]);
+    } else {
+        ev.ttl = ip[7];
+        ev.local_addr.copy_from_slice(&ip[8..24]);
+        ev.remote_addr.copy_from_slice(&ip[24..40]);
+    }
+    ev.netns = skb_netns(skb);
+    if !wanted(ev) {
+        return 0;
+    }
+    ev.task = current_task();
+    submit(ev);
     0
 }
 

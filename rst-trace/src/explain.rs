@@ -8,8 +8,9 @@ use std::{
 };
 
 use rst_trace_common::{
-    ATTR_NONE, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_PACKET,
-    FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent, Task,
+    ATTR_NONE, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_NETFILTER,
+    FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent,
+    Task,
 };
 
 use crate::layout::KernelInfo;
@@ -391,6 +392,10 @@ fn who(r: &Report) -> String {
 }
 
 fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
+    if ev.facts & FACT_NETFILTER != 0 {
+        explain_netfilter(ev, reasons, r);
+        return;
+    }
     r.origin = Some("tcp");
     let reason = (ev.reason != REASON_NONE).then(|| {
         reasons
@@ -585,6 +590,51 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
     }
 }
 
+/// An RST built by netfilter (REJECT --reject-with tcp-reset), seen on transmit.
+fn explain_netfilter(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
+    r.state = None;
+    r.socket_cookie = None;
+    r.no_process_why = Some("firewall");
+    r.detail.push(("ttl", DetailValue::Num(u64::from(ev.ttl))));
+    // Before 6.10, TCP's own IPv6 replies without a socket also leave without skb->sk and
+    // without a tcp_send_reset event to tell them apart: do not claim netfilter for those.
+    if r.ipv6 && reasons.is_empty() {
+        r.origin = Some("unknown");
+        r.condition = cond::OTHER;
+        r.explanation = format!(
+            "an RST from {} to {} left this host without a socket: netfilter REJECT or TCP's reply to a segment for no connection (this kernel cannot tell which)",
+            r.local, r.remote
+        );
+        return;
+    }
+    r.origin = Some("netfilter");
+    r.condition = cond::FIREWALL_REJECT;
+    // nf_reject_ip_tcphdr_put(): an RST|ACK answers a segment without ACK (a SYN: the client
+    // sees ECONNREFUSED); a bare RST answers a segment with ACK (an established connection:
+    // ECONNRESET).
+    let (what, errno) = if ev.tcp_flags & ACK != 0 {
+        ("connection attempt (SYN)", "ECONNREFUSED")
+    } else {
+        ("segment on an established connection", "ECONNRESET")
+    };
+    r.detail.push((
+        "rejected",
+        DetailValue::Text(
+            if ev.tcp_flags & ACK != 0 {
+                "SYN"
+            } else {
+                "ACK"
+            }
+            .into(),
+        ),
+    ));
+    r.explanation = format!(
+        "a netfilter rule on this host (REJECT --reject-with tcp-reset, iptables or nft) rejected the {what} from {remote} to {local} and sent RST in its place; {remote} sees {errno}",
+        remote = r.remote,
+        local = r.local
+    );
+}
+
 /// Bytes the application left unread: `rcv_nxt - copied_seq` counts a received FIN as one.
 fn unread_data(ev: &RstEvent, prev: Option<TcpState>) -> u32 {
     let fin = u32::from(matches!(
@@ -646,6 +696,9 @@ fn explain_received(ev: &RstEvent, history: &History, idle_ms: Option<u64>, r: &
         .unwrap_or_else(|| "unknown".into());
     let linked = history.find_sender(local, remote, ev.mono_ns);
     let by = match &linked {
+        Some(l) if l.condition == cond::FIREWALL_REJECT => {
+            "; it was sent by a netfilter REJECT rule on this host (firewall_reject)".to_owned()
+        }
         Some(l) => format!(
             "; it was sent by {} on this host ({})",
             l.process
@@ -680,14 +733,40 @@ fn explain_received(ev: &RstEvent, history: &History, idle_ms: Option<u64>, r: &
         if let Some(ms) = idle_ms {
             r.detail.push(("idle_ms", DetailValue::Num(ms)));
         }
-        // Evidence, never a verdict: a long idle connection reset by a remote peer is what a
-        // NAT, load balancer or mobile network that expired the flow produces.
-        let suspicion = match idle_ms {
-            Some(ms) if linked.is_none() && ms >= MIDDLEBOX_IDLE_MS => format!(
-                " (suspicion, not fact: the connection had been idle for {} s, longer than common NAT, load-balancer and mobile idle timeouts, so a middlebox that expired the flow may have sent this RST)",
+        let rst_ttl = (ev.facts & FACT_RST_TTL != 0).then_some(ev.ttl);
+        let peer_ttl = (ev.peer_ttl != 0).then_some(ev.peer_ttl);
+        if let Some(t) = rst_ttl {
+            r.detail.push(("ttl", DetailValue::Num(u64::from(t))));
+        }
+        if let Some(t) = peer_ttl {
+            r.detail.push(("peer_ttl", DetailValue::Num(u64::from(t))));
+        }
+        // Evidence, never a verdict. An RST whose TTL differs from the peer's segments was
+        // built by a different host than the peer (a firewall, load balancer or injector on the
+        // path); a long idle connection reset by a "peer" is what a NAT, load balancer or mobile
+        // network that expired the flow produces.
+        let mut suspicions = Vec::new();
+        if linked.is_none()
+            && let (Some(t), Some(p)) = (rst_ttl, peer_ttl)
+            && t != p
+        {
+            suspicions.push(format!(
+                "the RST arrived with TTL {t} while {remote}'s segments arrive with TTL {p}, so a device on the path (firewall, load balancer, NAT or injector), not the peer itself, likely sent it"
+            ));
+        }
+        if let Some(ms) = idle_ms
+            && linked.is_none()
+            && ms >= MIDDLEBOX_IDLE_MS
+        {
+            suspicions.push(format!(
+                "the connection had been idle for {} s, longer than common NAT, load-balancer and mobile idle timeouts, so a middlebox that expired the flow may have sent it",
                 ms / 1000
-            ),
-            _ => String::new(),
+            ));
+        }
+        let suspicion = if suspicions.is_empty() {
+            String::new()
+        } else {
+            format!(" (suspicion, not fact: {})", suspicions.join("; "))
         };
         r.explanation =
             format!("{remote} reset the connection while it was {state_name}{by}{sees}{suspicion}");

@@ -18,6 +18,8 @@ pub struct Tracepoints {
     pub send_length: Option<Format>,
     /// `syscalls:sys_exit_accept4` (needs CONFIG_FTRACE_SYSCALLS).
     pub exit_accept: Option<Format>,
+    /// `net:net_dev_queue`, for netfilter's RSTs.
+    pub dev_queue: Option<Format>,
 }
 
 /// The kernel facts userspace needs to decode events.
@@ -107,6 +109,9 @@ pub fn tracepoint_config(tps: &Tracepoints, cfg: &mut Config) -> Result<()> {
     if let Some(a) = &tps.exit_accept {
         cfg.exit_ret = a.require("ret", 8)?;
     }
+    if let Some(q) = &tps.dev_queue {
+        cfg.ndq_skbaddr = q.require("skbaddr", 8)?;
+    }
     Ok(())
 }
 
@@ -154,6 +159,7 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     cfg.skb_network_header = btf_off(btf, "sk_buff", "network_header")?;
     cfg.skb_transport_header = btf_off(btf, "sk_buff", "transport_header")?;
     cfg.skb_dev = btf_off(btf, "sk_buff", "dev")?;
+    cfg.skb_sk = btf_off(btf, "sk_buff", "sk")?;
     cfg.dev_nd_net = btf_off(btf, "net_device", "nd_net.net")?;
     cfg.task_files = btf_off_any(btf, "task_struct", &["files"])?;
     cfg.files_fdt = btf_off(btf, "files_struct", "fdt")?;
@@ -210,6 +216,7 @@ mod tests {
             destroy_sock: fixture(kernel, "tcp", "tcp_destroy_sock"),
             send_length: None,
             exit_accept: None,
+            dev_queue: fixture(kernel, "net", "net_dev_queue"),
         }
     }
 
@@ -231,6 +238,7 @@ mod tests {
             (16, 20, 30)
         );
         assert_eq!(cfg.destroy_skaddr, 8);
+        assert_eq!(cfg.ndq_skbaddr, 8);
         assert!(reason_names(&tracepoints("debian-5.10.262").send_reset, None).is_empty());
     }
 

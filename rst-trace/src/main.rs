@@ -30,7 +30,7 @@ use tokio::{
 
 use crate::{
     cli::Cli,
-    explain::{History, explain},
+    explain::{History, cond, explain},
     filter::Filter,
     layout::KernelInfo,
     output::{Clock, Format},
@@ -188,7 +188,12 @@ impl State {
             self.bad_records += 1;
             return false;
         };
-        if report.kernel_reason.as_deref() == Some("TCP_ABORT_ON_DATA") {
+        if ev.skbaddr != 0
+            && matches!(
+                report.condition,
+                cond::DATA_AFTER_CLOSE | cond::FIN_WAIT2_ABORT
+            )
+        {
             // tcp_rcv_state_process() calls tcp_reset() on the socket before sending the RST:
             // that tcp_receive_reset is this host's own abort, not a received reset.
             self.pending.retain(|p| {
@@ -264,13 +269,14 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let reasons = tracer.info.clone();
     eprintln!(
-        "rst-trace: tracing TCP resets ({}; kernel reasons: {}; {} existing sockets owned; attached in {} ms)",
+        "rst-trace: tracing TCP resets ({}; kernel reasons: {}; {}; {} existing sockets owned; attached in {} ms)",
         st.filter.describe(),
         if reasons.reasons.is_empty() {
             "none, inferring"
         } else {
             "yes"
         },
+        tracer.reject.describe(),
         tracer.seeded,
         started.elapsed().as_millis()
     );
@@ -307,6 +313,7 @@ async fn run(cli: Cli) -> Result<()> {
             () = sleep_until(deadline) => break,
             _ = lost_tick.tick() => {
                 st.check_lost(tracer::lost_total(&tracer.ebpf)?);
+                tracer.poll_reject()?;
                 st.out.flush();
             }
             _ = summary_tick.tick(), if cli.interval.is_some() => {

@@ -7,13 +7,13 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, PerCpuArray},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use rst_trace_common::{
     Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT,
     GLOBAL_CONFIG, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS,
-    PROG_DESTROY_SOCK, PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_LENGTH, PROG_SEND_RESET,
-    PROG_SET_STATE, SEED_MAX_ENTRIES, Task,
+    PROG_DESTROY_SOCK, PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_LENGTH,
+    PROG_SEND_RESET, PROG_SET_STATE, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
 };
 
 use crate::{
@@ -32,6 +32,81 @@ pub struct Tracer {
     pub info: KernelInfo,
     /// Sockets that existed at start-up whose owner was seeded.
     pub seeded: usize,
+    /// Whether netfilter REJECT resets are watched (see [`RejectSupport`]).
+    pub reject: RejectSupport,
+    reject_attached: bool,
+}
+
+/// Whether this kernel can send netfilter REJECT resets right now. The transmit hook that sees
+/// them runs for every packet, so it is attached only when REJECT code is in the kernel: always
+/// if it is built in, else once the nf_reject_ipv4/6 module is loaded (which creating a
+/// `REJECT --reject-with tcp-reset` rule, iptables or nft, does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectSupport {
+    BuiltIn,
+    Module,
+    NotLoaded,
+    /// `net:net_dev_queue` is missing: firewall resets cannot be seen.
+    Unavailable,
+}
+
+impl RejectSupport {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::BuiltIn => "firewall resets: yes",
+            Self::Module => "firewall resets: yes (nf_reject loaded)",
+            Self::NotLoaded => "firewall resets: when nf_reject loads",
+            Self::Unavailable => "firewall resets: no (no net:net_dev_queue)",
+        }
+    }
+}
+
+fn reject_modules_loaded() -> bool {
+    ["nf_reject_ipv4", "nf_reject_ipv6"]
+        .iter()
+        .any(|m| Path::new("/sys/module").join(m).exists())
+}
+
+/// Built in, loaded, or neither, from /proc/kallsyms (module symbols carry `[module]`).
+fn reject_support() -> RejectSupport {
+    let Ok(syms) = std::fs::read_to_string("/proc/kallsyms") else {
+        return if reject_modules_loaded() {
+            RejectSupport::Module
+        } else {
+            RejectSupport::NotLoaded
+        };
+    };
+    for line in syms.lines() {
+        let mut parts = line.split_whitespace();
+        let (_, _, name, module) = (parts.next(), parts.next(), parts.next(), parts.next());
+        if matches!(name, Some("nf_send_reset" | "nf_send_reset6")) {
+            return if module.is_some() {
+                RejectSupport::Module
+            } else {
+                RejectSupport::BuiltIn
+            };
+        }
+    }
+    if reject_modules_loaded() {
+        RejectSupport::Module
+    } else {
+        RejectSupport::NotLoaded
+    }
+}
+
+impl Tracer {
+    /// Attaches the transmit hook once REJECT code appears (called periodically).
+    pub fn poll_reject(&mut self) -> Result<()> {
+        if self.reject_attached || self.reject != RejectSupport::NotLoaded {
+            return Ok(());
+        }
+        if reject_modules_loaded() {
+            attach(&mut self.ebpf, PROG_DEV_QUEUE, "net", "net_dev_queue")?;
+            self.reject_attached = true;
+            self.reject = RejectSupport::Module;
+        }
+        Ok(())
+    }
 }
 
 fn required_format(tracefs: &Path, cat: &str, name: &str) -> Result<tracefs::Format> {
@@ -52,6 +127,7 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
         destroy_sock: tracefs::read_format(&tracefs, "tcp", "tcp_destroy_sock")?,
         send_length: tracefs::read_format(&tracefs, "sock", "sock_send_length")?,
         exit_accept: tracefs::read_format(&tracefs, "syscalls", "sys_exit_accept4")?,
+        dev_queue: tracefs::read_format(&tracefs, "net", "net_dev_queue")?,
     };
     let mut cfg = Config::empty();
     layout::tracepoint_config(&tps, &mut cfg)?;
@@ -125,6 +201,17 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
         attach(&mut ebpf, PROG_SEND_LENGTH, "sock", "sock_send_length")?;
         attach(&mut ebpf, PROG_SEND_LENGTH, "sock", "sock_recv_length")?;
     }
+    // TTL evidence for received resets (raw tracepoints: 4.17+).
+    {
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(PROG_TCP_PROBE)
+            .context("program tcp_probe_ttl missing from the eBPF object")?
+            .try_into()?;
+        p.load().context("loading program tcp_probe_ttl")?;
+        if let Err(e) = p.attach("tcp_probe") {
+            log::debug!("raw tracepoint tcp_probe unavailable ({e}): no TTL evidence");
+        }
+    }
     // With the owner hooks live, seed the sockets that already existed.
     let (existing, _namespaces) = owners::existing();
     let mut seeded = 0;
@@ -138,7 +225,22 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
     }
     attach(&mut ebpf, PROG_SEND_RESET, "tcp", "tcp_send_reset")?;
     attach(&mut ebpf, PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
-    Ok(Tracer { ebpf, info, seeded })
+    let reject = if tps.dev_queue.is_some() {
+        reject_support()
+    } else {
+        RejectSupport::Unavailable
+    };
+    let reject_attached = matches!(reject, RejectSupport::BuiltIn | RejectSupport::Module);
+    if reject_attached {
+        attach(&mut ebpf, PROG_DEV_QUEUE, "net", "net_dev_queue")?;
+    }
+    Ok(Tracer {
+        ebpf,
+        info,
+        seeded,
+        reject,
+        reject_attached,
+    })
 }
 
 /// Loads (once) and attaches program `prog` to tracepoint `cat:name`.

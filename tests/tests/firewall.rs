@@ -1,0 +1,357 @@
+//! Resets the TCP tracepoints cannot see: netfilter REJECT on the server host and on a router,
+//! a conntrack-expiry middlebox, and an RST injected on the path. Three namespaces (client,
+//! router, server) joined by veth; assertions on both the sent `firewall_reject` (where
+//! netfilter sent it) and the client's received reset, with its TTL evidence.
+
+use rst_trace_tests::{CLIENT_ADDR, Netns, Peer, SERVER_ADDR, Topology, Tracer, Value, is_rst, s};
+
+fn firewall_sent(t: &Tracer, ns: &Netns) -> Value {
+    let inode = ns.inode();
+    t.wait_for("sent firewall_reject", |v| {
+        is_rst(v, "sent", "firewall_reject") && v["netns"] == inode
+    })
+}
+
+fn received(t: &Tracer, ns: &Netns, condition: &str) -> Value {
+    let inode = ns.inode();
+    t.wait_for(&format!("received {condition}"), |v| {
+        is_rst(v, "received", condition) && v["netns"] == inode
+    })
+}
+
+fn server(topo: &Topology, port: u16) -> Peer {
+    let p = Peer::spawn(
+        &topo.server,
+        "rstt-server",
+        &[
+            &format!("listen={SERVER_ADDR}:{port}"),
+            "say=listening",
+            "accept",
+            "say=accepted",
+            "hold",
+        ],
+    );
+    p.expect("listening");
+    p
+}
+
+fn assert_netfilter(v: &Value, port: u16, rejected: &str) {
+    assert_eq!(v["origin"], "netfilter", "{v:#}");
+    assert_eq!(v["kernel_reason"], Value::Null);
+    assert_eq!(v["state"], Value::Null);
+    // The RST claims to come from the server, to the client.
+    assert_eq!(s(v, "local.addr"), SERVER_ADDR);
+    assert_eq!(s(v, "local.port"), port);
+    assert_eq!(s(v, "remote.addr"), CLIENT_ADDR);
+    assert_eq!(s(v, "detail.rejected"), rejected);
+    assert_eq!(v["process"], Value::Null);
+}
+
+/// REJECT of the SYN, on the server host (cause 6).
+#[test]
+fn reject_syn_on_server_host() {
+    let topo = Topology::new("fwsyn");
+    let port = 22001;
+    let t = Tracer::start(&["--port", &port.to_string()]);
+    topo.server.exec(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "22001",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    let client = Peer::spawn(
+        &topo.client,
+        "rstt-client",
+        &[&format!("connect={SERVER_ADDR}:{port}")],
+    );
+    client.expect("errno ECONNREFUSED");
+    let v = firewall_sent(&t, &topo.server);
+    assert_netfilter(&v, port, "SYN");
+    assert_eq!(s(&v, "detail.ttl"), 64);
+    let r = received(&t, &topo.client, "connection_refused");
+    assert_eq!(s(&r, "process.pid"), client.pid());
+    assert_eq!(s(&r, "process.comm"), "rstt-client");
+    assert_eq!(s(&r, "linked_sent.condition"), "firewall_reject");
+    assert!(
+        r["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("firewall_reject")
+    );
+}
+
+/// REJECT of data on an established connection, on the server host: the RST comes from the
+/// server's address with the server's TTL, so no middlebox suspicion.
+#[test]
+fn reject_established_data_on_server_host() {
+    let topo = Topology::new("fwest");
+    let port = 22002;
+    let t = Tracer::start(&["--port", &port.to_string()]);
+    let srv = server(&topo, port);
+    let mut client = Peer::spawn(
+        &topo.client,
+        "rstt-client",
+        &[
+            &format!("connect={SERVER_ADDR}:{port}"),
+            "send=10",
+            "say=connected",
+            "wait",
+            "send=10",
+            "read_err",
+            "hold",
+        ],
+    );
+    client.expect("connected");
+    srv.expect("accepted");
+    topo.server.exec(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "22002",
+        "--tcp-flags",
+        "PSH",
+        "PSH",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    client.go();
+    client.expect("errno ECONNRESET");
+    let v = firewall_sent(&t, &topo.server);
+    assert_netfilter(&v, port, "ACK");
+    let r = received(&t, &topo.client, "peer_reset");
+    assert_eq!(s(&r, "process.pid"), client.pid());
+    assert_eq!(s(&r, "detail.errno"), "ECONNRESET");
+    // One hop: both the server's segments and the RST arrive with TTL 63.
+    assert_eq!(s(&r, "detail.ttl"), 63);
+    assert_eq!(s(&r, "detail.peer_ttl"), 63);
+    assert_eq!(s(&r, "linked_sent.condition"), "firewall_reject");
+    assert!(!r["explanation"].as_str().unwrap().contains("suspicion"));
+}
+
+/// REJECT on the router, of the SYN.
+#[test]
+fn reject_syn_on_router() {
+    let topo = Topology::new("fwrsyn");
+    let port = 22003;
+    let t = Tracer::start(&["--port", &port.to_string()]);
+    let _srv = server(&topo, port);
+    topo.router.exec(&[
+        "iptables",
+        "-A",
+        "FORWARD",
+        "-p",
+        "tcp",
+        "--dport",
+        "22003",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    let client = Peer::spawn(
+        &topo.client,
+        "rstt-client",
+        &[&format!("connect={SERVER_ADDR}:{port}")],
+    );
+    client.expect("errno ECONNREFUSED");
+    let v = firewall_sent(&t, &topo.router);
+    assert_netfilter(&v, port, "SYN");
+    let r = received(&t, &topo.client, "connection_refused");
+    assert_eq!(s(&r, "process.pid"), client.pid());
+    // Nothing reached the server.
+    let (_, events) = t.stop();
+    let inode = topo.server.inode();
+    assert!(!events.iter().any(|e| e["netns"] == inode), "{events:#?}");
+}
+
+/// REJECT on the router, of established data: the RST's TTL (64, made one hop away) differs
+/// from the server's segments' (63), so the explanation names a device on the path.
+#[test]
+fn reject_established_data_on_router() {
+    let topo = Topology::new("fwrest");
+    let port = 22004;
+    let t = Tracer::start(&["--port", &port.to_string()]);
+    let srv = server(&topo, port);
+    let mut client = Peer::spawn(
+        &topo.client,
+        "rstt-client",
+        &[
+            &format!("connect={SERVER_ADDR}:{port}"),
+            "send=10",
+            "say=connected",
+            "wait",
+            "send=10",
+            "read_err",
+            "hold",
+        ],
+    );
+    client.expect("connected");
+    srv.expect("accepted");
+    // Let the server's ACK of the first data arrive (it is the TTL sample).
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    topo.router.exec(&[
+        "iptables",
+        "-A",
+        "FORWARD",
+        "-p",
+        "tcp",
+        "--dport",
+        "22004",
+        "--tcp-flags",
+        "PSH",
+        "PSH",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    client.go();
+    client.expect("errno ECONNRESET");
+    let v = firewall_sent(&t, &topo.router);
+    assert_netfilter(&v, port, "ACK");
+    let r = received(&t, &topo.client, "peer_reset");
+    assert_eq!(s(&r, "process.pid"), client.pid());
+    assert_eq!(s(&r, "detail.ttl"), 64);
+    assert_eq!(s(&r, "detail.peer_ttl"), 63);
+    // The router is a namespace on this host, so the sender is known, not suspected.
+    assert_eq!(s(&r, "linked_sent.condition"), "firewall_reject");
+    let e = r["explanation"].as_str().unwrap();
+    assert!(e.contains("netfilter"), "{e}");
+    assert!(!e.contains("suspicion"), "{e}");
+}
+
+/// A middlebox that lost the flow's state (conntrack flushed, loose pickup off) rejects the
+/// next segment as INVALID (cause 13).
+#[test]
+fn conntrack_expiry_on_router() {
+    let topo = Topology::new("fwct");
+    let port = 22005;
+    let t = Tracer::start(&["--port", &port.to_string()]);
+    topo.router.exec(&[
+        "iptables",
+        "-A",
+        "FORWARD",
+        "-p",
+        "tcp",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "INVALID",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    topo.router.exec(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.netfilter.nf_conntrack_tcp_loose=0",
+    ]);
+    let srv = server(&topo, port);
+    let mut client = Peer::spawn(
+        &topo.client,
+        "rstt-client",
+        &[
+            &format!("connect={SERVER_ADDR}:{port}"),
+            "send=10",
+            "say=connected",
+            "wait",
+            "send=10",
+            "read_err",
+            "hold",
+        ],
+    );
+    client.expect("connected");
+    srv.expect("accepted");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    topo.router.exec(&["conntrack", "-F"]);
+    client.go();
+    client.expect("errno ECONNRESET");
+    let v = firewall_sent(&t, &topo.router);
+    assert_netfilter(&v, port, "ACK");
+    let r = received(&t, &topo.client, "peer_reset");
+    assert_eq!(s(&r, "process.pid"), client.pid());
+    assert_eq!(s(&r, "detail.ttl"), 64);
+    assert_eq!(s(&r, "detail.peer_ttl"), 63);
+    assert_eq!(s(&r, "linked_sent.condition"), "firewall_reject");
+}
+
+/// An RST injected on the path (raw socket on the router) with the exact expected sequence
+/// number (RFC 5961 accepts only that one): no host sent it through TCP or netfilter, so there is
+/// no sent event; the TTL gives it away (cause 12).
+#[test]
+fn injected_rst_from_router() {
+    use std::io::BufRead as _;
+    let topo = Topology::new("fwinj");
+    let port = 22006;
+    let t = Tracer::start(&["--port", &port.to_string()]);
+    let srv = Peer::spawn(
+        &topo.server,
+        "rstt-server",
+        &[
+            &format!("listen={SERVER_ADDR}:{port}"),
+            "say=listening",
+            "accept",
+            "say=accepted",
+            "wait",
+            "send=10",
+            "hold",
+        ],
+    );
+    srv.expect("listening");
+    let client = Peer::spawn(
+        &topo.client,
+        "rstt-client",
+        &[&format!("connect={SERVER_ADDR}:{port}"), "read_err", "hold"],
+    );
+    srv.expect("accepted");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/inject_rst.py");
+    let mut injector = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.router.name,
+            "/usr/bin/python3",
+            script,
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the scapy injector (python3-scapy)");
+    let mut lines = std::io::BufReader::new(injector.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let mut srv = srv;
+    srv.go();
+    assert_eq!(lines.next().unwrap().unwrap(), "injected");
+    client.expect("errno ECONNRESET");
+    let r = received(&t, &topo.client, "peer_reset");
+    assert_eq!(s(&r, "process.pid"), client.pid());
+    assert_eq!(s(&r, "detail.ttl"), 64);
+    assert_eq!(s(&r, "detail.peer_ttl"), 63);
+    assert_eq!(r["linked_sent"], Value::Null);
+    assert!(
+        r["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("suspicion, not fact")
+    );
+    let _ = injector.wait();
+    let (_, events) = t.stop();
+    assert!(
+        !events.iter().any(|e| e["direction"] == "sent"),
+        "no host sent this RST: {events:#?}"
+    );
+}
