@@ -21,7 +21,8 @@ pub const PROG_SEND_RESET: &str = "tcp_send_reset";
 pub const PROG_RECEIVE_RESET: &str = "tcp_receive_reset";
 pub const PROG_SET_STATE: &str = "inet_sock_set_state";
 pub const PROG_DESTROY_SOCK: &str = "tcp_destroy_sock";
-pub const PROG_SEND_LENGTH: &str = "sock_io";
+/// Raw tracepoints `sock_send_length` and `sock_recv_length`: owners of sockets in use.
+pub const PROG_SOCK_IO: &str = "sock_io";
 pub const PROG_RECV_LENGTH: &str = "sock_recv_length";
 pub const PROG_EXIT_ACCEPT: &str = "sys_exit_accept";
 /// `net:net_dev_queue`: sees RSTs that netfilter's REJECT builds (no TCP tracepoint fires).
@@ -97,13 +98,8 @@ pub struct Config {
     pub ss_sport: u16,
     // tcp:tcp_destroy_sock record
     pub destroy_skaddr: u16,
-    // sock:sock_send_length / sock_recv_length records (6.3+), same layout
-    pub len_sk: u16,
-    pub len_protocol: u16,
     // syscalls:sys_exit_accept4 / sys_exit_accept record
     pub exit_ret: u16,
-    // net:net_dev_queue record
-    pub ndq_skbaddr: u16,
     // struct sock / sock_common
     pub sk_family: u16,
     pub sk_state: u16,
@@ -180,10 +176,7 @@ impl Config {
             ss_protocol: OFF_NONE,
             ss_sport: OFF_NONE,
             destroy_skaddr: OFF_NONE,
-            len_sk: OFF_NONE,
-            len_protocol: OFF_NONE,
             exit_ret: OFF_NONE,
-            ndq_skbaddr: OFF_NONE,
             sk_family: OFF_NONE,
             sk_state: OFF_NONE,
             sk_net: OFF_NONE,
@@ -221,7 +214,7 @@ impl Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 132);
+const _: () = assert!(core::mem::size_of::<Config>() == 124);
 
 /// A task as the kernel saw it.
 #[repr(C)]

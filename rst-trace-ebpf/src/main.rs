@@ -29,7 +29,9 @@ use rst_trace_common::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
+const TCP_RST: u8 = 0x04;
 // enum tcp_state (include/net/tcp_states.h), exported to userspace through /proc/net/tcp.
+const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_TIME_WAIT: i32 = 6;
 const TCP_CLOSE: i32 = 7;
@@ -60,10 +62,17 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 static LAST_TCP_RST: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU: [sk, TTL] of the last RST tcp_rcv_established() saw, read by tcp_receive_reset
-/// which fires right after in the same call (tcp_validate_incoming() -> tcp_reset()).
+/// Per-CPU: [sk, skb] of the segment tcp_rcv_established() is handling (tcp_receive_reset
+/// fires inside the same call: tcp_validate_incoming() -> tcp_reset()), then a direct-mapped
+/// cache of 64 sockets whose peer TTL this CPU already sampled. One slot, so one lookup per
+/// segment.
 #[map]
-static RST_TTL: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+static CUR_SEG: PerCpuArray<[u64; 2 + SAMPLED_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
+const SAMPLED_SLOTS: usize = 64;
+
+/// Per-CPU: [sk, pid] of the last socket I/O seen by `sock_io`.
+#[map]
+static LAST_IO: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space for the event being built: it does not fit on the BPF stack.
 #[map]
@@ -499,10 +508,16 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     if let Some(info) = unsafe { SOCKS.get(&sk) } {
         ev.peer_ttl = info.peer_ttl;
     }
-    if let Some(r) = RST_TTL.get(0)
-        && r[0] == sk
+    // An established socket handles the RST in tcp_rcv_established(), whose tcp_probe noted
+    // the segment just before: its TTL is the RST's. (Other states never pass there, so a stale
+    // note for the socket is never read.)
+    if ev.state == TCP_ESTABLISHED as u8
+        && let Some(cur) = CUR_SEG.get(0)
+        && cur[0] == sk
+        && let Some((ttl, flags)) = segment_ttl_flags(cur[1])
+        && flags & TCP_RST != 0
     {
-        ev.ttl = r[1] as u8;
+        ev.ttl = ttl;
         ev.facts |= FACT_RST_TTL;
     }
     if !wanted(ev) {
@@ -568,16 +583,27 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sock:sock_send_length` / `sock:sock_recv_length` (6.3+): every send and receive runs in
-/// the process that uses the socket, which owns it from then on (e.g. a forked worker).
-#[tracepoint]
-pub fn sock_io(ctx: TracePointContext) -> u32 {
-    if tp::<u16>(&ctx, conf!(len_protocol)) != Some(IPPROTO_TCP) {
+/// Raw tracepoints `sock_send_length` / `sock_recv_length` (6.3+, args: sk, ret, flags):
+/// every send and receive runs in the process that uses the socket, which owns it from then on
+/// (e.g. a worker that inherited it). Raw, so the kernel does not format a trace record for
+/// each call, and a per-CPU memo skips the map for a stream on one socket.
+#[raw_tracepoint]
+pub fn sock_io(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let pid = bpf_get_current_pid_tgid() >> 32;
+    if let Some(last) = LAST_IO.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if (*last)[0] == sk && (*last)[1] == pid {
+                return 0;
+            }
+            *last = [sk, pid];
+        }
+    }
+    if conf!(sk_protocol) != OFF_NONE && kread::<u16>(sk, conf!(sk_protocol)) != Some(IPPROTO_TCP) {
         return 0;
     }
-    if let Some(sk) = tp::<u64>(&ctx, conf!(len_sk)) {
-        learn_owner(sk);
-    }
+    learn_owner(sk);
     0
 }
 
@@ -624,54 +650,63 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// raw tracepoint `tcp_probe(sk, skb)`, at the top of tcp_rcv_established(): the TTL of the
-/// peer's segments on owned sockets, and of an RST about to be handled.
+/// Raw tracepoint `tcp_probe(sk, skb)`, first thing in tcp_rcv_established(), for every
+/// segment of an established connection: so it only notes the segment (per-CPU, no reads), and
+/// samples the peer's TTL when the CPU moves to another socket.
 #[raw_tracepoint(tracepoint = "tcp_probe")]
 pub fn tcp_probe_ttl(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
-    let (Some(head), Some(nh), Some(th)) = (
-        kread::<u64>(skb, conf!(skb_head)),
-        kread::<u16>(skb, conf!(skb_network_header)),
-        kread::<u16>(skb, conf!(skb_transport_header)),
-    ) else {
+    let Some(cur) = CUR_SEG.get_ptr_mut(0) else {
         return 0;
     };
-    let Some(ip) = kread::<[u8; 9]>(head, nh) else {
+    // SAFETY: per-CPU slot, valid for this program run.
+    let cur = unsafe { &mut *cur };
+    cur[0] = sk;
+    cur[1] = skb;
+    // struct sock objects are at least 256-byte aligned slab objects: skip the low bits.
+    let slot = 2 + (((sk >> 8) ^ (sk >> 14)) as usize & (SAMPLED_SLOTS - 1));
+    if cur[slot] == sk {
         return 0;
-    };
-    let ttl = if ip[0] >> 4 == 6 { ip[7] } else { ip[8] };
-    let Some(flags) = kread_at::<u8>(head + u64::from(th) + 13) else {
-        return 0;
-    };
-    if flags & 0x04 != 0 {
-        if let Some(r) = RST_TTL.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot.
-            unsafe { *r = [sk, u64::from(ttl)] };
-        }
-    } else if let Some(info) = SOCKS.get_ptr_mut(&sk) {
-        // SAFETY: a map value pointer, valid for this program run.
-        unsafe {
-            if (*info).peer_ttl != ttl {
-                (*info).peer_ttl = ttl;
-            }
-        }
     }
+    let Some((ttl, flags)) = segment_ttl_flags(skb) else {
+        return 0;
+    };
+    if flags & TCP_RST != 0 {
+        // Not a sample of the peer: it may be the very reset under suspicion.
+        return 0;
+    }
+    if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a map value pointer, valid for this program run.
+        unsafe { (*info).peer_ttl = ttl };
+    }
+    cur[slot] = sk;
     0
+}
+
+/// TTL / hop limit and TCP flags of an skb in the TCP receive path.
+#[inline(always)]
+fn segment_ttl_flags(skb: u64) -> Option<(u8, u8)> {
+    let head = kread::<u64>(skb, conf!(skb_head))?;
+    let nh = kread::<u16>(skb, conf!(skb_network_header))?;
+    let th = kread::<u16>(skb, conf!(skb_transport_header))?;
+    let ip = kread::<[u8; 9]>(head, nh)?;
+    let ttl = if ip[0] >> 4 == 6 { ip[7] } else { ip[8] };
+    let flags = kread_at::<u8>(head + u64::from(th) + 13)?;
+    Some((ttl, flags))
 }
 
 /// `net:net_dev_queue`: every transmitted packet, so it must stay cheap. Netfilter's REJECT
 /// (nf_send_reset(), nf_send_reset6()) builds its RST with no socket and fires no TCP
 /// tracepoint; TCP's own RSTs carry their socket (or the per-netns control socket for IPv4
-/// replies). One read decides for almost every packet.
-#[tracepoint]
-pub fn net_dev_queue(ctx: TracePointContext) -> u32 {
+/// replies). One read decides for almost every packet; raw (arg: skb), so the kernel formats no
+/// trace record per packet.
+#[raw_tracepoint(tracepoint = "net_dev_queue")]
+pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
     if conf!(filters) & FILTER_NO_SENT != 0 {
         return 0;
     }
-    let Some(skb) = tp::<u64>(&ctx, conf!(ndq_skbaddr)) else {
-        return 0;
-    };
+    let skb: u64 = ctx.arg(0);
     if kread::<u64>(skb, conf!(skb_sk)) != Some(0) {
         return 0;
     }
@@ -696,8 +731,7 @@ pub fn net_dev_queue(ctx: TracePointContext) -> u32 {
     let Some(tcp) = kread_at::<[u8; 14]>(ip_addr + l4) else {
         return 0;
     };
-    const RST: u8 = 0x04;
-    if tcp[13] & RST == 0 {
+    if tcp[13] & TCP_RST == 0 {
         return 0;
     }
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);

@@ -102,15 +102,8 @@ pub fn tracepoint_config(tps: &Tracepoints, cfg: &mut Config) -> Result<()> {
         Some(d) => d.require("skaddr", 8)?,
         None => OFF_NONE,
     };
-    if let Some(l) = &tps.send_length {
-        cfg.len_sk = l.require("sk", 8)?;
-        cfg.len_protocol = l.require("protocol", 2)?;
-    }
     if let Some(a) = &tps.exit_accept {
         cfg.exit_ret = a.require("ret", 8)?;
-    }
-    if let Some(q) = &tps.dev_queue {
-        cfg.ndq_skbaddr = q.require("skbaddr", 8)?;
     }
     Ok(())
 }
@@ -238,7 +231,6 @@ mod tests {
             (16, 20, 30)
         );
         assert_eq!(cfg.destroy_skaddr, 8);
-        assert_eq!(cfg.ndq_skbaddr, 8);
         assert!(reason_names(&tracepoints("debian-5.10.262").send_reset, None).is_empty());
     }
 

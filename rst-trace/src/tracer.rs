@@ -12,8 +12,8 @@ use aya::{
 use rst_trace_common::{
     Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT,
     GLOBAL_CONFIG, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS,
-    PROG_DESTROY_SOCK, PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_LENGTH,
-    PROG_SEND_RESET, PROG_SET_STATE, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
+    PROG_DESTROY_SOCK, PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_RESET,
+    PROG_SET_STATE, PROG_SOCK_IO, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
 };
 
 use crate::{
@@ -101,7 +101,7 @@ impl Tracer {
             return Ok(());
         }
         if reject_modules_loaded() {
-            attach(&mut self.ebpf, PROG_DEV_QUEUE, "net", "net_dev_queue")?;
+            attach_raw(&mut self.ebpf, PROG_DEV_QUEUE, "net_dev_queue")?;
             self.reject_attached = true;
             self.reject = RejectSupport::Module;
         }
@@ -198,19 +198,12 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
         }
     }
     if tps.send_length.is_some() {
-        attach(&mut ebpf, PROG_SEND_LENGTH, "sock", "sock_send_length")?;
-        attach(&mut ebpf, PROG_SEND_LENGTH, "sock", "sock_recv_length")?;
+        attach_raw(&mut ebpf, PROG_SOCK_IO, "sock_send_length")?;
+        attach_raw(&mut ebpf, PROG_SOCK_IO, "sock_recv_length")?;
     }
     // TTL evidence for received resets (raw tracepoints: 4.17+).
-    {
-        let p: &mut RawTracePoint = ebpf
-            .program_mut(PROG_TCP_PROBE)
-            .context("program tcp_probe_ttl missing from the eBPF object")?
-            .try_into()?;
-        p.load().context("loading program tcp_probe_ttl")?;
-        if let Err(e) = p.attach("tcp_probe") {
-            log::debug!("raw tracepoint tcp_probe unavailable ({e}): no TTL evidence");
-        }
+    if let Err(e) = attach_raw(&mut ebpf, PROG_TCP_PROBE, "tcp_probe") {
+        log::debug!("no TTL evidence: {e:#}");
     }
     // With the owner hooks live, seed the sockets that already existed.
     let (existing, _namespaces) = owners::existing();
@@ -232,7 +225,7 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
     };
     let reject_attached = matches!(reject, RejectSupport::BuiltIn | RejectSupport::Module);
     if reject_attached {
-        attach(&mut ebpf, PROG_DEV_QUEUE, "net", "net_dev_queue")?;
+        attach_raw(&mut ebpf, PROG_DEV_QUEUE, "net_dev_queue")?;
     }
     Ok(Tracer {
         ebpf,
@@ -255,6 +248,22 @@ fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
     }
     p.attach(cat, name)
         .with_context(|| format!("attaching to tracepoint {cat}:{name}"))?;
+    Ok(())
+}
+
+/// Loads (once) and attaches raw-tracepoint program `prog` to raw tracepoint `name`: no trace
+/// record is formatted, which matters for the per-packet and per-syscall hooks.
+fn attach_raw(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the eBPF object"))?
+        .try_into()?;
+    if p.fd().is_err() {
+        p.load()
+            .with_context(|| format!("loading program {prog} (rejected by the verifier?)"))?;
+    }
+    p.attach(name)
+        .with_context(|| format!("attaching to raw tracepoint {name}"))?;
     Ok(())
 }
 
