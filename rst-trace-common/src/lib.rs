@@ -58,7 +58,7 @@ pub const SEND_LAYOUT_SOCKADDR: u8 = 1;
 /// `Config::filters` bits.
 pub const FILTER_PID: u32 = 1;
 pub const FILTER_PORT: u32 = 2;
-pub const FILTER_NO_SENT: u32 = 4;
+/// `--direction sent`: received resets are not needed at all.
 pub const FILTER_NO_RECEIVED: u32 = 8;
 
 /// Offsets the eBPF programs need, found by userspace at start-up in the tracefs `format` files
@@ -128,6 +128,7 @@ pub struct Config {
     pub skb_dev: u16,
     pub skb_transport_header: u16,
     pub skb_sk: u16,
+    pub skb_iif: u16,
     // struct net_device
     pub dev_nd_net: u16,
     // task_struct -> files_struct -> fdtable -> file -> socket -> sock, to find the socket an
@@ -201,6 +202,7 @@ impl Config {
             skb_dev: OFF_NONE,
             skb_transport_header: OFF_NONE,
             skb_sk: OFF_NONE,
+            skb_iif: OFF_NONE,
             dev_nd_net: OFF_NONE,
             task_files: OFF_NONE,
             files_fdt: OFF_NONE,
@@ -214,7 +216,7 @@ impl Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 124);
+const _: () = assert!(core::mem::size_of::<Config>() == 128);
 
 /// A task as the kernel saw it.
 #[repr(C)]
@@ -359,10 +361,14 @@ pub struct RstEvent {
     /// A listener's accept queue length and limit, with [`FACT_BACKLOG`].
     pub ack_backlog: u32,
     pub max_ack_backlog: u32,
+    /// Jiffies since the connection last received anything (`rcv_tstamp`, `lrcvtime`), with
+    /// [`FACT_IDLE`]: what a middlebox's idle timer counts (our own write resets `lsndtime`).
+    pub recv_idle_jiffies: u32,
+    pub _pad1: u32,
 }
 
 /// Size of one record in the ring buffer.
-pub const RST_EVENT_SIZE: usize = 184;
+pub const RST_EVENT_SIZE: usize = 192;
 const _: () = assert!(core::mem::size_of::<RstEvent>() == RST_EVENT_SIZE);
 
 #[cfg(feature = "user")]

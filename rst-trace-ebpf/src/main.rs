@@ -20,9 +20,9 @@ use rst_trace_common::{
     ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, ATTR_OWNER_SEED, Config, DESTROYED_GRACE_NS,
     FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ON, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING,
     FACT_NETFILTER, FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK, FILTER_MAX_ENTRIES,
-    FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT, KIND_RECEIVED, KIND_SENT,
-    ListenerClose, OFF_NONE, REASON_NONE, RstEvent, SEED_MAX_ENTRIES, SEND_LAYOUT_SOCKADDR,
-    SOCKS_MAX_ENTRIES, SockInfo, Task,
+    FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, KIND_RECEIVED, KIND_SENT, ListenerClose, OFF_NONE,
+    REASON_NONE, RstEvent, SEED_MAX_ENTRIES, SEND_LAYOUT_SOCKADDR, SOCKS_MAX_ENTRIES, SockInfo,
+    Task,
 };
 
 // Kernel ABI constants that never change (uapi).
@@ -226,10 +226,12 @@ fn read_tcp_sock(sk: u64, ev: &mut RstEvent) {
         let a = now.wrapping_sub(snd);
         let b = now.wrapping_sub(ack);
         let c = now.wrapping_sub(data);
-        ev.idle_jiffies = if a < b { a } else { b };
-        if c < ev.idle_jiffies {
-            ev.idle_jiffies = c;
-        }
+        ev.recv_idle_jiffies = if b < c { b } else { c };
+        ev.idle_jiffies = if a < ev.recv_idle_jiffies {
+            a
+        } else {
+            ev.recv_idle_jiffies
+        };
         ev.facts |= FACT_IDLE;
     }
     let bit = conf!(sock_linger_bit);
@@ -310,7 +312,10 @@ fn learn_owner(sk: u64) {
 /// In-kernel filters, so a busy host does not pay for events nobody asked for.
 #[inline(always)]
 fn wanted(ev: &RstEvent) -> bool {
-    if conf!(filters) & FILTER_PID != 0 {
+    // --pid drops received resets here; sent ones go on to userspace, which needs them to
+    // explain the received resets they cause (a link to the sender, the data_after_close
+    // self-reset) and filters them itself.
+    if conf!(filters) & FILTER_PID != 0 && ev.kind == KIND_RECEIVED {
         if ev.attribution == ATTR_NONE {
             return false;
         }
@@ -353,9 +358,6 @@ fn submit(ev: &RstEvent) {
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    if conf!(filters) & FILTER_NO_SENT != 0 {
-        return 0;
-    }
     let Some(ev) = scratch_event() else {
         return 0;
     };
@@ -703,11 +705,13 @@ fn segment_ttl_flags(skb: u64) -> Option<(u8, u8)> {
 /// trace record per packet.
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
 pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
-    if conf!(filters) & FILTER_NO_SENT != 0 {
-        return 0;
-    }
     let skb: u64 = ctx.arg(0);
     if kread::<u64>(skb, conf!(skb_sk)) != Some(0) {
+        return 0;
+    }
+    // A forwarded packet (router, bridge to a container) lost its socket but remembers where it
+    // came in; the RST netfilter builds is a new skb with skb_iif 0.
+    if kread::<i32>(skb, conf!(skb_iif)) != Some(0) {
         return 0;
     }
     let (Some(head), Some(nh)) = (

@@ -36,6 +36,15 @@ fn parse_condition(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err(
+            "a comm is 1 to 15 bytes (the kernel truncates longer names): give the first 15".into(),
+        );
+    }
+    Ok(s.to_owned())
+}
+
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if n < 4096 || !n.is_power_of_two() {
@@ -53,8 +62,8 @@ pub struct Cli {
     #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
-    /// Only processes whose comm is NAME. Repeatable.
-    #[arg(long = "comm", value_name = "NAME")]
+    /// Only processes whose comm is NAME (at most 15 bytes, as the kernel keeps it). Repeatable.
+    #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
     pub comms: Vec<String>,
 
     /// Only resets whose local or remote port is PORT. Repeatable.
@@ -120,6 +129,8 @@ mod tests {
         assert!(Cli::try_parse_from(["rst-trace", "--port", "70000"]).is_err());
         assert!(Cli::try_parse_from(["rst-trace", "--interval", "5"]).is_err());
         assert!(Cli::try_parse_from(["rst-trace", "--ring-size", "5000"]).is_err());
+        assert!(Cli::try_parse_from(["rst-trace", "--comm", "a-very-long-process-name"]).is_err());
+        assert!(Cli::try_parse_from(["rst-trace", "--comm", "nginx"]).is_ok());
         let e = Cli::try_parse_from(["rst-trace", "--bogus"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
     }

@@ -137,6 +137,8 @@ pub fn tcp_flags_names(flags: u8) -> String {
 }
 
 const SYN: u8 = 0x02;
+/// TCP_CLOSE as the tracepoint reports it.
+const TCP_CLOSE_RAW: u8 = 7;
 const ACK: u8 = 0x10;
 
 /// A process as reported.
@@ -365,8 +367,9 @@ pub fn explain(ev: &RstEvent, info: &KernelInfo, history: &mut History) -> Optio
         linked: None,
         inferred: false,
     };
+    let to_ms = |j: u32| u64::from(j) * info.jiffy_ns / 1_000_000;
     let idle_ms = (ev.facts & FACT_IDLE != 0 && info.jiffy_ns > 0)
-        .then(|| u64::from(ev.idle_jiffies) * info.jiffy_ns / 1_000_000);
+        .then(|| (to_ms(ev.idle_jiffies), to_ms(ev.recv_idle_jiffies)));
     match direction {
         Direction::Sent => explain_sent(ev, reasons, &mut r),
         Direction::Received => explain_received(ev, history, idle_ms, &mut r),
@@ -469,7 +472,7 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
         }
         "TCP_FLAGS" | "INVALID_SYN"
             if r.state == Some(TcpState::Listen)
-                && (reason_key == "INVALID_SYN"
+                && ((reason_key == "INVALID_SYN" && ev.facts & FACT_BACKLOG == 0)
                     || (ev.facts & FACT_BACKLOG != 0 && ev.ack_backlog > ev.max_ack_backlog)) =>
         {
             r.condition = cond::ACCEPT_QUEUE_OVERFLOW;
@@ -518,8 +521,21 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
                 );
             }
         }
+        "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA" if ev.state != TCP_CLOSE_RAW => {
+            // tcp_abort() (ss -K, SOCK_DESTROY) also says TCP_STATE, but without moving the
+            // socket to CLOSE first: not a close() or disconnect() of the application's.
+            r.condition = cond::OTHER;
+            r.explanation = format!(
+                "the kernel aborted the connection {local} > {remote} in state {state_name} (reason {reason_str}; e.g. `ss -K` or another SOCK_DESTROY)"
+            );
+        }
         "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA" => {
-            let unsent = ev.unsent;
+            // write_seq counts a FIN that is queued or in flight: it is not data.
+            let fin = u32::from(matches!(
+                prev,
+                Some(TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck)
+            ));
+            let unsent = ev.unsent.saturating_sub(fin);
             if ev.facts & FACT_LISTENER_CLOSING != 0 || prev == Some(TcpState::Listen) {
                 r.condition = cond::LISTENER_CLOSED;
                 r.explanation = format!(
@@ -686,7 +702,8 @@ fn infer_reason(ev: &RstEvent, prev: Option<TcpState>) -> &'static str {
     }
 }
 
-fn explain_received(ev: &RstEvent, history: &History, idle_ms: Option<u64>, r: &mut Report) {
+/// `idle_ms` is (since the connection last sent or received, since it last received).
+fn explain_received(ev: &RstEvent, history: &History, idle_ms: Option<(u64, u64)>, r: &mut Report) {
     let proc_ = who(r);
     let remote = r.remote;
     let local = r.local;
@@ -730,8 +747,9 @@ fn explain_received(ev: &RstEvent, history: &History, idle_ms: Option<u64>, r: &
         let sees = errno
             .map(|e| format!("; {proc_} sees {e} on its next read or write"))
             .unwrap_or_default();
-        if let Some(ms) = idle_ms {
+        if let Some((ms, recv_ms)) = idle_ms {
             r.detail.push(("idle_ms", DetailValue::Num(ms)));
+            r.detail.push(("recv_idle_ms", DetailValue::Num(recv_ms)));
         }
         let rst_ttl = (ev.facts & FACT_RST_TTL != 0).then_some(ev.ttl);
         let peer_ttl = (ev.peer_ttl != 0).then_some(ev.peer_ttl);
@@ -754,12 +772,14 @@ fn explain_received(ev: &RstEvent, history: &History, idle_ms: Option<u64>, r: &
                 "the RST arrived with TTL {t} while {remote}'s segments arrive with TTL {p}, so a device on the path (firewall, load balancer, NAT or injector), not the peer itself, likely sent it"
             ));
         }
-        if let Some(ms) = idle_ms
+        // Time since the peer was last heard from: the write that provoked the RST just reset
+        // the send clock.
+        if let Some((_, ms)) = idle_ms
             && linked.is_none()
             && ms >= MIDDLEBOX_IDLE_MS
         {
             suspicions.push(format!(
-                "the connection had been idle for {} s, longer than common NAT, load-balancer and mobile idle timeouts, so a middlebox that expired the flow may have sent it",
+                "nothing had arrived on the connection for {} s, longer than common NAT, load-balancer and mobile idle timeouts, so a middlebox that expired the flow may have sent it",
                 ms / 1000
             ));
         }
@@ -922,19 +942,22 @@ mod tests {
             skaddr: 1,
             family: 2,
             facts: FACT_TCP_SOCK | FACT_IDLE,
-            idle_jiffies: 100_000, // 400 s at 4 ms a jiffy
+            // Our write just now (the send clock is fresh); nothing received for 400 s.
+            idle_jiffies: 2,
+            recv_idle_jiffies: 100_000,
             ..Default::default()
         };
         let r = explain(&ev, &reasons(), &mut History::default()).unwrap();
         assert_eq!(r.condition, cond::PEER_RESET);
-        assert_eq!(r.detail_num("idle_ms"), Some(400_000));
+        assert_eq!(r.detail_num("idle_ms"), Some(8));
+        assert_eq!(r.detail_num("recv_idle_ms"), Some(400_000));
         assert!(
             r.explanation.contains("suspicion, not fact"),
             "{}",
             r.explanation
         );
         let short = RstEvent {
-            idle_jiffies: 10,
+            recv_idle_jiffies: 10,
             ..ev
         };
         let r = explain(&short, &reasons(), &mut History::default()).unwrap();

@@ -153,6 +153,7 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     cfg.skb_transport_header = btf_off(btf, "sk_buff", "transport_header")?;
     cfg.skb_dev = btf_off(btf, "sk_buff", "dev")?;
     cfg.skb_sk = btf_off(btf, "sk_buff", "sk")?;
+    cfg.skb_iif = btf_off(btf, "sk_buff", "skb_iif")?;
     cfg.dev_nd_net = btf_off(btf, "net_device", "nd_net.net")?;
     cfg.task_files = btf_off_any(btf, "task_struct", &["files"])?;
     cfg.files_fdt = btf_off(btf, "files_struct", "fdt")?;

@@ -45,6 +45,11 @@ const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let max = rst_trace_common::FILTER_MAX_ENTRIES as usize;
+    if cli.pids.len() > max || cli.ports.len() > max {
+        eprintln!("rst-trace: error: at most {max} --pid and {max} --port values: filter on fewer");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -98,6 +103,8 @@ fn note_unknown_pids(pids: &[u32]) {
 struct Out {
     w: io::BufWriter<io::Stdout>,
     broken: bool,
+    /// A write error other than a closed pipe: the run ends with status 1.
+    error: Option<io::Error>,
 }
 
 impl Out {
@@ -121,7 +128,7 @@ impl Out {
 
     fn fail(&mut self, e: io::Error) {
         if e.kind() != io::ErrorKind::BrokenPipe {
-            eprintln!("rst-trace: error: writing to stdout: {e}");
+            self.error = Some(e);
         }
         self.broken = true;
     }
@@ -229,6 +236,9 @@ impl State {
 async fn run(cli: Cli) -> Result<()> {
     check_privileges()?;
     note_unknown_pids(&cli.pids);
+    // Before the (slower) start-up, so that SIGINT/SIGTERM meanwhile still end with status 0.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let filter = Filter::from_cli(&cli);
     let started = std::time::Instant::now();
     let mut tracer = tracer::load(&filter, cli.ring_size)?;
@@ -241,8 +251,6 @@ async fn run(cli: Cli) -> Result<()> {
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow!("registering the ring buffer with the event loop: {e}"))?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
 
     let color = !cli.json && std::io::IsTerminal::is_terminal(&io::stdout());
     let fmt = if cli.json {
@@ -265,6 +273,7 @@ async fn run(cli: Cli) -> Result<()> {
         out: Out {
             w: io::BufWriter::new(io::stdout()),
             broken: false,
+            error: None,
         },
     };
     let reasons = tracer.info.clone();
@@ -313,7 +322,9 @@ async fn run(cli: Cli) -> Result<()> {
             () = sleep_until(deadline) => break,
             _ = lost_tick.tick() => {
                 st.check_lost(tracer::lost_total(&tracer.ebpf)?);
-                tracer.poll_reject()?;
+                                if let Err(e) = tracer.poll_reject() {
+                    eprintln!("rst-trace: warning: cannot watch firewall resets: {e:#}");
+                }
                 st.out.flush();
             }
             _ = summary_tick.tick(), if cli.interval.is_some() => {
@@ -348,5 +359,8 @@ async fn run(cli: Cli) -> Result<()> {
             st.bad_records
         );
     }
-    Ok(())
+    match st.out.error.take() {
+        Some(e) => Err(anyhow!("writing to stdout: {e}")),
+        None => Ok(()),
+    }
 }

@@ -10,10 +10,10 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
 };
 use rst_trace_common::{
-    Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_NO_SENT, FILTER_PID, FILTER_PORT,
-    GLOBAL_CONFIG, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS,
-    PROG_DESTROY_SOCK, PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_RESET,
-    PROG_SET_STATE, PROG_SOCK_IO, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
+    Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, GLOBAL_CONFIG,
+    MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS, PROG_DESTROY_SOCK,
+    PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_RESET, PROG_SET_STATE,
+    PROG_SOCK_IO, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
 };
 
 use crate::{
@@ -112,7 +112,7 @@ impl Tracer {
 fn required_format(tracefs: &Path, cat: &str, name: &str) -> Result<tracefs::Format> {
     tracefs::read_format(tracefs, cat, name)?.ok_or_else(|| {
         anyhow!(
-            "this kernel has no tracepoint {cat}:{name} (it needs Linux 4.16 or later with \
+            "this kernel has no tracepoint {cat}:{name} (it needs Linux 5.8 or later with \
              CONFIG_TRACEPOINTS): run rst-trace on a newer kernel"
         )
     })
@@ -143,10 +143,10 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
     if !filter.ports.is_empty() {
         cfg.filters |= FILTER_PORT;
     }
-    match filter.direction {
-        Some(Direction::Sent) => cfg.filters |= FILTER_NO_RECEIVED,
-        Some(Direction::Received) => cfg.filters |= FILTER_NO_SENT,
-        None => {}
+    // --direction is applied in userspace only: a received reset is explained with the sent
+    // one it answers (linking, and the data_after_close self-reset), so both must arrive.
+    if filter.direction == Some(Direction::Sent) {
+        cfg.filters |= FILTER_NO_RECEIVED;
     }
     if filter.pids.len() > FILTER_MAX_ENTRIES as usize
         || filter.ports.len() > FILTER_MAX_ENTRIES as usize

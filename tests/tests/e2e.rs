@@ -240,7 +240,19 @@ fn count_exits_zero() {
     );
     let c = Peer::spawn(&ns, "rstt-count", &["connect=127.0.0.1:20021"]);
     c.expect("errno ECONNREFUSED");
+    // A broken --count must fail the test, not hang CI: kill it after 20 s.
+    let pid = t.id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(20));
+        if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
     let out = t.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<_> = text.lines().collect();

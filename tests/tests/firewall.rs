@@ -35,6 +35,25 @@ fn server(topo: &Topology, port: u16) -> Peer {
     p
 }
 
+/// No firewall_reject anywhere but `except` (forwarded RSTs must not look like REJECTs).
+fn assert_no_other_firewall(t: Tracer, topo: &Topology, except: Option<&Netns>) {
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (status, events) = t.stop();
+    assert!(status.success());
+    let allowed = except.map(Netns::inode);
+    for e in &events {
+        if e["condition"] == "firewall_reject" {
+            assert_eq!(Some(e["netns"].as_u64().unwrap()), allowed, "stray: {e:#}");
+        }
+    }
+    let ours = [
+        topo.client.inode(),
+        topo.router.inode(),
+        topo.server.inode(),
+    ];
+    assert!(events.iter().any(|e| ours.iter().any(|i| e["netns"] == *i)));
+}
+
 fn assert_netfilter(v: &Value, port: u16, rejected: &str) {
     assert_eq!(v["origin"], "netfilter", "{v:#}");
     assert_eq!(v["kernel_reason"], Value::Null);
@@ -138,6 +157,7 @@ fn reject_established_data_on_server_host() {
     assert_eq!(s(&r, "detail.peer_ttl"), 63);
     assert_eq!(s(&r, "linked_sent.condition"), "firewall_reject");
     assert!(!r["explanation"].as_str().unwrap().contains("suspicion"));
+    assert_no_other_firewall(t, &topo, Some(&topo.server));
 }
 
 /// REJECT on the router, of the SYN.
@@ -354,4 +374,48 @@ fn injected_rst_from_router() {
         !events.iter().any(|e| e["direction"] == "sent"),
         "no host sent this RST: {events:#?}"
     );
+}
+
+/// An abortive close by the server, forwarded by the router: an ordinary TCP reset, not a
+/// firewall's, even though the forwarded RST leaves the router without a socket.
+#[test]
+fn forwarded_tcp_reset_is_not_a_firewall_reset() {
+    let topo = Topology::new("fwfwd");
+    let port = 22007;
+    let t = Tracer::start(&["--port", &port.to_string()]);
+    let srv = Peer::spawn(
+        &topo.server,
+        "rstt-server",
+        &[
+            &format!("listen={SERVER_ADDR}:{port}"),
+            "say=listening",
+            "accept",
+            "wait_unread=50",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    srv.expect("listening");
+    let client = Peer::spawn(
+        &topo.client,
+        "rstt-client",
+        &[
+            &format!("connect={SERVER_ADDR}:{port}"),
+            "send=50",
+            "read_err",
+            "hold",
+        ],
+    );
+    srv.expect("closed");
+    client.expect("errno ECONNRESET");
+    let inode = topo.server.inode();
+    let v = t.wait_for("sent close_with_unread_data", |v| {
+        is_rst(v, "sent", "close_with_unread_data") && v["netns"] == inode
+    });
+    assert_eq!(s(&v, "process.pid"), srv.pid());
+    let r = received(&t, &topo.client, "peer_reset");
+    assert_eq!(s(&r, "linked_sent.condition"), "close_with_unread_data");
+    assert_eq!(s(&r, "detail.ttl"), 63);
+    assert_no_other_firewall(t, &topo, None);
 }
