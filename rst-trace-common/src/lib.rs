@@ -143,6 +143,8 @@ pub struct Config {
     pub sock_linger_bit: u16,
     /// `FILTER_*` bits.
     pub filters: u32,
+    /// Wake userspace once the ring buffer holds this many bytes (0: on every event).
+    pub wake_bytes: u32,
 }
 
 impl Config {
@@ -212,11 +214,12 @@ impl Config {
             socket_sk: OFF_NONE,
             sock_linger_bit: OFF_NONE,
             filters: 0,
+            wake_bytes: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 128);
+const _: () = assert!(core::mem::size_of::<Config>() == 132);
 
 /// A task as the kernel saw it.
 #[repr(C)]

@@ -8,12 +8,13 @@
 
 use aya_ebpf::{
     Global,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_current_uid_gid, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use rst_trace_common::{
@@ -69,6 +70,19 @@ static LAST_TCP_RST: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 static CUR_SEG: PerCpuArray<[u64; 2 + SAMPLED_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
 const SAMPLED_SLOTS: usize = 64;
+
+/// Bumped whenever a socket starts or ends, so that no CPU's sampled cache (which stores
+/// `sk ^ generation`) takes a new socket at a reused address for one already sampled.
+#[map]
+static SOCK_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn bump_generation() {
+    if let Some(g) = SOCK_GENERATION.get_ptr_mut(0) {
+        // SAFETY: a map value pointer; a lost increment under a race only costs a re-sample.
+        unsafe { *g = (*g).wrapping_add(1) };
+    }
+}
 
 /// Per-CPU: [sk, pid] of the last socket I/O seen by `sock_io`.
 #[map]
@@ -301,6 +315,7 @@ fn learn_owner(sk: u64) {
         }
     }
     // New socket, or a new socket at a destroyed one's address: start afresh.
+    bump_generation();
     let info = SockInfo {
         owner: current_task(),
         owner_ns: unsafe { bpf_ktime_get_ns() },
@@ -347,7 +362,16 @@ fn scratch_event() -> Option<&'static mut RstEvent> {
 
 #[inline(always)]
 fn submit(ev: &RstEvent) {
-    if EVENTS.output(ev, 0).is_err() {
+    // Do not wake userspace for every event (a reset storm would cost a wakeup each): wake it
+    // once the ring holds `wake_bytes`; userspace also drains on a short timer, so a lone event
+    // still shows promptly.
+    let wake = conf!(wake_bytes);
+    let flags = if wake == 0 || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(wake) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    };
+    if EVENTS.output(ev, flags).is_err() {
         // Never lose an event silently: userspace reports this count.
         if let Some(n) = LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer.
@@ -581,6 +605,7 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     {
         // SAFETY: a map value pointer, valid for this program run.
         unsafe { (*info).destroyed_ns = bpf_ktime_get_ns() };
+        bump_generation();
     }
     0
 }
@@ -668,7 +693,8 @@ pub fn tcp_probe_ttl(ctx: RawTracePointContext) -> i32 {
     cur[1] = skb;
     // struct sock objects are at least 256-byte aligned slab objects: skip the low bits.
     let slot = 2 + (((sk >> 8) ^ (sk >> 14)) as usize & (SAMPLED_SLOTS - 1));
-    if cur[slot] == sk {
+    let key = sk ^ SOCK_GENERATION.get(0).copied().unwrap_or(0);
+    if cur[slot] == key {
         return 0;
     }
     let Some((ttl, flags)) = segment_ttl_flags(skb) else {
@@ -682,7 +708,7 @@ pub fn tcp_probe_ttl(ctx: RawTracePointContext) -> i32 {
         // SAFETY: a map value pointer, valid for this program run.
         unsafe { (*info).peer_ttl = ttl };
     }
-    cur[slot] = sk;
+    cur[slot] = key;
     0
 }
 

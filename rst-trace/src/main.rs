@@ -175,6 +175,16 @@ impl State {
         self.emit(&ev, reasons)
     }
 
+    /// Takes every record the ring holds now; true when `--count` is reached.
+    fn drain(&mut self, rb: &mut RingBuf<aya::maps::MapData>, reasons: &KernelInfo) -> bool {
+        while let Some(item) = rb.next() {
+            if self.ingest(&item, reasons) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Explains pending received resets once they are old enough (all of them if `force`).
     fn release(&mut self, force: bool, reasons: &KernelInfo) -> bool {
         let now = Clock::mono_now();
@@ -295,6 +305,8 @@ async fn run(cli: Cli) -> Result<()> {
         .duration
         .map_or(far, |d| Instant::now() + Duration::from_secs(d));
     let mut lost_tick = interval(Duration::from_secs(1));
+    let mut drain_tick = interval(tracer::DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut summary_tick = interval(Duration::from_secs(cli.interval.unwrap_or(3600).max(1)));
     summary_tick.tick().await;
     let mut done = st.count == Some(0);
@@ -302,15 +314,13 @@ async fn run(cli: Cli) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    if st.ingest(&item, &reasons) {
-                        done = true;
-                        break;
-                    }
-                }
+                done = st.drain(guard.get_inner_mut(), &reasons);
                 guard.clear_ready();
                 done = done || st.release(false, &reasons);
+                st.out.flush();
+            }
+            _ = drain_tick.tick() => {
+                done = st.drain(ring.get_mut(), &reasons) || st.release(false, &reasons);
                 st.out.flush();
             }
             () = tokio::time::sleep(Duration::from_nanos(HOLD_RECEIVED_NS)), if !st.pending.is_empty() => {
@@ -335,17 +345,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     // Flush what the kernel already queued (SIGTERM in a storm loses nothing that was read).
-    if !done {
-        let rb = ring.get_mut();
-        while let Some(item) = rb.next() {
-            if st.ingest(&item, &reasons) {
-                done = true;
-                break;
-            }
-        }
-        if !done {
-            st.release(true, &reasons);
-        }
+    if !done && !st.drain(ring.get_mut(), &reasons) {
+        st.release(true, &reasons);
     }
     st.check_lost(tracer::lost_total(&tracer.ebpf)?);
     if cli.summary {

@@ -24,6 +24,12 @@ use crate::{
     owners, tracefs,
 };
 
+/// Userspace is woken when the ring is this fraction full (and drains every
+/// [`DRAIN_INTERVAL`] anyway).
+const WAKE_FRACTION: u32 = 16;
+/// How often userspace drains the ring without being woken.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The eBPF object, built by build.rs through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-trace"));
 
@@ -140,6 +146,7 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
     if !filter.pids.is_empty() {
         cfg.filters |= FILTER_PID;
     }
+    cfg.wake_bytes = ring_size / WAKE_FRACTION;
     if !filter.ports.is_empty() {
         cfg.filters |= FILTER_PORT;
     }
