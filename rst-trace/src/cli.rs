@@ -10,7 +10,8 @@ Examples:
   sudo rst-trace --pid 1234               resets of process 1234's sockets, whichever task ran
   sudo rst-trace --port 5432 --json       resets on port 5432 as NDJSON
   sudo rst-trace --condition close_with_unread_data --count 1
-  sudo rst-trace --summary --quiet --duration 60
+    sudo rst-trace --summary --quiet --duration 60
+  sudo rst-trace --quiet --metrics 127.0.0.1:9464
 
 Exit status: 0 normal end (--count, --duration, SIGINT, SIGTERM, broken pipe),
 1 runtime error (not privileged, kernel lacks a needed hook, tracefs unavailable), 2 usage error.
@@ -99,9 +100,14 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", requires = "summary")]
     pub interval: Option<u64>,
 
-    /// No per-event output (for use with --summary).
+    /// No per-event output (for use with --summary or --metrics).
     #[arg(long)]
     pub quiet: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; a bare PORT means
+    /// 127.0.0.1:PORT). Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
 
     /// Size of the kernel-to-userspace ring buffer in bytes (a power of two).
     #[arg(long, value_name = "BYTES", default_value = "1048576", value_parser = parse_ring_size)]

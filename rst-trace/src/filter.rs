@@ -89,14 +89,14 @@ impl Filter {
     }
 }
 
+/// Report builders for unit tests of this and other modules.
 #[cfg(test)]
-mod tests {
+pub mod tests_support {
     use std::net::SocketAddr;
 
-    use super::*;
-    use crate::explain::{Process, cond};
+    use crate::explain::{Direction, Process, Report, cond};
 
-    fn report(pid: Option<u32>, comm: &str, lport: u16, rport: u16, dir: Direction) -> Report {
+    pub fn report(pid: Option<u32>, comm: &str, lport: u16, rport: u16, dir: Direction) -> Report {
         Report {
             mono_ns: 0,
             direction: dir,
@@ -123,6 +123,13 @@ mod tests {
             inferred: false,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explain::cond;
+    use tests_support::report;
 
     #[test]
     fn empty_filter_matches_everything() {

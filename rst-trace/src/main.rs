@@ -5,6 +5,7 @@ mod cli;
 mod explain;
 mod filter;
 mod layout;
+mod metrics;
 mod output;
 mod owners;
 mod summary;
@@ -146,6 +147,7 @@ struct State {
     bad_records: u64,
     lost_seen: u64,
     pending: VecDeque<RstEvent>,
+    metrics: Option<metrics::Shared>,
     out: Out,
 }
 
@@ -222,6 +224,11 @@ impl State {
         }
         self.matched += 1;
         self.summary.add(&report);
+        if let Some(m) = &self.metrics
+            && let Ok(mut m) = m.lock()
+        {
+            m.record(&report);
+        }
         if !self.quiet {
             let line = output::render(&report, &self.clock, self.fmt);
             self.out.line(&line);
@@ -234,6 +241,11 @@ impl State {
             let line = output::lost(total - self.lost_seen, total, &self.clock, self.fmt);
             self.lost_seen = total;
             self.summary.lost = total;
+            if let Some(m) = &self.metrics
+                && let Ok(mut m) = m.lock()
+            {
+                m.lost = total;
+            }
             match self.fmt {
                 Format::Json => self.out.line(&line),
                 // Text mode: stdout carries events only; the warning goes to stderr.
@@ -280,12 +292,19 @@ async fn run(cli: Cli) -> Result<()> {
         bad_records: 0,
         lost_seen: 0,
         pending: VecDeque::new(),
+        metrics: None,
         out: Out {
             w: io::BufWriter::new(io::stdout()),
             broken: false,
             error: None,
         },
     };
+    if let Some(addr) = cli.metrics {
+        let shared = metrics::Shared::default();
+        let bound = metrics::serve(addr, shared.clone()).await?;
+        eprintln!("rst-trace: metrics at http://{bound}/metrics");
+        st.metrics = Some(shared);
+    }
     let reasons = tracer.info.clone();
     eprintln!(
         "rst-trace: tracing TCP resets ({}; kernel reasons: {}; {}; {} existing sockets owned; attached in {} ms)",

@@ -359,3 +359,138 @@ fn connection_accepted_by_forked_child_belongs_to_child() {
     // SAFETY: the child is our grandchild process; make sure it does not outlive the test.
     unsafe { libc::kill(child as i32, libc::SIGKILL) };
 }
+
+/// `--metrics`: a real HTTP client scrapes the Prometheus text during a scenario.
+#[test]
+fn metrics_are_served_and_count_resets() {
+    let ns = Netns::new("metrics");
+    let tracer = Tracer::start(&["--port", "20041", "--quiet", "--metrics", "127.0.0.1:0"]);
+    let url = tracer
+        .stderr()
+        .iter()
+        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
+        .expect("metrics address line");
+    for _ in 0..2 {
+        let c = Peer::spawn(&ns, "rstt-metrics", &["connect=127.0.0.1:20041"]);
+        c.expect("errno ECONNREFUSED");
+    }
+    let want = r#"rst_trace_resets_total{direction="received",condition="connection_refused",comm="rstt-metrics"} 2"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let body = loop {
+        let body = ureq::get(&url)
+            .call()
+            .expect("scrape")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if body.contains(want) || std::time::Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(body.contains(want), "{body}");
+    assert!(
+        body.contains(
+            r#"rst_trace_resets_total{direction="sent",condition="port_not_listening",comm="-"} 2"#
+        ),
+        "{body}"
+    );
+    assert!(body.contains("# TYPE rst_trace_lost_events_total counter"));
+    assert!(body.contains("rst_trace_lost_events_total 0"));
+    let not_found = ureq::get(url.replace("/metrics", "/other")).call();
+    assert!(matches!(not_found, Err(ureq::Error::StatusCode(404))));
+    let (status, events) = tracer.stop();
+    assert!(status.success());
+    assert!(events.is_empty(), "--quiet printed events: {events:?}");
+}
+
+/// `--summary` prints a table at exit (JSON here), counting by process, condition, direction.
+#[test]
+fn summary_at_exit() {
+    let ns = Netns::new("summary");
+    let tracer = Tracer::start(&["--port", "20042", "--quiet", "--summary"]);
+    for _ in 0..3 {
+        let c = Peer::spawn(&ns, "rstt-summary", &["connect=127.0.0.1:20042"]);
+        c.expect("errno ECONNREFUSED");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, events) = tracer.stop();
+    assert!(status.success());
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let sum = &events[0];
+    assert_eq!(sum["type"], "summary");
+    assert_eq!(sum["total"], 6);
+    let rows = sum["rows"].as_array().unwrap();
+    // One row per process (comm[pid]): three clients, one refusal each.
+    let refused: Vec<_> = rows
+        .iter()
+        .filter(|r| r["condition"] == "connection_refused")
+        .collect();
+    assert_eq!(refused.len(), 3, "{rows:#?}");
+    for row in refused {
+        assert_eq!(row["count"], 1);
+        assert_eq!(row["direction"], "received");
+        assert!(
+            row["process"]
+                .as_str()
+                .unwrap()
+                .starts_with("rstt-summary[")
+        );
+    }
+    let sent = rows
+        .iter()
+        .find(|r| r["condition"] == "port_not_listening")
+        .expect("port_not_listening row");
+    assert_eq!(sent["count"], 3);
+    assert_eq!(sent["process"], "-");
+}
+
+/// `rst-trace | head -1`: the closed pipe ends rst-trace quietly with status 0.
+#[test]
+fn broken_pipe_exits_zero_quietly() {
+    use std::io::BufRead as _;
+    let ns = Netns::new("pipe");
+    let mut t = Command::new(rst_trace_bin())
+        .args(["--port", "20043"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = t.stderr.take().unwrap();
+    let mut errs = std::io::BufReader::new(err).lines();
+    assert!(
+        errs.next()
+            .unwrap()
+            .unwrap()
+            .starts_with("rst-trace: tracing TCP resets")
+    );
+    let mut out = std::io::BufReader::new(t.stdout.take().unwrap());
+    let c = Peer::spawn(&ns, "rstt-pipe", &["connect=127.0.0.1:20043"]);
+    c.expect("errno ECONNREFUSED");
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("port_not_listening") || line.contains("connection_refused"),
+        "{line}"
+    );
+    drop(out); // like `head -1` exiting
+    // More resets: the next write hits the closed pipe.
+    for _ in 0..3 {
+        let c = Peer::spawn(&ns, "rstt-pipe", &["connect=127.0.0.1:20043"]);
+        c.expect("errno ECONNREFUSED");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = t.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rst-trace kept running after EPIPE"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<String> = errs.map_while(Result::ok).collect();
+    assert!(rest.iter().all(|l| !l.contains("error")), "{rest:?}");
+}
