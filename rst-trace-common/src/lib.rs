@@ -244,10 +244,10 @@ pub struct SockInfo {
     pub owner: Task,
     /// `bpf_ktime_get_ns()` when `owner` was recorded; 0: no owner known.
     pub owner_ns: u64,
-    /// `bpf_ktime_get_ns()` when `tcp_destroy_sock` fired for the socket, 0 while it lives. An
-    /// orphaned socket is destroyed just *before* the reset it provokes is sent (tcp_done() in
-    /// tcp_rcv_state_process(), then the caller's send_reset), so the entry outlives the socket
-    /// for [`DESTROYED_GRACE_NS`] and is ignored after that (the address may be reused).
+    /// `bpf_ktime_get_ns()` when `tcp_destroy_sock` fired, in the per-CPU copy the eBPF side
+    /// keeps of the last destroyed socket; 0 in the map. An orphaned socket is destroyed just
+    /// *before* the reset it provokes is sent (tcp_done() in tcp_rcv_state_process(), then the
+    /// caller's send_reset, on the same CPU), so that copy counts for [`DESTROYED_GRACE_NS`].
     pub destroyed_ns: u64,
     /// State the socket left for TCP_CLOSE (from `inet_sock_set_state`), 0 if it has not.
     pub close_prev_state: u8,
@@ -258,7 +258,7 @@ pub struct SockInfo {
 
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 56);
 
-/// How long a destroyed socket's [`SockInfo`] still counts.
+/// How long the copy of a destroyed socket's [`SockInfo`] still counts.
 pub const DESTROYED_GRACE_NS: u64 = 100_000_000;
 
 /// The listener a thread is closing: its unaccepted connections are reset from inside that

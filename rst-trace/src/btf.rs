@@ -30,9 +30,11 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
+/// Names are kept as offsets into the string section: vmlinux has ~100k types, and owning every
+/// name would cost tens of MiB at start-up.
 #[derive(Clone, Debug)]
 struct Member {
-    name: String,
+    name: u32,
     type_id: u32,
     bit_offset: u32,
 }
@@ -48,7 +50,7 @@ enum Type {
         type_id: u32,
     },
     Enum {
-        values: Vec<(String, i64)>,
+        values: Vec<(u32, i64)>,
     },
     Other,
 }
@@ -57,6 +59,7 @@ pub struct Btf {
     /// Index = type id (id 0 is `void`).
     types: Vec<Type>,
     by_name: HashMap<String, Vec<u32>>,
+    strings: Vec<u8>,
 }
 
 fn u32_at(data: &[u8], off: usize) -> Result<u32> {
@@ -137,7 +140,7 @@ impl Btf {
                             m_off
                         };
                         members.push(Member {
-                            name: name(m_name),
+                            name: m_name,
                             type_id: m_type,
                             bit_offset,
                         });
@@ -150,7 +153,7 @@ impl Btf {
                         let n = u32_at(types_sec, pos)?;
                         let v = u32_at(types_sec, pos + 4)? as i32;
                         pos += 8;
-                        values.push((name(n), i64::from(v)));
+                        values.push((n, i64::from(v)));
                     }
                     Type::Enum { values }
                 }
@@ -161,7 +164,7 @@ impl Btf {
                         let lo = u32_at(types_sec, pos + 4)?;
                         let hi = u32_at(types_sec, pos + 8)?;
                         pos += 12;
-                        values.push((name(n), ((u64::from(hi) << 32) | u64::from(lo)) as i64));
+                        values.push((n, ((u64::from(hi) << 32) | u64::from(lo)) as i64));
                     }
                     Type::Enum { values }
                 }
@@ -189,7 +192,17 @@ impl Btf {
             }
             types.push(ty);
         }
-        Ok(Self { types, by_name })
+        Ok(Self {
+            types,
+            by_name,
+            strings: strs.to_vec(),
+        })
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let s = self.strings.get(off as usize..).unwrap_or_default();
+        let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+        std::str::from_utf8(&s[..end]).unwrap_or("")
     }
 
     fn resolve(&self, mut id: u32) -> Option<&Type> {
@@ -221,10 +234,11 @@ impl Btf {
             return None;
         }
         for m in members {
-            if m.name == name {
+            let m_name = self.name(m.name);
+            if m_name == name {
                 return Some((m.bit_offset, m.type_id));
             }
-            if m.name.is_empty()
+            if m_name.is_empty()
                 && let Some(Type::Composite { members: inner }) = self.resolve(m.type_id)
                 && let Some((off, ty)) = self.find_member(inner, name, depth + 1)
             {
@@ -274,7 +288,12 @@ impl Btf {
             .get(enum_name)
             .and_then(|ids| {
                 ids.iter().find_map(|&id| match self.resolve(id) {
-                    Some(Type::Enum { values }) => Some(values.clone()),
+                    Some(Type::Enum { values }) => Some(
+                        values
+                            .iter()
+                            .map(|(n, v)| (self.name(*n).to_owned(), *v))
+                            .collect(),
+                    ),
                     _ => None,
                 })
             })

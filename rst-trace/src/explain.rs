@@ -287,48 +287,49 @@ fn endpoint(ipv6: bool, addr: &[u8; 16], port: u16) -> SocketAddr {
 /// What userspace remembers between events, bounded.
 #[derive(Default)]
 pub struct History {
-    /// Recent sent resets, to link a received reset to its local sender (loopback, netns).
-    recent_sent: VecDeque<(SocketAddr, SocketAddr, Linked)>,
+    /// Recent sent resets by (local, remote), to link a received reset to its local sender
+    /// (loopback, another namespace); the queue gives the age order for expiry. O(1) per event,
+    /// which matters in a reset storm.
+    by_tuple: HashMap<(SocketAddr, SocketAddr), Linked>,
+    order: VecDeque<(SocketAddr, SocketAddr, u64)>,
 }
 
 /// How long a sent reset stays linkable to a received one.
 const LINK_WINDOW_NS: u64 = 2_000_000_000;
-const LINK_MAX: usize = 4096;
+const LINK_MAX: usize = 65_536;
 
 impl History {
     fn remember_sent(&mut self, r: &Report) {
-        while let Some((_, _, l)) = self.recent_sent.front() {
-            if self.recent_sent.len() >= LINK_MAX
-                || r.mono_ns.saturating_sub(l.mono_ns) > LINK_WINDOW_NS
-            {
-                self.recent_sent.pop_front();
+        while let Some(&(l, rm, t)) = self.order.front() {
+            if self.order.len() >= LINK_MAX || r.mono_ns.saturating_sub(t) > LINK_WINDOW_NS {
+                self.order.pop_front();
+                // Only if no newer reset on the same tuple replaced it.
+                if self.by_tuple.get(&(l, rm)).is_some_and(|x| x.mono_ns == t) {
+                    self.by_tuple.remove(&(l, rm));
+                }
             } else {
                 break;
             }
         }
-        self.recent_sent.push_back((
-            r.local,
-            r.remote,
+        self.order.push_back((r.local, r.remote, r.mono_ns));
+        self.by_tuple.insert(
+            (r.local, r.remote),
             Linked {
                 condition: r.condition,
                 process: r.process.clone(),
                 mono_ns: r.mono_ns,
             },
-        ));
+        );
     }
 
     fn find_sender(&self, local: SocketAddr, remote: SocketAddr, mono_ns: u64) -> Option<Linked> {
-        self.recent_sent
-            .iter()
-            .rev()
-            .find(|(l, r, s)| {
-                *l == remote && *r == local && mono_ns.abs_diff(s.mono_ns) <= LINK_WINDOW_NS
-            })
-            .map(|(_, _, s)| s.clone())
+        self.by_tuple
+            .get(&(remote, local))
+            .filter(|s| mono_ns.abs_diff(s.mono_ns) <= LINK_WINDOW_NS)
+            .cloned()
     }
 }
 
-/// Explains one event. `reasons` maps the kernel's `enum sk_rst_reason` values to names.
 /// Idle time past which a received reset suggests a middlebox (NAT, load balancer, mobile
 /// carrier) expired the flow: common idle timeouts are 4 to 5 minutes (e.g. 350 s on AWS NLB,
 /// 4 min on Azure LB, about 5 min on mobile networks).

@@ -1,9 +1,11 @@
 //! The one renderer: every record rst-trace prints goes through here, as text or as JSON (NDJSON),
 //! per ../shared/spec/output.md.
 
-use std::net::SocketAddr;
+use std::{fmt::Write as _, net::SocketAddr};
 
-use serde_json::{Map, Value, json};
+#[cfg(test)]
+use serde_json::Value;
+use serde_json::json;
 
 use crate::explain::{DetailValue, Process, Report};
 
@@ -79,54 +81,117 @@ pub enum Format {
     Json,
 }
 
-fn endpoint_json(a: &SocketAddr) -> Value {
-    json!({"addr": a.ip().to_string(), "port": a.port()})
+/// Appends `v` as a JSON string (quotes and escapes as serde_json writes them).
+fn json_str(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
-fn process_json(p: &Option<Process>) -> Value {
+fn json_opt_str(out: &mut String, v: Option<&str>) {
+    match v {
+        Some(v) => json_str(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+fn json_endpoint(out: &mut String, a: &SocketAddr) {
+    out.push_str("{\"addr\":");
+    let ip = a.ip().to_string();
+    json_str(out, &ip);
+    let _ = write!(out, ",\"port\":{}}}", a.port());
+}
+
+fn json_process(out: &mut String, p: &Option<Process>) {
     match p {
-        Some(p) => json!({"pid": p.pid, "tid": p.tid, "comm": p.comm, "uid": p.uid}),
-        None => Value::Null,
+        Some(p) => {
+            let _ = write!(out, "{{\"pid\":{},\"tid\":{},\"comm\":", p.pid, p.tid);
+            json_str(out, &p.comm);
+            let _ = write!(out, ",\"uid\":{}}}", p.uid);
+        }
+        None => out.push_str("null"),
     }
 }
 
-pub fn report_json(r: &Report, clock: &Clock) -> Value {
-    let mut detail = Map::new();
-    for (k, v) in &r.detail {
-        let v = match v {
-            DetailValue::Num(n) => json!(n),
-            DetailValue::Text(s) => json!(s),
-        };
-        detail.insert((*k).to_owned(), v);
+/// Appends one reset as a JSON object (one NDJSON line without the newline). Written directly,
+/// not through a `serde_json::Value` tree: in a reset storm this is the hot path.
+pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
+    out.push_str("{\"type\":\"rst\",\"time\":");
+    json_str(out, &rfc3339(clock.wall_ns(r.mono_ns), 9));
+    let _ = write!(out, ",\"mono_ns\":{},\"direction\":", r.mono_ns);
+    json_str(out, r.direction.as_str());
+    out.push_str(",\"origin\":");
+    json_opt_str(out, r.origin);
+    out.push_str(",\"condition\":");
+    json_str(out, r.condition);
+    out.push_str(",\"explanation\":");
+    json_str(out, &r.explanation);
+    out.push_str(",\"kernel_reason\":");
+    json_opt_str(out, r.kernel_reason.as_deref());
+    out.push_str(",\"state\":");
+    json_opt_str(out, r.state.map(|s| s.name()).as_deref());
+    out.push_str(",\"family\":");
+    json_str(out, if r.ipv6 { "ipv6" } else { "ipv4" });
+    out.push_str(",\"local\":");
+    json_endpoint(out, &r.local);
+    out.push_str(",\"remote\":");
+    json_endpoint(out, &r.remote);
+    out.push_str(",\"process\":");
+    json_process(out, &r.process);
+    out.push_str(",\"attribution\":");
+    json_str(out, r.attribution);
+    let _ = write!(out, ",\"netns\":{},\"socket_cookie\":", r.netns);
+    match r.socket_cookie {
+        Some(c) => {
+            let _ = write!(out, "{c}");
+        }
+        None => out.push_str("null"),
     }
-    let mut o = json!({
-        "type": "rst",
-        "time": rfc3339(clock.wall_ns(r.mono_ns), 9),
-        "mono_ns": r.mono_ns,
-        "direction": r.direction.as_str(),
-        "origin": r.origin,
-        "condition": r.condition,
-        "explanation": r.explanation,
-        "kernel_reason": r.kernel_reason,
-        "state": r.state.map(|s| s.name()),
-        "family": if r.ipv6 { "ipv6" } else { "ipv4" },
-        "local": endpoint_json(&r.local),
-        "remote": endpoint_json(&r.remote),
-        "process": process_json(&r.process),
-        "attribution": r.attribution,
-        "netns": r.netns,
-        "socket_cookie": r.socket_cookie,
-        "detail": detail,
-    });
-    let m = o.as_object_mut().expect("object literal");
-    m.insert("inferred".into(), json!(r.inferred));
+    out.push_str(",\"detail\":{");
+    for (i, (k, v)) in r.detail.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_str(out, k);
+        out.push(':');
+        match v {
+            DetailValue::Num(n) => {
+                let _ = write!(out, "{n}");
+            }
+            DetailValue::Text(t) => json_str(out, t),
+        }
+    }
+    let _ = write!(out, "}},\"inferred\":{}", r.inferred);
     if let Some(l) = &r.linked {
-        m.insert(
-            "linked_sent".into(),
-            json!({"condition": l.condition, "process": process_json(&l.process), "mono_ns": l.mono_ns}),
-        );
+        out.push_str(",\"linked_sent\":{\"condition\":");
+        json_str(out, l.condition);
+        out.push_str(",\"process\":");
+        json_process(out, &l.process);
+        let _ = write!(out, ",\"mono_ns\":{}}}", l.mono_ns);
     }
-    o
+    out.push('}');
+}
+
+/// The JSON object as a `serde_json::Value` (tests and tools).
+#[cfg(test)]
+pub fn report_json(r: &Report, clock: &Clock) -> Value {
+    let mut s = String::new();
+    report_json_into(&mut s, r, clock);
+    serde_json::from_str(&s).expect("valid JSON")
 }
 
 fn endpoint_text(a: &SocketAddr) -> String {
@@ -170,7 +235,11 @@ pub fn report_text(r: &Report, clock: &Clock, color: bool) -> String {
 
 pub fn render(r: &Report, clock: &Clock, fmt: Format) -> String {
     match fmt {
-        Format::Json => report_json(r, clock).to_string(),
+        Format::Json => {
+            let mut s = String::with_capacity(768);
+            report_json_into(&mut s, r, clock);
+            s
+        }
         Format::Text { color } => report_text(r, clock, color),
     }
 }
@@ -298,6 +367,22 @@ mod tests {
         assert_eq!(j["socket_cookie"], Value::Null);
         assert_eq!(j["family"], "ipv6");
         assert_eq!(j["detail"]["incoming_flags"], "SYN");
+    }
+
+    #[test]
+    fn json_strings_escape_like_serde() {
+        for v in [
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "nl\n tab\t cr\r",
+            "\u{01}\u{08}\u{0c}\u{1f}",
+            "émoji ✓",
+        ] {
+            let mut s = String::new();
+            json_str(&mut s, v);
+            assert_eq!(s, serde_json::to_string(v).unwrap());
+        }
     }
 
     #[test]

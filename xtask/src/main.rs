@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+mod bench;
 use clap::{Parser, Subcommand};
 
 /// The nightly the eBPF crate builds with (keep in sync with rst-trace/build.rs).
@@ -53,6 +55,19 @@ enum Cmd {
     },
     /// clippy with -D warnings and rustfmt --check only.
     Check,
+    /// Measure rst-trace during a reset storm (as root): rates with and without it, events
+    /// captured and lost, CPU, memory, start-up time, kernel cost per event.
+    Bench {
+        /// Seconds per round.
+        #[arg(long, default_value = "2")]
+        seconds: f64,
+        /// Untraced and traced rounds per configuration (alternating).
+        #[arg(long, default_value = "3")]
+        rounds: usize,
+        /// Instead: run a storm for SECS seconds and report RSS at start and end.
+        #[arg(long, value_name = "SECS")]
+        soak: Option<u64>,
+    },
 }
 
 fn root() -> PathBuf {
@@ -284,5 +299,23 @@ fn main() -> Result<()> {
             test(&args)
         }
         Cmd::Check => check(),
+        Cmd::Bench {
+            seconds,
+            rounds,
+            soak,
+        } => {
+            build()?;
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs: run `./x bench` as root");
+            }
+            bench::run(
+                &root().join("target/release/rst-trace"),
+                &bench::Opts {
+                    seconds,
+                    rounds,
+                    soak,
+                },
+            )
+        }
     }
 }

@@ -1,0 +1,474 @@
+//! `cargo xtask bench`: how much rst-trace costs during a reset storm, in one run.
+//!
+//! A bounded, in-tree reset generator runs inside a network namespace of the bench's own (so
+//! nothing else is touched): threads that connect to a closed port (every attempt: one RST sent by
+//! the kernel with no socket, one received by the client) or that connect, write one byte and let
+//! a server close without reading (a process-context RST, `close_with_unread_data`). Untraced
+//! and traced rounds alternate; the table shows the median of each.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// connect() to a closed port.
+    Refused,
+    /// close() with unread data.
+    Unread,
+}
+
+pub struct Opts {
+    pub seconds: f64,
+    pub rounds: usize,
+    pub soak: Option<u64>,
+}
+
+const PORT: u16 = 39_555;
+
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Result<Self> {
+        let name = format!("rstbench-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()?
+            .success()
+            && Command::new("ip")
+                .args(["-n", &name, "link", "set", "lo", "up"])
+                .status()?
+                .success();
+        if !ok {
+            bail!("cannot create network namespace {name} (run as root)");
+        }
+        Ok(Self(name))
+    }
+
+    fn enter(&self) -> Result<()> {
+        let f = std::fs::File::open(format!("/run/netns/{}", self.0))?;
+        // SAFETY: valid namespace fd; affects the calling thread only.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Runs the generator for `secs` with `threads` client threads; returns the resets generated.
+fn generate(ns: &Netns, mode: Mode, threads: usize, secs: f64) -> Result<u64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, PORT));
+    let mut handles = Vec::new();
+    if mode == Mode::Unread {
+        // The server: accept and close at once, leaving the client's byte unread.
+        let stop = stop.clone();
+        let ns_name = ns.0.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            Netns(ns_name.clone()).enter_forget()?;
+            let l = TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            tx.send(()).ok();
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        // Wait for the byte, so the close really leaves data unread.
+                        s.set_nonblocking(false)?;
+                        let mut b = [0u8; 1];
+                        let _ = s.peek(&mut b);
+                        drop(s);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        }));
+        rx.recv_timeout(Duration::from_secs(5))
+            .context("bench server did not start")?;
+    }
+    for _ in 0..threads {
+        let stop = stop.clone();
+        let count = count.clone();
+        let ns_name = ns.0.clone();
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            Netns(ns_name).enter_forget()?;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match mode {
+                    Mode::Refused => {
+                        if TcpStream::connect(addr).is_err() {
+                            n += 1;
+                        }
+                    }
+                    Mode::Unread => {
+                        let mut s = TcpStream::connect(addr)?;
+                        s.write_all(b"x")?;
+                        let mut b = [0u8; 1];
+                        // The server's close resets the connection.
+                        if s.read(&mut b).is_err() {
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            count.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        }));
+    }
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+    }
+    Ok(count.load(Ordering::Relaxed))
+}
+
+impl Netns {
+    /// Enters the namespace without deleting it when done.
+    fn enter_forget(self) -> Result<()> {
+        let r = self.enter();
+        std::mem::forget(self);
+        r
+    }
+}
+
+/// Sum of run_time_ns and run_cnt over the BPF programs a process holds (from fdinfo; needs
+/// kernel.bpf_stats_enabled=1).
+fn bpf_stats(pid: u32) -> (u64, u64) {
+    let (mut ns, mut cnt) = (0, 0);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return (0, 0);
+    };
+    for fd in fds.flatten() {
+        let is_prog = std::fs::read_link(fd.path())
+            .map(|l| l.to_string_lossy().contains("bpf-prog"))
+            .unwrap_or(false);
+        if !is_prog {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        for l in info.lines() {
+            if let Some(v) = l.strip_prefix("run_time_ns:") {
+                ns += v.trim().parse::<u64>().unwrap_or(0);
+            } else if let Some(v) = l.strip_prefix("run_cnt:") {
+                cnt += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    (ns, cnt)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A /proc/PID/status memory line in KiB (VmHWM is the peak RSS since exec).
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Traced {
+    generated: u64,
+    rst_events: u64,
+    sent_events: u64,
+    lost: u64,
+    cpu_s: f64,
+    peak_rss_kib: u64,
+    rss_after_start_kib: u64,
+    attach_ms: f64,
+    kernel_ns_per_event: f64,
+}
+
+/// One traced round: start rst-trace, wait until attached, generate, stop it with SIGTERM.
+fn traced_round(
+    bin: &Path,
+    ns: &Netns,
+    mode: Mode,
+    threads: usize,
+    secs: f64,
+    args: &[&str],
+) -> Result<Traced> {
+    let out_path = std::env::temp_dir().join(format!("rstbench-{}.out", std::process::id()));
+    let out = std::fs::File::create(&out_path)?;
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["--port", &PORT.to_string()])
+        .args(args)
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting rst-trace")?;
+    let pid = child.id();
+    let mut err = BufReader::new(child.stderr.take().context("stderr")?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line)? == 0 {
+            bail!("rst-trace exited before attaching");
+        }
+        if line.starts_with("rst-trace: tracing TCP resets") {
+            break;
+        }
+    }
+    let attach_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let rss_after_start_kib = rss_kib(pid);
+    let (ns0, _) = bpf_stats(pid);
+    let generated = generate(ns, mode, threads, secs)?;
+    // Let the drain timer catch up before stopping.
+    std::thread::sleep(Duration::from_millis(300));
+    let (ns1, _) = bpf_stats(pid);
+    let peak_rss_kib = status_kib(pid, "VmHWM:");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with valid out-pointers.
+    unsafe { libc::wait4(pid as i32, &mut status, 0, &mut ru) };
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("rst-trace did not exit 0 on SIGTERM (status {status}): {rest}");
+    }
+    let cpu_s = ru.ru_utime.tv_sec as f64
+        + ru.ru_utime.tv_usec as f64 / 1e6
+        + ru.ru_stime.tv_sec as f64
+        + ru.ru_stime.tv_usec as f64 / 1e6;
+    let (mut rst_events, mut sent_events, mut lost) = (0u64, 0u64, 0u64);
+    let text = std::fs::read_to_string(&out_path)?;
+    let _ = std::fs::remove_file(&out_path);
+    for l in text.lines() {
+        if l.starts_with(r#"{"type":"rst""#) {
+            rst_events += 1;
+            if l.contains(r#""direction":"sent""#) {
+                sent_events += 1;
+            }
+        } else if let Some(v) = l.strip_prefix(r#"{"type":"lost","count":"#) {
+            lost += v
+                .split(',')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        } else if l.starts_with(r#"{"type":"summary""#) {
+            if let Some(t) = l.split(r#""total":"#).nth(1) {
+                rst_events = t
+                    .split(',')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    let kernel_ns_per_event = if rst_events > 0 {
+        (ns1.saturating_sub(ns0)) as f64 / rst_events as f64
+    } else {
+        0.0
+    };
+    Ok(Traced {
+        generated,
+        rst_events,
+        sent_events,
+        lost,
+        cpu_s,
+        peak_rss_kib,
+        rss_after_start_kib,
+        attach_ms,
+        kernel_ns_per_event,
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
+    let ns = Netns::new()?;
+    let stats_was =
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf stats")?;
+    let result = (|| -> Result<()> {
+        if let Some(secs) = opts.soak {
+            return soak(bin, &ns, secs);
+        }
+        println!(
+            "rst-trace bench: {} s per round, {} untraced + {} traced rounds per row, alternating; medians\n",
+            opts.seconds, opts.rounds, opts.rounds
+        );
+        println!(
+            "{:<34} {:>10} {:>10} {:>6} {:>11} {:>8} {:>6} {:>9} {:>8} {:>9} {:>8}",
+            "configuration",
+            "untraced/s",
+            "traced/s",
+            "ratio",
+            "captured",
+            "lost",
+            "capt%",
+            "cpu s/1M",
+            "rss MiB",
+            "attach ms",
+            "kern ns"
+        );
+        let configs: [(&str, Mode, usize, &[&str]); 5] = [
+            (
+                "refused, 1 thread, --json file",
+                Mode::Refused,
+                1,
+                &["--json"],
+            ),
+            (
+                "refused, 2 threads, --json file",
+                Mode::Refused,
+                2,
+                &["--json"],
+            ),
+            (
+                "refused, 2 threads, --summary -q",
+                Mode::Refused,
+                2,
+                &["--json", "--summary", "--quiet"],
+            ),
+            (
+                "unread close, 1 thread, --json",
+                Mode::Unread,
+                1,
+                &["--json"],
+            ),
+            (
+                "unread close, 2 threads, --json",
+                Mode::Unread,
+                2,
+                &["--json"],
+            ),
+        ];
+        for (name, mode, threads, args) in configs {
+            let (mut un, mut tr, mut cpu, mut kern, mut att) =
+                (vec![], vec![], vec![], vec![], vec![]);
+            let (mut captured, mut generated_events, mut lost, mut rss) = (0u64, 0u64, 0u64, 0u64);
+            for _ in 0..opts.rounds {
+                let n = generate(&ns, mode, threads, opts.seconds)?;
+                un.push(n as f64 / opts.seconds);
+                let t = traced_round(bin, &ns, mode, threads, opts.seconds, args)?;
+                tr.push(t.generated as f64 / opts.seconds);
+                // Each reset is seen twice: sent by one socket (or none), received by another.
+                generated_events += 2 * t.generated;
+                captured += t.rst_events;
+                lost += t.lost;
+                rss = rss.max(t.peak_rss_kib);
+                cpu.push(t.cpu_s / (t.rst_events.max(1) as f64) * 1e6);
+                kern.push(t.kernel_ns_per_event);
+                att.push(t.attach_ms);
+                let _ = t.sent_events;
+                let _ = t.rss_after_start_kib;
+            }
+            let (u, t) = (median(&mut un), median(&mut tr));
+            println!(
+                "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6.2} {:>9.2} {:>8.1} {:>9.1} {:>8.0}",
+                name,
+                u,
+                t,
+                t / u,
+                captured,
+                generated_events,
+                lost,
+                100.0 * captured as f64 / generated_events.max(1) as f64,
+                median(&mut cpu),
+                rss as f64 / 1024.0,
+                median(&mut att),
+                median(&mut kern),
+            );
+        }
+        println!(
+            "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss = peak; attach = spawn to readiness line; kern ns = run time of all\nrst-trace BPF programs per captured event (kernel.bpf_stats_enabled)."
+        );
+        if which("bpftrace") {
+            println!("bpftrace is installed, but the reference row is not implemented yet.");
+        } else {
+            println!("bpftrace not installed: no reference row.");
+        }
+        Ok(())
+    })();
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
+    result
+}
+
+fn which(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `--soak SECS`: a moderate storm for SECS seconds; RSS at start and at end.
+fn soak(bin: &Path, ns: &Netns, secs: u64) -> Result<()> {
+    let mut child = Command::new(bin)
+        .args([
+            "--port",
+            &PORT.to_string(),
+            "--json",
+            "--quiet",
+            "--summary",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let mut err = BufReader::new(child.stderr.take().context("stderr")?);
+    let mut line = String::new();
+    while err.read_line(&mut line)? > 0 && !line.starts_with("rst-trace: tracing") {
+        line.clear();
+    }
+    let start = rss_kib(pid);
+    let mut total = 0;
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs() < secs {
+        total += generate(ns, Mode::Refused, 1, 1.0)?;
+        total += generate(ns, Mode::Unread, 1, 1.0)?;
+    }
+    let end = rss_kib(pid);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = child.wait()?;
+    println!(
+        "soak: {secs} s, {total} resets; rst-trace RSS {:.1} MiB at start, {:.1} MiB at end; exit {status}",
+        start as f64 / 1024.0,
+        end as f64 / 1024.0
+    );
+    Ok(())
+}
