@@ -284,14 +284,14 @@ fn traced_round(
                 .next()
                 .and_then(|n| n.parse::<u64>().ok())
                 .unwrap_or(0);
-        } else if l.starts_with(r#"{"type":"summary""#) {
-            if let Some(t) = l.split(r#""total":"#).nth(1) {
-                rst_events = t
-                    .split(',')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-            }
+        } else if l.starts_with(r#"{"type":"summary""#)
+            && let Some(t) = l.split(r#""total":"#).nth(1)
+        {
+            rst_events = t
+                .split(',')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
         }
     }
     let kernel_ns_per_event = if rst_events > 0 {
