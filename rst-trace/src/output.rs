@@ -369,6 +369,53 @@ mod tests {
         assert_eq!(j["detail"]["incoming_flags"], "SYN");
     }
 
+    /// Property test: arbitrary ring records, of any length and content, are either rejected
+    /// by decoding or explained and rendered as valid JSON and text; nothing panics.
+    #[test]
+    fn arbitrary_records_never_panic() {
+        use rst_trace_common::RST_EVENT_SIZE;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            // xorshift64*: deterministic, so a failure reproduces.
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let info = reasons();
+        let mut history = History::default();
+        let (mut rejected, mut explained) = (0, 0);
+        for i in 0..20_000 {
+            let len = if i % 4 == 0 {
+                (next() % (2 * RST_EVENT_SIZE as u64)) as usize
+            } else {
+                RST_EVENT_SIZE
+            };
+            let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len == RST_EVENT_SIZE && i % 2 == 0 {
+                // Plausible kinds and families, so explain() goes deep.
+                buf[160] = 1 + (next() % 2) as u8;
+                buf[161] = if next() % 2 == 0 { 2 } else { 10 };
+            }
+            let Ok(ev) = RstEvent::decode(&buf) else {
+                assert_ne!(len, RST_EVENT_SIZE);
+                rejected += 1;
+                continue;
+            };
+            let Some(r) = explain(&ev, &info, &mut history) else {
+                continue;
+            };
+            explained += 1;
+            let j = render(&r, &clock(), Format::Json);
+            serde_json::from_str::<Value>(&j).unwrap_or_else(|e| panic!("{e}: {j}"));
+            let _ = render(&r, &clock(), Format::Text { color: true });
+        }
+        assert!(
+            rejected > 1000 && explained > 1000,
+            "{rejected} {explained}"
+        );
+    }
+
     #[test]
     fn json_strings_escape_like_serde() {
         for v in [

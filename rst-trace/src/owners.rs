@@ -213,11 +213,21 @@ fn dump_in_netns_of(pid: u32) -> Result<Vec<(u32, u64)>> {
 /// Socket cookie -> owner, for every TCP socket some process holds now.
 pub fn existing() -> (HashMap<u64, Task>, usize) {
     let (by_inode, netns) = scan_proc();
+    let own = fs::read_link("/proc/self/ns/net")
+        .ok()
+        .and_then(|l| l.to_str().map(str::to_owned));
     let mut out = HashMap::new();
     let mut namespaces = 0;
-    for pid in netns.values() {
-        // A process may exit meanwhile: skip its namespace, another process may share it.
-        let Ok(socks) = dump_in_netns_of(*pid) else {
+    for (ino, pid) in &netns {
+        // Our own namespace needs no setns() (nor the CAP_SYS_ADMIN it takes).
+        let mine = own.as_deref() == Some(format!("net:[{ino}]").as_str());
+        let socks = if mine {
+            dump_tcp()
+        } else {
+            dump_in_netns_of(*pid)
+        };
+        // A process may exit meanwhile, or setns() may be refused: skip that namespace.
+        let Ok(socks) = socks else {
             continue;
         };
         namespaces += 1;

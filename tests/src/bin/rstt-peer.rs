@@ -24,6 +24,7 @@
 //!   sleep=MS | say=TEXT | wait (for a line on stdin) | hold (sleep until killed)
 //!   kill                    SIGKILL this process (the kernel closes its sockets)
 //!   fork                    fork: the parent prints `child PID` and holds; the child goes on
+//!   storm=N,ADDR            N connects to ADDR (a closed port): a reset storm; prints `stormed N`
 //!   busy=MS                 spin on the CPU (a bystander)
 //!
 //! It prints `pid N` first.
@@ -329,6 +330,17 @@ fn main() {
                 }
                 // SAFETY: signalling ourselves.
                 unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
+            "storm" => {
+                let n = nth(0) as u64;
+                let to: SocketAddr = arg.split(',').nth(1).expect("ADDR").parse().expect("ADDR");
+                let mut refused = 0u64;
+                for _ in 0..n {
+                    if TcpStream::connect(to).is_err() {
+                        refused += 1;
+                    }
+                }
+                say(&format!("stormed {refused}"));
             }
             "fork" => {
                 // SAFETY: single-threaded here; the child only continues this loop.
