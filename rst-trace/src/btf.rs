@@ -60,6 +60,8 @@ pub struct Btf {
     types: Vec<Type>,
     by_name: HashMap<String, Vec<u32>>,
     strings: Vec<u8>,
+    /// Name offsets of the functions (KIND_FUNC) in this BTF: built-in code only.
+    functions: Vec<u32>,
 }
 
 fn u32_at(data: &[u8], off: usize) -> Result<u32> {
@@ -101,6 +103,7 @@ impl Btf {
         };
 
         let mut types = vec![Type::Other];
+        let mut functions = Vec::new();
         let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
         let mut pos = 0usize;
         while pos + 12 <= types_sec.len() {
@@ -116,7 +119,11 @@ impl Btf {
                     pos += 4;
                     Type::Other
                 }
-                KIND_PTR | KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+                KIND_FUNC => {
+                    functions.push(name_off);
+                    Type::Other
+                }
+                KIND_PTR | KIND_FWD | KIND_FLOAT => Type::Other,
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Alias {
                         type_id: size_or_type,
@@ -196,6 +203,7 @@ impl Btf {
             types,
             by_name,
             strings: strs.to_vec(),
+            functions,
         })
     }
 
@@ -203,6 +211,11 @@ impl Btf {
         let s = self.strings.get(off as usize..).unwrap_or_default();
         let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
         std::str::from_utf8(&s[..end]).unwrap_or("")
+    }
+
+    /// Whether the kernel image (not a module) has function `name`.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.functions.iter().any(|&off| self.name(off) == name)
     }
 
     fn resolve(&self, mut id: u32) -> Option<&Type> {

@@ -307,6 +307,8 @@ mod tests {
         assert!(cfg.sk_state < 32);
         assert_ne!(cfg.tp_rcv_nxt, OFF_NONE);
         assert!(cfg.sock_linger_bit < 64);
+        assert!(btf.has_function("tcp_v4_rcv"));
+        assert!(!btf.has_function("no_such_function_in_any_kernel"));
         let reasons = btf.enum_values("sk_rst_reason").unwrap();
         assert!(reasons.iter().any(|(n, _)| n == "SK_RST_REASON_NO_SOCKET"));
     }

@@ -140,7 +140,8 @@ struct State {
     clock: Clock,
     filter: Filter,
     history: History,
-    summary: Summary,
+    /// Only with --summary (counting costs an allocation per event).
+    summary: Option<Summary>,
     quiet: bool,
     matched: u64,
     count: Option<u64>,
@@ -223,7 +224,9 @@ impl State {
             return false;
         }
         self.matched += 1;
-        self.summary.add(&report);
+        if let Some(s) = &mut self.summary {
+            s.add(&report);
+        }
         if let Some(m) = &self.metrics
             && let Ok(mut m) = m.lock()
         {
@@ -240,7 +243,9 @@ impl State {
         if total > self.lost_seen {
             let line = output::lost(total - self.lost_seen, total, &self.clock, self.fmt);
             self.lost_seen = total;
-            self.summary.lost = total;
+            if let Some(s) = &mut self.summary {
+                s.lost = total;
+            }
             if let Some(m) = &self.metrics
                 && let Ok(mut m) = m.lock()
             {
@@ -263,7 +268,11 @@ async fn run(cli: Cli) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let filter = Filter::from_cli(&cli);
     let started = std::time::Instant::now();
-    let mut tracer = tracer::load(&filter, cli.ring_size)?;
+    let hooks = tracer::Hooks {
+        ttl: !cli.no_ttl,
+        firewall: !cli.no_firewall,
+    };
+    let mut tracer = tracer::load(&filter, cli.ring_size, hooks)?;
     let ring = RingBuf::try_from(
         tracer
             .ebpf
@@ -285,7 +294,7 @@ async fn run(cli: Cli) -> Result<()> {
         clock: Clock::now(),
         filter,
         history: History::default(),
-        summary: Summary::default(),
+        summary: cli.summary.then(Summary::default),
         quiet: cli.quiet,
         matched: 0,
         count: cli.count,
@@ -357,9 +366,11 @@ async fn run(cli: Cli) -> Result<()> {
                 st.out.flush();
             }
             _ = summary_tick.tick(), if cli.interval.is_some() => {
-                let s = st.summary.render(&st.clock, st.fmt);
-                st.out.line(&s);
-                st.out.flush();
+                if let Some(s) = &st.summary {
+                    let s = s.render(&st.clock, st.fmt);
+                    st.out.line(&s);
+                    st.out.flush();
+                }
             }
         }
     }
@@ -368,8 +379,8 @@ async fn run(cli: Cli) -> Result<()> {
         st.release(true, &reasons);
     }
     st.check_lost(tracer::lost_total(&tracer.ebpf)?);
-    if cli.summary {
-        let s = st.summary.render(&st.clock, st.fmt);
+    if let Some(s) = &st.summary {
+        let s = s.render(&st.clock, st.fmt);
         st.out.line(&s);
     }
     st.out.flush();

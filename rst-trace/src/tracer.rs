@@ -54,6 +54,8 @@ pub enum RejectSupport {
     NotLoaded,
     /// `net:net_dev_queue` is missing: firewall resets cannot be seen.
     Unavailable,
+    /// `--no-firewall`.
+    Disabled,
 }
 
 impl RejectSupport {
@@ -63,6 +65,7 @@ impl RejectSupport {
             Self::Module => "firewall resets: yes (nf_reject loaded)",
             Self::NotLoaded => "firewall resets: when nf_reject loads",
             Self::Unavailable => "firewall resets: no (no net:net_dev_queue)",
+            Self::Disabled => "firewall resets: off (--no-firewall)",
         }
     }
 }
@@ -73,27 +76,12 @@ fn reject_modules_loaded() -> bool {
         .any(|m| Path::new("/sys/module").join(m).exists())
 }
 
-/// Built in, loaded, or neither, from /proc/kallsyms (module symbols carry `[module]`).
-fn reject_support() -> RejectSupport {
-    let Ok(syms) = std::fs::read_to_string("/proc/kallsyms") else {
-        return if reject_modules_loaded() {
-            RejectSupport::Module
-        } else {
-            RejectSupport::NotLoaded
-        };
-    };
-    for line in syms.lines() {
-        let mut parts = line.split_whitespace();
-        let (_, _, name, module) = (parts.next(), parts.next(), parts.next(), parts.next());
-        if matches!(name, Some("nf_send_reset" | "nf_send_reset6")) {
-            return if module.is_some() {
-                RejectSupport::Module
-            } else {
-                RejectSupport::BuiltIn
-            };
-        }
-    }
-    if reject_modules_loaded() {
+/// Built in (vmlinux BTF has nf_send_reset: module code has BTF of its own), loaded as a
+/// module, or neither. Cheaper than scanning /proc/kallsyms, which costs ~30 ms at start-up.
+fn reject_support(btf: &Btf) -> RejectSupport {
+    if btf.has_function("nf_send_reset") || btf.has_function("nf_send_reset6") {
+        RejectSupport::BuiltIn
+    } else if reject_modules_loaded() {
         RejectSupport::Module
     } else {
         RejectSupport::NotLoaded
@@ -124,7 +112,16 @@ fn required_format(tracefs: &Path, cat: &str, name: &str) -> Result<tracefs::For
     })
 }
 
-pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
+/// Which per-packet hooks to use (each costs tens of ns per packet, see README).
+#[derive(Clone, Copy, Debug)]
+pub struct Hooks {
+    /// `tcp_probe`: TTL evidence on received resets.
+    pub ttl: bool,
+    /// `net_dev_queue`: netfilter REJECT resets.
+    pub firewall: bool,
+}
+
+pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
     let tracefs = tracefs::locate()?;
     let tps = Tracepoints {
         send_reset: required_format(&tracefs, "tcp", "tcp_send_reset")?,
@@ -209,7 +206,9 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
         attach_raw(&mut ebpf, PROG_SOCK_IO, "sock_recv_length")?;
     }
     // TTL evidence for received resets (raw tracepoints: 4.17+).
-    if let Err(e) = attach_raw(&mut ebpf, PROG_TCP_PROBE, "tcp_probe") {
+    if hooks.ttl
+        && let Err(e) = attach_raw(&mut ebpf, PROG_TCP_PROBE, "tcp_probe")
+    {
         log::debug!("no TTL evidence: {e:#}");
     }
     // With the owner hooks live, seed the sockets that already existed.
@@ -225,8 +224,10 @@ pub fn load(filter: &Filter, ring_size: u32) -> Result<Tracer> {
     }
     attach(&mut ebpf, PROG_SEND_RESET, "tcp", "tcp_send_reset")?;
     attach(&mut ebpf, PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
-    let reject = if tps.dev_queue.is_some() {
-        reject_support()
+    let reject = if !hooks.firewall {
+        RejectSupport::Disabled
+    } else if tps.dev_queue.is_some() {
+        reject_support(&btf)
     } else {
         RejectSupport::Unavailable
     };

@@ -27,6 +27,9 @@ pub enum Mode {
     Refused,
     /// close() with unread data.
     Unread,
+    /// No resets at all: 1-byte request/response on one connection per thread, to show what
+    /// the per-packet and per-syscall hooks cost ordinary traffic.
+    Echo,
 }
 
 pub struct Opts {
@@ -79,6 +82,36 @@ fn generate(ns: &Netns, mode: Mode, threads: usize, secs: f64) -> Result<u64> {
     let count = Arc::new(AtomicU64::new(0));
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, PORT));
     let mut handles = Vec::new();
+    if mode == Mode::Echo {
+        let stop = stop.clone();
+        let ns_name = ns.0.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            Netns(ns_name).enter_forget()?;
+            let l = TcpListener::bind(addr)?;
+            tx.send(()).ok();
+            let mut conns = Vec::new();
+            for _ in 0..threads {
+                let (s, _) = l.accept()?;
+                let stop = stop.clone();
+                conns.push(std::thread::spawn(move || {
+                    let mut s = s;
+                    let mut b = [0u8; 1];
+                    while !stop.load(Ordering::Relaxed) {
+                        if s.read_exact(&mut b).is_err() || s.write_all(&b).is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+            Ok(())
+        }));
+        rx.recv_timeout(Duration::from_secs(5))
+            .context("bench echo server did not start")?;
+    }
     if mode == Mode::Unread {
         // The server: accept and close at once, leaving the client's byte unread.
         let stop = stop.clone();
@@ -118,6 +151,18 @@ fn generate(ns: &Netns, mode: Mode, threads: usize, secs: f64) -> Result<u64> {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 match mode {
+                    Mode::Echo => {
+                        let mut s = TcpStream::connect(addr)?;
+                        s.set_nodelay(true)?;
+                        let mut b = [0u8; 1];
+                        while !stop.load(Ordering::Relaxed) {
+                            // The server side may go first at the end of the round.
+                            if s.write_all(b"x").is_err() || s.read_exact(&mut b).is_err() {
+                                break;
+                            }
+                            n += 1;
+                        }
+                    }
                     Mode::Refused => {
                         if TcpStream::connect(addr).is_err() {
                             n += 1;
@@ -344,7 +389,14 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             "attach ms",
             "kern ns"
         );
-        let configs: [(&str, Mode, usize, &[&str]); 5] = [
+        let configs: [(&str, Mode, usize, &[&str]); 7] = [
+            ("echo (no resets), all hooks", Mode::Echo, 1, &["--json"]),
+            (
+                "echo, --no-firewall --no-ttl",
+                Mode::Echo,
+                1,
+                &["--json", "--no-firewall", "--no-ttl"],
+            ),
             (
                 "refused, 1 thread, --json file",
                 Mode::Refused,
@@ -386,7 +438,9 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
                 let t = traced_round(bin, &ns, mode, threads, opts.seconds, args)?;
                 tr.push(t.generated as f64 / opts.seconds);
                 // Each reset is seen twice: sent by one socket (or none), received by another.
-                generated_events += 2 * t.generated;
+                if mode != Mode::Echo {
+                    generated_events += 2 * t.generated;
+                }
                 captured += t.rst_events;
                 lost += t.lost;
                 rss = rss.max(t.peak_rss_kib);
@@ -417,7 +471,24 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss = peak; attach = spawn to readiness line; kern ns = run time of all\nrst-trace BPF programs per captured event (kernel.bpf_stats_enabled)."
         );
         if which("bpftrace") {
-            println!("bpftrace is installed, but the reference row is not implemented yet.");
+            for threads in [1, 2] {
+                let (mut un, mut tr) = (vec![], vec![]);
+                let (mut captured, mut generated_events) = (0u64, 0u64);
+                for _ in 0..opts.rounds {
+                    un.push(
+                        generate(&ns, Mode::Refused, threads, opts.seconds)? as f64 / opts.seconds,
+                    );
+                    let (n, lines) = bpftrace_round(&ns, threads, opts.seconds)?;
+                    tr.push(n as f64 / opts.seconds);
+                    generated_events += 2 * n;
+                    captured += lines;
+                }
+                let (u, t) = (median(&mut un), median(&mut tr));
+                println!(
+                    "reference: bpftrace printf per event, refused, {threads} thread(s): untraced {u:.0}/s, traced {t:.0}/s, ratio {:.3}, captured {captured}/{generated_events}",
+                    t / u
+                );
+            }
         } else {
             println!("bpftrace not installed: no reference row.");
         }
@@ -425,6 +496,48 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
     })();
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
     result
+}
+
+/// The reference: a per-event bpftrace printer on the same load. Returns (resets, lines).
+fn bpftrace_round(ns: &Netns, threads: usize, secs: f64) -> Result<(u64, u64)> {
+    let out_path = std::env::temp_dir().join(format!("rstbench-bt-{}.out", std::process::id()));
+    let mut child = Command::new("bpftrace")
+        .args([
+            "-e",
+            "tracepoint:tcp:tcp_send_reset, tracepoint:tcp:tcp_receive_reset { printf(\"%d %s\\n\", pid, comm); }",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting bpftrace")?;
+    let mut out = BufReader::new(child.stdout.take().context("bpftrace stdout")?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line)? == 0 {
+            bail!("bpftrace exited before attaching");
+        }
+        if line.starts_with("Attaching") {
+            break;
+        }
+    }
+    let counter = std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut l = String::new();
+        while out.read_line(&mut l).unwrap_or(0) > 0 {
+            n += 1;
+            l.clear();
+        }
+        n
+    });
+    let generated = generate(ns, Mode::Refused, threads, secs)?;
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait()?;
+    let lines = counter.join().unwrap_or(0);
+    let _ = std::fs::remove_file(&out_path);
+    Ok((generated, lines))
 }
 
 fn which(cmd: &str) -> bool {
