@@ -21,6 +21,9 @@ pub const PROG_SEND_RESET: &str = "tcp_send_reset";
 pub const PROG_RECEIVE_RESET: &str = "tcp_receive_reset";
 pub const PROG_SET_STATE: &str = "inet_sock_set_state";
 pub const PROG_DESTROY_SOCK: &str = "tcp_destroy_sock";
+/// Raw-tracepoint versions of the two above, used where the socket's fields can be read.
+pub const PROG_SET_STATE_RAW: &str = "inet_sock_set_state_raw";
+pub const PROG_DESTROY_SOCK_RAW: &str = "tcp_destroy_sock_raw";
 /// Raw tracepoints `sock_send_length` and `sock_recv_length`: owners of sockets in use.
 pub const PROG_SOCK_IO: &str = "sock_io";
 pub const PROG_RECV_LENGTH: &str = "sock_recv_length";
@@ -108,6 +111,8 @@ pub struct Config {
     pub sk_flags: u16,
     pub sk_lingertime: u16,
     pub sk_protocol: u16,
+    /// `__sk_common.skc_num`: local port, host byte order.
+    pub sk_num: u16,
     pub sk_ack_backlog: u16,
     pub sk_max_ack_backlog: u16,
     // struct net
@@ -187,6 +192,7 @@ impl Config {
             sk_flags: OFF_NONE,
             sk_lingertime: OFF_NONE,
             sk_protocol: OFF_NONE,
+            sk_num: OFF_NONE,
             sk_ack_backlog: OFF_NONE,
             sk_max_ack_backlog: OFF_NONE,
             net_inum: OFF_NONE,

@@ -574,16 +574,9 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 /// Learns socket owners and state history. `connect()` (CLOSE -> SYN_SENT) and `listen()`
 /// (-> LISTEN) run in the owner's own system call, so the current task is the owner there.
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    if tp::<u16>(&ctx, conf!(ss_protocol)) != Some(IPPROTO_TCP) {
-        return 0;
-    }
-    let Some(sk) = tp::<u64>(&ctx, conf!(ss_skaddr)) else {
-        return 0;
-    };
-    let old = tp::<i32>(&ctx, conf!(ss_oldstate)).unwrap_or(0);
-    let new = tp::<i32>(&ctx, conf!(ss_newstate)).unwrap_or(0);
+/// `port` gives the socket's local port (only needed when a listener closes).
+#[inline(always)]
+fn on_set_state(sk: u64, old: i32, new: i32, port: impl FnOnce() -> u16) {
     if new == TCP_SYN_SENT || new == TCP_LISTEN {
         learn_owner(sk);
     } else if new == TCP_CLOSE {
@@ -593,7 +586,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             let l = ListenerClose {
                 sk,
                 mono_ns: unsafe { bpf_ktime_get_ns() },
-                port: tp::<u16>(&ctx, conf!(ss_sport)).unwrap_or(0),
+                port: port(),
                 _pad: [0; 6],
             };
             let _ = CLOSING_LISTENERS.insert(&(bpf_get_current_pid_tgid() as u32), &l, 0);
@@ -609,17 +602,48 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             let _ = SOCKS.insert(&sk, &info, 0);
         }
     }
+}
+
+/// `sock:inet_sock_set_state`, the tracepoint record (kernels where `sk_protocol` is a bitfield,
+/// before 5.6, and so cannot be read from the socket by offset).
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if tp::<u16>(&ctx, conf!(ss_protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    let Some(sk) = tp::<u64>(&ctx, conf!(ss_skaddr)) else {
+        return 0;
+    };
+    let old = tp::<i32>(&ctx, conf!(ss_oldstate)).unwrap_or(0);
+    let new = tp::<i32>(&ctx, conf!(ss_newstate)).unwrap_or(0);
+    on_set_state(sk, old, new, || {
+        tp::<u16>(&ctx, conf!(ss_sport)).unwrap_or(0)
+    });
+    0
+}
+
+/// Raw tracepoint `inet_sock_set_state(sk, oldstate, newstate)`: the same without the kernel
+/// formatting a trace record (addresses and all) for every state change of every socket.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    if kread::<u16>(sk, conf!(sk_protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    // skc_num: the local port in host byte order.
+    on_set_state(sk, old, new, || {
+        kread::<u16>(sk, conf!(sk_num)).unwrap_or(0)
+    });
     0
 }
 
 /// The socket is freed after this and its address may be reused: forget it, keeping a per-CPU
 /// copy for the reset an orphan's destruction may still send (see `recently_destroyed`). The map
 /// stays as small as the set of live sockets, so a connection storm never makes it evict.
-#[tracepoint]
-pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    let Some(sk) = tp::<u64>(&ctx, conf!(destroy_skaddr)) else {
-        return 0;
-    };
+#[inline(always)]
+fn on_destroy(sk: u64) {
     // SAFETY: the value is copied at once.
     if let Some(info) = unsafe { SOCKS.get(&sk) }.copied() {
         if let Some(d) = LAST_DESTROYED.get_ptr_mut(0) {
@@ -633,6 +657,20 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
         let _ = SOCKS.remove(&sk);
         bump_generation();
     }
+}
+
+#[tracepoint]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    if let Some(sk) = tp::<u64>(&ctx, conf!(destroy_skaddr)) {
+        on_destroy(sk);
+    }
+    0
+}
+
+/// Raw tracepoint `tcp_destroy_sock(sk)`: no trace record formatted.
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock_raw(ctx: RawTracePointContext) -> i32 {
+    on_destroy(ctx.arg(0));
     0
 }
 

@@ -15,6 +15,7 @@ use rst_trace_common::{
     PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_RESET, PROG_SET_STATE,
     PROG_SOCK_IO, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
 };
+use rst_trace_common::{OFF_NONE, PROG_DESTROY_SOCK_RAW, PROG_SET_STATE_RAW};
 
 use crate::{
     btf::Btf,
@@ -189,8 +190,16 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
     }
 
     // Owner tracking first, so no socket created meanwhile is missed; resets last.
-    attach(&mut ebpf, PROG_SET_STATE, "sock", "inet_sock_set_state")?;
-    if tps.destroy_sock.is_some() {
+    // Raw tracepoints where the socket's protocol can be read by offset (5.6+): the kernel then
+    // formats no trace record for each state change; the record-based programs otherwise.
+    if cfg.sk_protocol == OFF_NONE
+        || attach_raw(&mut ebpf, PROG_SET_STATE_RAW, "inet_sock_set_state").is_err()
+    {
+        attach(&mut ebpf, PROG_SET_STATE, "sock", "inet_sock_set_state")?;
+    }
+    if tps.destroy_sock.is_some()
+        && attach_raw(&mut ebpf, PROG_DESTROY_SOCK_RAW, "tcp_destroy_sock").is_err()
+    {
         attach(&mut ebpf, PROG_DESTROY_SOCK, "tcp", "tcp_destroy_sock")?;
     }
     // Optional owner hooks: without them, accepted sockets are owned from their first reset-free
