@@ -222,25 +222,11 @@ fn read_packet(skb: u64, ev: &mut RstEvent) {
     ev.facts |= FACT_PACKET;
 }
 
-/// Facts only a full `struct tcp_sock` has. Callers make sure `sk` is one (not a request or
-/// TIME_WAIT mini-socket).
+/// How long a connection has been idle: jiffies since the last send (lsndtime), ACK
+/// (rcv_tstamp) or data (icsk_ack.lrcvtime); all u32 jiffies, so wrapping differences. For
+/// received resets only (a sent reset's own write just reset the send clock).
 #[inline(always)]
-fn read_tcp_sock(sk: u64, ev: &mut RstEvent) {
-    let (Some(rcv_nxt), Some(copied_seq), Some(write_seq), Some(snd_una)) = (
-        kread::<u32>(sk, conf!(tp_rcv_nxt)),
-        kread::<u32>(sk, conf!(tp_copied_seq)),
-        kread::<u32>(sk, conf!(tp_write_seq)),
-        kread::<u32>(sk, conf!(tp_snd_una)),
-    ) else {
-        return;
-    };
-    // Sequence numbers wrap: the differences are what tcp_close() and tcp_disconnect() look at.
-    ev.unread = rcv_nxt.wrapping_sub(copied_seq);
-    ev.unsent = write_seq.wrapping_sub(snd_una);
-    ev.linger2 = kread::<i32>(sk, conf!(tp_linger2)).unwrap_or(0);
-    ev.facts |= FACT_TCP_SOCK;
-    // Idle time: jiffies since the last send (lsndtime), ACK (rcv_tstamp) or data
-    // (icsk_ack.lrcvtime); all u32 jiffies, so wrapping differences.
+fn read_idle(sk: u64, ev: &mut RstEvent) {
     if let (Some(snd), Some(ack), Some(data)) = (
         kread::<u32>(sk, conf!(tp_lsndtime)),
         kread::<u32>(sk, conf!(tp_rcv_tstamp)),
@@ -259,6 +245,25 @@ fn read_tcp_sock(sk: u64, ev: &mut RstEvent) {
         };
         ev.facts |= FACT_IDLE;
     }
+}
+
+/// Facts only a full `struct tcp_sock` has, for explaining a sent reset. Callers make sure
+/// `sk` is one (not a request or TIME_WAIT mini-socket).
+#[inline(always)]
+fn read_tcp_sock(sk: u64, ev: &mut RstEvent) {
+    let (Some(rcv_nxt), Some(copied_seq), Some(write_seq), Some(snd_una)) = (
+        kread::<u32>(sk, conf!(tp_rcv_nxt)),
+        kread::<u32>(sk, conf!(tp_copied_seq)),
+        kread::<u32>(sk, conf!(tp_write_seq)),
+        kread::<u32>(sk, conf!(tp_snd_una)),
+    ) else {
+        return;
+    };
+    // Sequence numbers wrap: the differences are what tcp_close() and tcp_disconnect() look at.
+    ev.unread = rcv_nxt.wrapping_sub(copied_seq);
+    ev.unsent = write_seq.wrapping_sub(snd_una);
+    ev.linger2 = kread::<i32>(sk, conf!(tp_linger2)).unwrap_or(0);
+    ev.facts |= FACT_TCP_SOCK;
     let bit = conf!(sock_linger_bit);
     if bit < 64
         && let Some(flags) = kread::<u64>(sk, conf!(sk_flags))
@@ -284,6 +289,7 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
     };
     if let Some(info) = info {
         ev.prev_state = info.close_prev_state;
+        ev.peer_ttl = info.peer_ttl;
         if info.owner_ns != 0 {
             ev.owner = info.owner;
             ev.owner_ns = info.owner_ns;
@@ -547,11 +553,8 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         .or_else(|| kread::<u64>(sk, conf!(sk_cookie)))
         .unwrap_or(0);
     ev.netns = sock_netns(sk);
-    read_tcp_sock(sk, ev);
+    read_idle(sk, ev);
     owner_from_map(sk, ev);
-    if let Some(info) = unsafe { SOCKS.get(&sk) } {
-        ev.peer_ttl = info.peer_ttl;
-    }
     // An established socket handles the RST in tcp_rcv_established(), whose tcp_probe noted
     // the segment just before: its TTL is the RST's. (Other states never pass there, so a stale
     // note for the socket is never read.)
