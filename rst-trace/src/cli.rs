@@ -10,7 +10,7 @@ Examples:
   sudo rst-trace --pid 1234               resets of process 1234's sockets, whichever task ran
   sudo rst-trace --port 5432 --json       resets on port 5432 as NDJSON
   sudo rst-trace --condition close_with_unread_data --count 1
-    sudo rst-trace --summary --quiet --duration 60
+  sudo rst-trace --summary --quiet --duration 60
   sudo rst-trace --quiet --metrics 127.0.0.1:9464
 
 Exit status: 0 normal end (--count, --duration, SIGINT, SIGTERM, broken pipe),
