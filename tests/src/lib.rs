@@ -203,6 +203,30 @@ impl Topology {
     }
 }
 
+/// Starts rst-trace with exactly `args`, stdout piped for the caller, and waits for the
+/// readiness line. Returns the child and the rest of its stderr.
+pub fn spawn_attached(
+    args: &[&str],
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
+    require_root();
+    let mut t = Command::new(rst_trace_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning rst-trace");
+    let mut errs = BufReader::new(t.stderr.take().expect("stderr")).lines();
+    let first = errs
+        .next()
+        .expect("rst-trace printed nothing")
+        .expect("stderr");
+    assert!(
+        first.starts_with("rst-trace: tracing TCP resets"),
+        "{first}"
+    );
+    (t, errs)
+}
+
 /// A running rst-trace with `--json`, its events collected as they arrive.
 pub struct Tracer {
     child: Child,

@@ -3,7 +3,9 @@
 
 use std::process::Command;
 
-use rst_trace_tests::{Netns, Peer, Tracer, is_rst, require_root, rst_trace_bin, s};
+use rst_trace_tests::{
+    Netns, Peer, Tracer, is_rst, require_root, rst_trace_bin, s, spawn_attached,
+};
 
 /// Scenario (a): connect to a closed port.
 fn refused(family_addr: &str, port: u16, tag: &str) {
@@ -216,28 +218,15 @@ fn unknown_flag_is_usage_error() {
 #[test]
 fn count_exits_zero() {
     let ns = Netns::new("count");
-    let mut t = Command::new(rst_trace_bin())
-        .args([
-            "--json",
-            "--count",
-            "1",
-            "--port",
-            "20021",
-            "--direction",
-            "received",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the readiness line.
-    let err = t.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(err));
-    let first = lines.next().unwrap().unwrap();
-    assert!(
-        first.starts_with("rst-trace: tracing TCP resets"),
-        "{first}"
-    );
+    let (t, _errs) = spawn_attached(&[
+        "--json",
+        "--count",
+        "1",
+        "--port",
+        "20021",
+        "--direction",
+        "received",
+    ]);
     let c = Peer::spawn(&ns, "rstt-count", &["connect=127.0.0.1:20021"]);
     c.expect("errno ECONNREFUSED");
     // A broken --count must fail the test, not hang CI: kill it after 20 s.
@@ -450,20 +439,7 @@ fn summary_at_exit() {
 fn broken_pipe_exits_zero_quietly() {
     use std::io::BufRead as _;
     let ns = Netns::new("pipe");
-    let mut t = Command::new(rst_trace_bin())
-        .args(["--port", "20043"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = t.stderr.take().unwrap();
-    let mut errs = std::io::BufReader::new(err).lines();
-    assert!(
-        errs.next()
-            .unwrap()
-            .unwrap()
-            .starts_with("rst-trace: tracing TCP resets")
-    );
+    let (mut t, errs) = spawn_attached(&["--port", "20043"]);
     let mut out = std::io::BufReader::new(t.stdout.take().unwrap());
     let c = Peer::spawn(&ns, "rstt-pipe", &["connect=127.0.0.1:20043"]);
     c.expect("errno ECONNREFUSED");
@@ -509,20 +485,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn hundred_thousand_sockets_churned_memory_stays_bounded() {
     let ns = Netns::new("churn");
-    let mut t = Command::new(rst_trace_bin())
-        .args(["--port", "20051", "--json", "--summary", "--quiet"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = t.stderr.take().unwrap();
-    let mut errs = std::io::BufRead::lines(std::io::BufReader::new(err));
-    assert!(
-        errs.next()
-            .unwrap()
-            .unwrap()
-            .starts_with("rst-trace: tracing TCP resets")
-    );
+    let (t, _errs) = spawn_attached(&["--port", "20051", "--json", "--summary", "--quiet"]);
     let warm = Peer::spawn(&ns, "rstt-churn", &["storm=10000,127.0.0.1:20051"]);
     warm.expect("stormed 10000");
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -562,20 +525,7 @@ fn hundred_thousand_sockets_churned_memory_stays_bounded() {
 #[test]
 fn sigterm_mid_storm_exits_zero_with_whole_lines() {
     let ns = Netns::new("sigterm");
-    let mut t = Command::new(rst_trace_bin())
-        .args(["--port", "20052", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = t.stderr.take().unwrap();
-    let mut errs = std::io::BufRead::lines(std::io::BufReader::new(err));
-    assert!(
-        errs.next()
-            .unwrap()
-            .unwrap()
-            .starts_with("rst-trace: tracing TCP resets")
-    );
+    let (t, _errs) = spawn_attached(&["--port", "20052", "--json"]);
     let storm = Peer::spawn(&ns, "rstt-storm", &["storm=200000,127.0.0.1:20052"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     // SAFETY: signalling our own child.
@@ -589,4 +539,30 @@ fn sigterm_mid_storm_exits_zero_with_whole_lines() {
         serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
     }
     drop(storm);
+}
+
+/// `--summary --interval 1` prints the table periodically, not only at exit.
+#[test]
+fn summary_every_interval() {
+    let ns = Netns::new("interval");
+    let tracer = Tracer::start(&["--port", "20044", "--quiet", "--summary", "--interval", "1"]);
+    let c = Peer::spawn(&ns, "rstt-interval", &["connect=127.0.0.1:20044"]);
+    c.expect("errno ECONNREFUSED");
+    // Two periodic tables arrive while rst-trace keeps running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sums: Vec<_> = tracer
+            .events()
+            .into_iter()
+            .filter(|v| v["type"] == "summary")
+            .collect();
+        if sums.len() >= 2 && sums.last().unwrap()["total"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sums:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, events) = tracer.stop();
+    assert!(status.success());
+    assert!(events.iter().all(|v| v["type"] == "summary"), "{events:#?}");
 }
