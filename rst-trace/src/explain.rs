@@ -151,7 +151,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn from_task(t: &Task) -> Self {
+    pub fn from_task(t: &Task) -> Self {
         let end = t.comm.iter().position(|&b| b == 0).unwrap_or(t.comm.len());
         Self {
             pid: t.pid,

@@ -149,6 +149,7 @@ struct State {
     lost_seen: u64,
     pending: VecDeque<RstEvent>,
     metrics: Option<metrics::Shared>,
+    flows: owners::FlowOwners,
     out: Out,
 }
 
@@ -204,7 +205,7 @@ impl State {
     }
 
     fn emit(&mut self, ev: &RstEvent, reasons: &KernelInfo) -> bool {
-        let Some(report) = explain(ev, reasons, &mut self.history) else {
+        let Some(mut report) = explain(ev, reasons, &mut self.history) else {
             self.bad_records += 1;
             return false;
         };
@@ -219,6 +220,20 @@ impl State {
             self.pending.retain(|p| {
                 p.skaddr != ev.skaddr || ev.mono_ns.abs_diff(p.mono_ns) > HOLD_RECEIVED_NS
             });
+        }
+        if report.condition == cond::FIREWALL_REJECT
+            && report.process.is_none()
+            && let Some(t) = self
+                .flows
+                .lookup(u64::from(report.netns), report.local, report.remote)
+        {
+            let p = explain::Process::from_task(&t);
+            report.explanation.push_str(&format!(
+                "; the rejected flow's socket on this host belongs to {p}"
+            ));
+            report.process = Some(p);
+            report.attribution = "socket_owner";
+            report.no_process_why = None;
         }
         if !self.filter.matches(&report) {
             return false;
@@ -302,6 +317,7 @@ async fn run(cli: Cli) -> Result<()> {
         lost_seen: 0,
         pending: VecDeque::new(),
         metrics: None,
+        flows: owners::FlowOwners::default(),
         out: Out {
             w: io::BufWriter::new(io::stdout()),
             broken: false,

@@ -9,7 +9,9 @@
 use std::{
     collections::HashMap,
     fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -115,9 +117,18 @@ fn diag_request(family: u8, seq: u32) -> Vec<u8> {
     b
 }
 
-/// Parses one recv() worth of netlink messages into (inode, cookie) pairs. Returns true at the
-/// end of the dump.
-fn parse_diag(buf: &[u8], out: &mut Vec<(u32, u64)>) -> Result<bool> {
+/// One socket from a sock_diag dump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DiagSock {
+    inode: u32,
+    cookie: u64,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+/// Parses one recv() worth of netlink messages into sockets. Returns true at the end of the
+/// dump.
+fn parse_diag(buf: &[u8], out: &mut Vec<DiagSock>) -> Result<bool> {
     let mut off = 0;
     while off + NLMSG_HDRLEN <= buf.len() {
         let len = u32::from_ne_bytes(buf[off..off + 4].try_into()?) as usize;
@@ -145,8 +156,24 @@ fn parse_diag(buf: &[u8], out: &mut Vec<(u32, u64)>) -> Result<bool> {
                 let cookie = u64::from(u32::from_ne_bytes(m[44..48].try_into()?))
                     | (u64::from(u32::from_ne_bytes(m[48..52].try_into()?)) << 32);
                 let inode = u32::from_ne_bytes(m[68..72].try_into()?);
-                if inode != 0 && cookie != 0 {
-                    out.push((inode, cookie));
+                // inet_diag_sockid: sport, dport (network order), src[4], dst[4] (u32s).
+                let addr = |at: usize| -> IpAddr {
+                    if u16::from(m[0]) == libc::AF_INET6 as u16 {
+                        let b: [u8; 16] = m[at..at + 16].try_into().unwrap_or([0; 16]);
+                        IpAddr::V6(Ipv6Addr::from(b))
+                    } else {
+                        IpAddr::V4(Ipv4Addr::new(m[at], m[at + 1], m[at + 2], m[at + 3]))
+                    }
+                };
+                let local = SocketAddr::new(addr(8), u16::from_be_bytes([m[4], m[5]]));
+                let remote = SocketAddr::new(addr(24), u16::from_be_bytes([m[6], m[7]]));
+                if inode != 0 {
+                    out.push(DiagSock {
+                        inode,
+                        cookie,
+                        local,
+                        remote,
+                    });
                 }
             }
             _ => {}
@@ -156,8 +183,8 @@ fn parse_diag(buf: &[u8], out: &mut Vec<(u32, u64)>) -> Result<bool> {
     Ok(false)
 }
 
-/// (inode, cookie) of every TCP socket in the calling thread's network namespace.
-fn dump_tcp() -> Result<Vec<(u32, u64)>> {
+/// Every TCP socket in the calling thread's network namespace.
+fn dump_tcp() -> Result<Vec<DiagSock>> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe {
         libc::socket(
@@ -196,10 +223,10 @@ fn dump_tcp() -> Result<Vec<(u32, u64)>> {
 
 /// Dumps TCP sockets inside the network namespace of `pid`, from a thread of its own (setns()
 /// changes only the calling thread's namespace).
-fn dump_in_netns_of(pid: u32) -> Result<Vec<(u32, u64)>> {
+fn dump_in_netns_of(pid: u32) -> Result<Vec<DiagSock>> {
     let path = format!("/proc/{pid}/ns/net");
     let ns = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    std::thread::spawn(move || -> Result<Vec<(u32, u64)>> {
+    std::thread::spawn(move || -> Result<Vec<DiagSock>> {
         // SAFETY: a valid namespace fd; affects this short-lived thread only.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!("setns: {}", std::io::Error::last_os_error());
@@ -231,22 +258,68 @@ pub fn existing() -> (HashMap<u64, Task>, usize) {
             continue;
         };
         namespaces += 1;
-        for (inode, cookie) in socks {
-            if let Some(h) = by_inode.get(&inode) {
-                out.insert(
-                    cookie,
-                    Task {
-                        pid: h.pid,
-                        tid: h.pid,
-                        uid: h.uid,
-                        _pad: 0,
-                        comm: h.comm,
-                    },
-                );
+        for d in socks {
+            if d.cookie == 0 {
+                continue;
+            }
+            if let Some(h) = by_inode.get(&d.inode) {
+                out.insert(d.cookie, to_task(h));
             }
         }
     }
     (out, namespaces)
+}
+
+fn to_task(h: &Holder) -> Task {
+    Task {
+        pid: h.pid,
+        tid: h.pid,
+        uid: h.uid,
+        _pad: 0,
+        comm: h.comm,
+    }
+}
+
+/// Finds the process holding the local socket of a flow, by its endpoints, in network namespace
+/// `netns`: for resets no TCP socket sent (netfilter REJECT), whose flow may still have a local
+/// socket (REJECT of an established connection's data, or of a local client's packets). Costs a
+/// /proc scan and a sock_diag dump, so it is rate-limited: events past the limit keep no
+/// process.
+pub struct FlowOwners {
+    budget: u32,
+    window: Instant,
+}
+
+/// Look-ups per second at most.
+const FLOW_LOOKUPS_PER_SEC: u32 = 20;
+
+impl Default for FlowOwners {
+    fn default() -> Self {
+        Self {
+            budget: FLOW_LOOKUPS_PER_SEC,
+            window: Instant::now(),
+        }
+    }
+}
+
+impl FlowOwners {
+    pub fn lookup(&mut self, netns: u64, a: SocketAddr, b: SocketAddr) -> Option<Task> {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.window = Instant::now();
+            self.budget = FLOW_LOOKUPS_PER_SEC;
+        }
+        if self.budget == 0 {
+            return None;
+        }
+        self.budget -= 1;
+        let (by_inode, namespaces) = scan_proc();
+        let pid = *namespaces.get(&netns)?;
+        let socks = dump_in_netns_of(pid).ok()?;
+        let d = socks
+            .iter()
+            .find(|d| (d.local == a && d.remote == b) || (d.local == b && d.remote == a))?;
+        by_inode.get(&d.inode).map(to_task)
+    }
 }
 
 #[cfg(test)]
@@ -269,6 +342,11 @@ mod tests {
     #[test]
     fn parses_inode_and_cookie() {
         let mut m = vec![0u8; INET_DIAG_MSG_LEN];
+        m[0] = libc::AF_INET as u8;
+        m[4..6].copy_from_slice(&8888u16.to_be_bytes());
+        m[6..8].copy_from_slice(&43210u16.to_be_bytes());
+        m[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        m[24..28].copy_from_slice(&[10, 0, 0, 2]);
         m[44..48].copy_from_slice(&7u32.to_ne_bytes());
         m[48..52].copy_from_slice(&1u32.to_ne_bytes());
         m[68..72].copy_from_slice(&4242u32.to_ne_bytes());
@@ -276,7 +354,10 @@ mod tests {
         buf.extend(msg(NLMSG_DONE, &[0; 4]));
         let mut out = Vec::new();
         assert!(parse_diag(&buf, &mut out).unwrap());
-        assert_eq!(out, vec![(4242, (1u64 << 32) | 7)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].inode, out[0].cookie), (4242, (1u64 << 32) | 7));
+        assert_eq!(out[0].local, "127.0.0.1:8888".parse().unwrap());
+        assert_eq!(out[0].remote, "10.0.0.2:43210".parse().unwrap());
     }
 
     #[test]

@@ -63,7 +63,12 @@ fn assert_netfilter(v: &Value, port: u16, rejected: &str) {
     assert_eq!(s(v, "local.port"), port);
     assert_eq!(s(v, "remote.addr"), CLIENT_ADDR);
     assert_eq!(s(v, "detail.rejected"), rejected);
-    assert_eq!(v["process"], Value::Null);
+}
+
+/// A netfilter RST whose flow has no socket on the rejecting host (a router, or a SYN).
+fn assert_no_flow_owner(v: &Value) {
+    assert_eq!(v["process"], Value::Null, "{v:#}");
+    assert_eq!(v["attribution"], "none");
 }
 
 /// REJECT of the SYN, on the server host (cause 6).
@@ -93,6 +98,7 @@ fn reject_syn_on_server_host() {
     client.expect("errno ECONNREFUSED");
     let v = firewall_sent(&t, &topo.server);
     assert_netfilter(&v, port, "SYN");
+    assert_no_flow_owner(&v);
     assert_eq!(s(&v, "detail.ttl"), 64);
     let r = received(&t, &topo.client, "connection_refused");
     assert_eq!(s(&r, "process.pid"), client.pid());
@@ -149,6 +155,10 @@ fn reject_established_data_on_server_host() {
     client.expect("errno ECONNRESET");
     let v = firewall_sent(&t, &topo.server);
     assert_netfilter(&v, port, "ACK");
+    // The flow's local socket is the server's accepted connection: its owner is named.
+    assert_eq!(s(&v, "process.pid"), srv.pid(), "{v:#}");
+    assert_eq!(s(&v, "process.comm"), "rstt-server");
+    assert_eq!(v["attribution"], "socket_owner");
     let r = received(&t, &topo.client, "peer_reset");
     assert_eq!(s(&r, "process.pid"), client.pid());
     assert_eq!(s(&r, "detail.errno"), "ECONNRESET");
@@ -188,6 +198,7 @@ fn reject_syn_on_router() {
     client.expect("errno ECONNREFUSED");
     let v = firewall_sent(&t, &topo.router);
     assert_netfilter(&v, port, "SYN");
+    assert_no_flow_owner(&v);
     let r = received(&t, &topo.client, "connection_refused");
     assert_eq!(s(&r, "process.pid"), client.pid());
     // Nothing reached the server.
@@ -241,6 +252,7 @@ fn reject_established_data_on_router() {
     client.expect("errno ECONNRESET");
     let v = firewall_sent(&t, &topo.router);
     assert_netfilter(&v, port, "ACK");
+    assert_no_flow_owner(&v);
     let r = received(&t, &topo.client, "peer_reset");
     assert_eq!(s(&r, "process.pid"), client.pid());
     assert_eq!(s(&r, "detail.ttl"), 64);
@@ -302,6 +314,7 @@ fn conntrack_expiry_on_router() {
     client.expect("errno ECONNRESET");
     let v = firewall_sent(&t, &topo.router);
     assert_netfilter(&v, port, "ACK");
+    assert_no_flow_owner(&v);
     let r = received(&t, &topo.client, "peer_reset");
     assert_eq!(s(&r, "process.pid"), client.pid());
     assert_eq!(s(&r, "detail.ttl"), 64);
