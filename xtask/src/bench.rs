@@ -389,7 +389,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             "attach ms",
             "kern ns"
         );
-        let configs: [(&str, Mode, usize, &[&str]); 7] = [
+        let configs: [(&str, Mode, usize, &[&str]); 8] = [
             ("echo (no resets), all hooks", Mode::Echo, 1, &["--json"]),
             (
                 "echo, --no-firewall --no-ttl",
@@ -408,6 +408,12 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
                 Mode::Refused,
                 2,
                 &["--json"],
+            ),
+            (
+                "refused, 2 threads, --json, 8M ring",
+                Mode::Refused,
+                2,
+                &["--json", "--ring-size", "8388608"],
             ),
             (
                 "refused, 2 threads, --summary -q",
