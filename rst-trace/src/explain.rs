@@ -219,6 +219,19 @@ impl Report {
     }
 }
 
+/// Whether reports get their explanation sentence. Off with `--quiet`, where nothing prints
+/// them: building the sentences is most of the per-event cost in a storm.
+pub static EXPLAIN_WORDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets the report's explanation, if explanations are wanted at all.
+macro_rules! say {
+    ($r:expr, $($fmt:tt)*) => {
+        if EXPLAIN_WORDS.load(std::sync::atomic::Ordering::Relaxed) {
+            $r.explanation = format!($($fmt)*);
+        }
+    };
+}
+
 /// Condition ids (conditions.md): a public API, never renamed.
 pub mod cond {
     pub const PORT_NOT_LISTENING: &str = "port_not_listening";
@@ -445,17 +458,20 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
             }
             if packet && flags & SYN != 0 && flags & ACK == 0 {
                 r.condition = cond::PORT_NOT_LISTENING;
-                r.explanation = format!(
+                say!(
+                    r,
                     "nothing listens on {local}: the kernel refused the connection attempt (SYN) from {remote} with RST; the client sees ECONNREFUSED"
                 );
             } else if packet && flags & SYN != 0 {
                 r.condition = cond::STALE_SYNACK;
-                r.explanation = format!(
+                say!(
+                    r,
                     "a SYN-ACK from {remote} arrived for a connection attempt that no longer exists on {local} (the client gave up, e.g. a connect timeout), so the kernel answered with RST"
                 );
             } else {
                 r.condition = cond::NO_CONNECTION;
-                r.explanation = format!(
+                say!(
+                    r,
                     "a segment ({incoming}) from {remote} arrived for a connection {local} no longer has (closed, or state lost), so the kernel answered with RST; the peer sees ECONNRESET"
                 );
             }
@@ -467,7 +483,8 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
                 r.detail
                     .push(("incoming_flags", DetailValue::Text(incoming.clone())));
             }
-            r.explanation = format!(
+            say!(
+                r,
                 "a segment ({incoming}) from {remote} hit a connection already closed and waiting in TIME_WAIT on {local}, so the kernel answered with RST"
             );
         }
@@ -485,25 +502,29 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
                     DetailValue::Num(u64::from(ev.max_ack_backlog)),
                 ));
             }
-            r.explanation = format!(
+            say!(
+                r,
                 "{proc_}'s accept queue on {local} was full (it is not calling accept() fast enough) and net.ipv4.tcp_abort_on_overflow=1, so the kernel reset the connection from {remote}"
             );
         }
         "TCP_FLAGS" if r.state == Some(TcpState::Listen) => {
             r.condition = cond::UNEXPECTED_ACK_ON_LISTENER;
-            r.explanation = format!(
+            say!(
+                r,
                 "an ACK ({incoming}) from {remote} reached listener {proc_} on {local} for a connection it does not have (handshake state lost, or a stray segment), so the kernel answered with RST"
             );
         }
         "TCP_INVALID_ACK_SEQUENCE" | "TCP_TOO_OLD_ACK" | "TCP_ACK_UNSENT_DATA" | "TCP_OLD_ACK" => {
             r.condition = cond::INVALID_ACK;
-            r.explanation = format!(
+            say!(
+                r,
                 "a segment from {remote} acknowledged data {local} never sent or long acknowledged (state {state_name}), so the kernel answered with RST"
             );
         }
         "TCP_RFC7323_PAWS" => {
             r.condition = cond::PAWS_REJECT;
-            r.explanation = format!(
+            say!(
+                r,
                 "a segment from {remote} failed the PAWS timestamp check (RFC 7323) in state {state_name}, so the kernel answered with RST"
             );
         }
@@ -513,11 +534,13 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
                 let unread = unread_data(ev, prev);
                 r.detail
                     .push(("unread_bytes", DetailValue::Num(u64::from(unread))));
-                r.explanation = format!(
+                say!(
+                    r,
                     "{proc_} closed the socket with {unread} unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN"
                 );
             } else {
-                r.explanation = format!(
+                say!(
+                    r,
                     "{proc_} closed the socket with unread data in its receive queue, so the kernel aborted the connection with RST instead of FIN"
                 );
             }
@@ -526,7 +549,8 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
             // tcp_abort() (ss -K, SOCK_DESTROY) also says TCP_STATE, but without moving the
             // socket to CLOSE first: not a close() or disconnect() of the application's.
             r.condition = cond::OTHER;
-            r.explanation = format!(
+            say!(
+                r,
                 "the kernel aborted the connection {local} > {remote} in state {state_name} (reason {reason_str}; e.g. `ss -K` or another SOCK_DESTROY)"
             );
         }
@@ -539,26 +563,30 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
             let unsent = ev.unsent.saturating_sub(fin);
             if ev.facts & FACT_LISTENER_CLOSING != 0 || prev == Some(TcpState::Listen) {
                 r.condition = cond::LISTENER_CLOSED;
-                r.explanation = format!(
+                say!(
+                    r,
                     "{proc_} closed its listening socket on {local} while a connection from {remote} was not yet accepted, so the kernel reset that connection"
                 );
             } else if reason_key == "TCP_DISCONNECT_WITH_DATA" {
                 r.condition = cond::DISCONNECT_WITH_UNSENT_DATA;
                 r.detail
                     .push(("unsent_bytes", DetailValue::Num(u64::from(unsent))));
-                r.explanation = format!(
+                say!(
+                    r,
                     "{proc_} aborted the connection to {remote} with {unsent} bytes not yet acknowledged by the peer, so the kernel sent RST"
                 );
             } else if ev.facts & FACT_LINGER_ZERO != 0 {
                 r.condition = cond::LINGER_ABORT;
                 r.detail
                     .push(("unsent_bytes", DetailValue::Num(u64::from(unsent))));
-                r.explanation = format!(
+                say!(
+                    r,
                     "{proc_} closed the socket with SO_LINGER set to 0 seconds: an abortive close that discards {unsent} unsent bytes and sends RST to {remote}"
                 );
             } else {
                 r.condition = cond::DISCONNECT;
-                r.explanation = format!(
+                say!(
+                    r,
                     "{proc_} disconnected the socket (connect() with AF_UNSPEC) while connected to {remote}, which aborts the connection with RST"
                 );
             }
@@ -566,39 +594,46 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
         "TCP_ABORT_ON_DATA" => {
             if tcp_sock && ev.linger2 < 0 {
                 r.condition = cond::FIN_WAIT2_ABORT;
-                r.explanation = format!(
+                say!(
+                    r,
                     "{proc_} closed the socket with TCP_LINGER2 < 0, so when {remote} answered the kernel aborted it with RST instead of waiting in FIN_WAIT2"
                 );
             } else {
                 r.condition = cond::DATA_AFTER_CLOSE;
-                r.explanation = format!(
+                say!(
+                    r,
                     "data arrived from {remote} after {proc_} had closed the socket (or shut down reading), so the kernel answered with RST (RFC 1122)"
                 );
             }
         }
         "TCP_ABORT_ON_LINGER" => {
             r.condition = cond::FIN_WAIT2_ABORT;
-            r.explanation = format!(
+            say!(
+                r,
                 "{proc_} closed the socket with TCP_LINGER2 < 0, so the kernel aborted it with RST instead of waiting in FIN_WAIT2"
             );
         }
         "TCP_ABORT_ON_MEMORY" => {
             r.condition = cond::ORPHAN_LIMIT;
-            r.explanation = format!(
+            say!(
+                r,
                 "too many orphaned sockets or TCP memory pressure: the kernel aborted the closed connection {local} > {remote} with RST (see net.ipv4.tcp_max_orphans, tcp_mem)"
             );
         }
         "TCP_KEEPALIVE_TIMEOUT" => {
             r.condition = cond::KEEPALIVE_TIMEOUT;
-            r.explanation = format!(
+            say!(
+                r,
                 "keepalive probes to {remote} went unanswered, so the kernel gave up on {proc_}'s connection and sent RST; the application sees ETIMEDOUT"
             );
         }
         _ => {
             r.condition = cond::OTHER;
             let why = reason.as_deref().unwrap_or("no reason reported");
-            r.explanation =
-                format!("the kernel sent RST to {remote} (reason {why}, state {state_name})");
+            say!(
+                r,
+                "the kernel sent RST to {remote} (reason {why}, state {state_name})"
+            );
         }
     }
     if r.inferred {
@@ -618,9 +653,11 @@ fn explain_netfilter(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Repo
     if r.ipv6 && reasons.is_empty() {
         r.origin = Some("unknown");
         r.condition = cond::OTHER;
-        r.explanation = format!(
+        say!(
+            r,
             "an RST from {} to {} left this host without a socket: netfilter REJECT or TCP's reply to a segment for no connection (this kernel cannot tell which)",
-            r.local, r.remote
+            r.local,
+            r.remote
         );
         return;
     }
@@ -645,7 +682,8 @@ fn explain_netfilter(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Repo
             .into(),
         ),
     ));
-    r.explanation = format!(
+    say!(
+        r,
         "a netfilter rule on this host (REJECT --reject-with tcp-reset, iptables or nft) rejected the {what} from {remote} to {local} and sent RST in its place; {remote} sees {errno}",
         remote = r.remote,
         local = r.local
@@ -731,7 +769,8 @@ fn explain_received(ev: &RstEvent, history: &History, idle_ms: Option<(u64, u64)
         r.condition = cond::CONNECTION_REFUSED;
         r.detail
             .push(("errno", DetailValue::Text("ECONNREFUSED".into())));
-        r.explanation = format!(
+        say!(
+            r,
             "{proc_}'s connection attempt to {remote} was refused: the peer answered the SYN with RST{by}; connect() fails with ECONNREFUSED"
         );
     } else {
@@ -789,8 +828,10 @@ fn explain_received(ev: &RstEvent, history: &History, idle_ms: Option<(u64, u64)
         } else {
             format!(" (suspicion, not fact: {})", suspicions.join("; "))
         };
-        r.explanation =
-            format!("{remote} reset the connection while it was {state_name}{by}{sees}{suspicion}");
+        say!(
+            r,
+            "{remote} reset the connection while it was {state_name}{by}{sees}{suspicion}"
+        );
     }
     r.linked = linked;
 }

@@ -282,6 +282,9 @@ async fn run(cli: Cli) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let filter = Filter::from_cli(&cli);
+    if cli.quiet {
+        explain::EXPLAIN_WORDS.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
     let started = std::time::Instant::now();
     let hooks = tracer::Hooks {
         ttl: !cli.no_ttl,
