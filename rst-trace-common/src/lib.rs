@@ -113,6 +113,8 @@ pub struct Config {
     pub sk_protocol: u16,
     /// `__sk_common.skc_num`: local port, host byte order.
     pub sk_num: u16,
+    /// `__sk_common.skc_dport`: remote port, network byte order.
+    pub sk_dport: u16,
     pub sk_ack_backlog: u16,
     pub sk_max_ack_backlog: u16,
     // struct net
@@ -193,6 +195,7 @@ impl Config {
             sk_lingertime: OFF_NONE,
             sk_protocol: OFF_NONE,
             sk_num: OFF_NONE,
+            sk_dport: OFF_NONE,
             sk_ack_backlog: OFF_NONE,
             sk_max_ack_backlog: OFF_NONE,
             net_inum: OFF_NONE,
@@ -225,7 +228,7 @@ impl Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 132);
+const _: () = assert!(core::mem::size_of::<Config>() == 136);
 
 /// A task as the kernel saw it.
 #[repr(C)]
@@ -265,7 +268,7 @@ pub struct SockInfo {
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 56);
 
 /// How long the copy of a destroyed socket's [`SockInfo`] still counts.
-pub const DESTROYED_GRACE_NS: u64 = 100_000_000;
+pub const DESTROYED_GRACE_NS: u64 = 1_000_000;
 
 /// The listener a thread is closing: its unaccepted connections are reset from inside that
 /// `close()` (inet_csk_listen_stop() -> tcp_disconnect() of each child).

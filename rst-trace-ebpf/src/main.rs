@@ -93,15 +93,27 @@ static LAST_IO: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 #[derive(Clone, Copy)]
 struct Destroyed {
     sk: u64,
+    /// local port << 16 | remote port (host order): a new socket at the same address, on the
+    /// same CPU, within the window, must not inherit the dead one's owner.
+    ports: u64,
     info: SockInfo,
 }
 
 #[map]
 static LAST_DESTROYED: PerCpuArray<Destroyed> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU: [skb, time] of the last netfilter RST reported.
+#[map]
+static LAST_REJECT_SKB: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU scratch space for the event being built: it does not fit on the BPF stack.
 #[map]
-static SCRATCH: PerCpuArray<RstEvent> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<RstEvent> = PerCpuArray::with_max_entries(2, 0);
+/// Slot of `SCRATCH` for the reset programs; `net_dev_queue` has its own, since a softirq may
+/// run it in the middle of a reset program on the same CPU (raw tracepoints do not exclude
+/// each other).
+const SLOT_RESET: u32 = 0;
+const SLOT_TRANSMIT: u32 = 1;
 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -285,7 +297,7 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
     // worst yields a stale owner for a pointer the kernel reused (the destroy hook prevents most).
     let info = match unsafe { SOCKS.get(&sk) } {
         Some(info) => Some(info),
-        None => recently_destroyed(sk, ev.mono_ns),
+        None => recently_destroyed(sk, ev),
     };
     if let Some(info) = info {
         ev.prev_state = info.close_prev_state;
@@ -308,9 +320,17 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
 
 /// This CPU's copy of `sk`'s entry if `sk` was the last socket it destroyed, moments ago.
 #[inline(always)]
-fn recently_destroyed(sk: u64, now: u64) -> Option<&'static SockInfo> {
+fn recently_destroyed(sk: u64, ev: &RstEvent) -> Option<&'static SockInfo> {
     let d = LAST_DESTROYED.get(0)?;
-    (d.sk == sk && now.wrapping_sub(d.info.destroyed_ns) <= DESTROYED_GRACE_NS).then_some(&d.info)
+    // tcp_set_state(TCP_CLOSE) -> inet_put_port() has zeroed skc_num by destroy time: then only
+    // the remote port can be compared.
+    let lport = (d.ports >> 16) as u16;
+    let rport = d.ports as u16;
+    (d.sk == sk
+        && (lport == 0 || lport == ev.local_port)
+        && rport == ev.remote_port
+        && ev.mono_ns.wrapping_sub(d.info.destroyed_ns) <= DESTROYED_GRACE_NS)
+        .then_some(&d.info)
 }
 
 /// Records the current task as `sk`'s owner (called only in the owner's own system calls).
@@ -367,8 +387,8 @@ fn wanted(ev: &RstEvent) -> bool {
 
 /// The zeroed per-CPU scratch event, stamped with the current time.
 #[inline(always)]
-fn scratch_event() -> Option<&'static mut RstEvent> {
-    let ev = SCRATCH.get_ptr_mut(0)?;
+fn scratch_event(slot: u32) -> Option<&'static mut RstEvent> {
+    let ev = SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: per-CPU slot; a BPF program runs to completion on its CPU without preemption by
     // another program that uses the same slot (tracepoint programs do not nest on one CPU).
     unsafe {
@@ -406,7 +426,7 @@ fn submit(ev: &RstEvent) {
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let Some(ev) = scratch_event() else {
+    let Some(ev) = scratch_event(SLOT_RESET) else {
         return 0;
     };
     ev.kind = KIND_SENT;
@@ -524,7 +544,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     if conf!(filters) & FILTER_NO_RECEIVED != 0 {
         return 0;
     }
-    let Some(ev) = scratch_event() else {
+    let Some(ev) = scratch_event(SLOT_RESET) else {
         return 0;
     };
     ev.kind = KIND_RECEIVED;
@@ -651,8 +671,12 @@ fn on_destroy(sk: u64) {
     if let Some(info) = unsafe { SOCKS.get(&sk) }.copied() {
         if let Some(d) = LAST_DESTROYED.get_ptr_mut(0) {
             // SAFETY: per-CPU slot.
+            // skc_num is host order; skc_dport network order (include/net/sock.h).
+            let lport = kread::<u16>(sk, conf!(sk_num)).unwrap_or(0);
+            let rport = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
             unsafe {
                 (*d).sk = sk;
+                (*d).ports = (u64::from(lport) << 16) | u64::from(rport);
                 (*d).info = info;
                 (*d).info.destroyed_ns = bpf_ktime_get_ns();
             }
@@ -840,7 +864,18 @@ pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
     {
         return 0;
     }
-    let Some(ev) = scratch_event() else {
+    // A packet crossing stacked devices (bridge -> veth, vlan -> eth) is queued once per device:
+    // report it once.
+    if let Some(last) = LAST_REJECT_SKB.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if (*last)[0] == skb && now.wrapping_sub((*last)[1]) < 1_000_000 {
+                return 0;
+            }
+            *last = [skb, now];
+        }
+    }
+    let Some(ev) = scratch_event(SLOT_TRANSMIT) else {
         return 0;
     };
     ev.kind = KIND_SENT;

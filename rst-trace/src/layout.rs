@@ -129,6 +129,7 @@ fn btf_off_any(btf: &Btf, root: &str, paths: &[&str]) -> Result<u16> {
 pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     cfg.sk_family = btf_off(btf, "sock", "__sk_common.skc_family")?;
     cfg.sk_num = btf_off(btf, "sock", "__sk_common.skc_num")?;
+    cfg.sk_dport = btf_off(btf, "sock", "__sk_common.skc_dport")?;
     cfg.sk_state = btf_off(btf, "sock", "__sk_common.skc_state")?;
     cfg.sk_net = btf_off(btf, "sock", "__sk_common.skc_net.net")?;
     cfg.sk_cookie = btf_off(btf, "sock", "__sk_common.skc_cookie")?;

@@ -370,8 +370,9 @@ async fn run(cli: Cli) -> Result<()> {
                 done = st.drain(ring.get_mut(), &reasons) || st.release(false, &reasons);
                 st.out.flush();
             }
-            () = tokio::time::sleep(Duration::from_nanos(HOLD_RECEIVED_NS)), if !st.pending.is_empty() => {
-                done = st.release(false, &reasons);
+                        () = tokio::time::sleep(Duration::from_nanos(HOLD_RECEIVED_NS)), if !st.pending.is_empty() => {
+                // The sent reset a held one waits for may sit in the ring without a wakeup.
+                done = st.drain(ring.get_mut(), &reasons) || st.release(false, &reasons);
                 st.out.flush();
             }
             _ = sigint.recv() => break,

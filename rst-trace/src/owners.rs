@@ -270,6 +270,16 @@ pub fn existing() -> (HashMap<u64, Task>, usize) {
     (out, namespaces)
 }
 
+/// A process in network namespace `netns` (by inode), to setns() through.
+fn netns_pid(netns: u64) -> Option<u32> {
+    let want = format!("net:[{netns}]");
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+        let link = fs::read_link(e.path().join("ns/net")).ok()?;
+        (link.to_str() == Some(want.as_str())).then_some(pid)
+    })
+}
+
 fn to_task(h: &Holder) -> Task {
     Task {
         pid: h.pid,
@@ -312,12 +322,23 @@ impl FlowOwners {
             return None;
         }
         self.budget -= 1;
-        let (by_inode, namespaces) = scan_proc();
-        let pid = *namespaces.get(&netns)?;
-        let socks = dump_in_netns_of(pid).ok()?;
-        let d = socks
-            .iter()
-            .find(|d| (d.local == a && d.remote == b) || (d.local == b && d.remote == a))?;
+        // sock_diag first (cheap); the /proc fd walk only once a socket is found.
+        let own = fs::read_link("/proc/self/ns/net")
+            .ok()
+            .is_some_and(|l| l.to_str() == Some(format!("net:[{netns}]").as_str()));
+        let socks = if own {
+            // No setns() (and no CAP_SYS_ADMIN) for our own namespace.
+            dump_tcp().ok()?
+        } else {
+            dump_in_netns_of(netns_pid(netns)?).ok()?
+        };
+        // An IPv4 flow on a dual-stack socket shows as ::ffff:a.b.c.d.
+        let canon = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
+        let d = socks.iter().find(|d| {
+            let (l, r) = (canon(d.local), canon(d.remote));
+            (l == a && r == b) || (l == b && r == a)
+        })?;
+        let (by_inode, _) = scan_proc();
         by_inode.get(&d.inode).map(to_task)
     }
 }
