@@ -130,7 +130,6 @@ pub struct Config {
     pub tp_lrcvtime: u16,
     // struct sk_buff
     pub skb_head: u16,
-    pub skb_data: u16,
     pub skb_network_header: u16,
     pub skb_dev: u16,
     pub skb_transport_header: u16,
@@ -208,7 +207,6 @@ impl Config {
             tp_rcv_tstamp: OFF_NONE,
             tp_lrcvtime: OFF_NONE,
             skb_head: OFF_NONE,
-            skb_data: OFF_NONE,
             skb_network_header: OFF_NONE,
             skb_dev: OFF_NONE,
             skb_transport_header: OFF_NONE,
@@ -228,7 +226,7 @@ impl Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 136);
+const _: () = assert!(core::mem::size_of::<Config>() == 132);
 
 /// A task as the kernel saw it.
 #[repr(C)]

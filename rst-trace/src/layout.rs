@@ -150,7 +150,6 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     cfg.tp_rcv_tstamp = btf_off(btf, "tcp_sock", "rcv_tstamp")?;
     cfg.tp_lrcvtime = btf_off(btf, "tcp_sock", "inet_conn.icsk_ack.lrcvtime")?;
     cfg.skb_head = btf_off(btf, "sk_buff", "head")?;
-    cfg.skb_data = btf_off(btf, "sk_buff", "data")?;
     cfg.skb_network_header = btf_off(btf, "sk_buff", "network_header")?;
     cfg.skb_transport_header = btf_off(btf, "sk_buff", "transport_header")?;
     cfg.skb_dev = btf_off(btf, "sk_buff", "dev")?;

@@ -238,13 +238,12 @@ fn dump_in_netns_of(pid: u32) -> Result<Vec<DiagSock>> {
 }
 
 /// Socket cookie -> owner, for every TCP socket some process holds now.
-pub fn existing() -> (HashMap<u64, Task>, usize) {
+pub fn existing() -> HashMap<u64, Task> {
     let (by_inode, netns) = scan_proc();
     let own = fs::read_link("/proc/self/ns/net")
         .ok()
         .and_then(|l| l.to_str().map(str::to_owned));
     let mut out = HashMap::new();
-    let mut namespaces = 0;
     for (ino, pid) in &netns {
         // Our own namespace needs no setns() (nor the CAP_SYS_ADMIN it takes).
         let mine = own.as_deref() == Some(format!("net:[{ino}]").as_str());
@@ -257,7 +256,6 @@ pub fn existing() -> (HashMap<u64, Task>, usize) {
         let Ok(socks) = socks else {
             continue;
         };
-        namespaces += 1;
         for d in socks {
             if d.cookie == 0 {
                 continue;
@@ -267,7 +265,7 @@ pub fn existing() -> (HashMap<u64, Task>, usize) {
             }
         }
     }
-    (out, namespaces)
+    out
 }
 
 /// A process in network namespace `netns` (by inode), to setns() through.

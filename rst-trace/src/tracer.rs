@@ -221,7 +221,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
         log::debug!("no TTL evidence: {e:#}");
     }
     // With the owner hooks live, seed the sockets that already existed.
-    let (existing, _namespaces) = owners::existing();
+    let existing = owners::existing();
     let mut seeded = 0;
     {
         let mut seed: BpfHashMap<_, u64, Task> =

@@ -250,11 +250,9 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 struct Traced {
     generated: u64,
     rst_events: u64,
-    sent_events: u64,
     lost: u64,
     cpu_s: f64,
     peak_rss_kib: u64,
-    rss_after_start_kib: u64,
     attach_ms: f64,
     kernel_ns_per_event: f64,
 }
@@ -291,7 +289,6 @@ fn traced_round(
         }
     }
     let attach_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let rss_after_start_kib = rss_kib(pid);
     let (ns0, _) = bpf_stats(pid);
     let generated = generate(ns, mode, threads, secs)?;
     // Let the drain timer catch up before stopping.
@@ -314,15 +311,12 @@ fn traced_round(
         + ru.ru_utime.tv_usec as f64 / 1e6
         + ru.ru_stime.tv_sec as f64
         + ru.ru_stime.tv_usec as f64 / 1e6;
-    let (mut rst_events, mut sent_events, mut lost) = (0u64, 0u64, 0u64);
+    let (mut rst_events, mut lost) = (0u64, 0u64);
     let text = std::fs::read_to_string(&out_path)?;
     let _ = std::fs::remove_file(&out_path);
     for l in text.lines() {
         if l.starts_with(r#"{"type":"rst""#) {
             rst_events += 1;
-            if l.contains(r#""direction":"sent""#) {
-                sent_events += 1;
-            }
         } else if let Some(v) = l.strip_prefix(r#"{"type":"lost","count":"#) {
             lost += v
                 .split(',')
@@ -347,11 +341,9 @@ fn traced_round(
     Ok(Traced {
         generated,
         rst_events,
-        sent_events,
         lost,
         cpu_s,
         peak_rss_kib,
-        rss_after_start_kib,
         attach_ms,
         kernel_ns_per_event,
     })
@@ -453,8 +445,6 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
                 cpu.push(t.cpu_s / (t.rst_events.max(1) as f64) * 1e6);
                 kern.push(t.kernel_ns_per_event);
                 att.push(t.attach_ms);
-                let _ = t.sent_events;
-                let _ = t.rss_after_start_kib;
             }
             let (u, t) = (median(&mut un), median(&mut tr));
             println!(
