@@ -17,6 +17,11 @@ pub const MAP_FILTER_PORTS: &str = "FILTER_PORTS";
 /// The [`Config`] global, filled in by userspace before load.
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
+/// BTF tracepoints `tcp_send_reset` / `tcp_receive_reset` (the kernel formats no record).
+pub const PROG_SEND_RESET_BTF: &str = "tcp_send_reset_btf";
+pub const PROG_RECEIVE_RESET_BTF: &str = "tcp_receive_reset_btf";
+/// The record-based tracepoints, where the BTF ones cannot be loaded (before 5.12, which lets
+/// tracing programs call bpf_get_socket_cookie()).
 pub const PROG_SEND_RESET: &str = "tcp_send_reset";
 pub const PROG_RECEIVE_RESET: &str = "tcp_receive_reset";
 pub const PROG_SET_STATE: &str = "inet_sock_set_state";
@@ -46,17 +51,23 @@ pub const SEED_MAX_ENTRIES: u32 = 65536;
 pub const SOCKS_MAX_ENTRIES: u32 = 65536;
 pub const FILTER_MAX_ENTRIES: u32 = 1024;
 
+/// How many bytes of the start of a socket (`struct sock_common`) the reset programs read in one
+/// go; userspace refuses to start if a field they take from there lies beyond.
+pub const SKC_WINDOW: usize = 128;
+
+/// `struct sk_buff` keeps `transport_header`, `network_header`, `mac_header`, `tail`, `end`,
+/// `head` and `data` together: the programs read the first three and `head` in one go from a
+/// window this large.
+pub const SKB_HDR_WINDOW: usize = 32;
+
 /// Offset value meaning "this field does not exist on the running kernel".
 pub const OFF_NONE: u16 = u16::MAX;
 /// `RstEvent::reason` when the tracepoint has no `reason` field (kernels before 6.10).
 pub const REASON_NONE: u32 = u32::MAX;
 
-/// Layout of `tcp:tcp_send_reset` addresses.
-/// Before 6.10: `sport`, `dport`, `saddr[4]`, `daddr[4]`, `saddr_v6`, `daddr_v6` (6.1 adds `family`).
-pub const SEND_LAYOUT_SPLIT: u8 = 0;
-/// Since 6.10 (commit "tcp: add the reason to tcp_send_reset"): `saddr[28]`/`daddr[28]` hold a
-/// `struct sockaddr_in`/`sockaddr_in6`, port in network byte order.
-pub const SEND_LAYOUT_SOCKADDR: u8 = 1;
+/// `Config::send_reason_arg`: the `tcp_send_reset` tracepoint passes `enum sk_rst_reason` as its
+/// third argument (6.10+, commit "tcp: add the reason to tcp_send_reset").
+pub const REASON_ARG: u8 = 1;
 
 /// `Config::filters` bits.
 pub const FILTER_PID: u32 = 1;
@@ -69,29 +80,13 @@ pub const FILTER_NO_RECEIVED: u32 = 8;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    // tcp:tcp_send_reset record
+    // Tracepoint records, for the record-based fallback programs (kernels where the BTF-typed
+    // tracepoints cannot be used). Addresses and ports are read from the socket or the packet
+    // either way, as the tracepoints themselves do (TP_STORE_ADDR_PORTS in include/trace/events/tcp.h).
     pub send_skbaddr: u16,
     pub send_skaddr: u16,
-    pub send_state: u16,
     pub send_reason: u16,
-    pub send_saddr: u16,
-    pub send_daddr: u16,
-    pub send_sport: u16,
-    pub send_dport: u16,
-    pub send_family: u16,
-    pub send_saddr_v6: u16,
-    pub send_daddr_v6: u16,
-    pub send_layout: u8,
-    pub _pad0: u8,
-    // tcp:tcp_receive_reset record
     pub recv_skaddr: u16,
-    pub recv_sport: u16,
-    pub recv_dport: u16,
-    pub recv_family: u16,
-    pub recv_saddr: u16,
-    pub recv_daddr: u16,
-    pub recv_saddr_v6: u16,
-    pub recv_daddr_v6: u16,
     pub recv_cookie: u16,
     // sock:inet_sock_set_state record
     pub ss_skaddr: u16,
@@ -104,6 +99,12 @@ pub struct Config {
     // syscalls:sys_exit_accept4 / sys_exit_accept record
     pub exit_ret: u16,
     // struct sock / sock_common
+    /// `skc_daddr`, `skc_rcv_saddr`: IPv4 remote and local address.
+    pub sk_daddr: u16,
+    pub sk_rcv_saddr: u16,
+    /// `skc_v6_daddr`, `skc_v6_rcv_saddr`: IPv6 remote and local address.
+    pub sk_v6_daddr: u16,
+    pub sk_v6_rcv_saddr: u16,
     pub sk_family: u16,
     pub sk_state: u16,
     pub sk_net: u16,
@@ -117,6 +118,9 @@ pub struct Config {
     pub sk_dport: u16,
     pub sk_ack_backlog: u16,
     pub sk_max_ack_backlog: u16,
+    /// `inet_sock.inet_sport`: local port, network byte order; still set after tcp_set_state(
+    /// TCP_CLOSE) has released the port (inet_put_port() zeroes skc_num).
+    pub inet_sport: u16,
     // struct net
     pub net_inum: u16,
     // struct tcp_sock
@@ -147,10 +151,17 @@ pub struct Config {
     pub socket_sk: u16,
     /// Bit number of `SOCK_LINGER` in `enum sock_flags`.
     pub sock_linger_bit: u16,
+    pub _pad0: u16,
     /// `FILTER_*` bits.
     pub filters: u32,
     /// Wake userspace once the ring buffer holds this many bytes (0: on every event).
     pub wake_bytes: u32,
+    /// [`REASON_ARG`] or 0.
+    pub send_reason_arg: u8,
+    pub _pad1: u8,
+    /// Where the [`SKB_HDR_WINDOW`] bytes holding `head`, `network_header` and
+    /// `transport_header` start in `struct sk_buff` ([`OFF_NONE`]: read them one by one).
+    pub skb_hdr_base: u16,
 }
 
 impl Config {
@@ -159,25 +170,8 @@ impl Config {
         Self {
             send_skbaddr: OFF_NONE,
             send_skaddr: OFF_NONE,
-            send_state: OFF_NONE,
             send_reason: OFF_NONE,
-            send_saddr: OFF_NONE,
-            send_daddr: OFF_NONE,
-            send_sport: OFF_NONE,
-            send_dport: OFF_NONE,
-            send_family: OFF_NONE,
-            send_saddr_v6: OFF_NONE,
-            send_daddr_v6: OFF_NONE,
-            send_layout: SEND_LAYOUT_SPLIT,
-            _pad0: 0,
             recv_skaddr: OFF_NONE,
-            recv_sport: OFF_NONE,
-            recv_dport: OFF_NONE,
-            recv_family: OFF_NONE,
-            recv_saddr: OFF_NONE,
-            recv_daddr: OFF_NONE,
-            recv_saddr_v6: OFF_NONE,
-            recv_daddr_v6: OFF_NONE,
             recv_cookie: OFF_NONE,
             ss_skaddr: OFF_NONE,
             ss_oldstate: OFF_NONE,
@@ -186,6 +180,10 @@ impl Config {
             ss_sport: OFF_NONE,
             destroy_skaddr: OFF_NONE,
             exit_ret: OFF_NONE,
+            sk_daddr: OFF_NONE,
+            sk_rcv_saddr: OFF_NONE,
+            sk_v6_daddr: OFF_NONE,
+            sk_v6_rcv_saddr: OFF_NONE,
             sk_family: OFF_NONE,
             sk_state: OFF_NONE,
             sk_net: OFF_NONE,
@@ -197,6 +195,7 @@ impl Config {
             sk_dport: OFF_NONE,
             sk_ack_backlog: OFF_NONE,
             sk_max_ack_backlog: OFF_NONE,
+            inet_sport: OFF_NONE,
             net_inum: OFF_NONE,
             tp_rcv_nxt: OFF_NONE,
             tp_copied_seq: OFF_NONE,
@@ -220,13 +219,17 @@ impl Config {
             file_private_data: OFF_NONE,
             socket_sk: OFF_NONE,
             sock_linger_bit: OFF_NONE,
+            _pad0: 0,
             filters: 0,
             wake_bytes: 0,
+            send_reason_arg: 0,
+            _pad1: 0,
+            skb_hdr_base: OFF_NONE,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 132);
+const _: () = assert!(core::mem::size_of::<Config>() == 116);
 
 /// A task as the kernel saw it.
 #[repr(C)]
@@ -326,8 +329,6 @@ pub struct RstEvent {
     pub skbaddr: u64,
     /// Socket cookie, 0 if the kernel has not generated one.
     pub cookie: u64,
-    /// The task running when the tracepoint fired (often an innocent bystander).
-    pub task: Task,
     /// The process the socket belongs to, see `attribution`.
     pub owner: Task,
     pub owner_ns: u64,
@@ -378,7 +379,7 @@ pub struct RstEvent {
 }
 
 /// Size of one record in the ring buffer.
-pub const RST_EVENT_SIZE: usize = 192;
+pub const RST_EVENT_SIZE: usize = 160;
 const _: () = assert!(core::mem::size_of::<RstEvent>() == RST_EVENT_SIZE);
 
 #[cfg(feature = "user")]

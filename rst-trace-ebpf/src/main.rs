@@ -6,24 +6,27 @@
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    Global,
+    EbpfContext as _, Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use rst_trace_common::{
     ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, ATTR_OWNER_SEED, Config, DESTROYED_GRACE_NS,
     FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ON, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING,
     FACT_NETFILTER, FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK, FILTER_MAX_ENTRIES,
     FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, KIND_RECEIVED, KIND_SENT, ListenerClose, OFF_NONE,
-    REASON_NONE, RstEvent, SEED_MAX_ENTRIES, SEND_LAYOUT_SOCKADDR, SOCKS_MAX_ENTRIES, SockInfo,
-    Task,
+    REASON_ARG, REASON_NONE, RstEvent, SEED_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES,
+    SockInfo, Task,
 };
 
 // Kernel ABI constants that never change (uapi).
@@ -108,12 +111,24 @@ static LAST_REJECT_SKB: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1,
 
 /// Per-CPU scratch space for the event being built: it does not fit on the BPF stack.
 #[map]
-static SCRATCH: PerCpuArray<RstEvent> = PerCpuArray::with_max_entries(2, 0);
-/// Slot of `SCRATCH` for the reset programs; `net_dev_queue` has its own, since a softirq may
-/// run it in the middle of a reset program on the same CPU (raw tracepoints do not exclude
-/// each other).
-const SLOT_RESET: u32 = 0;
-const SLOT_TRANSMIT: u32 = 1;
+static SCRATCH: PerCpuArray<RstEvent> = PerCpuArray::with_max_entries(3, 0);
+/// Slots of `SCRATCH` and `WINDOW`, one per program: a softirq may run one program in the middle
+/// of another on the same CPU (BTF and raw tracepoints only keep a program from nesting in
+/// itself, see __bpf_trace_run()).
+const SLOT_SEND: u32 = 0;
+const SLOT_RECV: u32 = 1;
+const SLOT_TRANSMIT: u32 = 2;
+
+/// Bytes of the start of a socket read in one go: `struct sock_common` holds the addresses,
+/// ports, family, state, netns and cookie in its first ~100 bytes on every kernel since 4.x
+/// (userspace checks this at start-up, see `SKC_WINDOW` in rst-trace-common).
+const SKC_WINDOW: usize = rst_trace_common::SKC_WINDOW;
+#[map]
+static WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(2, 0);
+
+/// [`SKC_WINDOW`] bytes of a socket, and 16 bytes of slack so that a masked offset (see `skc`)
+/// is in bounds whatever the field's size.
+type Window = [u64; SKC_WINDOW / 8 + 2];
 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -132,6 +147,12 @@ static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_MAX_ENTR
 
 #[map]
 static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
+
+/// The [`SKB_HDR_WINDOW`] bytes of an skb around its header offsets, per CPU and program slot
+/// (a map value, because a variable offset into the stack needs a 5.12+ verifier).
+#[map]
+static SKB_WINDOW: PerCpuArray<[u64; SKB_HDR_WINDOW / 8]> = PerCpuArray::with_max_entries(4, 0);
+const SLOT_PROBE: u32 = 3;
 
 /// Reads a field of the tracepoint record at an offset found in its tracefs `format` file.
 #[inline(always)]
@@ -164,6 +185,64 @@ fn kread_at<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
 }
 
+/// The first [`SKC_WINDOW`] bytes of socket `sk`, read into this program's window slot; all
+/// zeros without a socket.
+#[inline(always)]
+fn sock_window(slot: u32, sk: u64) -> Option<&'static Window> {
+    let w = WINDOW.get_ptr_mut(slot)?;
+    // SAFETY: per-CPU slot of this program. bpf_probe_read_kernel never faults, and zeroes
+    // the destination when it fails (as for sk == 0).
+    unsafe {
+        let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            w.cast(),
+            SKC_WINDOW as u32,
+            sk as *const c_void,
+        );
+        Some(&*w)
+    }
+}
+
+/// A `sock_common` field from the window. Userspace checked that every offset used here is
+/// inside the window and aligned (BTF offsets are natural); the masks only make that visible
+/// to the verifier without a branch per field, which kept its path count (and load time) down.
+#[inline(always)]
+fn skc<T: Copy + Default>(w: &Window, off: u16) -> T {
+    let o = usize::from(off) & (SKC_WINDOW - 1) & !(core::mem::align_of::<T>() - 1);
+    // SAFETY: o < SKC_WINDOW and the window has 16 bytes of slack beyond, for any T used here
+    // (at most 16 bytes); o is a multiple of T's alignment and the window is 8-aligned.
+    unsafe { core::ptr::read(w.as_ptr().cast::<u8>().add(o).cast::<T>()) }
+}
+
+/// Family, addresses and ports of a socket, as TP_STORE_ADDR_PORTS does for the tracepoints:
+/// local = skc_rcv_saddr:skc_num, remote = skc_daddr:skc_dport.
+#[inline(always)]
+fn sock_endpoints(w: &Window, sk: u64, ev: &mut RstEvent) {
+    let family = skc::<u16>(w, conf!(sk_family));
+    ev.family = family as u8;
+    // skc_num is host byte order, skc_dport network order (include/net/sock.h). A socket
+    // closed just before its reset (tcp_close()) has released its port: skc_num is 0 then, and
+    // inet_sport, which the tracepoint itself reports, still holds it.
+    ev.local_port = skc::<u16>(w, conf!(sk_num));
+    if ev.local_port == 0 {
+        ev.local_port = u16::from_be(kread::<u16>(sk, conf!(inet_sport)).unwrap_or(0));
+    }
+    ev.remote_port = u16::from_be(skc::<u16>(w, conf!(sk_dport)));
+    // Addresses stay in network byte order: copied as raw bytes (native-endian round trip).
+    if family == AF_INET6 {
+        let l = skc::<[u64; 2]>(w, conf!(sk_v6_rcv_saddr));
+        let r = skc::<[u64; 2]>(w, conf!(sk_v6_daddr));
+        ev.local_addr[..8].copy_from_slice(&l[0].to_ne_bytes());
+        ev.local_addr[8..].copy_from_slice(&l[1].to_ne_bytes());
+        ev.remote_addr[..8].copy_from_slice(&r[0].to_ne_bytes());
+        ev.remote_addr[8..].copy_from_slice(&r[1].to_ne_bytes());
+    } else {
+        let l = skc::<u32>(w, conf!(sk_rcv_saddr));
+        let r = skc::<u32>(w, conf!(sk_daddr));
+        ev.local_addr[..4].copy_from_slice(&l.to_ne_bytes());
+        ev.remote_addr[..4].copy_from_slice(&r.to_ne_bytes());
+    }
+}
+
 #[inline(always)]
 fn current_task() -> Task {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -178,10 +257,8 @@ fn current_task() -> Task {
 
 /// `sock_net(sk)->ns.inum`
 #[inline(always)]
-fn sock_netns(sk: u64) -> u32 {
-    kread::<u64>(sk, conf!(sk_net))
-        .and_then(|net| kread::<u32>(net, conf!(net_inum)))
-        .unwrap_or(0)
+fn sock_netns(w: &Window) -> u32 {
+    kread::<u32>(skc::<u64>(w, conf!(sk_net)), conf!(net_inum)).unwrap_or(0)
 }
 
 /// `dev_net(skb->dev)->ns.inum`, for resets sent with no socket.
@@ -193,44 +270,103 @@ fn skb_netns(skb: u64) -> u32 {
         .unwrap_or(0)
 }
 
+/// A segment's headers: the IP header (40 bytes: IPv6's fixed header, or IPv4's with room for
+/// the addresses) and the first 14 bytes of the TCP header.
+struct Headers {
+    ip: [u8; 40],
+    tcp: [u8; 14],
+}
+
+impl Headers {
+    fn ip_version(&self) -> u8 {
+        self.ip[0] >> 4
+    }
+
+    /// TTL (IPv4) or hop limit (IPv6).
+    fn ttl(&self) -> u8 {
+        if self.ip_version() == 6 {
+            self.ip[7]
+        } else {
+            self.ip[8]
+        }
+    }
+}
+
+/// `skb->head`, `skb->network_header` and `skb->transport_header`: one read where the fields
+/// sit together (every kernel so far), else three.
+#[inline(always)]
+fn skb_header_offsets(slot: u32, skb: u64) -> Option<(u64, u16, u16)> {
+    let base = conf!(skb_hdr_base);
+    if base == OFF_NONE {
+        return Some((
+            kread(skb, conf!(skb_head))?,
+            kread(skb, conf!(skb_network_header))?,
+            kread(skb, conf!(skb_transport_header))?,
+        ));
+    }
+    let w = SKB_WINDOW.get_ptr_mut(slot)?;
+    // SAFETY: per-CPU slot of this program, valid for this run.
+    let w = unsafe {
+        *w = kread::<[u64; SKB_HDR_WINDOW / 8]>(skb, base)?;
+        &*w
+    };
+    // Userspace checked that the three lie inside the window, naturally aligned; the masks make
+    // that visible to the verifier.
+    let at = |off: u16, align: usize| {
+        usize::from(off.wrapping_sub(base)) & (SKB_HDR_WINDOW - 1) & !(align - 1)
+    };
+    let bytes = w.as_ptr().cast::<u8>();
+    let (head_at, nh_at, th_at) = (
+        at(conf!(skb_head), 8),
+        at(conf!(skb_network_header), 2),
+        at(conf!(skb_transport_header), 2),
+    );
+    // SAFETY: masked offsets inside the window, aligned for their types.
+    unsafe {
+        Some((
+            *bytes.add(head_at).cast::<u64>(),
+            *bytes.add(nh_at).cast::<u16>(),
+            *bytes.add(th_at).cast::<u16>(),
+        ))
+    }
+}
+
+/// The IP and TCP headers of the segment `skb` carries.
+#[inline(always)]
+fn read_headers(slot: u32, skb: u64) -> Option<Headers> {
+    let (head, nh, th) = skb_header_offsets(slot, skb)?;
+    Some(Headers {
+        ip: kread(head, nh)?,
+        tcp: kread(head, th)?,
+    })
+}
+
 /// Reads the IP and TCP headers of the segment a reset answers. The reset goes back to the
 /// segment's source, so local = its destination. For a LISTEN or absent socket this is the only
 /// place the real endpoints are (the tracepoint shows the listener's `0.0.0.0:port`).
 #[inline(always)]
 fn read_packet(skb: u64, ev: &mut RstEvent) {
-    let Some(head) = kread::<u64>(skb, conf!(skb_head)) else {
+    let Some(h) = read_headers(SLOT_SEND, skb) else {
         return;
     };
-    let (Some(nh), Some(th)) = (
-        kread::<u16>(skb, conf!(skb_network_header)),
-        kread::<u16>(skb, conf!(skb_transport_header)),
-    ) else {
-        return;
-    };
-    let Some(ip) = kread::<[u8; 40]>(head, nh) else {
-        return;
-    };
-    let Some(tcp) = kread::<[u8; 14]>(head, th) else {
-        return;
-    };
-    match ip[0] >> 4 {
+    let ip = &h.ip;
+    match h.ip_version() {
         4 => {
             ev.family = AF_INET as u8;
-            ev.ttl = ip[8];
             ev.remote_addr[..4].copy_from_slice(&ip[12..16]);
             ev.local_addr[..4].copy_from_slice(&ip[16..20]);
         }
         6 => {
             ev.family = AF_INET6 as u8;
-            ev.ttl = ip[7];
             ev.remote_addr.copy_from_slice(&ip[8..24]);
             ev.local_addr.copy_from_slice(&ip[24..40]);
         }
         _ => return,
     }
-    ev.remote_port = u16::from_be_bytes([tcp[0], tcp[1]]);
-    ev.local_port = u16::from_be_bytes([tcp[2], tcp[3]]);
-    ev.tcp_flags = tcp[13];
+    ev.ttl = h.ttl();
+    ev.remote_port = u16::from_be_bytes([h.tcp[0], h.tcp[1]]);
+    ev.local_port = u16::from_be_bytes([h.tcp[2], h.tcp[3]]);
+    ev.tcp_flags = h.tcp[13];
     ev.facts |= FACT_PACKET;
 }
 
@@ -352,7 +488,13 @@ fn learn_owner(sk: u64) {
         }
         return;
     }
-    // A new socket.
+    new_owner(sk);
+}
+
+/// Starts a fresh entry for `sk`, owned by the current task (replacing any entry a dead socket
+/// at the same address left).
+#[inline(always)]
+fn new_owner(sk: u64) {
     bump_generation();
     let info = SockInfo {
         owner: current_task(),
@@ -424,59 +566,26 @@ fn submit(ev: &RstEvent) {
     }
 }
 
-#[tracepoint]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let Some(ev) = scratch_event(SLOT_RESET) else {
-        return 0;
+/// A reset TCP sends: `sk` may be 0 (no socket: closed port), `skb` is 0 for an active reset
+/// (tcp_send_active_reset(): close, disconnect, abort, keepalive timeout).
+#[inline(always)]
+fn on_send_reset(sk: u64, skb: u64, reason: u32, cookie: u64) {
+    let Some(ev) = scratch_event(SLOT_SEND) else {
+        return;
     };
     ev.kind = KIND_SENT;
-    ev.skbaddr = tp::<u64>(&ctx, conf!(send_skbaddr)).unwrap_or(0);
-    ev.skaddr = tp::<u64>(&ctx, conf!(send_skaddr)).unwrap_or(0);
-    let state = tp::<i32>(&ctx, conf!(send_state)).unwrap_or(0);
+    ev.skaddr = sk;
+    ev.skbaddr = skb;
+    ev.reason = reason;
+    let Some(w) = sock_window(SLOT_SEND, sk) else {
+        return;
+    };
+    // As the tracepoint reports it: 0 without a socket.
+    let state = i32::from(skc::<u8>(w, conf!(sk_state)));
     ev.state = state as u8;
-    ev.reason = tp::<u32>(&ctx, conf!(send_reason)).unwrap_or(REASON_NONE);
-    let (sk, skb) = (ev.skaddr, ev.skbaddr);
-
-    if conf!(send_layout) == SEND_LAYOUT_SOCKADDR {
-        // struct sockaddr_in / sockaddr_in6: family, port (network order), then the address.
-        if let (Some(s), Some(d)) = (
-            tp::<[u8; 28]>(&ctx, conf!(send_saddr)),
-            tp::<[u8; 28]>(&ctx, conf!(send_daddr)),
-        ) {
-            let family = u16::from_ne_bytes([s[0], s[1]]);
-            ev.family = family as u8;
-            ev.local_port = u16::from_be_bytes([s[2], s[3]]);
-            ev.remote_port = u16::from_be_bytes([d[2], d[3]]);
-            if family == AF_INET6 {
-                ev.local_addr.copy_from_slice(&s[8..24]);
-                ev.remote_addr.copy_from_slice(&d[8..24]);
-            } else {
-                ev.local_addr[..4].copy_from_slice(&s[4..8]);
-                ev.remote_addr[..4].copy_from_slice(&d[4..8]);
-            }
-        }
-    } else {
-        // Before 6.10 the ports are already in host order (TP_fast_assign applies ntohs).
-        ev.local_port = tp::<u16>(&ctx, conf!(send_sport)).unwrap_or(0);
-        ev.remote_port = tp::<u16>(&ctx, conf!(send_dport)).unwrap_or(0);
-        // 5.10 has no `family` field: the socket has it (this layout only fires with a socket).
-        let family = tp::<u16>(&ctx, conf!(send_family))
-            .or_else(|| kread::<u16>(sk, conf!(sk_family)))
-            .unwrap_or(0);
-        ev.family = family as u8;
-        if family == AF_INET6 {
-            ev.local_addr = tp(&ctx, conf!(send_saddr_v6)).unwrap_or([0; 16]);
-            ev.remote_addr = tp(&ctx, conf!(send_daddr_v6)).unwrap_or([0; 16]);
-        } else {
-            let s: [u8; 4] = tp(&ctx, conf!(send_saddr)).unwrap_or([0; 4]);
-            let d: [u8; 4] = tp(&ctx, conf!(send_daddr)).unwrap_or([0; 4]);
-            ev.local_addr[..4].copy_from_slice(&s);
-            ev.remote_addr[..4].copy_from_slice(&d);
-        }
-    }
-
     if skb != 0 {
-        // A reply to an incoming segment (tcp_v4_send_reset / tcp_v6_send_reset, softirq).
+        // A reply to an incoming segment (tcp_v4_send_reset / tcp_v6_send_reset, softirq): for
+        // a LISTEN or absent socket the packet is the only place the real endpoints are.
         read_packet(skb, ev);
         // Announced before it is transmitted: net_dev_queue must not take it for netfilter's.
         if let Some(last) = LAST_TCP_RST.get_ptr_mut(0) {
@@ -489,14 +598,19 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
             };
         }
     }
+    if ev.facts & FACT_PACKET == 0 && sk != 0 {
+        sock_endpoints(w, sk, ev);
+    }
     ev.netns = if sk != 0 {
-        sock_netns(sk)
+        sock_netns(w)
     } else {
         skb_netns(skb)
     };
-    if sk != 0 {
-        ev.cookie = kread::<u64>(sk, conf!(sk_cookie)).unwrap_or(0);
-    }
+    ev.cookie = if cookie != 0 {
+        cookie
+    } else {
+        skc::<u64>(w, conf!(sk_cookie))
+    };
     owner_from_map(sk, ev);
     if sk != 0 && state == TCP_LISTEN {
         // Listener facts: a full accept queue explains INVALID_SYN / TCP_FLAGS resets.
@@ -512,67 +626,53 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         // A full tcp_sock (TIME_WAIT and request sockets are mini-sockets without these fields).
         read_tcp_sock(sk, ev);
     }
-    if skb == 0 && sk != 0 {
-        // tcp_send_active_reset(): called with a full socket and no skb.
-        if state == TCP_CLOSE {
-            let tid = bpf_get_current_pid_tgid() as u32;
-            // SAFETY: value copied out at once.
-            if let Some(l) = unsafe { CLOSING_LISTENERS.get(&tid) }
-                && l.port == ev.local_port
-                && ev.mono_ns.wrapping_sub(l.mono_ns) < 1_000_000_000
-            {
-                ev.facts |= FACT_LISTENER_CLOSING;
-            }
-            // The socket was moved to CLOSE right before the reset: tcp_close(), tcp_disconnect()
-            // or process exit, all in the owner's own system call (the keepalive timer's reset
-            // leaves the state ESTABLISHED). The current task is the one that acted.
-            ev.owner = current_task();
-            ev.owner_ns = ev.mono_ns;
-            ev.attribution = ATTR_OWNER_CURRENT;
+    if skb == 0 && sk != 0 && state == TCP_CLOSE {
+        // tcp_send_active_reset() on a socket moved to CLOSE right before the reset:
+        // tcp_close(), tcp_disconnect() or process exit, all in the owner's own system call (the
+        // keepalive timer's reset leaves the state ESTABLISHED). The current task is the one
+        // that acted.
+        let tid = bpf_get_current_pid_tgid() as u32;
+        // SAFETY: value copied out at once.
+        if let Some(l) = unsafe { CLOSING_LISTENERS.get(&tid) }
+            && l.port == ev.local_port
+            && ev.mono_ns.wrapping_sub(l.mono_ns) < 1_000_000_000
+        {
+            ev.facts |= FACT_LISTENER_CLOSING;
         }
+        ev.owner = current_task();
+        ev.owner_ns = ev.mono_ns;
+        ev.attribution = ATTR_OWNER_CURRENT;
     }
-    if !wanted(ev) {
-        return 0;
+    if wanted(ev) {
+        submit(ev);
     }
-    ev.task = current_task();
-    submit(ev);
-    0
 }
 
-#[tracepoint]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+/// A reset received on socket `sk` (tcp_reset(), before the socket is moved to CLOSE).
+#[inline(always)]
+fn on_receive_reset(sk: u64, cookie: u64) {
     if conf!(filters) & FILTER_NO_RECEIVED != 0 {
-        return 0;
+        return;
     }
-    let Some(ev) = scratch_event(SLOT_RESET) else {
-        return 0;
+    let Some(ev) = scratch_event(SLOT_RECV) else {
+        return;
     };
     ev.kind = KIND_RECEIVED;
     ev.reason = REASON_NONE;
-    let sk = tp::<u64>(&ctx, conf!(recv_skaddr)).unwrap_or(0);
     ev.skaddr = sk;
-    ev.local_port = tp::<u16>(&ctx, conf!(recv_sport)).unwrap_or(0);
-    ev.remote_port = tp::<u16>(&ctx, conf!(recv_dport)).unwrap_or(0);
-    let family = tp::<u16>(&ctx, conf!(recv_family))
-        .or_else(|| kread::<u16>(sk, conf!(sk_family)))
-        .unwrap_or(0);
-    ev.family = family as u8;
-    if family == AF_INET6 {
-        ev.local_addr = tp(&ctx, conf!(recv_saddr_v6)).unwrap_or([0; 16]);
-        ev.remote_addr = tp(&ctx, conf!(recv_daddr_v6)).unwrap_or([0; 16]);
-    } else {
-        let s: [u8; 4] = tp(&ctx, conf!(recv_saddr)).unwrap_or([0; 4]);
-        let d: [u8; 4] = tp(&ctx, conf!(recv_daddr)).unwrap_or([0; 4]);
-        ev.local_addr[..4].copy_from_slice(&s);
-        ev.remote_addr[..4].copy_from_slice(&d);
-    }
+    let Some(w) = sock_window(SLOT_RECV, sk) else {
+        return;
+    };
+    sock_endpoints(w, sk, ev);
     // tcp_reset() fires the tracepoint before it moves the socket to CLOSE: this is the state
     // the connection was in when the RST arrived.
-    ev.state = kread::<u8>(sk, conf!(sk_state)).unwrap_or(0);
-    ev.cookie = tp::<u64>(&ctx, conf!(recv_cookie))
-        .or_else(|| kread::<u64>(sk, conf!(sk_cookie)))
-        .unwrap_or(0);
-    ev.netns = sock_netns(sk);
+    ev.state = skc::<u8>(w, conf!(sk_state));
+    ev.cookie = if cookie != 0 {
+        cookie
+    } else {
+        skc::<u64>(w, conf!(sk_cookie))
+    };
+    ev.netns = sock_netns(w);
     read_idle(sk, ev);
     owner_from_map(sk, ev);
     // An established socket handles the RST in tcp_rcv_established(), whose tcp_probe noted
@@ -581,17 +681,77 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     if ev.state == TCP_ESTABLISHED as u8
         && let Some(cur) = CUR_SEG.get(0)
         && cur[0] == sk
-        && let Some((ttl, flags)) = segment_ttl_flags(cur[1])
+        && let Some((ttl, flags)) = segment_ttl_flags(SLOT_RECV, cur[1])
         && flags & TCP_RST != 0
     {
         ev.ttl = ttl;
         ev.facts |= FACT_RST_TTL;
     }
-    if !wanted(ev) {
+    if wanted(ev) {
+        submit(ev);
+    }
+}
+
+/// The first `N` arguments of a BTF tracepoint as plain numbers, in one read: the verifier
+/// types a pointer argument loaded straight from the context and rejects arithmetic on it, and
+/// the fields we read sit at offsets only known at run time.
+#[inline(always)]
+fn btf_args<const N: usize>(ctx: &BtfTracePointContext) -> [u64; N] {
+    // SAFETY: bpf_probe_read_kernel never faults; the context is an array of u64 arguments.
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const [u64; N]) }.unwrap_or([0; N])
+}
+
+/// The socket's cookie, generated if it has none yet (as the record-based tracepoints do with
+/// sock_gen_cookie()): the helper needs the argument as the kernel typed it.
+#[inline(always)]
+fn btf_sock_cookie(ctx: &BtfTracePointContext) -> u64 {
+    let sk: *mut c_void = ctx.arg(0);
+    if sk.is_null() {
         return 0;
     }
-    ev.task = current_task();
-    submit(ev);
+    // SAFETY: sk is the tracepoint's own, BTF-typed socket argument.
+    unsafe { bpf_get_socket_cookie(sk) }
+}
+
+/// BTF tracepoint `tcp_send_reset(sk, skb[, reason])`: unlike the record-based tracepoint, the
+/// kernel formats no trace record (addresses and all) for us to read back field by field.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    // Reading the third slot is harmless where there is none (before 6.10): it is then ignored.
+    let [sk, skb, reason] = btf_args::<3>(&ctx);
+    let reason = if conf!(send_reason_arg) == REASON_ARG {
+        reason as u32
+    } else {
+        REASON_NONE
+    };
+    on_send_reset(sk, skb, reason, btf_sock_cookie(&ctx));
+    0
+}
+
+/// BTF tracepoint `tcp_receive_reset(sk)`.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    let [sk] = btf_args::<1>(&ctx);
+    on_receive_reset(sk, btf_sock_cookie(&ctx));
+    0
+}
+
+/// `tcp:tcp_send_reset`, the trace record: where the BTF tracepoint cannot be used.
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let sk = tp::<u64>(&ctx, conf!(send_skaddr)).unwrap_or(0);
+    let skb = tp::<u64>(&ctx, conf!(send_skbaddr)).unwrap_or(0);
+    let reason = tp::<u32>(&ctx, conf!(send_reason)).unwrap_or(REASON_NONE);
+    on_send_reset(sk, skb, reason, 0);
+    0
+}
+
+/// `tcp:tcp_receive_reset`, the trace record.
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let sk = tp::<u64>(&ctx, conf!(recv_skaddr)).unwrap_or(0);
+    let cookie = tp::<u64>(&ctx, conf!(recv_cookie)).unwrap_or(0);
+    on_receive_reset(sk, cookie);
     0
 }
 
@@ -600,9 +760,14 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 /// `port` gives the socket's local port (only needed when a listener closes).
 #[inline(always)]
 fn on_set_state(sk: u64, old: i32, new: i32, port: impl FnOnce() -> u16) {
-    if new == TCP_SYN_SENT || new == TCP_LISTEN {
+    if new == TCP_SYN_SENT && old == TCP_CLOSE && sk != 0 {
+        // connect() on a new socket: nothing to look up first.
+        new_owner(sk);
+    } else if new == TCP_SYN_SENT || new == TCP_LISTEN {
         learn_owner(sk);
-    } else if new == TCP_CLOSE {
+    } else if new == TCP_CLOSE && old != TCP_SYN_SENT {
+        // (A connection attempt that fails or is abandoned sends no reset of its own: nothing
+        // to remember. That is every attempt of a refused-connection storm.)
         if old == TCP_LISTEN {
             // tcp_close() of a listener: the resets of its unaccepted children follow, in this
             // same thread (inet_csk_listen_stop()).
@@ -671,9 +836,17 @@ fn on_destroy(sk: u64) {
     if let Some(info) = unsafe { SOCKS.get(&sk) }.copied() {
         if let Some(d) = LAST_DESTROYED.get_ptr_mut(0) {
             // SAFETY: per-CPU slot.
-            // skc_num is host order; skc_dport network order (include/net/sock.h).
-            let lport = kread::<u16>(sk, conf!(sk_num)).unwrap_or(0);
-            let rport = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
+            // skc_num is host order; skc_dport network order (include/net/sock.h). They are
+            // the two halves of skc_portpair: one read where they sit that way (always so far).
+            let (lport, rport) = if conf!(sk_num) == conf!(sk_dport).wrapping_add(2) {
+                let pair = kread::<u32>(sk, conf!(sk_dport)).unwrap_or(0);
+                ((pair >> 16) as u16, u16::from_be(pair as u16))
+            } else {
+                (
+                    kread::<u16>(sk, conf!(sk_num)).unwrap_or(0),
+                    u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
+                )
+            };
             unsafe {
                 (*d).sk = sk;
                 (*d).ports = (u64::from(lport) << 16) | u64::from(rport);
@@ -788,7 +961,7 @@ pub fn tcp_probe_ttl(ctx: RawTracePointContext) -> i32 {
     if cur[slot] == key {
         return 0;
     }
-    let Some((ttl, flags)) = segment_ttl_flags(skb) else {
+    let Some((ttl, flags)) = segment_ttl_flags(SLOT_PROBE, skb) else {
         return 0;
     };
     if flags & TCP_RST != 0 {
@@ -805,14 +978,11 @@ pub fn tcp_probe_ttl(ctx: RawTracePointContext) -> i32 {
 
 /// TTL / hop limit and TCP flags of an skb in the TCP receive path.
 #[inline(always)]
-fn segment_ttl_flags(skb: u64) -> Option<(u8, u8)> {
-    let head = kread::<u64>(skb, conf!(skb_head))?;
-    let nh = kread::<u16>(skb, conf!(skb_network_header))?;
-    let th = kread::<u16>(skb, conf!(skb_transport_header))?;
+fn segment_ttl_flags(slot: u32, skb: u64) -> Option<(u8, u8)> {
+    let (head, nh, th) = skb_header_offsets(slot, skb)?;
     let ip = kread::<[u8; 9]>(head, nh)?;
     let ttl = if ip[0] >> 4 == 6 { ip[7] } else { ip[8] };
-    let flags = kread_at::<u8>(head + u64::from(th) + 13)?;
-    Some((ttl, flags))
+    Some((ttl, kread_at::<u8>(head + u64::from(th) + 13)?))
 }
 
 /// `net:net_dev_queue`: every transmitted packet, so it must stay cheap. Netfilter's REJECT
@@ -896,11 +1066,9 @@ pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
         ev.remote_addr.copy_from_slice(&ip[24..40]);
     }
     ev.netns = skb_netns(skb);
-    if !wanted(ev) {
-        return 0;
+    if wanted(ev) {
+        submit(ev);
     }
-    ev.task = current_task();
-    submit(ev);
     0
 }
 

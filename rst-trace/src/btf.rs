@@ -52,6 +52,12 @@ enum Type {
     Enum {
         values: Vec<(u32, i64)>,
     },
+    Ptr {
+        type_id: u32,
+    },
+    FuncProto {
+        params: u32,
+    },
     Other,
 }
 
@@ -123,7 +129,10 @@ impl Btf {
                     functions.push(name_off);
                     Type::Other
                 }
-                KIND_PTR | KIND_FWD | KIND_FLOAT => Type::Other,
+                KIND_PTR => Type::Ptr {
+                    type_id: size_or_type,
+                },
+                KIND_FWD | KIND_FLOAT => Type::Other,
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Alias {
                         type_id: size_or_type,
@@ -177,7 +186,9 @@ impl Btf {
                 }
                 KIND_FUNC_PROTO => {
                     pos += 8 * vlen;
-                    Type::Other
+                    Type::FuncProto {
+                        params: vlen as u32,
+                    }
                 }
                 KIND_VAR => {
                     pos += 4;
@@ -196,6 +207,13 @@ impl Btf {
             let id = types.len() as u32;
             if name_off != 0 && matches!(kind, KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64) {
                 by_name.entry(name(name_off)).or_default().push(id);
+            }
+            // The prototypes of BTF tracepoints: `typedef void (*btf_trace_<name>)(void *, ...)`.
+            if kind == KIND_TYPEDEF && name_off != 0 {
+                let n = name(name_off);
+                if n.starts_with("btf_trace_") {
+                    by_name.entry(n).or_default().push(id);
+                }
             }
             types.push(ty);
         }
@@ -284,6 +302,22 @@ impl Btf {
             bail!("kernel BTF: {root}.{path} is a bitfield");
         }
         Ok(bits / 8)
+    }
+
+    /// How many arguments tracepoint `name` passes to a BTF tracepoint program (the prototype's
+    /// parameters after the leading `void *`), or None if the kernel has no such tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Option<u32> {
+        let id = *self.by_name.get(&format!("btf_trace_{name}"))?.first()?;
+        let Type::Alias { type_id } = self.types.get(id as usize)? else {
+            return None;
+        };
+        let Some(Type::Ptr { type_id }) = self.resolve(*type_id) else {
+            return None;
+        };
+        match self.resolve(*type_id)? {
+            Type::FuncProto { params } => params.checked_sub(1),
+            _ => None,
+        }
     }
 
     /// Value of enumerator `name` in `enum enum_name`.

@@ -1050,7 +1050,6 @@ mod tests {
             family: 2,
             facts: FACT_PACKET,
             tcp_flags: SYN,
-            task: task("client", 42),
             ..Default::default()
         };
         let r = explain(&ev, &reasons(), &mut History::default()).unwrap();

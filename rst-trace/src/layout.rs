@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result, anyhow};
-use rst_trace_common::{Config, OFF_NONE, SEND_LAYOUT_SOCKADDR, SEND_LAYOUT_SPLIT};
+use rst_trace_common::{Config, OFF_NONE, REASON_ARG, SKB_HDR_WINDOW, SKC_WINDOW};
 
 use crate::{btf::Btf, tracefs::Format};
 
@@ -53,44 +53,16 @@ fn off(v: Option<u16>) -> u16 {
 
 /// Fills in the tracepoint part of the config. Errors name the field that does not fit.
 pub fn tracepoint_config(tps: &Tracepoints, cfg: &mut Config) -> Result<()> {
+    // Only what the record-based fallback programs need: the socket, the packet, the reason and
+    // the cookie. Addresses and ports come from the socket or the packet, as the tracepoints'
+    // own TP_fast_assign takes them; so the three historical address layouts (before 6.1,
+    // 6.1-6.9, 6.10+) do not matter.
     let s = &tps.send_reset;
     cfg.send_skbaddr = s.require("skbaddr", 8)?;
     cfg.send_skaddr = s.require("skaddr", 8)?;
-    cfg.send_state = s.require("state", 4)?;
     cfg.send_reason = off(s.optional("reason", 4)?);
-    match s.field("saddr").map(|f| f.size) {
-        // >= 6.10: struct sockaddr_in6-sized buffers.
-        Some(28) => {
-            cfg.send_layout = SEND_LAYOUT_SOCKADDR;
-            cfg.send_saddr = s.require("saddr", 28)?;
-            cfg.send_daddr = s.require("daddr", 28)?;
-        }
-        Some(4) => {
-            cfg.send_layout = SEND_LAYOUT_SPLIT;
-            cfg.send_saddr = s.require("saddr", 4)?;
-            cfg.send_daddr = s.require("daddr", 4)?;
-            cfg.send_sport = s.require("sport", 2)?;
-            cfg.send_dport = s.require("dport", 2)?;
-            cfg.send_family = off(s.optional("family", 2)?);
-            cfg.send_saddr_v6 = s.require("saddr_v6", 16)?;
-            cfg.send_daddr_v6 = s.require("daddr_v6", 16)?;
-        }
-        other => {
-            return Err(anyhow!(
-                "tcp:tcp_send_reset has an unknown layout (saddr size {other:?}); \
-                 please report this kernel version"
-            ));
-        }
-    }
     let r = &tps.receive_reset;
     cfg.recv_skaddr = r.require("skaddr", 8)?;
-    cfg.recv_sport = r.require("sport", 2)?;
-    cfg.recv_dport = r.require("dport", 2)?;
-    cfg.recv_family = off(r.optional("family", 2)?);
-    cfg.recv_saddr = r.require("saddr", 4)?;
-    cfg.recv_daddr = r.require("daddr", 4)?;
-    cfg.recv_saddr_v6 = r.require("saddr_v6", 16)?;
-    cfg.recv_daddr_v6 = r.require("daddr_v6", 16)?;
     cfg.recv_cookie = off(r.optional("sock_cookie", 8)?);
     let st = &tps.set_state;
     cfg.ss_skaddr = st.require("skaddr", 8)?;
@@ -127,6 +99,11 @@ fn btf_off_any(btf: &Btf, root: &str, paths: &[&str]) -> Result<u16> {
 
 /// Fills in the kernel struct offsets from BTF.
 pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
+    cfg.sk_daddr = btf_off(btf, "sock", "__sk_common.skc_daddr")?;
+    cfg.sk_rcv_saddr = btf_off(btf, "sock", "__sk_common.skc_rcv_saddr")?;
+    // Absent without CONFIG_IPV6: then there are no IPv6 sockets to read either.
+    cfg.sk_v6_daddr = btf_off(btf, "sock", "__sk_common.skc_v6_daddr").unwrap_or(OFF_NONE);
+    cfg.sk_v6_rcv_saddr = btf_off(btf, "sock", "__sk_common.skc_v6_rcv_saddr").unwrap_or(OFF_NONE);
     cfg.sk_family = btf_off(btf, "sock", "__sk_common.skc_family")?;
     cfg.sk_num = btf_off(btf, "sock", "__sk_common.skc_num")?;
     cfg.sk_dport = btf_off(btf, "sock", "__sk_common.skc_dport")?;
@@ -139,6 +116,7 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     // sk_protocol was a bitfield before 5.6: then the accept hook skips its TCP check.
     cfg.sk_protocol = btf_off(btf, "sock", "sk_protocol").unwrap_or(OFF_NONE);
     cfg.sk_ack_backlog = btf_off(btf, "sock", "sk_ack_backlog")?;
+    cfg.inet_sport = btf_off(btf, "inet_sock", "inet_sport")?;
     cfg.sk_max_ack_backlog = btf_off(btf, "sock", "sk_max_ack_backlog")?;
     cfg.net_inum = btf_off(btf, "net", "ns.inum")?;
     cfg.tp_rcv_nxt = btf_off(btf, "tcp_sock", "rcv_nxt")?;
@@ -164,7 +142,51 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     cfg.socket_sk = btf_off(btf, "socket", "sk")?;
     cfg.sock_linger_bit = u16::try_from(btf.enum_value("sock_flags", "SOCK_LINGER")?)
         .context("SOCK_LINGER out of range")?;
+    // The reset programs read these from one copy of the socket's first bytes.
+    for (name, off, size) in [
+        ("skc_daddr", cfg.sk_daddr, 4),
+        ("skc_rcv_saddr", cfg.sk_rcv_saddr, 4),
+        ("skc_dport", cfg.sk_dport, 2),
+        ("skc_num", cfg.sk_num, 2),
+        ("skc_family", cfg.sk_family, 2),
+        ("skc_state", cfg.sk_state, 1),
+        ("skc_net", cfg.sk_net, 8),
+        ("skc_cookie", cfg.sk_cookie, 8),
+        ("skc_v6_daddr", cfg.sk_v6_daddr, 16),
+        ("skc_v6_rcv_saddr", cfg.sk_v6_rcv_saddr, 16),
+    ] {
+        // OFF_NONE only for the IPv6 fields of a kernel without IPv6, which then has no IPv6
+        // socket to read them from.
+        if off != OFF_NONE
+            && (usize::from(off) + size > SKC_WINDOW || usize::from(off) % size.min(8) != 0)
+        {
+            return Err(anyhow!(
+                "sock_common.{name} is at offset {off}: not inside the first {SKC_WINDOW} bytes, aligned, where rst-trace reads it; please report this kernel version"
+            ));
+        }
+    }
+    cfg.skb_hdr_base = skb_hdr_base(cfg);
+    // tcp_send_reset(sk, skb, reason) since 6.10; (sk, skb) before.
+    if btf.tracepoint_args("tcp_send_reset") == Some(3) {
+        cfg.send_reason_arg = REASON_ARG;
+    }
     Ok(())
+}
+
+/// Start of the [`SKB_HDR_WINDOW`] bytes of `struct sk_buff` that hold `head` and the two
+/// header offsets, naturally aligned; [`OFF_NONE`] if they are further apart.
+fn skb_hdr_base(cfg: &Config) -> u16 {
+    let fields = [
+        (cfg.skb_head, 8),
+        (cfg.skb_network_header, 2),
+        (cfg.skb_transport_header, 2),
+    ];
+    // 8-aligned, so every field keeps its alignment inside the window.
+    let base = fields.iter().map(|&(o, _)| o).min().unwrap_or(0) & !7;
+    let fits = fields
+        .iter()
+        .all(|&(o, size)| usize::from(o - base) + size <= SKB_HDR_WINDOW && o % size as u16 == 0);
+    if fits { base } else { OFF_NONE }
 }
 
 /// Reason names: from the `format` file's `__print_symbolic` table, else from BTF's
@@ -216,49 +238,36 @@ mod tests {
     }
 
     #[test]
-    fn linux_5_10_split_layout_without_family_or_reason() {
+    fn linux_5_10_and_6_1_records_without_reason() {
+        for k in ["debian-5.10.262", "debian-6.1.192"] {
+            let mut cfg = Config::empty();
+            tracepoint_config(&tracepoints(k), &mut cfg).unwrap();
+            assert_eq!((cfg.send_skbaddr, cfg.send_skaddr), (8, 16), "{k}");
+            assert_eq!(cfg.send_reason, OFF_NONE, "{k}");
+            assert_eq!((cfg.recv_skaddr, cfg.recv_cookie), (8, 64), "{k}");
+            assert!(reason_names(&tracepoints(k).send_reset, None).is_empty());
+        }
         let mut cfg = Config::empty();
         tracepoint_config(&tracepoints("debian-5.10.262"), &mut cfg).unwrap();
-        assert_eq!(cfg.send_layout, SEND_LAYOUT_SPLIT);
-        assert_eq!(cfg.send_reason, OFF_NONE);
-        assert_eq!(cfg.send_family, OFF_NONE);
-        assert_eq!((cfg.send_sport, cfg.send_dport), (28, 30));
-        assert_eq!((cfg.send_saddr, cfg.send_daddr), (32, 36));
-        assert_eq!((cfg.send_saddr_v6, cfg.send_daddr_v6), (40, 56));
-        // 5.10's tcp_receive_reset has no family either.
-        assert_eq!(cfg.recv_family, OFF_NONE);
-        assert_eq!((cfg.recv_saddr, cfg.recv_cookie), (20, 64));
         assert_eq!(
             (cfg.ss_oldstate, cfg.ss_newstate, cfg.ss_protocol),
             (16, 20, 30)
         );
         assert_eq!(cfg.destroy_skaddr, 8);
-        assert!(reason_names(&tracepoints("debian-5.10.262").send_reset, None).is_empty());
     }
 
     #[test]
-    fn linux_6_1_split_layout_with_family() {
-        let mut cfg = Config::empty();
-        tracepoint_config(&tracepoints("debian-6.1.192"), &mut cfg).unwrap();
-        assert_eq!(cfg.send_layout, SEND_LAYOUT_SPLIT);
-        assert_eq!(cfg.send_reason, OFF_NONE);
-        assert_eq!(cfg.send_family, 32);
-        assert_eq!((cfg.send_saddr, cfg.send_saddr_v6), (34, 42));
-        assert_eq!((cfg.recv_family, cfg.recv_saddr), (20, 22));
-    }
-
-    #[test]
-    fn linux_6_12_and_6_18_sockaddr_layout_with_reason() {
+    fn linux_6_12_and_6_18_records_with_reason() {
         for k in ["debian-6.12.117", "linux-6.18"] {
             let tps = tracepoints(k);
             let mut cfg = Config::empty();
             tracepoint_config(&tps, &mut cfg).unwrap();
-            assert_eq!(cfg.send_layout, SEND_LAYOUT_SOCKADDR, "{k}");
             assert_eq!(
-                (cfg.send_reason, cfg.send_saddr, cfg.send_daddr),
-                (28, 32, 60)
+                (cfg.send_skbaddr, cfg.send_skaddr, cfg.send_reason),
+                (8, 16, 28),
+                "{k}"
             );
-            assert_eq!(cfg.send_sport, OFF_NONE);
+            assert_eq!((cfg.recv_skaddr, cfg.recv_cookie), (8, 64), "{k}");
             let reasons = reason_names(&tps.send_reset, None);
             assert_eq!(
                 reasons.get(&1).map(String::as_str),
@@ -271,6 +280,23 @@ mod tests {
                 "{k}"
             );
         }
+    }
+
+    #[test]
+    fn running_kernel_btf_tracepoint_prototypes() {
+        // This machine runs 6.18: tcp_send_reset(sk, skb, reason), tcp_receive_reset(sk).
+        let btf = Btf::from_sys_fs().expect("vmlinux BTF");
+        assert_eq!(btf.tracepoint_args("tcp_send_reset"), Some(3));
+        assert_eq!(btf.tracepoint_args("tcp_receive_reset"), Some(1));
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
+        let mut cfg = Config::empty();
+        struct_config(&btf, &mut cfg).unwrap();
+        assert_eq!(cfg.send_reason_arg, REASON_ARG);
+        // sock_common starts with the address pair.
+        assert_eq!((cfg.sk_daddr, cfg.sk_rcv_saddr), (0, 4));
+        // The skb header fields are close together, so they are read in one go.
+        assert_ne!(cfg.skb_hdr_base, OFF_NONE);
+        assert!(cfg.skb_head - cfg.skb_hdr_base <= 24);
     }
 
     #[test]

@@ -151,6 +151,8 @@ struct State {
     metrics: Option<metrics::Shared>,
     flows: owners::FlowOwners,
     out: Out,
+    /// The line being rendered, reused from event to event.
+    line: String,
 }
 
 /// Received resets are held this long before they are explained: on loopback and veth the
@@ -248,8 +250,8 @@ impl State {
             m.record(&report);
         }
         if !self.quiet {
-            let line = output::render(&report, &self.clock, self.fmt);
-            self.out.line(&line);
+            output::render_into(&mut self.line, &report, &self.clock, self.fmt);
+            self.out.line(&self.line);
         }
         self.count.is_some_and(|c| self.matched >= c)
     }
@@ -321,6 +323,7 @@ async fn run(cli: Cli) -> Result<()> {
         pending: VecDeque::new(),
         metrics: None,
         flows: owners::FlowOwners::default(),
+        line: String::with_capacity(1024),
         out: Out {
             w: io::BufWriter::new(io::stdout()),
             broken: false,
@@ -335,8 +338,9 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let reasons = tracer.info.clone();
     eprintln!(
-        "rst-trace: tracing TCP resets ({}; kernel reasons: {}; {}; {} existing sockets owned; attached in {} ms)",
+        "rst-trace: tracing TCP resets ({}; {} tracepoints; kernel reasons: {}; {}; {} existing sockets owned; attached in {} ms)",
         st.filter.describe(),
+        if tracer.btf_resets { "BTF" } else { "record" },
         if reasons.reasons.is_empty() {
             "none, inferring"
         } else {

@@ -66,13 +66,36 @@ pub fn rfc3339(wall_ns: i128, digits: u32) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     let frac = nanos / 10u64.pow(9 - digits);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:0width$}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60,
-        width = digits as usize
-    )
+    let mut out = String::with_capacity(31);
+    // Written digit by digit: this runs for every event of a storm, and core::fmt is slow.
+    if (0..10_000).contains(&y) {
+        push_fixed(&mut out, y as u64, 4);
+    } else {
+        // Outside RFC 3339's range; only a broken clock gets here.
+        let _ = write!(out, "{y:04}");
+    }
+    for (sep, n, width) in [
+        ('-', m as u64, 2),
+        ('-', d as u64, 2),
+        ('T', (sod / 3600) as u64, 2),
+        (':', (sod % 3600 / 60) as u64, 2),
+        (':', (sod % 60) as u64, 2),
+        ('.', frac, digits),
+    ] {
+        if width > 0 {
+            out.push(sep);
+            push_fixed(&mut out, n, width);
+        }
+    }
+    out.push('Z');
+    out
+}
+
+/// Appends the low `width` decimal digits of `n`, zero-padded.
+fn push_fixed(out: &mut String, n: u64, width: u32) {
+    for k in (0..width).rev() {
+        out.push(char::from(b'0' + (n / 10u64.pow(k) % 10) as u8));
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,22 +107,89 @@ pub enum Format {
 /// Appends `v` as a JSON string (quotes and escapes as serde_json writes them).
 fn json_str(out: &mut String, v: &str) {
     out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    // Copy runs that need no escaping in one go, eight bytes checked at a time: almost every
+    // string here is plain ASCII, and this is the hottest function of a reset storm.
+    let bytes = v.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(chunk) = bytes.get(i..i + 8)
+            && !needs_escape8(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])))
+        {
+            i += 8;
+            continue;
+        }
+        let b = bytes[i];
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b if b < 0x20 => "",
+            _ => {
+                i += 1;
+                continue;
             }
-            c => out.push(c),
+        };
+        // Every byte matched above is ASCII, so `i` is on a char boundary.
+        out.push_str(&v[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(esc);
+        }
+        i += 1;
+        start = i;
+    }
+    out.push_str(&v[start..]);
+    out.push('"');
+}
+
+/// Whether any of eight bytes is a control character, `"` or `\\` (the classic "has a byte
+/// less than n" and "has a zero byte" bit tricks; may only err towards true).
+fn needs_escape8(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |y: u64| y.wrapping_sub(ONES) & !y & HIGH;
+    let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+    (below_space | has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\'))))
+        != 0
+}
+
+/// Appends a decimal number without going through `core::fmt`.
+pub fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
-    out.push('"');
+    // SAFETY: ASCII digits only, which are valid UTF-8.
+    out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) });
+}
+
+/// Appends an IP address: IPv4 by hand (the common case), IPv6 through `Display`.
+fn push_ip(out: &mut String, ip: &std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
 fn json_opt_str(out: &mut String, v: Option<&str>) {
@@ -110,18 +200,26 @@ fn json_opt_str(out: &mut String, v: Option<&str>) {
 }
 
 fn json_endpoint(out: &mut String, a: &SocketAddr) {
-    out.push_str("{\"addr\":");
-    let ip = a.ip().to_string();
-    json_str(out, &ip);
-    let _ = write!(out, ",\"port\":{}}}", a.port());
+    // An address never needs escaping.
+    out.push_str("{\"addr\":\"");
+    push_ip(out, &a.ip());
+    out.push_str("\",\"port\":");
+    push_u64(out, u64::from(a.port()));
+    out.push('}');
 }
 
 fn json_process(out: &mut String, p: &Option<Process>) {
     match p {
         Some(p) => {
-            let _ = write!(out, "{{\"pid\":{},\"tid\":{},\"comm\":", p.pid, p.tid);
+            out.push_str("{\"pid\":");
+            push_u64(out, u64::from(p.pid));
+            out.push_str(",\"tid\":");
+            push_u64(out, u64::from(p.tid));
+            out.push_str(",\"comm\":");
             json_str(out, &p.comm);
-            let _ = write!(out, ",\"uid\":{}}}", p.uid);
+            out.push_str(",\"uid\":");
+            push_u64(out, u64::from(p.uid));
+            out.push('}');
         }
         None => out.push_str("null"),
     }
@@ -132,7 +230,9 @@ fn json_process(out: &mut String, p: &Option<Process>) {
 pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     out.push_str("{\"type\":\"rst\",\"time\":");
     json_str(out, &rfc3339(clock.wall_ns(r.mono_ns), 9));
-    let _ = write!(out, ",\"mono_ns\":{},\"direction\":", r.mono_ns);
+    out.push_str(",\"mono_ns\":");
+    push_u64(out, r.mono_ns);
+    out.push_str(",\"direction\":");
     json_str(out, r.direction.as_str());
     out.push_str(",\"origin\":");
     json_opt_str(out, r.origin);
@@ -154,11 +254,11 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     json_process(out, &r.process);
     out.push_str(",\"attribution\":");
     json_str(out, r.attribution);
-    let _ = write!(out, ",\"netns\":{},\"socket_cookie\":", r.netns);
+    out.push_str(",\"netns\":");
+    push_u64(out, u64::from(r.netns));
+    out.push_str(",\"socket_cookie\":");
     match r.socket_cookie {
-        Some(c) => {
-            let _ = write!(out, "{c}");
-        }
+        Some(c) => push_u64(out, c),
         None => out.push_str("null"),
     }
     out.push_str(",\"detail\":{");
@@ -169,9 +269,7 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
         json_str(out, k);
         out.push(':');
         match v {
-            DetailValue::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
+            DetailValue::Num(n) => push_u64(out, *n),
             DetailValue::Text(t) => json_str(out, t),
         }
     }
@@ -233,14 +331,20 @@ pub fn report_text(r: &Report, clock: &Clock, color: bool) -> String {
     )
 }
 
+#[cfg(test)]
 pub fn render(r: &Report, clock: &Clock, fmt: Format) -> String {
+    let mut s = String::new();
+    render_into(&mut s, r, clock, fmt);
+    s
+}
+
+/// `render` into a reused buffer (cleared first): the event loop's path, one allocation less
+/// per event.
+pub fn render_into(out: &mut String, r: &Report, clock: &Clock, fmt: Format) {
+    out.clear();
     match fmt {
-        Format::Json => {
-            let mut s = String::with_capacity(768);
-            report_json_into(&mut s, r, clock);
-            s
-        }
-        Format::Text { color } => report_text(r, clock, color),
+        Format::Json => report_json_into(out, r, clock),
+        Format::Text { color } => out.push_str(&report_text(r, clock, color)),
     }
 }
 
@@ -394,8 +498,8 @@ mod tests {
             let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             if len == RST_EVENT_SIZE && i % 2 == 0 {
                 // Plausible kinds and families, so explain() goes deep.
-                buf[160] = 1 + (next() % 2) as u8;
-                buf[161] = if next() % 2 == 0 { 2 } else { 10 };
+                buf[std::mem::offset_of!(RstEvent, kind)] = 1 + (next() % 2) as u8;
+                buf[std::mem::offset_of!(RstEvent, family)] = if next() % 2 == 0 { 2 } else { 10 };
             }
             let Ok(ev) = RstEvent::decode(&buf) else {
                 assert_ne!(len, RST_EVENT_SIZE);
@@ -425,10 +529,23 @@ mod tests {
             "nl\n tab\t cr\r",
             "\u{01}\u{08}\u{0c}\u{1f}",
             "émoji ✓",
+            "a run of plain text longer than eight bytes \" then more text \\ and\u{1f} end",
+            "éééééééé\"ééééééé\n\u{7f}",
         ] {
             let mut s = String::new();
             json_str(&mut s, v);
             assert_eq!(s, serde_json::to_string(v).unwrap());
+        }
+        // Every byte that needs escaping, at every position of a chunk.
+        for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', '\u{08}'] {
+            for pos in 0..20 {
+                let mut v: String = "x".repeat(pos);
+                v.push(special);
+                v.push_str("tail text é");
+                let mut s = String::new();
+                json_str(&mut s, &v);
+                assert_eq!(s, serde_json::to_string(&v).unwrap(), "{v:?}");
+            }
         }
     }
 

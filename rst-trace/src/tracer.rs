@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, PerCpuArray},
-    programs::{RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use rst_trace_common::{
     Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, GLOBAL_CONFIG,
@@ -15,7 +15,10 @@ use rst_trace_common::{
     PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_RESET, PROG_SET_STATE,
     PROG_SOCK_IO, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
 };
-use rst_trace_common::{OFF_NONE, PROG_DESTROY_SOCK_RAW, PROG_SET_STATE_RAW};
+use rst_trace_common::{
+    OFF_NONE, PROG_DESTROY_SOCK_RAW, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET_BTF,
+    PROG_SET_STATE_RAW,
+};
 
 use crate::{
     btf::Btf,
@@ -42,7 +45,13 @@ pub struct Tracer {
     /// Whether netfilter REJECT resets are watched (see [`RejectSupport`]).
     pub reject: RejectSupport,
     reject_attached: bool,
+    /// The reset programs in use: BTF tracepoints, or the record-based ones.
+    pub btf_resets: bool,
 }
+
+/// Set to 1 to use the record-based reset tracepoints even where the BTF ones work (what
+/// kernels before 5.12 get): for tests, and a way around a verifier problem on some kernel.
+pub const ENV_RECORD_TRACEPOINTS: &str = "RST_TRACE_RECORD_TRACEPOINTS";
 
 /// Whether this kernel can send netfilter REJECT resets right now. The transmit hook that sees
 /// them runs for every packet, so it is attached only when REJECT code is in the kernel: always
@@ -123,6 +132,9 @@ pub struct Hooks {
 }
 
 pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
+    // aya's own parse of vmlinux BTF (the loader and the BTF tracepoints need it; ~15 ms here)
+    // runs on another core while we read tracefs and take offsets from our lighter parse.
+    let aya_btf = std::thread::spawn(aya::Btf::from_sys_fs);
     let tracefs = tracefs::locate()?;
     let tps = Tracepoints {
         send_reset: required_format(&tracefs, "tcp", "tcp_send_reset")?,
@@ -161,7 +173,13 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
         ));
     }
 
+    // aya's own BTF parse, done once: the loader and the BTF tracepoints both need it.
+    let aya_btf = aya_btf
+        .join()
+        .map_err(|_| anyhow!("the BTF parsing thread panicked"))?
+        .context("reading /sys/kernel/btf/vmlinux")?;
     let mut ebpf = EbpfLoader::new()
+        .btf(&aya_btf)
         .override_global(GLOBAL_CONFIG, &cfg, true)
         .map_max_entries(MAP_EVENTS, ring_size)
         .load(EBPF_OBJECT)
@@ -231,8 +249,36 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
             seeded += 1;
         }
     }
-    attach(&mut ebpf, PROG_SEND_RESET, "tcp", "tcp_send_reset")?;
-    attach(&mut ebpf, PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
+    let btf_resets = std::env::var(ENV_RECORD_TRACEPOINTS).as_deref() != Ok("1")
+        && match attach_btf(&mut ebpf, &aya_btf, PROG_SEND_RESET_BTF, "tcp_send_reset").and_then(
+            |()| {
+                attach_btf(
+                    &mut ebpf,
+                    &aya_btf,
+                    PROG_RECEIVE_RESET_BTF,
+                    "tcp_receive_reset",
+                )
+            },
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("record-based reset tracepoints: {e:#}");
+                false
+            }
+        };
+    drop(aya_btf);
+    if !btf_resets {
+        // Both or neither: detach a BTF program that did attach, so no reset is seen twice.
+        for prog in [PROG_SEND_RESET_BTF, PROG_RECEIVE_RESET_BTF] {
+            if let Some(p) = ebpf.program_mut(prog)
+                && let Ok(p) = <&mut BtfTracePoint>::try_from(p)
+            {
+                let _ = p.unload();
+            }
+        }
+        attach(&mut ebpf, PROG_SEND_RESET, "tcp", "tcp_send_reset")?;
+        attach(&mut ebpf, PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
+    }
     let reject = if !hooks.firewall {
         RejectSupport::Disabled
     } else if tps.dev_queue.is_some() {
@@ -250,7 +296,21 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
         seeded,
         reject,
         reject_attached,
+        btf_resets,
     })
+}
+
+/// Loads and attaches BTF tracepoint program `prog` to tracepoint `name`.
+fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf, prog: &str, name: &str) -> Result<()> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the eBPF object"))?
+        .try_into()?;
+    p.load(name, btf)
+        .with_context(|| format!("loading program {prog} (rejected by the verifier?)"))?;
+    p.attach()
+        .with_context(|| format!("attaching to BTF tracepoint {name}"))?;
+    Ok(())
 }
 
 /// Loads (once) and attaches program `prog` to tracepoint `cat:name`.

@@ -237,8 +237,14 @@ pub struct Tracer {
 impl Tracer {
     /// Starts rst-trace and waits for its readiness line on stderr.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Tracer::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
         let mut child = Command::new(rst_trace_bin())
+            .envs(env.iter().copied())
             .arg("--json")
             .args(args)
             .stdin(Stdio::null())
@@ -264,10 +270,11 @@ impl Tracer {
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
-                if line.starts_with("rst-trace: tracing TCP resets") {
+                let ready = line.starts_with("rst-trace: tracing TCP resets");
+                se.lock().unwrap().push(line);
+                if ready {
                     let _ = tx.send(());
                 }
-                se.lock().unwrap().push(line);
             }
         });
         let mut t = Self {

@@ -36,6 +36,7 @@ pub struct Opts {
     pub seconds: f64,
     pub rounds: usize,
     pub soak: Option<u64>,
+    pub only: Option<String>,
 }
 
 const PORT: u16 = 39_555;
@@ -427,6 +428,9 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             ),
         ];
         for (name, mode, threads, args) in configs {
+            if opts.only.as_deref().is_some_and(|o| !name.contains(o)) {
+                continue;
+            }
             let (mut un, mut tr, mut cpu, mut kern, mut att) =
                 (vec![], vec![], vec![], vec![], vec![]);
             let (mut captured, mut generated_events, mut lost, mut rss) = (0u64, 0u64, 0u64, 0u64);
@@ -466,7 +470,12 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
         println!(
             "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss = peak; attach = spawn to readiness line; kern ns = run time of all\nrst-trace BPF programs per captured event (kernel.bpf_stats_enabled)."
         );
-        if which("bpftrace") {
+        if opts
+            .only
+            .as_deref()
+            .is_some_and(|o| !"bpftrace reference".contains(o))
+        {
+        } else if which("bpftrace") {
             for threads in [1, 2] {
                 let (mut un, mut tr) = (vec![], vec![]);
                 let (mut captured, mut generated_events) = (0u64, 0u64);

@@ -70,6 +70,9 @@ enum Cmd {
         /// Instead: run a storm for SECS seconds and report RSS at start and end.
         #[arg(long, value_name = "SECS")]
         soak: Option<u64>,
+        /// Only the rows whose configuration name contains this text (e.g. "refused").
+        #[arg(long, value_name = "TEXT")]
+        only: Option<String>,
     },
 }
 
@@ -374,6 +377,7 @@ fn main() -> Result<()> {
             seconds,
             rounds,
             soak,
+            only,
         } => {
             build()?;
             if !is_root() {
@@ -385,6 +389,7 @@ fn main() -> Result<()> {
                     seconds,
                     rounds,
                     soak,
+                    only,
                 },
             )
         }
