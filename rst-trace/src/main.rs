@@ -293,6 +293,13 @@ async fn run(cli: Cli) -> Result<()> {
         firewall: !cli.no_firewall,
     };
     let mut tracer = tracer::load(&filter, cli.ring_size, hooks)?;
+    // The two BTF parses (tens of MiB, one of them on a thread with its own malloc arena) are
+    // freed; hand the memory back to the kernel, or it stays in our RSS for good.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no preconditions; only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let ring = RingBuf::try_from(
         tracer
             .ebpf

@@ -361,7 +361,7 @@ pub fn lost(count: u64, total: u64, clock: &Clock, fmt: Format) -> String {
         })
         .to_string(),
         Format::Text { .. } => format!(
-            "rst-trace: warning: {count} reset events lost (ring buffer full; {total} lost in total): raise --ring-size or filter with --pid/--port"
+            "rst-trace: warning: {count} reset events lost ({total} in total; ring buffer full, or the kernel skipped a reset program that was already running on that CPU): raise --ring-size or filter with --pid/--port"
         ),
     }
 }

@@ -344,9 +344,34 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Sum of the per-CPU lost-event counters.
+/// Events lost so far: the per-CPU count of ring-buffer reservations that failed, plus the
+/// runs of the event programs the kernel skipped. A BTF or raw tracepoint program does not run
+/// while it is already running on that CPU (a softirq interrupting it), and a record-based one
+/// while any record-based program runs there (bpf_prog_active); the kernel counts each skip in
+/// the program's `recursion_misses`.
 pub fn lost_total(ebpf: &Ebpf) -> Result<u64> {
     let map: PerCpuArray<_, u64> =
         PerCpuArray::try_from(ebpf.map(MAP_LOST).context("lost counter map")?)?;
-    Ok(map.get(&0, 0)?.iter().sum())
+    let ring_full: u64 = map.get(&0, 0)?.iter().sum();
+    let skipped: u64 = [
+        PROG_SEND_RESET_BTF,
+        PROG_RECEIVE_RESET_BTF,
+        PROG_SEND_RESET,
+        PROG_RECEIVE_RESET,
+        PROG_DEV_QUEUE,
+    ]
+    .into_iter()
+    .filter_map(|name| recursion_misses(ebpf, name))
+    .sum();
+    Ok(ring_full + skipped)
+}
+
+/// `recursion_misses` of a loaded program, from its fdinfo (5.12+; None before, or unloaded).
+fn recursion_misses(ebpf: &Ebpf, prog: &str) -> Option<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = ebpf.program(prog)?.fd().ok()?.as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -202,12 +202,22 @@ impl Netns {
     }
 }
 
-/// Sum of run_time_ns and run_cnt over the BPF programs a process holds (from fdinfo; needs
-/// kernel.bpf_stats_enabled=1).
-fn bpf_stats(pid: u32) -> (u64, u64) {
-    let (mut ns, mut cnt) = (0, 0);
+/// BPF run time a process's programs used (from fdinfo; needs kernel.bpf_stats_enabled=1).
+#[derive(Clone, Copy, Default)]
+struct BpfStats {
+    /// run_time_ns of all its programs.
+    all_ns: u64,
+    /// run_time_ns and run_cnt of the reset programs: the only ones of type `tracing` (26,
+    /// BPF_PROG_TYPE_TRACING: the BTF tracepoints); the others are raw tracepoints and one
+    /// record-based tracepoint.
+    reset_ns: u64,
+    reset_cnt: u64,
+}
+
+fn bpf_stats(pid: u32) -> BpfStats {
+    let mut st = BpfStats::default();
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return (0, 0);
+        return st;
     };
     for fd in fds.flatten() {
         let is_prog = std::fs::read_link(fd.path())
@@ -221,15 +231,20 @@ fn bpf_stats(pid: u32) -> (u64, u64) {
             fd.file_name().to_string_lossy()
         ))
         .unwrap_or_default();
-        for l in info.lines() {
-            if let Some(v) = l.strip_prefix("run_time_ns:") {
-                ns += v.trim().parse::<u64>().unwrap_or(0);
-            } else if let Some(v) = l.strip_prefix("run_cnt:") {
-                cnt += v.trim().parse::<u64>().unwrap_or(0);
-            }
+        let field = |k: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let ns = field("run_time_ns:");
+        st.all_ns += ns;
+        if field("prog_type:") == 26 {
+            st.reset_ns += ns;
+            st.reset_cnt += field("run_cnt:");
         }
     }
-    (ns, cnt)
+    st
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -254,8 +269,14 @@ struct Traced {
     lost: u64,
     cpu_s: f64,
     peak_rss_kib: u64,
+    /// RSS once attached, and at the end of the storm.
+    start_rss_kib: u64,
+    end_rss_kib: u64,
     attach_ms: f64,
-    kernel_ns_per_event: f64,
+    /// BPF run time of all programs per captured event, and of a reset program per run; only
+    /// measured in rounds with `stats` (the accounting itself costs two clock reads per run).
+    all_ns_per_event: f64,
+    reset_ns_per_run: f64,
 }
 
 /// One traced round: start rst-trace, wait until attached, generate, stop it with SIGTERM.
@@ -266,6 +287,7 @@ fn traced_round(
     threads: usize,
     secs: f64,
     args: &[&str],
+    stats: bool,
 ) -> Result<Traced> {
     let out_path = std::env::temp_dir().join(format!("rstbench-{}.out", std::process::id()));
     let out = std::fs::File::create(&out_path)?;
@@ -290,12 +312,20 @@ fn traced_round(
         }
     }
     let attach_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (ns0, _) = bpf_stats(pid);
+    let start_rss_kib = rss_kib(pid);
+    std::fs::write(
+        "/proc/sys/kernel/bpf_stats_enabled",
+        if stats { "1" } else { "0" },
+    )
+    .context("setting kernel.bpf_stats_enabled")?;
+    let s0 = bpf_stats(pid);
     let generated = generate(ns, mode, threads, secs)?;
     // Let the drain timer catch up before stopping.
     std::thread::sleep(Duration::from_millis(300));
-    let (ns1, _) = bpf_stats(pid);
+    let s1 = bpf_stats(pid);
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
     let peak_rss_kib = status_kib(pid, "VmHWM:");
+    let end_rss_kib = rss_kib(pid);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let mut status = 0;
@@ -334,8 +364,14 @@ fn traced_round(
                 .unwrap_or(0);
         }
     }
-    let kernel_ns_per_event = if rst_events > 0 {
-        (ns1.saturating_sub(ns0)) as f64 / rst_events as f64
+    let all_ns_per_event = if rst_events > 0 {
+        s1.all_ns.saturating_sub(s0.all_ns) as f64 / rst_events as f64
+    } else {
+        0.0
+    };
+    let reset_runs = s1.reset_cnt.saturating_sub(s0.reset_cnt);
+    let reset_ns_per_run = if reset_runs > 0 {
+        s1.reset_ns.saturating_sub(s0.reset_ns) as f64 / reset_runs as f64
     } else {
         0.0
     };
@@ -345,8 +381,11 @@ fn traced_round(
         lost,
         cpu_s,
         peak_rss_kib,
+        start_rss_kib,
+        end_rss_kib,
         attach_ms,
-        kernel_ns_per_event,
+        all_ns_per_event,
+        reset_ns_per_run,
     })
 }
 
@@ -359,7 +398,6 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
     let ns = Netns::new()?;
     let stats_was =
         std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf stats")?;
     let result = (|| -> Result<()> {
         if let Some(secs) = opts.soak {
             return soak(bin, &ns, secs);
@@ -369,7 +407,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             opts.seconds, opts.rounds, opts.rounds
         );
         println!(
-            "{:<34} {:>10} {:>10} {:>6} {:>11} {:>8} {:>6} {:>9} {:>8} {:>9} {:>8}",
+            "{:<34} {:>10} {:>10} {:>6} {:>11} {:>8} {:>6} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9}",
             "configuration",
             "untraced/s",
             "traced/s",
@@ -379,8 +417,10 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             "capt%",
             "cpu s/1M",
             "rss MiB",
+            "peak MiB",
             "attach ms",
-            "kern ns"
+            "reset ns",
+            "all ns/ev"
         );
         let configs: [(&str, Mode, usize, &[&str]); 8] = [
             ("echo (no resets), all hooks", Mode::Echo, 1, &["--json"]),
@@ -431,13 +471,13 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             if opts.only.as_deref().is_some_and(|o| !name.contains(o)) {
                 continue;
             }
-            let (mut un, mut tr, mut cpu, mut kern, mut att) =
-                (vec![], vec![], vec![], vec![], vec![]);
-            let (mut captured, mut generated_events, mut lost, mut rss) = (0u64, 0u64, 0u64, 0u64);
+            let (mut un, mut tr, mut cpu, mut att) = (vec![], vec![], vec![], vec![]);
+            let (mut captured, mut generated_events, mut lost) = (0u64, 0u64, 0u64);
+            let (mut rss, mut peak) = (0u64, 0u64);
             for _ in 0..opts.rounds {
                 let n = generate(&ns, mode, threads, opts.seconds)?;
                 un.push(n as f64 / opts.seconds);
-                let t = traced_round(bin, &ns, mode, threads, opts.seconds, args)?;
+                let t = traced_round(bin, &ns, mode, threads, opts.seconds, args, false)?;
                 tr.push(t.generated as f64 / opts.seconds);
                 // Each reset is seen twice: sent by one socket (or none), received by another.
                 if mode != Mode::Echo {
@@ -445,14 +485,17 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
                 }
                 captured += t.rst_events;
                 lost += t.lost;
-                rss = rss.max(t.peak_rss_kib);
+                rss = rss.max(t.start_rss_kib).max(t.end_rss_kib);
+                peak = peak.max(t.peak_rss_kib);
                 cpu.push(t.cpu_s / (t.rst_events.max(1) as f64) * 1e6);
-                kern.push(t.kernel_ns_per_event);
                 att.push(t.attach_ms);
             }
+            // The kernel cost, in a round of its own: with the run-time accounting on, every
+            // program run also reads the clock twice, which would slow the rounds above.
+            let k = traced_round(bin, &ns, mode, threads, opts.seconds, args, true)?;
             let (u, t) = (median(&mut un), median(&mut tr));
             println!(
-                "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6.2} {:>9.2} {:>8.1} {:>9.1} {:>8.0}",
+                "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6.2} {:>9.2} {:>8.1} {:>8.1} {:>9.1} {:>8.0} {:>9.0}",
                 name,
                 u,
                 t,
@@ -463,12 +506,14 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
                 100.0 * captured as f64 / generated_events.max(1) as f64,
                 median(&mut cpu),
                 rss as f64 / 1024.0,
+                peak as f64 / 1024.0,
                 median(&mut att),
-                median(&mut kern),
+                k.reset_ns_per_run,
+                k.all_ns_per_event,
             );
         }
         println!(
-            "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss = peak; attach = spawn to readiness line; kern ns = run time of all\nrst-trace BPF programs per captured event (kernel.bpf_stats_enabled)."
+            "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss = the larger of RSS once attached and RSS after the storm; peak =\nVmHWM (BTF parsing at start-up); attach = spawn to readiness line; reset ns = BPF run time per run of\na reset program; all ns/ev = run time of all rst-trace BPF programs (owner tracking, transmit hook)\nper captured event. Both from kernel.bpf_stats_enabled, in one extra traced round with it on."
         );
         if opts
             .only
