@@ -815,11 +815,16 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    // The transitions on_set_state() acts on, tested before anything is read: most state
+    // changes of ordinary traffic (handshake, FIN exchange) end here.
+    if !(new == TCP_SYN_SENT || new == TCP_LISTEN || (new == TCP_CLOSE && old != TCP_SYN_SENT)) {
+        return 0;
+    }
     if kread::<u16>(sk, conf!(sk_protocol)) != Some(IPPROTO_TCP) {
         return 0;
     }
-    let old = ctx.arg::<u64>(1) as i32;
-    let new = ctx.arg::<u64>(2) as i32;
     // skc_num: the local port in host byte order.
     on_set_state(sk, old, new, || {
         kread::<u16>(sk, conf!(sk_num)).unwrap_or(0)
