@@ -53,6 +53,29 @@ impl Clock {
 pub fn rfc3339(wall_ns: i128, digits: u32) -> String {
     let secs = wall_ns.div_euclid(1_000_000_000) as i64;
     let nanos = wall_ns.rem_euclid(1_000_000_000) as u64;
+    let mut out = String::with_capacity(31);
+    // The date and time of day change once a second; a storm has thousands of events in it.
+    thread_local! {
+        static LAST_SECOND: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    LAST_SECOND.with_borrow_mut(|(last, prefix)| {
+        if *last != secs {
+            *last = secs;
+            *prefix = date_time(secs);
+        }
+        out.push_str(prefix);
+    });
+    if digits > 0 {
+        out.push('.');
+        push_fixed(&mut out, nanos / 10u64.pow(9 - digits), digits);
+    }
+    out.push('Z');
+    out
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time.
+fn date_time(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -65,9 +88,7 @@ pub fn rfc3339(wall_ns: i128, digits: u32) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let frac = nanos / 10u64.pow(9 - digits);
-    let mut out = String::with_capacity(31);
-    // Written digit by digit: this runs for every event of a storm, and core::fmt is slow.
+    let mut out = String::with_capacity(20);
     if (0..10_000).contains(&y) {
         push_fixed(&mut out, y as u64, 4);
     } else {
@@ -80,14 +101,10 @@ pub fn rfc3339(wall_ns: i128, digits: u32) -> String {
         ('T', (sod / 3600) as u64, 2),
         (':', (sod % 3600 / 60) as u64, 2),
         (':', (sod % 60) as u64, 2),
-        ('.', frac, digits),
     ] {
-        if width > 0 {
-            out.push(sep);
-            push_fixed(&mut out, n, width);
-        }
+        out.push(sep);
+        push_fixed(&mut out, n, width);
     }
-    out.push('Z');
     out
 }
 

@@ -1,6 +1,6 @@
 //! `--summary`: counts of resets by process, condition and direction.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use serde_json::json;
 
@@ -12,28 +12,57 @@ use crate::{
 /// Distinct rows kept; the rest fold into one `other` row so memory stays bounded in a storm.
 const MAX_ROWS: usize = 10_000;
 
+/// Whom a row counts: kept without allocating, since every event of a storm is counted.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Who {
+    /// pid and comm (the kernel's, at most 15 bytes, zero-padded).
+    Process(u32, [u8; 16]),
+    NoProcess,
+    /// The fold-over row once `MAX_ROWS` are in use.
+    Other,
+}
+
+impl Who {
+    fn name(&self) -> String {
+        match self {
+            Self::Process(pid, comm) => {
+                let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+                format!("{}[{pid}]", String::from_utf8_lossy(&comm[..len]))
+            }
+            Self::NoProcess => "-".to_owned(),
+            Self::Other => "other".to_owned(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Summary {
-    rows: BTreeMap<(String, &'static str, &'static str), u64>,
+    rows: HashMap<(Who, &'static str, &'static str), u64>,
     pub lost: u64,
 }
 
 impl Summary {
     pub fn add(&mut self, r: &Report) {
-        let who = r
-            .process
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), ToString::to_string);
+        let who = r.process.as_ref().map_or(Who::NoProcess, |p| {
+            let mut comm = [0u8; 16];
+            let n = p.comm.len().min(16);
+            comm[..n].copy_from_slice(&p.comm.as_bytes()[..n]);
+            Who::Process(p.pid, comm)
+        });
         let mut key = (who, r.condition, r.direction.as_str());
         if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
-            key = ("other".into(), "other", "other");
+            key = (Who::Other, "other", "other");
         }
         *self.rows.entry(key).or_default() += 1;
     }
 
     pub fn render(&self, clock: &Clock, fmt: Format) -> String {
-        let mut rows: Vec<_> = self.rows.iter().collect();
-        rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let mut rows: Vec<_> = self
+            .rows
+            .iter()
+            .map(|((w, c, d), n)| ((w.name(), *c, *d), *n))
+            .collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let total: u64 = self.rows.values().sum();
         let now = Clock::mono_now();
         match fmt {
