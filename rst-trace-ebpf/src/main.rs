@@ -527,12 +527,48 @@ fn wanted(ev: &RstEvent) -> bool {
     true
 }
 
+/// Per CPU and slot: 1 while a program builds an event in that slot.
+#[map]
+static BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(3, 0);
+
+/// Takes `slot` for this run, or counts the event lost if the run this one interrupted holds it:
+/// before 6.1 (commit 05b24ff9b2cf) a BTF or raw tracepoint program could nest in itself, a
+/// softirq's reset inside a process-context one on the same CPU, and the two would share the
+/// slot. (Since then the kernel skips the inner run and counts it in `recursion_misses`, which
+/// userspace reports as lost.) Give the slot back with [`unclaim`].
+#[inline(always)]
+fn claim(slot: u32) -> Option<*mut u32> {
+    let busy = BUSY.get_ptr_mut(slot)?;
+    // SAFETY: per-CPU value; an interrupting run finishes before this one continues.
+    unsafe {
+        if *busy != 0 {
+            count_lost();
+            return None;
+        }
+        *busy = 1;
+    }
+    Some(busy)
+}
+
+#[inline(always)]
+fn unclaim(busy: *mut u32) {
+    // SAFETY: the pointer claim() returned, valid for this run.
+    unsafe { *busy = 0 };
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(n) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *n += 1 };
+    }
+}
+
 /// The zeroed per-CPU scratch event, stamped with the current time.
 #[inline(always)]
 fn scratch_event(slot: u32) -> Option<&'static mut RstEvent> {
     let ev = SCRATCH.get_ptr_mut(slot)?;
-    // SAFETY: per-CPU slot; a BPF program runs to completion on its CPU without preemption by
-    // another program that uses the same slot (tracepoint programs do not nest on one CPU).
+    // SAFETY: per-CPU slot, held by this run only (see claim()).
     unsafe {
         core::ptr::write_bytes(ev, 0, 1);
         (*ev).mono_ns = bpf_ktime_get_ns();
@@ -559,10 +595,7 @@ fn submit(ev: &RstEvent) {
         };
     if EVENTS.output(ev, flags).is_err() {
         // Never lose an event silently: userspace reports this count.
-        if let Some(n) = LOST.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, no concurrent writer.
-            unsafe { *n += 1 };
-        }
+        count_lost();
     }
 }
 
@@ -570,6 +603,14 @@ fn submit(ev: &RstEvent) {
 /// (tcp_send_active_reset(): close, disconnect, abort, keepalive timeout).
 #[inline(always)]
 fn on_send_reset(sk: u64, skb: u64, reason: u32, cookie: u64) {
+    if let Some(busy) = claim(SLOT_SEND) {
+        send_reset_event(sk, skb, reason, cookie);
+        unclaim(busy);
+    }
+}
+
+#[inline(always)]
+fn send_reset_event(sk: u64, skb: u64, reason: u32, cookie: u64) {
     let Some(ev) = scratch_event(SLOT_SEND) else {
         return;
     };
@@ -654,6 +695,14 @@ fn on_receive_reset(sk: u64, cookie: u64) {
     if conf!(filters) & FILTER_NO_RECEIVED != 0 {
         return;
     }
+    if let Some(busy) = claim(SLOT_RECV) {
+        receive_reset_event(sk, cookie);
+        unclaim(busy);
+    }
+}
+
+#[inline(always)]
+fn receive_reset_event(sk: u64, cookie: u64) {
     let Some(ev) = scratch_event(SLOT_RECV) else {
         return;
     };
@@ -844,8 +893,8 @@ fn on_destroy(sk: u64) {
             // skc_num is host order; skc_dport network order (include/net/sock.h). They are
             // the two halves of skc_portpair: one read where they sit that way (always so far).
             let (lport, rport) = if conf!(sk_num) == conf!(sk_dport).wrapping_add(2) {
-                let pair = kread::<u32>(sk, conf!(sk_dport)).unwrap_or(0);
-                ((pair >> 16) as u16, u16::from_be(pair as u16))
+                let [dport, num] = kread::<[u16; 2]>(sk, conf!(sk_dport)).unwrap_or([0; 2]);
+                (num, u16::from_be(dport))
             } else {
                 (
                     kread::<u16>(sk, conf!(sk_num)).unwrap_or(0),
@@ -1050,8 +1099,19 @@ pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
             *last = [skb, now];
         }
     }
-    let Some(ev) = scratch_event(SLOT_TRANSMIT) else {
+    let Some(busy) = claim(SLOT_TRANSMIT) else {
         return 0;
+    };
+    reject_event(skb, family, sport, dport, &ip, &tcp);
+    unclaim(busy);
+    0
+}
+
+/// Builds and submits the event for a netfilter RST (see `net_dev_queue`).
+#[inline(always)]
+fn reject_event(skb: u64, family: u16, sport: u16, dport: u16, ip: &[u8; 40], tcp: &[u8; 14]) {
+    let Some(ev) = scratch_event(SLOT_TRANSMIT) else {
+        return;
     };
     ev.kind = KIND_SENT;
     ev.reason = REASON_NONE;
@@ -1074,7 +1134,6 @@ pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
     if wanted(ev) {
         submit(ev);
     }
-    0
 }
 
 #[cfg(not(test))]

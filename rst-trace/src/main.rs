@@ -113,6 +113,13 @@ struct Out {
     error: Option<io::Error>,
 }
 
+impl Drop for Out {
+    /// Whatever way the run ends, the lines already rendered go out.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 const OUT_CHUNK: usize = 64 * 1024;
 const PAGE: usize = 4096;
 
@@ -212,8 +219,15 @@ impl State {
 
     /// Takes every record the ring holds now; true when `--count` is reached.
     fn drain(&mut self, rb: &mut RingBuf<aya::maps::MapData>, reasons: &KernelInfo) -> bool {
+        let mut n = 0u32;
         while let Some(item) = rb.next() {
             if self.ingest(&item, reasons) {
+                return true;
+            }
+            n += 1;
+            // A full ring (8 MiB: 50k records) takes a while: explain the held received resets
+            // that are old enough on the way, while their senders are still in the link history.
+            if n.is_multiple_of(1024) && self.release(false, reasons) {
                 return true;
             }
         }

@@ -345,10 +345,11 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()> {
 }
 
 /// Events lost so far: the per-CPU count of ring-buffer reservations that failed, plus the
-/// runs of the event programs the kernel skipped. A BTF or raw tracepoint program does not run
-/// while it is already running on that CPU (a softirq interrupting it), and a record-based one
+/// runs of the reset programs the kernel skipped. A BTF tracepoint program does not run while it
+/// is already running on that CPU (a softirq interrupting it; since 6.1), and a record-based one
 /// while any record-based program runs there (bpf_prog_active); the kernel counts each skip in
-/// the program's `recursion_misses`.
+/// the program's `recursion_misses` (since 6.7). (The transmit hook's skips are not counted: it
+/// runs for every packet, and a skipped run is almost never a firewall reset.)
 pub fn lost_total(ebpf: &Ebpf) -> Result<u64> {
     let map: PerCpuArray<_, u64> =
         PerCpuArray::try_from(ebpf.map(MAP_LOST).context("lost counter map")?)?;
@@ -358,7 +359,6 @@ pub fn lost_total(ebpf: &Ebpf) -> Result<u64> {
         PROG_RECEIVE_RESET_BTF,
         PROG_SEND_RESET,
         PROG_RECEIVE_RESET,
-        PROG_DEV_QUEUE,
     ]
     .into_iter()
     .filter_map(|name| recursion_misses(ebpf, name))
