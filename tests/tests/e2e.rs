@@ -72,7 +72,8 @@ fn unread_close_with(addr: &str, port: u16, tag: &str, env: &[(&str, &str)]) {
     let ns = Netns::new(tag);
     let tracer = Tracer::start_with_env(&["--port", &port.to_string()], env);
     // The BTF tracepoints unless the record-based ones were asked for.
-    let record = env.contains(&("RST_TRACE_RECORD_TRACEPOINTS", "1"));
+    let record = env.contains(&("RST_TRACE_RECORD_TRACEPOINTS", "1"))
+        || std::env::var("RST_TRACE_RECORD_TRACEPOINTS").as_deref() == Ok("1");
     let ready = tracer.stderr().join("\n");
     assert!(
         ready.contains(if record {
