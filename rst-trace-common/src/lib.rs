@@ -231,8 +231,10 @@ impl Config {
 
 const _: () = assert!(core::mem::size_of::<Config>() == 116);
 
-/// A task as the kernel saw it.
-#[repr(C)]
+/// A task as the kernel saw it. 8-aligned (as are the structs below, with integer padding): the
+/// eBPF target copies and zeroes such values with plain 8-byte loads and stores, where a byte
+/// array or a 4-aligned struct becomes a call to a byte-by-byte `memset`/`memmove` loop.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Task {
     /// Thread group id (what userspace calls the pid).
@@ -263,7 +265,8 @@ pub struct SockInfo {
     pub close_prev_state: u8,
     /// TTL / hop limit of the peer's last non-RST segment, 0 if none seen.
     pub peer_ttl: u8,
-    pub _pad: [u8; 6],
+    pub _pad0: u16,
+    pub _pad1: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 56);
@@ -280,7 +283,8 @@ pub struct ListenerClose {
     pub mono_ns: u64,
     /// Listening port, host byte order.
     pub port: u16,
-    pub _pad: [u8; 6],
+    pub _pad0: u16,
+    pub _pad1: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<ListenerClose>() == 24);

@@ -12,9 +12,8 @@ use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -243,15 +242,51 @@ fn sock_endpoints(w: &Window, sk: u64, ev: &mut RstEvent) {
     }
 }
 
+/// Fills `t` with the current task. The comm goes straight into place: a zeroed `[u8; 16]`
+/// first (what `bpf_get_current_comm()` builds) is a call to a byte-by-byte memset loop here.
 #[inline(always)]
-fn current_task() -> Task {
+fn fill_current_task(t: &mut Task) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    Task {
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    t.pid = (pid_tgid >> 32) as u32;
+    t.tid = pid_tgid as u32;
+    t.uid = bpf_get_current_uid_gid() as u32;
+    t._pad = 0;
+    // SAFETY: a 16-byte buffer the helper fills (NUL-padded; zeroed on error).
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(t.comm.as_mut_ptr().cast(), 16);
+    }
+}
+
+/// Copies a task word by word: a plain assignment between two map values becomes a call to the
+/// byte-by-byte `memmove` (the compiler cannot rule out overlap).
+#[inline(always)]
+fn copy_task(dst: &mut Task, src: &Task) {
+    let (d, s) = (
+        core::ptr::from_mut(dst).cast::<u64>(),
+        core::ptr::from_ref(src).cast::<u64>(),
+    );
+    let mut i = 0;
+    while i < core::mem::size_of::<Task>() / 8 {
+        // SAFETY: both are 8-aligned Tasks (repr(align(8))), 4 words long.
+        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
+        i += 1;
+    }
+}
+
+/// Zeroes a value with 8-byte volatile stores, which the compiler cannot turn into a call to
+/// the eBPF target's byte-by-byte `memset` (160 iterations for an event).
+///
+/// # Safety
+/// `p` must be valid for writes, 8-aligned, of a type whose size is a multiple of 8 and for
+/// which all-zero bytes are a valid value.
+#[inline(always)]
+unsafe fn zero_words<T>(p: *mut T) {
+    let words = p.cast::<u64>();
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: in bounds, per the contract above.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
     }
 }
 
@@ -439,7 +474,7 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
         ev.prev_state = info.close_prev_state;
         ev.peer_ttl = info.peer_ttl;
         if info.owner_ns != 0 {
-            ev.owner = info.owner;
+            copy_task(&mut ev.owner, &info.owner);
             ev.owner_ns = info.owner_ns;
             ev.attribution = ATTR_OWNER_MAP;
             return;
@@ -449,7 +484,7 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
     if ev.cookie != 0
         && let Some(t) = unsafe { SEED_OWNERS.get(&ev.cookie) }
     {
-        ev.owner = *t;
+        copy_task(&mut ev.owner, t);
         ev.attribution = ATTR_OWNER_SEED;
     }
 }
@@ -483,7 +518,7 @@ fn learn_owner(sk: u64) {
             if (*info).owner_ns != 0 && (*info).owner.pid == pid {
                 return;
             }
-            (*info).owner = current_task();
+            fill_current_task(&mut (*info).owner);
             (*info).owner_ns = bpf_ktime_get_ns();
         }
         return;
@@ -496,12 +531,16 @@ fn learn_owner(sk: u64) {
 #[inline(always)]
 fn new_owner(sk: u64) {
     bump_generation();
-    let info = SockInfo {
-        owner: current_task(),
-        owner_ns: unsafe { bpf_ktime_get_ns() },
-        ..SockInfo::default()
+    let mut info = core::mem::MaybeUninit::<SockInfo>::uninit();
+    // SAFETY: SockInfo is plain integers, 8-aligned, a multiple of 8 bytes; zeroed, then filled.
+    let info = unsafe {
+        zero_words(info.as_mut_ptr());
+        let info = info.assume_init_mut();
+        fill_current_task(&mut info.owner);
+        info.owner_ns = bpf_ktime_get_ns();
+        &*info
     };
-    let _ = SOCKS.insert(&sk, &info, 0);
+    let _ = SOCKS.insert(&sk, info, 0);
 }
 
 /// In-kernel filters, so a busy host does not pay for events nobody asked for.
@@ -570,7 +609,7 @@ fn scratch_event(slot: u32) -> Option<&'static mut RstEvent> {
     let ev = SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: per-CPU slot, held by this run only (see claim()).
     unsafe {
-        core::ptr::write_bytes(ev, 0, 1);
+        zero_words(ev);
         (*ev).mono_ns = bpf_ktime_get_ns();
         Some(&mut *ev)
     }
@@ -680,7 +719,7 @@ fn send_reset_event(sk: u64, skb: u64, reason: u32, cookie: u64) {
         {
             ev.facts |= FACT_LISTENER_CLOSING;
         }
-        ev.owner = current_task();
+        fill_current_task(&mut ev.owner);
         ev.owner_ns = ev.mono_ns;
         ev.attribution = ATTR_OWNER_CURRENT;
     }
@@ -824,7 +863,8 @@ fn on_set_state(sk: u64, old: i32, new: i32, port: impl FnOnce() -> u16) {
                 sk,
                 mono_ns: unsafe { bpf_ktime_get_ns() },
                 port: port(),
-                _pad: [0; 6],
+                _pad0: 0,
+                _pad1: 0,
             };
             let _ = CLOSING_LISTENERS.insert(&(bpf_get_current_pid_tgid() as u32), &l, 0);
         }
@@ -832,11 +872,15 @@ fn on_set_state(sk: u64, old: i32, new: i32, port: impl FnOnce() -> u16) {
             // SAFETY: a map value pointer, valid for this program run.
             unsafe { (*info).close_prev_state = old as u8 };
         } else {
-            let info = SockInfo {
-                close_prev_state: old as u8,
-                ..SockInfo::default()
+            let mut info = core::mem::MaybeUninit::<SockInfo>::uninit();
+            // SAFETY: as in new_owner().
+            let info = unsafe {
+                zero_words(info.as_mut_ptr());
+                let info = info.assume_init_mut();
+                info.close_prev_state = old as u8;
+                &*info
             };
-            let _ = SOCKS.insert(&sk, &info, 0);
+            let _ = SOCKS.insert(&sk, info, 0);
         }
     }
 }
