@@ -4,8 +4,6 @@
 //!
 //! Format: Documentation/bpf/btf.rst (header, type section, string section).
 
-use std::collections::HashMap;
-
 use anyhow::{Result, anyhow, bail};
 
 const BTF_MAGIC: u16 = 0xeb9f;
@@ -30,8 +28,9 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
-/// Names are kept as offsets into the string section: vmlinux has ~100k types, and owning every
-/// name would cost tens of MiB at start-up.
+/// Names are kept as offsets into the string section, and members in one flat array: vmlinux has
+/// ~100k types, and an allocation per type or name is most of the start-up time (more so with
+/// the static binary's musl allocator).
 #[derive(Clone, Debug)]
 struct Member {
     name: u32,
@@ -41,9 +40,10 @@ struct Member {
 
 #[derive(Clone, Debug)]
 enum Type {
-    /// struct or union
+    /// struct or union: `Btf::members[start..start + len]`
     Composite {
-        members: Vec<Member>,
+        start: u32,
+        len: u32,
     },
     /// typedef, const, volatile, restrict, type tag: all just refer to another type
     Alias {
@@ -64,10 +64,20 @@ enum Type {
 pub struct Btf {
     /// Index = type id (id 0 is `void`).
     types: Vec<Type>,
-    by_name: HashMap<String, Vec<u32>>,
+    members: Vec<Member>,
+    /// (hash of the name, type id, name offset) of named structs, unions, enums and
+    /// `btf_trace_*` typedefs, sorted: looked up by binary search, then the name compared.
+    by_name: Vec<(u64, u32, u32)>,
     strings: Vec<u8>,
     /// Name offsets of the functions (KIND_FUNC) in this BTF: built-in code only.
     functions: Vec<u32>,
+}
+
+/// FNV-1a: names are short, and the index only needs to spread them.
+fn name_hash(name: &[u8]) -> u64 {
+    name.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn u32_at(data: &[u8], off: usize) -> Result<u32> {
@@ -102,15 +112,18 @@ impl Btf {
         let strs = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
             .ok_or_else(|| anyhow!("BTF string section out of bounds"))?;
-        let name = |off: u32| -> String {
+        let name = |off: u32| -> &[u8] {
             let s = strs.get(off as usize..).unwrap_or_default();
             let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
-            String::from_utf8_lossy(&s[..end]).into_owned()
+            &s[..end]
         };
 
-        let mut types = vec![Type::Other];
+        // Roughly 16 bytes of type section per type, 3 members per composite.
+        let mut types = Vec::with_capacity(type_len / 16 + 1);
+        types.push(Type::Other);
+        let mut members_all: Vec<Member> = Vec::with_capacity(type_len / 24);
         let mut functions = Vec::new();
-        let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut by_name: Vec<(u64, u32, u32)> = Vec::new();
         let mut pos = 0usize;
         while pos + 12 <= types_sec.len() {
             let name_off = u32_at(types_sec, pos)?;
@@ -143,7 +156,7 @@ impl Btf {
                     Type::Other
                 }
                 KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
+                    let start = members_all.len() as u32;
                     for _ in 0..vlen {
                         let m_name = u32_at(types_sec, pos)?;
                         let m_type = u32_at(types_sec, pos + 4)?;
@@ -155,13 +168,16 @@ impl Btf {
                         } else {
                             m_off
                         };
-                        members.push(Member {
+                        members_all.push(Member {
                             name: m_name,
                             type_id: m_type,
                             bit_offset,
                         });
                     }
-                    Type::Composite { members }
+                    Type::Composite {
+                        start,
+                        len: vlen as u32,
+                    }
                 }
                 KIND_ENUM => {
                     let mut values = Vec::with_capacity(vlen);
@@ -205,20 +221,21 @@ impl Btf {
                 other => bail!("unknown BTF kind {other}"),
             };
             let id = types.len() as u32;
-            if name_off != 0 && matches!(kind, KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64) {
-                by_name.entry(name(name_off)).or_default().push(id);
-            }
-            // The prototypes of BTF tracepoints: `typedef void (*btf_trace_<name>)(void *, ...)`.
-            if kind == KIND_TYPEDEF && name_off != 0 {
-                let n = name(name_off);
-                if n.starts_with("btf_trace_") {
-                    by_name.entry(n).or_default().push(id);
-                }
+            // Structs, unions, enums; and the prototypes of BTF tracepoints,
+            // `typedef void (*btf_trace_<name>)(void *, ...)`.
+            if name_off != 0
+                && (matches!(kind, KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64)
+                    || (kind == KIND_TYPEDEF && name(name_off).starts_with(b"btf_trace_")))
+            {
+                by_name.push((name_hash(name(name_off)), id, name_off));
             }
             types.push(ty);
         }
+        // Stable: types of one name stay in id order.
+        by_name.sort_by_key(|&(h, _, _)| h);
         Ok(Self {
             types,
+            members: members_all,
             by_name,
             strings: strs.to_vec(),
             functions,
@@ -236,6 +253,26 @@ impl Btf {
         self.functions.iter().any(|&off| self.name(off) == name)
     }
 
+    /// Ids of the indexed types named `name`, in id order.
+    fn ids_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = u32> + 'a {
+        let h = name_hash(name.as_bytes());
+        let first = self.by_name.partition_point(|&(x, _, _)| x < h);
+        self.by_name[first..]
+            .iter()
+            .take_while(move |&&(x, _, _)| x == h)
+            .filter(move |&&(_, _, off)| self.name(off) == name)
+            .map(|&(_, id, _)| id)
+    }
+
+    fn composite_members(&self, t: &Type) -> Option<&[Member]> {
+        match *t {
+            Type::Composite { start, len } => {
+                self.members.get(start as usize..(start + len) as usize)
+            }
+            _ => None,
+        }
+    }
+
     fn resolve(&self, mut id: u32) -> Option<&Type> {
         for _ in 0..32 {
             match self.types.get(id as usize)? {
@@ -247,15 +284,11 @@ impl Btf {
     }
 
     fn composite(&self, name: &str) -> Option<&[Member]> {
-        self.by_name
-            .get(name)?
-            .iter()
-            .find_map(|&id| match self.resolve(id) {
-                Some(Type::Composite { members }) if !members.is_empty() => {
-                    Some(members.as_slice())
-                }
-                _ => None,
-            })
+        self.ids_named(name).find_map(|id| {
+            self.resolve(id)
+                .and_then(|t| self.composite_members(t))
+                .filter(|m| !m.is_empty())
+        })
     }
 
     /// Finds member `name` in `members`, looking through anonymous structs and unions as C does.
@@ -270,7 +303,9 @@ impl Btf {
                 return Some((m.bit_offset, m.type_id));
             }
             if m_name.is_empty()
-                && let Some(Type::Composite { members: inner }) = self.resolve(m.type_id)
+                && let Some(inner) = self
+                    .resolve(m.type_id)
+                    .and_then(|t| self.composite_members(t))
                 && let Some((off, ty)) = self.find_member(inner, name, depth + 1)
             {
                 return Some((m.bit_offset + off, ty));
@@ -292,9 +327,9 @@ impl Btf {
                 .ok_or_else(|| anyhow!("kernel BTF: struct {root} has no member {path}"))?;
             bits += off;
             if parts.peek().is_some() {
-                members = match self.resolve(ty) {
-                    Some(Type::Composite { members }) => members,
-                    _ => bail!("kernel BTF: {root}.{path}: {part} is not a struct"),
+                members = match self.resolve(ty).and_then(|t| self.composite_members(t)) {
+                    Some(members) => members,
+                    None => bail!("kernel BTF: {root}.{path}: {part} is not a struct"),
                 };
             }
         }
@@ -307,7 +342,7 @@ impl Btf {
     /// How many arguments tracepoint `name` passes to a BTF tracepoint program (the prototype's
     /// parameters after the leading `void *`), or None if the kernel has no such tracepoint.
     pub fn tracepoint_args(&self, name: &str) -> Option<u32> {
-        let id = *self.by_name.get(&format!("btf_trace_{name}"))?.first()?;
+        let id = self.ids_named(&format!("btf_trace_{name}")).next()?;
         let Type::Alias { type_id } = self.types.get(id as usize)? else {
             return None;
         };
@@ -331,18 +366,15 @@ impl Btf {
 
     /// All enumerators of `enum enum_name`.
     pub fn enum_values(&self, enum_name: &str) -> Result<Vec<(String, i64)>> {
-        self.by_name
-            .get(enum_name)
-            .and_then(|ids| {
-                ids.iter().find_map(|&id| match self.resolve(id) {
-                    Some(Type::Enum { values }) => Some(
-                        values
-                            .iter()
-                            .map(|(n, v)| (self.name(*n).to_owned(), *v))
-                            .collect(),
-                    ),
-                    _ => None,
-                })
+        self.ids_named(enum_name)
+            .find_map(|id| match self.resolve(id) {
+                Some(Type::Enum { values }) => Some(
+                    values
+                        .iter()
+                        .map(|(n, v)| (self.name(*n).to_owned(), *v))
+                        .collect(),
+                ),
+                _ => None,
             })
             .ok_or_else(|| anyhow!("kernel BTF has no enum {enum_name}"))
     }

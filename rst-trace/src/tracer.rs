@@ -173,13 +173,21 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
         ));
     }
 
-    // aya's own BTF parse, done once: the loader and the BTF tracepoints both need it.
-    let aya_btf = aya_btf
-        .join()
-        .map_err(|_| anyhow!("the BTF parsing thread panicked"))?
-        .context("reading /sys/kernel/btf/vmlinux")?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(&aya_btf)
+    // aya's own BTF parse, done once: the loader and the BTF tracepoints both need it. Without
+    // it (a BTF aya cannot read), the record-based tracepoints still work.
+    let aya_btf = match aya_btf.join() {
+        Ok(Ok(b)) => Some(b),
+        Ok(Err(e)) => {
+            log::debug!("aya cannot parse vmlinux BTF: {e}");
+            None
+        }
+        Err(_) => None,
+    };
+    let mut loader = EbpfLoader::new();
+    if let Some(b) = &aya_btf {
+        loader.btf(b);
+    }
+    let mut ebpf = loader
         .override_global(GLOBAL_CONFIG, &cfg, true)
         .map_max_entries(MAP_EVENTS, ring_size)
         .load(EBPF_OBJECT)
@@ -250,22 +258,17 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
         }
     }
     let btf_resets = std::env::var(ENV_RECORD_TRACEPOINTS).as_deref() != Ok("1")
-        && match attach_btf(&mut ebpf, &aya_btf, PROG_SEND_RESET_BTF, "tcp_send_reset").and_then(
-            |()| {
-                attach_btf(
-                    &mut ebpf,
-                    &aya_btf,
-                    PROG_RECEIVE_RESET_BTF,
-                    "tcp_receive_reset",
-                )
-            },
-        ) {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("record-based reset tracepoints: {e:#}");
-                false
+        && aya_btf.as_ref().is_some_and(|btf| {
+            match attach_btf(&mut ebpf, btf, PROG_SEND_RESET_BTF, "tcp_send_reset").and_then(|()| {
+                attach_btf(&mut ebpf, btf, PROG_RECEIVE_RESET_BTF, "tcp_receive_reset")
+            }) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::debug!("record-based reset tracepoints: {e:#}");
+                    false
+                }
             }
-        };
+        });
     drop(aya_btf);
     if !btf_resets {
         // Both or neither: detach a BTF program that did attach, so no reset is seen twice.
