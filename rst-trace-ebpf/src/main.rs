@@ -190,13 +190,17 @@ fn kread_at<T>(addr: u64) -> Option<T> {
 fn sock_window(slot: u32, sk: u64) -> Option<&'static Window> {
     let w = WINDOW.get_ptr_mut(slot)?;
     // SAFETY: per-CPU slot of this program. bpf_probe_read_kernel never faults, and zeroes
-    // the destination when it fails (as for sk == 0).
+    // the destination when it fails.
     unsafe {
-        let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-            w.cast(),
-            SKC_WINDOW as u32,
-            sk as *const c_void,
-        );
+        if sk == 0 {
+            zero_words(w);
+        } else {
+            let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                w.cast(),
+                SKC_WINDOW as u32,
+                sk as *const c_void,
+            );
+        }
         Some(&*w)
     }
 }

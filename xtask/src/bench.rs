@@ -407,7 +407,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             opts.seconds, opts.rounds, opts.rounds
         );
         println!(
-            "{:<34} {:>10} {:>10} {:>6} {:>11} {:>8} {:>6} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9}",
+            "{:<34} {:>10} {:>10} {:>6} {:>11} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8} {:>9}",
             "configuration",
             "untraced/s",
             "traced/s",
@@ -416,8 +416,9 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             "lost",
             "capt%",
             "cpu s/1M",
-            "rss MiB",
-            "peak MiB",
+            "rss0",
+            "rss1",
+            "peak",
             "attach ms",
             "reset ns",
             "all ns/ev"
@@ -443,10 +444,10 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
                 &["--json"],
             ),
             (
-                "refused, 2 threads, --json, 8M ring",
+                "refused, 2 threads, --json, 1M ring",
                 Mode::Refused,
                 2,
-                &["--json", "--ring-size", "8388608"],
+                &["--json", "--ring-size", "1048576"],
             ),
             (
                 "refused, 2 threads, --summary -q",
@@ -473,7 +474,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             }
             let (mut un, mut tr, mut cpu, mut att) = (vec![], vec![], vec![], vec![]);
             let (mut captured, mut generated_events, mut lost) = (0u64, 0u64, 0u64);
-            let (mut rss, mut peak) = (0u64, 0u64);
+            let (mut rss0, mut rss1, mut peak) = (0u64, 0u64, 0u64);
             for _ in 0..opts.rounds {
                 let n = generate(&ns, mode, threads, opts.seconds)?;
                 un.push(n as f64 / opts.seconds);
@@ -485,7 +486,8 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
                 }
                 captured += t.rst_events;
                 lost += t.lost;
-                rss = rss.max(t.start_rss_kib).max(t.end_rss_kib);
+                rss0 = rss0.max(t.start_rss_kib);
+                rss1 = rss1.max(t.end_rss_kib);
                 peak = peak.max(t.peak_rss_kib);
                 cpu.push(t.cpu_s / (t.rst_events.max(1) as f64) * 1e6);
                 att.push(t.attach_ms);
@@ -495,7 +497,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             let k = traced_round(bin, &ns, mode, threads, opts.seconds, args, true)?;
             let (u, t) = (median(&mut un), median(&mut tr));
             println!(
-                "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6.2} {:>9.2} {:>8.1} {:>8.1} {:>9.1} {:>8.0} {:>9.0}",
+                "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6.2} {:>9} {:>6.1} {:>6.1} {:>6.1} {:>9.1} {:>8.0} {:>9.0}",
                 name,
                 u,
                 t,
@@ -504,8 +506,15 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
                 generated_events,
                 lost,
                 100.0 * captured as f64 / generated_events.max(1) as f64,
-                median(&mut cpu),
-                rss as f64 / 1024.0,
+                // No resets generated (the echo rows; a few may happen at teardown): nothing
+                // worth dividing by.
+                if generated_events == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}", median(&mut cpu))
+                },
+                rss0 as f64 / 1024.0,
+                rss1 as f64 / 1024.0,
                 peak as f64 / 1024.0,
                 median(&mut att),
                 k.reset_ns_per_run,
@@ -513,34 +522,15 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             );
         }
         println!(
-            "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss = the larger of RSS once attached and RSS after the storm; peak =\nVmHWM (BTF parsing at start-up); attach = spawn to readiness line; reset ns = BPF run time per run of\na reset program; all ns/ev = run time of all rst-trace BPF programs (owner tracking, transmit hook)\nper captured event. Both from kernel.bpf_stats_enabled, in one extra traced round with it on."
+            "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss0/rss1/peak = MiB of RSS once attached, after the storm, and at\nits peak (VmHWM: BTF parsing at start-up); attach = spawn to readiness line; reset ns = BPF run time per run of\na reset program; all ns/ev = run time of all rst-trace BPF programs (owner tracking, transmit hook)\nper captured event. Both from kernel.bpf_stats_enabled, in one extra traced round with it on."
         );
         if opts
             .only
             .as_deref()
             .is_some_and(|o| !"bpftrace reference".contains(o))
         {
-        } else if which("bpftrace") {
-            for threads in [1, 2] {
-                let (mut un, mut tr) = (vec![], vec![]);
-                let (mut captured, mut generated_events) = (0u64, 0u64);
-                for _ in 0..opts.rounds {
-                    un.push(
-                        generate(&ns, Mode::Refused, threads, opts.seconds)? as f64 / opts.seconds,
-                    );
-                    let (n, lines) = bpftrace_round(&ns, threads, opts.seconds)?;
-                    tr.push(n as f64 / opts.seconds);
-                    generated_events += 2 * n;
-                    captured += lines;
-                }
-                let (u, t) = (median(&mut un), median(&mut tr));
-                println!(
-                    "reference: bpftrace printf per event, refused, {threads} thread(s): untraced {u:.0}/s, traced {t:.0}/s, ratio {:.3}, captured {captured}/{generated_events}",
-                    t / u
-                );
-            }
         } else {
-            println!("bpftrace not installed: no reference row.");
+            references(&ns, opts)?;
         }
         Ok(())
     })();
@@ -548,46 +538,139 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
     result
 }
 
-/// The reference: a per-event bpftrace printer on the same load. Returns (resets, lines).
-fn bpftrace_round(ns: &Netns, threads: usize, secs: f64) -> Result<(u64, u64)> {
-    let out_path = std::env::temp_dir().join(format!("rstbench-bt-{}.out", std::process::id()));
-    let mut child = Command::new("bpftrace")
-        .args([
-            "-e",
-            "tracepoint:tcp:tcp_send_reset, tracepoint:tcp:tcp_receive_reset { printf(\"%d %s\\n\", pid, comm); }",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting bpftrace")?;
-    let mut out = BufReader::new(child.stdout.take().context("bpftrace stdout")?);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if out.read_line(&mut line)? == 0 {
-            bail!("bpftrace exited before attaching");
+/// The tools the goals were set against, on the same load: a per-event bpftrace printer, an
+/// in-kernel bpftrace count and `perf record` of the two tracepoints (it decodes nothing).
+fn references(ns: &Netns, opts: &Opts) -> Result<()> {
+    const TPS: &str = "tracepoint:tcp:tcp_send_reset, tracepoint:tcp:tcp_receive_reset";
+    let tools: [(&str, &str, Vec<String>); 3] = [
+        (
+            "bpftrace printf per event",
+            "bpftrace",
+            vec![
+                "-e".into(),
+                format!("{TPS} {{ printf(\"%d %s\\n\", pid, comm); }}"),
+            ],
+        ),
+        (
+            "bpftrace in-kernel count",
+            "bpftrace",
+            vec!["-e".into(), format!("{TPS} {{ @n = count(); }}")],
+        ),
+        (
+            "perf record of the two tracepoints",
+            "perf",
+            [
+                "record",
+                "-a",
+                "-e",
+                "tcp:tcp_send_reset",
+                "-e",
+                "tcp:tcp_receive_reset",
+                "-o",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain([std::env::temp_dir()
+                .join(format!("rstbench-perf-{}.data", std::process::id()))
+                .display()
+                .to_string()])
+            .collect(),
+        ),
+    ];
+    for (name, tool, args) in tools {
+        if !which(tool) {
+            println!("reference: {tool} not installed, no `{name}` row");
+            continue;
         }
-        if line.starts_with("Attaching") {
-            break;
+        for threads in [1, 2] {
+            let (mut un, mut tr) = (vec![], vec![]);
+            let (mut captured, mut generated_events) = (0u64, 0u64);
+            for _ in 0..opts.rounds {
+                un.push(generate(ns, Mode::Refused, threads, opts.seconds)? as f64 / opts.seconds);
+                let (n, seen) = reference_round(ns, tool, &args, threads, opts.seconds)?;
+                tr.push(n as f64 / opts.seconds);
+                generated_events += 2 * n;
+                captured += seen;
+            }
+            let (u, t) = (median(&mut un), median(&mut tr));
+            println!(
+                "reference: {name}, refused, {threads} thread(s): untraced {u:.0}/s, traced {t:.0}/s, ratio {:.3}, events {captured}/{generated_events}",
+                t / u
+            );
         }
     }
-    let counter = std::thread::spawn(move || {
-        let mut n = 0u64;
-        let mut l = String::new();
-        while out.read_line(&mut l).unwrap_or(0) > 0 {
-            n += 1;
-            l.clear();
-        }
-        n
-    });
+    Ok(())
+}
+
+/// One round under a reference tool. Returns (resets generated, events the tool reported:
+/// printed lines, the count, or perf's sample count).
+fn reference_round(
+    ns: &Netns,
+    tool: &str,
+    args: &[String],
+    threads: usize,
+    secs: f64,
+) -> Result<(u64, u64)> {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {tool}"))?;
+    let out = BufReader::new(child.stdout.take().context("stdout")?);
+    let err = BufReader::new(child.stderr.take().context("stderr")?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out_t = count_lines(out, tx.clone());
+    let err_t = count_lines(err, tx);
+    if tool == "perf" {
+        // perf says nothing when it is ready.
+        std::thread::sleep(Duration::from_secs(1));
+    } else if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = child.kill();
+        bail!("{tool} did not attach");
+    }
     let generated = generate(ns, Mode::Refused, threads, secs)?;
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     child.wait()?;
-    let lines = counter.join().unwrap_or(0);
-    let _ = std::fs::remove_file(&out_path);
-    Ok((generated, lines))
+    let (out_lines, out_num) = out_t.join().unwrap_or((0, 0));
+    let (_, err_num) = err_t.join().unwrap_or((0, 0));
+    let seen = if args.iter().any(|a| a.contains("printf")) {
+        out_lines
+    } else {
+        out_num.max(err_num)
+    };
+    if tool == "perf" {
+        let _ = std::fs::remove_file(args.last().map(String::as_str).unwrap_or_default());
+    }
+    Ok((generated, seen))
+}
+
+/// Reads a tool's output stream: signals readiness (bpftrace's "Attaching" line), counts the
+/// other lines, and keeps the last number it saw (bpftrace's "@n: N", perf's "(N samples)").
+fn count_lines<R: std::io::Read + Send + 'static>(
+    r: BufReader<R>,
+    tx: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<(u64, u64)> {
+    std::thread::spawn(move || {
+        let (mut lines, mut last_num) = (0u64, 0u64);
+        for l in r.lines().map_while(Result::ok) {
+            if l.starts_with("Attaching") {
+                let _ = tx.send(());
+                continue;
+            }
+            lines += 1;
+            if let Some(n) = l
+                .strip_prefix("@n: ")
+                .or_else(|| l.split(" (").nth(1)?.strip_suffix(" samples) ]"))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                last_num = n;
+            }
+        }
+        (lines, last_num)
+    })
 }
 
 fn which(cmd: &str) -> bool {
