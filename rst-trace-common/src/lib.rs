@@ -8,6 +8,10 @@
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Per-CPU count of events dropped because the ring buffer was full.
 pub const MAP_LOST: &str = "LOST";
+/// `--summary --quiet`: per-CPU counts of resets, keyed by the event reduced to what decides its
+/// process, condition and direction ([`RstEvent::count_key`]), instead of one ring record each.
+pub const MAP_COUNTS: &str = "COUNTS";
+pub const COUNTS_MAX_ENTRIES: u32 = 4096;
 /// LRU map from socket address to what we know of the socket ([`SockInfo`]).
 pub const MAP_SOCKS: &str = "SOCKS";
 /// `--pid` filter: thread group ids to keep (value unused).
@@ -158,7 +162,9 @@ pub struct Config {
     pub wake_bytes: u32,
     /// [`REASON_ARG`] or 0.
     pub send_reason_arg: u8,
-    pub _pad1: u8,
+    /// 1: count the resets that [`RstEvent::countable`] allows in [`MAP_COUNTS`] instead of
+    /// sending them (`--summary --quiet`).
+    pub count_in_kernel: u8,
     /// Where the [`SKB_HDR_WINDOW`] bytes holding `head`, `network_header` and
     /// `transport_header` start in `struct sk_buff` ([`OFF_NONE`]: read them one by one).
     pub skb_hdr_base: u16,
@@ -223,7 +229,7 @@ impl Config {
             filters: 0,
             wake_bytes: 0,
             send_reason_arg: 0,
-            _pad1: 0,
+            count_in_kernel: 0,
             skb_hdr_base: OFF_NONE,
         }
     }
@@ -382,6 +388,10 @@ pub struct RstEvent {
     pub _pad1: u32,
 }
 
+const _: () = assert!(core::mem::offset_of!(RstEvent, local_addr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(RstEvent, remote_addr) % 8 == 0);
+const _: () = assert!(core::mem::align_of::<RstEvent>() == 8);
+
 /// Size of one record in the ring buffer.
 pub const RST_EVENT_SIZE: usize = 160;
 const _: () = assert!(core::mem::size_of::<RstEvent>() == RST_EVENT_SIZE);
@@ -412,6 +422,65 @@ impl core::fmt::Display for DecodeError {
 }
 
 impl RstEvent {
+    /// Whether this reset can be counted in the kernel without changing what userspace would
+    /// count from its record: not a firewall reset (userspace looks up the rejected flow's
+    /// owner), not a reset sent in answer to a segment on a live socket (userspace matches it
+    /// with the socket's own preceding "received" reset, the data_after_close self-abort, and
+    /// hides that one), and a received reset only in states where no such self-abort happens
+    /// (ESTABLISHED is handled by tcp_rcv_established(), SYN_SENT by tcp_rcv_synsent_state_process();
+    /// the abort is in tcp_rcv_state_process()'s FIN_WAIT/CLOSE_WAIT/CLOSING/LAST_ACK cases).
+    pub fn countable(&self) -> bool {
+        const ESTABLISHED: u8 = 1;
+        const SYN_SENT: u8 = 2;
+        match self.kind {
+            KIND_SENT => {
+                self.facts & FACT_NETFILTER == 0 && !(self.skaddr != 0 && self.skbaddr != 0)
+            }
+            KIND_RECEIVED => self.state == ESTABLISHED || self.state == SYN_SENT,
+            _ => false,
+        }
+    }
+
+    /// Reduces the event, in place, to what decides its process, condition and direction, so
+    /// that resets alike share one key: times, addresses, ports, cookie, netns, TTLs and idle
+    /// times go; pointers, byte counts and the accept queue become the comparisons userspace
+    /// makes of them. (A unit test in rst-trace checks that the explanation's condition,
+    /// process and direction survive this.)
+    pub fn count_key(&mut self) {
+        self.mono_ns = 0;
+        self.skaddr = u64::from(self.skaddr != 0);
+        self.skbaddr = u64::from(self.skbaddr != 0);
+        self.cookie = 0;
+        self.owner.tid = 0;
+        self.owner_ns = 0;
+        // Word by word: the eBPF target turns a [u8; 16] store into a byte-loop memset call.
+        for a in [&mut self.local_addr, &mut self.remote_addr] {
+            let w = a.as_mut_ptr().cast::<u64>();
+            // SAFETY: 16 bytes in place; RstEvent is 8-aligned and both arrays sit at 8-aligned
+            // offsets (72 and 88, asserted below).
+            unsafe {
+                w.write_volatile(0);
+                w.add(1).write_volatile(0);
+            }
+        }
+        self.local_port = 0;
+        self.remote_port = 0;
+        self.netns = 0;
+        // "More than the FIN it may count" is all userspace asks of these.
+        self.unread = self.unread.min(2);
+        self.unsent = self.unsent.min(2);
+        self.linger2 = if self.linger2 < 0 { -1 } else { 0 };
+        self.ttl = 0;
+        self.peer_ttl = 0;
+        self.idle_jiffies = 0;
+        self.recv_idle_jiffies = 0;
+        self.facts &= !(FACT_IDLE | FACT_RST_TTL);
+        let full = self.ack_backlog > self.max_ack_backlog;
+        self.ack_backlog = u32::from(full);
+        self.max_ack_backlog = 0;
+        self._pad1 = 0;
+    }
+
     /// Decodes one ring buffer record. Records of the wrong size are rejected, never guessed at.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() != RST_EVENT_SIZE {

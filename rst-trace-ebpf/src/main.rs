@@ -10,22 +10,22 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
         bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use rst_trace_common::{
-    ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, ATTR_OWNER_SEED, Config, DESTROYED_GRACE_NS,
-    FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ON, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING,
-    FACT_NETFILTER, FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK, FILTER_MAX_ENTRIES,
-    FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, KIND_RECEIVED, KIND_SENT, ListenerClose, OFF_NONE,
-    REASON_ARG, REASON_NONE, RstEvent, SEED_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES,
-    SockInfo, Task,
+    ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, ATTR_OWNER_SEED, COUNTS_MAX_ENTRIES, Config,
+    DESTROYED_GRACE_NS, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ON, FACT_LINGER_ZERO,
+    FACT_LISTENER_CLOSING, FACT_NETFILTER, FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK,
+    FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, KIND_RECEIVED, KIND_SENT,
+    ListenerClose, OFF_NONE, REASON_ARG, REASON_NONE, RstEvent, SEED_MAX_ENTRIES, SKB_HDR_WINDOW,
+    SOCKS_MAX_ENTRIES, SockInfo, Task,
 };
 
 // Kernel ABI constants that never change (uapi).
@@ -131,6 +131,12 @@ type Window = [u64; SKC_WINDOW / 8 + 2];
 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `--summary --quiet`: resets counted here, keyed by [`RstEvent::count_key`], instead of one
+/// ring record each (see `deliver`).
+#[map]
+static COUNTS: PerCpuHashMap<RstEvent, u64> =
+    PerCpuHashMap::with_max_entries(COUNTS_MAX_ENTRIES, 0);
 
 #[map]
 static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);
@@ -619,6 +625,31 @@ fn scratch_event(slot: u32) -> Option<&'static mut RstEvent> {
     }
 }
 
+/// Hands the event to userspace: counted in `COUNTS` when only a summary is wanted and the
+/// event can be (`RstEvent::countable`), else a ring record. A full count map falls back to the
+/// ring, so nothing is lost.
+#[inline(always)]
+fn deliver(ev: &mut RstEvent) {
+    if conf!(count_in_kernel) != 0 && ev.countable() {
+        ev.count_key();
+        if let Some(n) = COUNTS.get_ptr_mut(ev) {
+            // SAFETY: this CPU's value; nested runs never use the same slot (claim()).
+            unsafe { *n += 1 };
+            return;
+        }
+        if COUNTS.insert(ev, &1, u64::from(BPF_NOEXIST)).is_ok() {
+            return;
+        }
+        // Another CPU created the key meanwhile (values are per CPU; this one starts at 0).
+        if let Some(n) = COUNTS.get_ptr_mut(ev) {
+            // SAFETY: as above.
+            unsafe { *n += 1 };
+            return;
+        }
+    }
+    submit(ev);
+}
+
 #[inline(always)]
 fn submit(ev: &RstEvent) {
     // Do not wake userspace for every event (a reset storm would cost a wakeup each): wake it
@@ -728,7 +759,7 @@ fn send_reset_event(sk: u64, skb: u64, reason: u32, cookie: u64) {
         ev.attribution = ATTR_OWNER_CURRENT;
     }
     if wanted(ev) {
-        submit(ev);
+        deliver(ev);
     }
 }
 
@@ -780,7 +811,7 @@ fn receive_reset_event(sk: u64, cookie: u64) {
         ev.facts |= FACT_RST_TTL;
     }
     if wanted(ev) {
-        submit(ev);
+        deliver(ev);
     }
 }
 
@@ -1180,7 +1211,7 @@ fn reject_event(skb: u64, family: u16, sport: u16, dport: u16, ip: &[u8; 40], tc
     }
     ev.netns = skb_netns(skb);
     if wanted(ev) {
-        submit(ev);
+        deliver(ev);
     }
 }
 

@@ -35,6 +35,18 @@ impl Filter {
 
     /// Filters combine with AND; the values of one filter with OR.
     pub fn matches(&self, r: &Report) -> bool {
+        if !self.ports.is_empty()
+            && !self.ports.contains(&r.local.port())
+            && !self.ports.contains(&r.remote.port())
+        {
+            return false;
+        }
+        self.matches_but_ports(r)
+    }
+
+    /// [`Filter::matches`] without the port test: for resets counted in the kernel, whose
+    /// ports the kernel already filtered and then dropped from the count key.
+    pub fn matches_but_ports(&self, r: &Report) -> bool {
         if !self.pids.is_empty()
             && !r
                 .process
@@ -48,12 +60,6 @@ impl Filter {
                 .process
                 .as_ref()
                 .is_some_and(|p| self.comms.contains(&p.comm))
-        {
-            return false;
-        }
-        if !self.ports.is_empty()
-            && !self.ports.contains(&r.local.port())
-            && !self.ports.contains(&r.remote.port())
         {
             return false;
         }

@@ -299,6 +299,34 @@ impl State {
         self.count.is_some_and(|c| self.matched >= c)
     }
 
+    /// The summary as of now: what userspace counted from ring records, plus, with
+    /// `count_in_kernel`, what the kernel counted (each key explained once).
+    fn summary_now(
+        &self,
+        tracer: &tracer::Tracer,
+        count_in_kernel: bool,
+        reasons: &KernelInfo,
+    ) -> Option<String> {
+        let s = self.summary.as_ref()?;
+        if !count_in_kernel {
+            return Some(s.render(&self.clock, self.fmt));
+        }
+        let mut s = s.clone();
+        match tracer::kernel_counts(&tracer.ebpf) {
+            Ok(counts) => {
+                for (key, n) in counts {
+                    if let Some(r) = explain(&key, reasons, &mut explain::History::default())
+                        && self.filter.matches_but_ports(&r)
+                    {
+                        s.add_n(&r, n);
+                    }
+                }
+            }
+            Err(e) => eprintln!("rst-trace: warning: cannot read the kernel's reset counts: {e:#}"),
+        }
+        Some(s.render(&self.clock, self.fmt))
+    }
+
     fn check_lost(&mut self, total: u64) {
         if total > self.lost_seen {
             let line = output::lost(total - self.lost_seen, total, &self.clock, self.fmt);
@@ -331,9 +359,13 @@ async fn run(cli: Cli) -> Result<()> {
         explain::EXPLAIN_WORDS.store(false, std::sync::atomic::Ordering::Relaxed);
     }
     let started = std::time::Instant::now();
+    // A summary and nothing else: resets alike can be counted in the kernel, without a ring
+    // record each. (--count needs each match; metrics are per event.)
+    let count_in_kernel = cli.summary && cli.quiet && cli.metrics.is_none() && cli.count.is_none();
     let hooks = tracer::Hooks {
         ttl: !cli.no_ttl,
         firewall: !cli.no_firewall,
+        count_in_kernel,
     };
     let mut tracer = tracer::load(&filter, cli.ring_size, hooks)?;
     // The two BTF parses (tens of MiB, one of them on a thread with its own malloc arena) are
@@ -384,9 +416,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let reasons = tracer.info.clone();
     eprintln!(
-        "rst-trace: tracing TCP resets ({}; {} tracepoints; kernel reasons: {}; {}; {} existing sockets owned; attached in {} ms)",
+        "rst-trace: tracing TCP resets ({}; {} tracepoints{}; kernel reasons: {}; {}; {} existing sockets owned; attached in {} ms)",
         st.filter.describe(),
         if tracer.btf_resets { "BTF" } else { "record" },
+        if count_in_kernel {
+            "; counting in the kernel"
+        } else {
+            ""
+        },
         if reasons.reasons.is_empty() {
             "none, inferring"
         } else {
@@ -436,8 +473,7 @@ async fn run(cli: Cli) -> Result<()> {
                 st.out.flush();
             }
             _ = summary_tick.tick(), if cli.interval.is_some() => {
-                if let Some(s) = &st.summary {
-                    let s = s.render(&st.clock, st.fmt);
+                if let Some(s) = st.summary_now(&tracer, count_in_kernel, &reasons) {
                     st.out.line(&s);
                     st.out.flush();
                 }
@@ -449,8 +485,7 @@ async fn run(cli: Cli) -> Result<()> {
         st.release(true, &reasons);
     }
     st.check_lost(tracer::lost_total(&tracer.ebpf)?);
-    if let Some(s) = &st.summary {
-        let s = s.render(&st.clock, st.fmt);
+    if let Some(s) = st.summary_now(&tracer, count_in_kernel, &reasons) {
         st.out.line(&s);
     }
     st.out.flush();

@@ -35,7 +35,7 @@ impl Who {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Summary {
     rows: HashMap<(Who, &'static str, &'static str), u64>,
     pub lost: u64,
@@ -43,6 +43,11 @@ pub struct Summary {
 
 impl Summary {
     pub fn add(&mut self, r: &Report) {
+        self.add_n(r, 1);
+    }
+
+    /// Counts `n` resets like `r` (the kernel counts resets alike under one key).
+    pub fn add_n(&mut self, r: &Report, n: u64) {
         let who = r.process.as_ref().map_or(Who::NoProcess, |p| {
             let mut comm = [0u8; 16];
             let n = p.comm.len().min(16);
@@ -53,7 +58,7 @@ impl Summary {
         if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
             key = (Who::Other, "other", "other");
         }
-        *self.rows.entry(key).or_default() += 1;
+        *self.rows.entry(key).or_default() += n;
     }
 
     pub fn render(&self, clock: &Clock, fmt: Format) -> String {

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, PerCpuArray},
+    maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use rst_trace_common::{
@@ -16,8 +16,8 @@ use rst_trace_common::{
     PROG_SOCK_IO, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
 };
 use rst_trace_common::{
-    OFF_NONE, PROG_DESTROY_SOCK_RAW, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET_BTF,
-    PROG_SET_STATE_RAW,
+    MAP_COUNTS, OFF_NONE, PROG_DESTROY_SOCK_RAW, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET_BTF,
+    PROG_SET_STATE_RAW, RstEvent,
 };
 
 use crate::{
@@ -129,6 +129,8 @@ pub struct Hooks {
     pub ttl: bool,
     /// `net_dev_queue`: netfilter REJECT resets.
     pub firewall: bool,
+    /// Count resets in the kernel (`MAP_COUNTS`) rather than send each: `--summary --quiet`.
+    pub count_in_kernel: bool,
 }
 
 pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
@@ -157,6 +159,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
         cfg.filters |= FILTER_PID;
     }
     cfg.wake_bytes = ring_size / WAKE_FRACTION;
+    cfg.count_in_kernel = u8::from(hooks.count_in_kernel);
     if !filter.ports.is_empty() {
         cfg.filters |= FILTER_PORT;
     }
@@ -367,6 +370,19 @@ pub fn lost_total(ebpf: &Ebpf) -> Result<u64> {
     .filter_map(|name| recursion_misses(ebpf, name))
     .sum();
     Ok(ring_full + skipped)
+}
+
+/// The resets counted in the kernel so far (`--summary --quiet`): each key (an event reduced by
+/// `RstEvent::count_key`) with its count over all CPUs.
+pub fn kernel_counts(ebpf: &Ebpf) -> Result<Vec<(RstEvent, u64)>> {
+    let map: PerCpuHashMap<_, RstEvent, u64> =
+        PerCpuHashMap::try_from(ebpf.map(MAP_COUNTS).context("count map")?)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (key, per_cpu) = item?;
+        out.push((key, per_cpu.iter().sum()));
+    }
+    Ok(out)
 }
 
 /// `recursion_misses` of a loaded program, from its fdinfo (5.12+; None before, or unloaded).

@@ -471,6 +471,125 @@ fn summary_at_exit() {
     assert_eq!(sent["process"], "-");
 }
 
+/// `--summary --quiet` counts resets in the kernel where it can; its table must equal what a
+/// per-event tracer saw of the same resets: refusals (counted in the kernel), a close with
+/// unread data, and a data_after_close abort (whose self-reset on the sender must not be
+/// counted as received).
+#[test]
+fn summary_counted_in_kernel_agrees_with_per_event() {
+    use std::collections::BTreeMap;
+    let ns = Netns::new("kcount");
+    let ports = ["--port", "20045", "--port", "20046"];
+    let per_event = Tracer::start(&ports);
+    let counted = Tracer::start(&[&ports[..], &["--summary", "--quiet"]].concat());
+    let ready = counted.stderr().join("\n");
+    assert!(ready.contains("; counting in the kernel;"), "{ready}");
+    let ready = per_event.stderr().join("\n");
+    assert!(!ready.contains("counting in the kernel"), "{ready}");
+    for _ in 0..4 {
+        let c = Peer::spawn(&ns, "rstt-kcount", &["connect=127.0.0.1:20046"]);
+        c.expect("errno ECONNREFUSED");
+    }
+    // close() with unread data.
+    let server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            "listen=127.0.0.1:20045",
+            "say=listening",
+            "accept",
+            "wait_unread=64",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &["connect=127.0.0.1:20045", "send=64", "read_err"],
+    );
+    client.expect("errno ECONNRESET");
+    drop(server);
+    // Data after close: the server's socket aborts itself, then sends the RST.
+    let server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            "listen=127.0.0.1:20045",
+            "say=listening",
+            "accept",
+            "linger2=120",
+            "close",
+            "say=done",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let mut client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &["connect=127.0.0.1:20045", "wait", "send=10", "read_err"],
+    );
+    server.expect("done");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    client.go();
+    // It reads the server's FIN first ("eof"); the RST answers the data it sent after.
+    client.expect("eof");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, events) = per_event.stop();
+    assert!(status.success());
+    let (status, summary) = counted.stop();
+    assert!(status.success());
+    let inode = ns.inode();
+    let mut want: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    for v in events
+        .iter()
+        .filter(|v| v["type"] == "rst" && v["netns"] == inode)
+    {
+        let who = match v["process"].as_object() {
+            Some(p) => format!("{}[{}]", p["comm"].as_str().unwrap(), p["pid"]),
+            None => "-".to_owned(),
+        };
+        let key = (
+            who,
+            v["condition"].as_str().unwrap().to_owned(),
+            v["direction"].as_str().unwrap().to_owned(),
+        );
+        *want.entry(key).or_default() += 1;
+    }
+    assert_eq!(summary.len(), 1, "{summary:#?}");
+    let got: BTreeMap<(String, String, String), u64> = summary[0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["process"].as_str().unwrap().to_owned(),
+                    r["condition"].as_str().unwrap().to_owned(),
+                    r["direction"].as_str().unwrap().to_owned(),
+                ),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // The scenario really had all three kinds (and no self-reset counted as received).
+    let count = |c: &str, d: &str| -> u64 {
+        want.iter()
+            .filter(|((_, cc, dd), _)| cc == c && dd == d)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!(count("connection_refused", "received"), 4, "{want:#?}");
+    assert_eq!(count("port_not_listening", "sent"), 4, "{want:#?}");
+    assert_eq!(count("close_with_unread_data", "sent"), 1, "{want:#?}");
+    assert_eq!(count("data_after_close", "sent"), 1, "{want:#?}");
+    assert_eq!(count("peer_reset", "received"), 2, "{want:#?}");
+}
+
 /// `rst-trace | head -1`: the closed pipe ends rst-trace quietly with status 0.
 #[test]
 fn broken_pipe_exits_zero_quietly() {

@@ -497,7 +497,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             let k = traced_round(bin, &ns, mode, threads, opts.seconds, args, true)?;
             let (u, t) = (median(&mut un), median(&mut tr));
             println!(
-                "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6.2} {:>9} {:>6.1} {:>6.1} {:>6.1} {:>9.1} {:>8.0} {:>9.0}",
+                "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6.2} {:>9} {:>6.1} {:>6.1} {:>6.1} {:>9.1} {:>8} {:>9}",
                 name,
                 u,
                 t,
@@ -517,8 +517,17 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
                 rss1 as f64 / 1024.0,
                 peak as f64 / 1024.0,
                 median(&mut att),
-                k.reset_ns_per_run,
-                k.all_ns_per_event,
+                // Per-event costs only mean something where resets were generated.
+                if generated_events == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{:.0}", k.reset_ns_per_run)
+                },
+                if generated_events == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{:.0}", k.all_ns_per_event)
+                },
             );
         }
         println!(
