@@ -380,10 +380,45 @@ fn skb_header_offsets(slot: u32, skb: u64) -> Option<(u64, u16, u16)> {
 #[inline(always)]
 fn read_headers(slot: u32, skb: u64) -> Option<Headers> {
     let (head, nh, th) = skb_header_offsets(slot, skb)?;
-    Some(Headers {
-        ip: kread(head, nh)?,
-        tcp: kread(head, th)?,
-    })
+    // The TCP header right after a plain IPv4 (20 bytes) or IPv6 (40 bytes) header, the usual
+    // case: one read for both, at constant offsets.
+    match th.wrapping_sub(nh) {
+        20 => {
+            let b = kread::<[u8; 34]>(head, nh)?;
+            let mut h = Headers {
+                ip: [0; 40],
+                tcp: [0; 14],
+            };
+            copy_bytes(&mut h.ip[..20], &b[..20]);
+            copy_bytes(&mut h.tcp, &b[20..34]);
+            Some(h)
+        }
+        40 => {
+            let b = kread::<[u8; 54]>(head, nh)?;
+            let mut h = Headers {
+                ip: [0; 40],
+                tcp: [0; 14],
+            };
+            copy_bytes(&mut h.ip, &b[..40]);
+            copy_bytes(&mut h.tcp, &b[40..54]);
+            Some(h)
+        }
+        _ => Some(Headers {
+            ip: kread(head, nh)?,
+            tcp: kread(head, th)?,
+        }),
+    }
+}
+
+/// Byte copy, unrolled by the compiler for these constant lengths (`copy_from_slice` can become
+/// a call to the target's byte-loop memcpy).
+#[inline(always)]
+fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    let mut i = 0;
+    while i < dst.len() && i < src.len() {
+        dst[i] = src[i];
+        i += 1;
+    }
 }
 
 /// Reads the IP and TCP headers of the segment a reset answers. The reset goes back to the
@@ -796,7 +831,11 @@ fn receive_reset_event(sk: u64, cookie: u64) {
         skc::<u64>(w, conf!(sk_cookie))
     };
     ev.netns = sock_netns(w);
-    read_idle(sk, ev);
+    // Idle times explain resets of established connections; a refused connection attempt
+    // (SYN_SENT) has none worth reading.
+    if ev.state != TCP_SYN_SENT as u8 {
+        read_idle(sk, ev);
+    }
     owner_from_map(sk, ev);
     // An established socket handles the RST in tcp_rcv_established(), whose tcp_probe noted
     // the segment just before: its TTL is the RST's. (Other states never pass there, so a stale
