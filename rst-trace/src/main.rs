@@ -186,6 +186,9 @@ struct State {
     pending: VecDeque<RstEvent>,
     metrics: Option<metrics::Shared>,
     flows: owners::FlowOwners,
+    /// Firewall resets waiting for their flow's owner, by look-up token.
+    awaiting: std::collections::HashMap<u64, explain::Report>,
+    next_token: u64,
     out: Out,
     /// The line being rendered, reused from event to event.
     line: String,
@@ -250,7 +253,7 @@ impl State {
     }
 
     fn emit(&mut self, ev: &RstEvent, reasons: &KernelInfo) -> bool {
-        let Some(mut report) = explain(ev, reasons, &mut self.history) else {
+        let Some(report) = explain(ev, reasons, &mut self.history) else {
             self.bad_records += 1;
             return false;
         };
@@ -266,12 +269,28 @@ impl State {
                 p.skaddr != ev.skaddr || ev.mono_ns.abs_diff(p.mono_ns) > HOLD_RECEIVED_NS
             });
         }
-        if report.condition == cond::FIREWALL_REJECT
-            && report.process.is_none()
-            && let Some(t) = self
+        if report.condition == cond::FIREWALL_REJECT && report.process.is_none() {
+            // The rejected flow's owner, looked up off the event loop: the event is finished
+            // when the answer comes back (`owner_found`).
+            let token = self.next_token;
+            self.next_token += 1;
+            if self
                 .flows
-                .lookup(u64::from(report.netns), report.local, report.remote)
-        {
+                .request(token, u64::from(report.netns), report.local, report.remote)
+            {
+                self.awaiting.insert(token, report);
+                return false;
+            }
+        }
+        self.finish(report)
+    }
+
+    /// The answer to a flow-owner look-up: finishes the event that waited for it.
+    fn owner_found(&mut self, token: u64, owner: Option<rst_trace_common::Task>) -> bool {
+        let Some(mut report) = self.awaiting.remove(&token) else {
+            return false;
+        };
+        if let Some(t) = owner {
             let p = explain::Process::from_task(&t);
             report.explanation.push_str(&format!(
                 "; the rejected flow's socket on this host belongs to {p}"
@@ -280,6 +299,11 @@ impl State {
             report.attribution = "socket_owner";
             report.no_process_why = None;
         }
+        self.finish(report)
+    }
+
+    /// Filters, counts and prints one explained reset; true when `--count` is reached.
+    fn finish(&mut self, report: explain::Report) -> bool {
         if !self.filter.matches(&report) {
             return false;
         }
@@ -391,6 +415,7 @@ async fn run(cli: Cli) -> Result<()> {
     } else {
         Format::Text { color }
     };
+    let (owners_tx, mut owners_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut st = State {
         fmt,
         clock: Clock::now(),
@@ -404,7 +429,9 @@ async fn run(cli: Cli) -> Result<()> {
         lost_seen: 0,
         pending: VecDeque::new(),
         metrics: None,
-        flows: owners::FlowOwners::default(),
+        flows: owners::FlowOwners::start(owners_tx),
+        awaiting: std::collections::HashMap::new(),
+        next_token: 0,
         line: String::with_capacity(1024),
         out: Out::stdout().context("standard output")?,
     };
@@ -462,6 +489,10 @@ async fn run(cli: Cli) -> Result<()> {
                 done = st.drain(ring.get_mut(), &reasons) || st.release(false, &reasons);
                 st.out.flush();
             }
+            Some((token, owner)) = owners_rx.recv() => {
+                done = st.owner_found(token, owner);
+                st.out.flush();
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             () = sleep_until(deadline) => break,
@@ -483,6 +514,22 @@ async fn run(cli: Cli) -> Result<()> {
     // Flush what the kernel already queued (SIGTERM in a storm loses nothing that was read).
     if !done && !st.drain(ring.get_mut(), &reasons) {
         st.release(true, &reasons);
+    }
+    // Firewall resets still waiting for their flow's owner: a moment for the answers, then
+    // they go out without one.
+    let give_up = Instant::now() + Duration::from_secs(2);
+    while !done && !st.awaiting.is_empty() {
+        match tokio::time::timeout_at(give_up, owners_rx.recv()).await {
+            Ok(Some((token, owner))) => done = st.owner_found(token, owner),
+            _ => break,
+        }
+    }
+    let unanswered: Vec<u64> = st.awaiting.keys().copied().collect();
+    for token in unanswered {
+        if done {
+            break;
+        }
+        done = st.owner_found(token, None);
     }
     st.check_lost(tracer::lost_total(&tracer.ebpf)?);
     if let Some(s) = st.summary_now(&tracer, count_in_kernel, &reasons) {

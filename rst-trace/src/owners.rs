@@ -291,54 +291,68 @@ fn to_task(h: &Holder) -> Task {
 /// Finds the process holding the local socket of a flow, by its endpoints, in network namespace
 /// `netns`: for resets no TCP socket sent (netfilter REJECT), whose flow may still have a local
 /// socket (REJECT of an established connection's data, or of a local client's packets). Costs a
-/// /proc scan and a sock_diag dump, so it is rate-limited: events past the limit keep no
-/// process.
+/// sock_diag dump and a /proc scan (tens of ms on a busy host), so it runs on a thread of its
+/// own, off the event loop, and is rate-limited: events past the limit keep no process.
 pub struct FlowOwners {
     budget: u32,
     window: Instant,
+    requests: std::sync::mpsc::Sender<(u64, u64, SocketAddr, SocketAddr)>,
 }
 
 /// Look-ups per second at most.
 const FLOW_LOOKUPS_PER_SEC: u32 = 20;
 
-impl Default for FlowOwners {
-    fn default() -> Self {
+impl FlowOwners {
+    /// Starts the look-up thread. Answers, `(token, owner)`, come back on `answers`.
+    pub fn start(answers: tokio::sync::mpsc::UnboundedSender<(u64, Option<Task>)>) -> Self {
+        let (requests, rx) = std::sync::mpsc::channel::<(u64, u64, SocketAddr, SocketAddr)>();
+        std::thread::spawn(move || {
+            for (token, netns, a, b) in rx {
+                if answers.send((token, lookup(netns, a, b))).is_err() {
+                    break;
+                }
+            }
+        });
         Self {
             budget: FLOW_LOOKUPS_PER_SEC,
             window: Instant::now(),
+            requests,
         }
     }
-}
 
-impl FlowOwners {
-    pub fn lookup(&mut self, netns: u64, a: SocketAddr, b: SocketAddr) -> Option<Task> {
+    /// Queues a look-up; false if over the rate limit (or the thread is gone).
+    pub fn request(&mut self, token: u64, netns: u64, a: SocketAddr, b: SocketAddr) -> bool {
         if self.window.elapsed() >= Duration::from_secs(1) {
             self.window = Instant::now();
             self.budget = FLOW_LOOKUPS_PER_SEC;
         }
         if self.budget == 0 {
-            return None;
+            return false;
         }
         self.budget -= 1;
-        // sock_diag first (cheap); the /proc fd walk only once a socket is found.
-        let own = fs::read_link("/proc/self/ns/net")
-            .ok()
-            .is_some_and(|l| l.to_str() == Some(format!("net:[{netns}]").as_str()));
-        let socks = if own {
-            // No setns() (and no CAP_SYS_ADMIN) for our own namespace.
-            dump_tcp().ok()?
-        } else {
-            dump_in_netns_of(netns_pid(netns)?).ok()?
-        };
-        // An IPv4 flow on a dual-stack socket shows as ::ffff:a.b.c.d.
-        let canon = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
-        let d = socks.iter().find(|d| {
-            let (l, r) = (canon(d.local), canon(d.remote));
-            (l == a && r == b) || (l == b && r == a)
-        })?;
-        let (by_inode, _) = scan_proc();
-        by_inode.get(&d.inode).map(to_task)
+        self.requests.send((token, netns, a, b)).is_ok()
     }
+}
+
+fn lookup(netns: u64, a: SocketAddr, b: SocketAddr) -> Option<Task> {
+    // sock_diag first (cheap); the /proc fd walk only once a socket is found.
+    let own = fs::read_link("/proc/self/ns/net")
+        .ok()
+        .is_some_and(|l| l.to_str() == Some(format!("net:[{netns}]").as_str()));
+    let socks = if own {
+        // No setns() (and no CAP_SYS_ADMIN) for our own namespace.
+        dump_tcp().ok()?
+    } else {
+        dump_in_netns_of(netns_pid(netns)?).ok()?
+    };
+    // An IPv4 flow on a dual-stack socket shows as ::ffff:a.b.c.d.
+    let canon = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
+    let d = socks.iter().find(|d| {
+        let (l, r) = (canon(d.local), canon(d.remote));
+        (l == a && r == b) || (l == b && r == a)
+    })?;
+    let (by_inode, _) = scan_proc();
+    by_inode.get(&d.inode).map(to_task)
 }
 
 #[cfg(test)]
