@@ -13,7 +13,8 @@ use crate::{
 pub struct Filter {
     pub pids: HashSet<u32>,
     pub comms: HashSet<String>,
-    pub ports: HashSet<u16>,
+    /// Sorted, no duplicates: looked up by binary search for every event.
+    pub ports: Vec<u16>,
     pub direction: Option<Direction>,
     pub conditions: HashSet<String>,
 }
@@ -23,7 +24,12 @@ impl Filter {
         Self {
             pids: cli.pids.iter().copied().collect(),
             comms: cli.comms.iter().cloned().collect(),
-            ports: cli.ports.iter().copied().collect(),
+            ports: {
+                let mut p = cli.ports.clone();
+                p.sort_unstable();
+                p.dedup();
+                p
+            },
             direction: match cli.direction {
                 DirectionArg::Sent => Some(Direction::Sent),
                 DirectionArg::Received => Some(Direction::Received),
@@ -36,8 +42,8 @@ impl Filter {
     /// Filters combine with AND; the values of one filter with OR.
     pub fn matches(&self, r: &Report) -> bool {
         if !self.ports.is_empty()
-            && !self.ports.contains(&r.local.port())
-            && !self.ports.contains(&r.remote.port())
+            && self.ports.binary_search(&r.local.port()).is_err()
+            && self.ports.binary_search(&r.remote.port()).is_err()
         {
             return false;
         }

@@ -176,17 +176,28 @@ fn needs_escape8(x: u64) -> bool {
         != 0
 }
 
-/// Appends a decimal number without going through `core::fmt`.
+/// Appends a decimal number without going through `core::fmt`, two digits at a time.
 pub fn push_u64(out: &mut String, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut buf = [0u8; 20];
     let mut i = buf.len();
-    loop {
+    while n >= 100 {
+        let p = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
+    }
+    if n >= 10 {
+        let p = n as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        buf[i] = b'0' + n as u8;
     }
     // SAFETY: ASCII digits only, which are valid UTF-8.
     out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) });
@@ -389,6 +400,31 @@ mod tests {
 
     use super::*;
     use crate::explain::{History, explain};
+
+    #[test]
+    fn push_u64_matches_display() {
+        let mut v = vec![
+            0u64,
+            1,
+            9,
+            10,
+            11,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            65_535,
+            u64::MAX,
+        ];
+        v.extend((0..64).map(|b| 1u64 << b));
+        v.extend((1..20).map(|e| 10u64.pow(e) - 1));
+        for n in v {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+    }
 
     #[test]
     fn rfc3339_known_instants() {
