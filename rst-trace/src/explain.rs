@@ -897,6 +897,18 @@ fn explain_received(ev: &RstEvent, history: &History, idle_ms: Option<(u64, u64)
     r.linked = linked;
 }
 
+/// xorshift64*: a deterministic pseudo-random sequence for property tests, so a failure
+/// reproduces.
+#[cfg(test)]
+pub fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -906,13 +918,7 @@ mod tests {
     /// every kind, state, reason and fact.
     #[test]
     fn count_key_keeps_condition_direction_and_process() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         // All 6.18 reason names, so every reason branch is taken.
         let info = KernelInfo {
             reasons: [
@@ -945,14 +951,14 @@ mod tests {
         for _ in 0..50_000 {
             let mut ev = RstEvent {
                 mono_ns: next(),
-                skaddr: if next() % 4 == 0 { 0 } else { next() },
-                skbaddr: if next() % 2 == 0 { 0 } else { next() },
+                skaddr: if next().is_multiple_of(4) { 0 } else { next() },
+                skbaddr: if next().is_multiple_of(2) { 0 } else { next() },
                 cookie: next() % 3,
                 kind: 1 + (next() % 2) as u8,
-                family: if next() % 2 == 0 { 2 } else { 10 },
+                family: if next().is_multiple_of(2) { 2 } else { 10 },
                 state: (next() % 14) as u8,
                 prev_state: (next() % 14) as u8,
-                reason: if next() % 5 == 0 {
+                reason: if next().is_multiple_of(5) {
                     REASON_NONE
                 } else {
                     (next() % 18) as u32

@@ -531,14 +531,7 @@ mod tests {
     #[test]
     fn arbitrary_records_never_panic() {
         use rst_trace_common::RST_EVENT_SIZE;
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            // xorshift64*: deterministic, so a failure reproduces.
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut next = crate::explain::xorshift(0x9e37_79b9_7f4a_7c15);
         let info = reasons();
         let mut history = History::default();
         let (mut rejected, mut explained) = (0, 0);
@@ -552,7 +545,8 @@ mod tests {
             if len == RST_EVENT_SIZE && i % 2 == 0 {
                 // Plausible kinds and families, so explain() goes deep.
                 buf[std::mem::offset_of!(RstEvent, kind)] = 1 + (next() % 2) as u8;
-                buf[std::mem::offset_of!(RstEvent, family)] = if next() % 2 == 0 { 2 } else { 10 };
+                buf[std::mem::offset_of!(RstEvent, family)] =
+                    if next().is_multiple_of(2) { 2 } else { 10 };
             }
             let Ok(ev) = RstEvent::decode(&buf) else {
                 assert_ne!(len, RST_EVENT_SIZE);

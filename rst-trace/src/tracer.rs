@@ -308,26 +308,33 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
 
 /// Loads and attaches BTF tracepoint program `prog` to tracepoint `name`.
 fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf, prog: &str, name: &str) -> Result<()> {
-    let p: &mut BtfTracePoint = ebpf
-        .program_mut(prog)
-        .with_context(|| format!("program {prog} missing from the eBPF object"))?
-        .try_into()?;
-    p.load(name, btf)
-        .with_context(|| format!("loading program {prog} (rejected by the verifier?)"))?;
+    let p: &mut BtfTracePoint = program(ebpf, prog)?;
+    p.load(name, btf).with_context(|| load_error(prog))?;
     p.attach()
         .with_context(|| format!("attaching to BTF tracepoint {name}"))?;
     Ok(())
 }
 
-/// Loads (once) and attaches program `prog` to tracepoint `cat:name`.
-fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
-    let p: &mut TracePoint = ebpf
+/// Program `prog` of the object, as its type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    Ok(ebpf
         .program_mut(prog)
         .with_context(|| format!("program {prog} missing from the eBPF object"))?
-        .try_into()?;
+        .try_into()?)
+}
+
+fn load_error(prog: &str) -> String {
+    format!("loading program {prog} (rejected by the verifier?)")
+}
+
+/// Loads (once) and attaches program `prog` to tracepoint `cat:name`.
+fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
+    let p: &mut TracePoint = program(ebpf, prog)?;
     if p.fd().is_err() {
-        p.load()
-            .with_context(|| format!("loading program {prog} (rejected by the verifier?)"))?;
+        p.load().with_context(|| load_error(prog))?;
     }
     p.attach(cat, name)
         .with_context(|| format!("attaching to tracepoint {cat}:{name}"))?;
@@ -337,13 +344,9 @@ fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
 /// Loads (once) and attaches raw-tracepoint program `prog` to raw tracepoint `name`: no trace
 /// record is formatted, which matters for the per-packet and per-syscall hooks.
 fn attach_raw(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()> {
-    let p: &mut RawTracePoint = ebpf
-        .program_mut(prog)
-        .with_context(|| format!("program {prog} missing from the eBPF object"))?
-        .try_into()?;
+    let p: &mut RawTracePoint = program(ebpf, prog)?;
     if p.fd().is_err() {
-        p.load()
-            .with_context(|| format!("loading program {prog} (rejected by the verifier?)"))?;
+        p.load().with_context(|| load_error(prog))?;
     }
     p.attach(name)
         .with_context(|| format!("attaching to raw tracepoint {name}"))?;
