@@ -132,6 +132,11 @@ type Window = [u64; SKC_WINDOW / 8 + 2];
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// The key being built by `deliver`, per CPU and program slot (programs can run nested on one
+/// CPU: a softirq in a process-context send).
+#[map]
+static COUNT_KEY: PerCpuArray<RstEvent> = PerCpuArray::with_max_entries(3, 0);
+
 /// `--summary --quiet`: resets counted here, keyed by [`RstEvent::count_key`], instead of one
 /// ring record each (see `deliver`).
 #[map]
@@ -664,25 +669,49 @@ fn scratch_event(slot: u32) -> Option<&'static mut RstEvent> {
 /// event can be (`RstEvent::countable`), else a ring record. A full count map falls back to the
 /// ring, so nothing is lost.
 #[inline(always)]
-fn deliver(ev: &mut RstEvent) {
-    if conf!(count_in_kernel) != 0 && ev.countable() {
-        ev.count_key();
-        if let Some(n) = COUNTS.get_ptr_mut(ev) {
-            // SAFETY: this CPU's value; nested runs never use the same slot (claim()).
+fn deliver(slot: u32, ev: &mut RstEvent) {
+    if conf!(count_in_kernel) != 0
+        && ev.countable()
+        && let Some(key) = COUNT_KEY.get_ptr_mut(slot)
+    {
+        // SAFETY: per-CPU slot of this program, held by this run (claim()).
+        let key = unsafe {
+            copy_event(&mut *key, ev);
+            (*key).count_key();
+            &*key
+        };
+        if let Some(n) = COUNTS.get_ptr_mut(key) {
+            // SAFETY: this CPU's value; nested runs never use the same key (claim()).
             unsafe { *n += 1 };
             return;
         }
-        if COUNTS.insert(ev, &1, u64::from(BPF_NOEXIST)).is_ok() {
+        if COUNTS.insert(key, &1, u64::from(BPF_NOEXIST)).is_ok() {
             return;
         }
         // Another CPU created the key meanwhile (values are per CPU; this one starts at 0).
-        if let Some(n) = COUNTS.get_ptr_mut(ev) {
+        if let Some(n) = COUNTS.get_ptr_mut(key) {
             // SAFETY: as above.
             unsafe { *n += 1 };
             return;
         }
+        // The map is full: the event itself, unreduced, goes to the ring.
     }
     submit(ev);
+}
+
+/// Copies an event word by word (see `copy_task`).
+#[inline(always)]
+fn copy_event(dst: &mut RstEvent, src: &RstEvent) {
+    let (d, s) = (
+        core::ptr::from_mut(dst).cast::<u64>(),
+        core::ptr::from_ref(src).cast::<u64>(),
+    );
+    let mut i = 0;
+    while i < core::mem::size_of::<RstEvent>() / 8 {
+        // SAFETY: both are 8-aligned RstEvents.
+        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
+        i += 1;
+    }
 }
 
 #[inline(always)]
@@ -794,7 +823,7 @@ fn send_reset_event(sk: u64, skb: u64, reason: u32, cookie: u64) {
         ev.attribution = ATTR_OWNER_CURRENT;
     }
     if wanted(ev) {
-        deliver(ev);
+        deliver(SLOT_SEND, ev);
     }
 }
 
@@ -850,7 +879,7 @@ fn receive_reset_event(sk: u64, cookie: u64) {
         ev.facts |= FACT_RST_TTL;
     }
     if wanted(ev) {
-        deliver(ev);
+        deliver(SLOT_RECV, ev);
     }
 }
 
@@ -1250,7 +1279,7 @@ fn reject_event(skb: u64, family: u16, sport: u16, dport: u16, ip: &[u8; 40], tc
     }
     ev.netns = skb_netns(skb);
     if wanted(ev) {
-        deliver(ev);
+        deliver(SLOT_TRANSMIT, ev);
     }
 }
 

@@ -265,8 +265,22 @@ impl State {
         {
             // tcp_rcv_state_process() calls tcp_reset() on the socket before sending the RST:
             // that tcp_receive_reset is this host's own abort, not a received reset.
+            // Only in the states that abort happens in (a new socket at a recycled address
+            // with a genuine reset must keep it): the same rule the kernel's counting follows
+            // (`RstEvent::countable`).
             self.pending.retain(|p| {
-                p.skaddr != ev.skaddr || ev.mono_ns.abs_diff(p.mono_ns) > HOLD_RECEIVED_NS
+                p.skaddr != ev.skaddr
+                    || ev.mono_ns.abs_diff(p.mono_ns) > HOLD_RECEIVED_NS
+                    || !matches!(
+                        explain::TcpState::decode(p.state),
+                        Some(
+                            explain::TcpState::FinWait1
+                                | explain::TcpState::FinWait2
+                                | explain::TcpState::CloseWait
+                                | explain::TcpState::Closing
+                                | explain::TcpState::LastAck
+                        )
+                    )
             });
         }
         if report.condition == cond::FIREWALL_REJECT && report.process.is_none() {
@@ -512,13 +526,13 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     // Flush what the kernel already queued (SIGTERM in a storm loses nothing that was read).
-    if !done && !st.drain(ring.get_mut(), &reasons) {
-        st.release(true, &reasons);
+    if !done {
+        done = st.drain(ring.get_mut(), &reasons) || st.release(true, &reasons);
     }
     // Firewall resets still waiting for their flow's owner: a moment for the answers, then
     // they go out without one.
     let give_up = Instant::now() + Duration::from_secs(2);
-    while !done && !st.awaiting.is_empty() {
+    while !done && !st.out.broken && !st.awaiting.is_empty() {
         match tokio::time::timeout_at(give_up, owners_rx.recv()).await {
             Ok(Some((token, owner))) => done = st.owner_found(token, owner),
             _ => break,
@@ -526,7 +540,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let unanswered: Vec<u64> = st.awaiting.keys().copied().collect();
     for token in unanswered {
-        if done {
+        if done || st.out.broken {
             break;
         }
         done = st.owner_found(token, None);
