@@ -497,7 +497,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             let k = traced_round(bin, &ns, mode, threads, opts.seconds, args, true)?;
             let (u, t) = (median(&mut un), median(&mut tr));
             println!(
-                "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6.2} {:>9} {:>6.1} {:>6.1} {:>6.1} {:>9.1} {:>8} {:>9}",
+                "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6} {:>9} {:>6.1} {:>6.1} {:>6.1} {:>9.1} {:>8} {:>9}",
                 name,
                 u,
                 t,
@@ -505,7 +505,11 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
                 captured,
                 generated_events,
                 lost,
-                100.0 * captured as f64 / generated_events.max(1) as f64,
+                if generated_events == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}", 100.0 * captured as f64 / generated_events as f64)
+                },
                 // No resets generated (the echo rows; a few may happen at teardown): nothing
                 // worth dividing by.
                 if generated_events == 0 {
