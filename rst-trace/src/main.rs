@@ -72,6 +72,30 @@ fn main() -> ExitCode {
 
 /// CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set, checked before touching
 /// tracefs so the message names the real cause.
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (later ones to the memory cgroup), and
+/// the usual limit is far below the ring buffer's 4 MiB: raise it, as libbpf does. Without the
+/// privilege to raise the hard limit, the soft one still goes up to it.
+fn raise_memlock() {
+    // SAFETY: plain system calls on a valid, owned struct.
+    unsafe {
+        let infinite = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &infinite) == 0 {
+            return;
+        }
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) == 0 {
+            cur.rlim_cur = cur.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur);
+        }
+    }
+}
+
 fn check_privileges() -> Result<()> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
@@ -388,6 +412,7 @@ impl State {
 
 async fn run(cli: Cli) -> Result<()> {
     check_privileges()?;
+    raise_memlock();
     note_unknown_pids(&cli.pids);
     // Before the (slower) start-up, so that SIGINT/SIGTERM meanwhile still end with status 0.
     let mut sigint = signal(SignalKind::interrupt())?;
