@@ -64,6 +64,11 @@ pub const SKC_WINDOW: usize = 128;
 /// window this large.
 pub const SKB_HDR_WINDOW: usize = 32;
 
+/// `struct tcp_sock` keeps `copied_seq`, `write_seq`, `lsndtime`, `rcv_nxt`, `snd_una` and
+/// `rcv_tstamp` within a few hundred bytes: the programs read them in one go from a window this
+/// large (a power of two), where they fit.
+pub const TCP_WINDOW: usize = 512;
+
 /// Offset value meaning "this field does not exist on the running kernel".
 pub const OFF_NONE: u16 = u16::MAX;
 /// `RstEvent::reason` when the tracepoint has no `reason` field (kernels before 6.10).
@@ -168,6 +173,10 @@ pub struct Config {
     /// Where the [`SKB_HDR_WINDOW`] bytes holding `head`, `network_header` and
     /// `transport_header` start in `struct sk_buff` ([`OFF_NONE`]: read them one by one).
     pub skb_hdr_base: u16,
+    /// Where the [`TCP_WINDOW`] bytes holding the `tcp_sock` sequence numbers and clocks start
+    /// ([`OFF_NONE`]: read them one by one).
+    pub tp_win_base: u16,
+    pub _pad2: u16,
 }
 
 impl Config {
@@ -231,11 +240,13 @@ impl Config {
             send_reason_arg: 0,
             count_in_kernel: 0,
             skb_hdr_base: OFF_NONE,
+            tp_win_base: OFF_NONE,
+            _pad2: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 116);
+const _: () = assert!(core::mem::size_of::<Config>() == 120);
 
 /// A task as the kernel saw it. 8-aligned (as are the structs below, with integer padding): the
 /// eBPF target copies and zeroes such values with plain 8-byte loads and stores, where a byte

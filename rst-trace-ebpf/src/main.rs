@@ -25,7 +25,7 @@ use rst_trace_common::{
     FACT_LISTENER_CLOSING, FACT_NETFILTER, FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK,
     FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, KIND_RECEIVED, KIND_SENT,
     ListenerClose, OFF_NONE, REASON_ARG, REASON_NONE, RstEvent, SEED_MAX_ENTRIES, SKB_HDR_WINDOW,
-    SOCKS_MAX_ENTRIES, SockInfo, Task,
+    SOCKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, Task,
 };
 
 // Kernel ABI constants that never change (uapi).
@@ -151,6 +151,11 @@ static SEED_OWNERS: HashMap<u64, Task> = HashMap::with_max_entries(SEED_MAX_ENTR
 
 #[map]
 static CLOSING_LISTENERS: LruHashMap<u32, ListenerClose> = LruHashMap::with_max_entries(1024, 0);
+
+/// `bpf_ktime_get_ns()` of the last listener close on any CPU: a reset sent from a close() long
+/// after it skips the `CLOSING_LISTENERS` look-up.
+#[map]
+static LAST_LISTENER_CLOSE: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
@@ -320,6 +325,46 @@ fn skb_netns(skb: u64) -> u32 {
         .unwrap_or(0)
 }
 
+/// [`TCP_WINDOW`] bytes of a `tcp_sock`, per CPU and program slot, with 8 bytes of slack.
+type TcpWindow = [u64; TCP_WINDOW / 8 + 1];
+#[map]
+static TCP_WIN: PerCpuArray<TcpWindow> = PerCpuArray::with_max_entries(2, 0);
+
+/// The `tcp_sock` window of `sk` in this program's slot, if the fields fit in one (userspace
+/// decides: `tp_win_base`).
+#[inline(always)]
+fn tcp_window(slot: u32, sk: u64) -> Option<&'static TcpWindow> {
+    let base = conf!(tp_win_base);
+    if base == OFF_NONE || sk == 0 {
+        return None;
+    }
+    let w = TCP_WIN.get_ptr_mut(slot)?;
+    // SAFETY: per-CPU slot of this program; bpf_probe_read_kernel never faults.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            w.cast(),
+            TCP_WINDOW as u32,
+            (sk + u64::from(base)) as *const c_void,
+        )
+    };
+    // SAFETY: filled above.
+    (rc == 0).then(|| unsafe { &*w })
+}
+
+/// A u32 `tcp_sock` field: from the window (masked offset, validated by userspace), else read
+/// on its own.
+#[inline(always)]
+fn tp_u32(w: Option<&TcpWindow>, sk: u64, off: u16) -> Option<u32> {
+    match w {
+        Some(w) => {
+            let o = usize::from(off.wrapping_sub(conf!(tp_win_base))) & (TCP_WINDOW - 1) & !3;
+            // SAFETY: o + 4 <= TCP_WINDOW, 4-aligned, inside the 8-aligned window.
+            Some(unsafe { *w.as_ptr().cast::<u8>().add(o).cast::<u32>() })
+        }
+        None => kread(sk, off),
+    }
+}
+
 /// A segment's headers: the IP header (40 bytes: IPv6's fixed header, or IPv4's with room for
 /// the addresses) and the first 14 bytes of the TCP header.
 struct Headers {
@@ -460,9 +505,10 @@ fn read_packet(skb: u64, ev: &mut RstEvent) {
 /// received resets only (a sent reset's own write just reset the send clock).
 #[inline(always)]
 fn read_idle(sk: u64, ev: &mut RstEvent) {
+    let w = tcp_window(SLOT_RECV, sk);
     if let (Some(snd), Some(ack), Some(data)) = (
-        kread::<u32>(sk, conf!(tp_lsndtime)),
-        kread::<u32>(sk, conf!(tp_rcv_tstamp)),
+        tp_u32(w, sk, conf!(tp_lsndtime)),
+        tp_u32(w, sk, conf!(tp_rcv_tstamp)),
         kread::<u32>(sk, conf!(tp_lrcvtime)),
     ) {
         // SAFETY: helper without preconditions.
@@ -483,12 +529,13 @@ fn read_idle(sk: u64, ev: &mut RstEvent) {
 /// Facts only a full `struct tcp_sock` has, for explaining a sent reset. Callers make sure
 /// `sk` is one (not a request or TIME_WAIT mini-socket).
 #[inline(always)]
-fn read_tcp_sock(sk: u64, ev: &mut RstEvent) {
+fn read_tcp_sock(w: &Window, sk: u64, ev: &mut RstEvent) {
+    let tw = tcp_window(SLOT_SEND, sk);
     let (Some(rcv_nxt), Some(copied_seq), Some(write_seq), Some(snd_una)) = (
-        kread::<u32>(sk, conf!(tp_rcv_nxt)),
-        kread::<u32>(sk, conf!(tp_copied_seq)),
-        kread::<u32>(sk, conf!(tp_write_seq)),
-        kread::<u32>(sk, conf!(tp_snd_una)),
+        tp_u32(tw, sk, conf!(tp_rcv_nxt)),
+        tp_u32(tw, sk, conf!(tp_copied_seq)),
+        tp_u32(tw, sk, conf!(tp_write_seq)),
+        tp_u32(tw, sk, conf!(tp_snd_una)),
     ) else {
         return;
     };
@@ -498,8 +545,14 @@ fn read_tcp_sock(sk: u64, ev: &mut RstEvent) {
     ev.linger2 = kread::<i32>(sk, conf!(tp_linger2)).unwrap_or(0);
     ev.facts |= FACT_TCP_SOCK;
     let bit = conf!(sock_linger_bit);
+    // sk_flags sits in sock_common since 6.18 (skc_flags): then the socket window has it.
+    let flags = if usize::from(conf!(sk_flags)) + 8 <= SKC_WINDOW {
+        Some(skc::<u64>(w, conf!(sk_flags)))
+    } else {
+        kread::<u64>(sk, conf!(sk_flags))
+    };
     if bit < 64
-        && let Some(flags) = kread::<u64>(sk, conf!(sk_flags))
+        && let Some(flags) = flags
         && flags & (1u64 << bit) != 0
     {
         ev.facts |= FACT_LINGER_ON;
@@ -803,7 +856,7 @@ fn send_reset_event(sk: u64, skb: u64, reason: u32, cookie: u64) {
         }
     } else if sk != 0 && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV {
         // A full tcp_sock (TIME_WAIT and request sockets are mini-sockets without these fields).
-        read_tcp_sock(sk, ev);
+        read_tcp_sock(w, sk, ev);
     }
     if skb == 0 && sk != 0 && state == TCP_CLOSE {
         // tcp_send_active_reset() on a socket moved to CLOSE right before the reset:
@@ -811,8 +864,12 @@ fn send_reset_event(sk: u64, skb: u64, reason: u32, cookie: u64) {
         // keepalive timer's reset leaves the state ESTABLISHED). The current task is the one
         // that acted.
         let tid = bpf_get_current_pid_tgid() as u32;
+        let recent = LAST_LISTENER_CLOSE
+            .get(0)
+            .is_some_and(|&t| t != 0 && ev.mono_ns.wrapping_sub(t) < 1_000_000_000);
         // SAFETY: value copied out at once.
-        if let Some(l) = unsafe { CLOSING_LISTENERS.get(&tid) }
+        if recent
+            && let Some(l) = unsafe { CLOSING_LISTENERS.get(&tid) }
             && l.port == ev.local_port
             && ev.mono_ns.wrapping_sub(l.mono_ns) < 1_000_000_000
         {
@@ -970,6 +1027,10 @@ fn on_set_state(sk: u64, old: i32, new: i32, port: impl FnOnce() -> u16) {
                 _pad1: 0,
             };
             let _ = CLOSING_LISTENERS.insert(&(bpf_get_current_pid_tgid() as u32), &l, 0);
+            if let Some(t) = LAST_LISTENER_CLOSE.get_ptr_mut(0) {
+                // SAFETY: a map value pointer; a lost race only costs a look-up.
+                unsafe { *t = l.mono_ns };
+            }
         }
         if let Some(info) = SOCKS.get_ptr_mut(&sk) {
             // SAFETY: a map value pointer, valid for this program run.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result, anyhow};
-use rst_trace_common::{Config, OFF_NONE, REASON_ARG, SKB_HDR_WINDOW, SKC_WINDOW};
+use rst_trace_common::{Config, OFF_NONE, REASON_ARG, SKB_HDR_WINDOW, SKC_WINDOW, TCP_WINDOW};
 
 use crate::{btf::Btf, tracefs::Format};
 
@@ -166,6 +166,7 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
         }
     }
     cfg.skb_hdr_base = skb_hdr_base(cfg);
+    cfg.tp_win_base = tcp_window_base(cfg);
     // tcp_send_reset(sk, skb, reason) since 6.10; (sk, skb) before.
     if btf.tracepoint_args("tcp_send_reset") == Some(3) {
         cfg.send_reason_arg = REASON_ARG;
@@ -186,6 +187,24 @@ fn skb_hdr_base(cfg: &Config) -> u16 {
     let fits = fields
         .iter()
         .all(|&(o, size)| usize::from(o - base) + size <= SKB_HDR_WINDOW && o % size as u16 == 0);
+    if fits { base } else { OFF_NONE }
+}
+
+/// Start of the [`TCP_WINDOW`] bytes of `struct tcp_sock` that hold its sequence numbers and
+/// clocks (all u32), 8-aligned; [`OFF_NONE`] if they are further apart.
+fn tcp_window_base(cfg: &Config) -> u16 {
+    let fields = [
+        cfg.tp_rcv_nxt,
+        cfg.tp_copied_seq,
+        cfg.tp_write_seq,
+        cfg.tp_snd_una,
+        cfg.tp_lsndtime,
+        cfg.tp_rcv_tstamp,
+    ];
+    let base = fields.iter().copied().min().unwrap_or(0) & !7;
+    let fits = fields
+        .iter()
+        .all(|&o| usize::from(o - base) + 4 <= TCP_WINDOW && o % 4 == 0);
     if fits { base } else { OFF_NONE }
 }
 
@@ -294,6 +313,8 @@ mod tests {
         assert_eq!(cfg.send_reason_arg, REASON_ARG);
         // sock_common starts with the address pair.
         assert_eq!((cfg.sk_daddr, cfg.sk_rcv_saddr), (0, 4));
+        // So are the tcp_sock sequence numbers and clocks.
+        assert_ne!(cfg.tp_win_base, OFF_NONE);
         // The skb header fields are close together, so they are read in one go.
         assert_ne!(cfg.skb_hdr_base, OFF_NONE);
         assert!(cfg.skb_head - cfg.skb_hdr_base <= 24);
