@@ -277,17 +277,17 @@ fn fill_current_task(t: &mut Task) {
     }
 }
 
-/// Copies a task word by word: a plain assignment between two map values becomes a call to the
-/// byte-by-byte `memmove` (the compiler cannot rule out overlap).
+/// Copies a value word by word: a plain assignment between two map values becomes a call to
+/// the byte-by-byte `memmove` (the compiler cannot rule out overlap).
+///
+/// # Safety
+/// Both must be valid, 8-aligned, of a type whose size is a multiple of 8 (the ABI structs).
 #[inline(always)]
-fn copy_task(dst: &mut Task, src: &Task) {
-    let (d, s) = (
-        core::ptr::from_mut(dst).cast::<u64>(),
-        core::ptr::from_ref(src).cast::<u64>(),
-    );
+unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
+    let (d, s) = (dst.cast::<u64>(), src.cast::<u64>());
     let mut i = 0;
-    while i < core::mem::size_of::<Task>() / 8 {
-        // SAFETY: both are 8-aligned Tasks (repr(align(8))), 4 words long.
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: in bounds, per the contract above.
         unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
         i += 1;
     }
@@ -433,31 +433,26 @@ fn read_headers(slot: u32, skb: u64) -> Option<Headers> {
     // The TCP header right after a plain IPv4 (20 bytes) or IPv6 (40 bytes) header, the usual
     // case: one read for both, at constant offsets.
     match th.wrapping_sub(nh) {
-        20 => {
-            let b = kread::<[u8; 34]>(head, nh)?;
-            let mut h = Headers {
-                ip: [0; 40],
-                tcp: [0; 14],
-            };
-            copy_bytes(&mut h.ip[..20], &b[..20]);
-            copy_bytes(&mut h.tcp, &b[20..34]);
-            Some(h)
-        }
-        40 => {
-            let b = kread::<[u8; 54]>(head, nh)?;
-            let mut h = Headers {
-                ip: [0; 40],
-                tcp: [0; 14],
-            };
-            copy_bytes(&mut h.ip, &b[..40]);
-            copy_bytes(&mut h.tcp, &b[40..54]);
-            Some(h)
-        }
+        20 => packed_headers::<20, 34>(head, nh),
+        40 => packed_headers::<40, 54>(head, nh),
         _ => Some(Headers {
             ip: kread(head, nh)?,
             tcp: kread(head, th)?,
         }),
     }
+}
+
+/// IP header of `IP` bytes directly followed by the TCP header: `ALL` = `IP` + 14 bytes, one read.
+#[inline(always)]
+fn packed_headers<const IP: usize, const ALL: usize>(head: u64, nh: u16) -> Option<Headers> {
+    let b = kread::<[u8; ALL]>(head, nh)?;
+    let mut h = Headers {
+        ip: [0; 40],
+        tcp: [0; 14],
+    };
+    copy_bytes(&mut h.ip[..IP], &b[..IP]);
+    copy_bytes(&mut h.tcp, &b[IP..]);
+    Some(h)
 }
 
 /// Byte copy, unrolled by the compiler for these constant lengths (`copy_from_slice` can become
@@ -577,7 +572,8 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
         ev.prev_state = info.close_prev_state;
         ev.peer_ttl = info.peer_ttl;
         if info.owner_ns != 0 {
-            copy_task(&mut ev.owner, &info.owner);
+            // SAFETY: Tasks are 8-aligned (repr(align(8))), 32 bytes.
+            unsafe { copy_words(&mut ev.owner, &info.owner) };
             ev.owner_ns = info.owner_ns;
             ev.attribution = ATTR_OWNER_MAP;
             return;
@@ -587,7 +583,8 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
     if ev.cookie != 0
         && let Some(t) = unsafe { SEED_OWNERS.get(&ev.cookie) }
     {
-        copy_task(&mut ev.owner, t);
+        // SAFETY: as above.
+        unsafe { copy_words(&mut ev.owner, t) };
         ev.attribution = ATTR_OWNER_SEED;
     }
 }
@@ -727,9 +724,10 @@ fn deliver(slot: u32, ev: &mut RstEvent) {
         && ev.countable()
         && let Some(key) = COUNT_KEY.get_ptr_mut(slot)
     {
-        // SAFETY: per-CPU slot of this program, held by this run (claim()).
+        // SAFETY: per-CPU slot of this program, held by this run (claim()); RstEvent is
+        // 8-aligned, 160 bytes, as copy_words() needs.
         let key = unsafe {
-            copy_event(&mut *key, ev);
+            copy_words(key, ev);
             (*key).count_key();
             &*key
         };
@@ -750,21 +748,6 @@ fn deliver(slot: u32, ev: &mut RstEvent) {
         // The map is full: the event itself, unreduced, goes to the ring.
     }
     submit(ev);
-}
-
-/// Copies an event word by word (see `copy_task`).
-#[inline(always)]
-fn copy_event(dst: &mut RstEvent, src: &RstEvent) {
-    let (d, s) = (
-        core::ptr::from_mut(dst).cast::<u64>(),
-        core::ptr::from_ref(src).cast::<u64>(),
-    );
-    let mut i = 0;
-    while i < core::mem::size_of::<RstEvent>() / 8 {
-        // SAFETY: both are 8-aligned RstEvents.
-        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
-        i += 1;
-    }
 }
 
 #[inline(always)]
