@@ -41,6 +41,8 @@ pub const PROG_EXIT_ACCEPT: &str = "sys_exit_accept";
 pub const PROG_DEV_QUEUE: &str = "net_dev_queue";
 /// raw tracepoint `tcp_probe` (every segment tcp_rcv_established() handles): TTL evidence.
 pub const PROG_TCP_PROBE: &str = "tcp_probe_ttl";
+/// Notes the segment being received, for the socketless resets seen on transmit (before 6.10).
+pub const PROG_NETIF_RECEIVE: &str = "netif_receive_skb";
 /// Per-CPU: the last reset the TCP stack announced (`tcp_send_reset`), so the transmit hook can
 /// tell the stack's own RSTs without a socket (IPv6 replies) from netfilter's.
 pub const MAP_LAST_TCP_RST: &str = "LAST_TCP_RST";
@@ -160,7 +162,9 @@ pub struct Config {
     pub socket_sk: u16,
     /// Bit number of `SOCK_LINGER` in `enum sock_flags`.
     pub sock_linger_bit: u16,
-    pub _pad0: u16,
+    /// `sock.sk_type`, when `sk_protocol` is the u16 right after it (one read tells a TCP
+    /// control socket, `SOCK_RAW`/`IPPROTO_TCP`, from the rest); else [`OFF_NONE`].
+    pub sk_type: u16,
     /// `FILTER_*` bits.
     pub filters: u32,
     /// Wake userspace once the ring buffer holds this many bytes (0: on every event).
@@ -176,6 +180,13 @@ pub struct Config {
     /// Where the [`TCP_WINDOW`] bytes holding the `tcp_sock` sequence numbers and clocks start
     /// ([`OFF_NONE`]: read them one by one).
     pub tp_win_base: u16,
+    /// Byte of `sk_buff` holding the `ip_summed` bitfield ([`OFF_NONE`]: unknown).
+    pub skb_ip_summed: u16,
+    /// Bit position of `ip_summed` in that byte.
+    pub ip_summed_shift: u8,
+    /// 1 where `tcp_send_reset` does not fire for resets sent without a full socket (before
+    /// 6.10, commit 19822a980e19): the transmit hook reports those.
+    pub xmit_socketless: u8,
     pub _pad2: u16,
 }
 
@@ -234,19 +245,22 @@ impl Config {
             file_private_data: OFF_NONE,
             socket_sk: OFF_NONE,
             sock_linger_bit: OFF_NONE,
-            _pad0: 0,
+            sk_type: OFF_NONE,
             filters: 0,
             wake_bytes: 0,
             send_reason_arg: 0,
             count_in_kernel: 0,
             skb_hdr_base: OFF_NONE,
             tp_win_base: OFF_NONE,
+            skb_ip_summed: OFF_NONE,
+            ip_summed_shift: 0,
+            xmit_socketless: 0,
             _pad2: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 120);
+const _: () = assert!(core::mem::size_of::<Config>() == 124);
 
 /// A task as the kernel saw it. 8-aligned (as are the structs below, with integer padding): the
 /// eBPF target copies and zeroes such values with plain 8-byte loads and stores, where a byte
@@ -282,11 +296,16 @@ pub struct SockInfo {
     pub close_prev_state: u8,
     /// TTL / hop limit of the peer's last non-RST segment, 0 if none seen.
     pub peer_ttl: u8,
-    pub _pad0: u16,
+    /// `SOCK_*` bits.
+    pub flags: u16,
     pub _pad1: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 56);
+
+/// `SockInfo::flags`: the socket sent or received a reset (so its move to CLOSE was an abort,
+/// not a hand-over to a TIME_WAIT mini-socket).
+pub const SOCK_RESET_SEEN: u16 = 1;
 
 /// How long the copy of a destroyed socket's [`SockInfo`] still counts.
 pub const DESTROYED_GRACE_NS: u64 = 1_000_000;
@@ -339,6 +358,11 @@ pub const FACT_IDLE: u32 = 64;
 pub const FACT_NETFILTER: u32 = 128;
 /// Received resets: `ttl` is the RST's own TTL / hop limit.
 pub const FACT_RST_TTL: u32 = 256;
+/// A reset TCP sent without a full socket, seen on transmit because the kernel (before 6.10)
+/// fires no `tcp_send_reset` for it: no socket, or a TIME_WAIT one (`state`). With
+/// [`FACT_PACKET`] the segment it answers was found; without, endpoints and `tcp_flags` are the
+/// RST's own (local = its source).
+pub const FACT_XMIT: u32 = 512;
 
 /// One reset, as the kernel side saw it. Explaining it is userspace's job.
 #[repr(C)]

@@ -22,10 +22,10 @@ use aya_ebpf::{
 use rst_trace_common::{
     ATTR_NONE, ATTR_OWNER_CURRENT, ATTR_OWNER_MAP, ATTR_OWNER_SEED, COUNTS_MAX_ENTRIES, Config,
     DESTROYED_GRACE_NS, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ON, FACT_LINGER_ZERO,
-    FACT_LISTENER_CLOSING, FACT_NETFILTER, FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK,
+    FACT_LISTENER_CLOSING, FACT_NETFILTER, FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK, FACT_XMIT,
     FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, KIND_RECEIVED, KIND_SENT,
     ListenerClose, OFF_NONE, REASON_ARG, REASON_NONE, RstEvent, SEED_MAX_ENTRIES, SKB_HDR_WINDOW,
-    SOCKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, Task,
+    SOCK_RESET_SEEN, SOCKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, Task,
 };
 
 // Kernel ABI constants that never change (uapi).
@@ -33,12 +33,21 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 const TCP_RST: u8 = 0x04;
+/// `sk_type` (low half) and `sk_protocol` (high half) of the per-CPU TCP control sockets
+/// (inet_ctl_sock_create(.., SOCK_RAW, IPPROTO_TCP, ..) in tcp_sk_init()/tcp_v4_init()).
+const TCP_CTL_SOCK: u32 = 3 | (6 << 16);
+/// `CHECKSUM_PARTIAL` (include/linux/skbuff.h).
+const CHECKSUM_PARTIAL: u8 = 3;
+/// TCP_TIMEWAIT_LEN (60 s), also the default FIN_WAIT2 timeout of an orphan.
+const TIMEWAIT_NS: u64 = 60_000_000_000;
 // enum tcp_state (include/net/tcp_states.h), exported to userspace through /proc/net/tcp.
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_FIN_WAIT2: i32 = 5;
 const TCP_TIME_WAIT: i32 = 6;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
+const TCP_CLOSING: i32 = 11;
 const TCP_NEW_SYN_RECV: i32 = 12;
 
 #[unsafe(no_mangle)]
@@ -107,6 +116,35 @@ static LAST_DESTROYED: PerCpuArray<Destroyed> = PerCpuArray::with_max_entries(1,
 /// Per-CPU: [skb, time] of the last netfilter RST reported.
 #[map]
 static LAST_REJECT_SKB: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU: the skb the receive path is handling (`netif_receive_skb`). Before 6.10 a reset
+/// TCP sends without a full socket is seen only on transmit; tcp_v4_rcv()/tcp_v6_rcv() send it
+/// while handling the segment it answers, in the same softirq on the same CPU, so this is that
+/// segment (checked: its ports must mirror the RST's).
+#[map]
+static CUR_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU: [the TCP control socket last seen on transmit, the last other socket], so that a
+/// stream of packets from one socket costs a compare, not a read, each.
+#[map]
+static XMIT_SK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Before 6.10: connections handed to a TIME_WAIT mini-socket (see `on_destroy`), by flow, with
+/// the time. When that mini-socket answers a segment with RST (tcp_timewait_state_process()
+/// returns TCP_TW_RST), the transmit hook tells it from a reset for no socket at all.
+#[map]
+static TIMEWAIT: LruHashMap<Flow, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// A connection's endpoints in its network namespace (IPv4 addresses in the first 4 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Flow {
+    netns: u32,
+    local_port: u16,
+    remote_port: u16,
+    local: [u64; 2],
+    remote: [u64; 2],
+}
 
 /// Per-CPU scratch space for the event being built: it does not fit on the BPF stack.
 #[map]
@@ -471,9 +509,14 @@ fn copy_bytes(dst: &mut [u8], src: &[u8]) {
 /// place the real endpoints are (the tracepoint shows the listener's `0.0.0.0:port`).
 #[inline(always)]
 fn read_packet(skb: u64, ev: &mut RstEvent) {
-    let Some(h) = read_headers(SLOT_SEND, skb) else {
-        return;
-    };
+    if let Some(h) = read_headers(SLOT_SEND, skb) {
+        segment_facts(&h, ev);
+    }
+}
+
+/// Endpoints, flags and TTL of the segment a reset answers, from its headers.
+#[inline(always)]
+fn segment_facts(h: &Headers, ev: &mut RstEvent) {
     let ip = &h.ip;
     match h.ip_version() {
         4 => {
@@ -562,10 +605,14 @@ fn owner_from_map(sk: u64, ev: &mut RstEvent) {
     if sk == 0 {
         return;
     }
-    // SAFETY: the value is copied out at once; LRU entries may be recycled concurrently, which at
+    // SAFETY: the value is read at once; LRU entries may be recycled concurrently, which at
     // worst yields a stale owner for a pointer the kernel reused (the destroy hook prevents most).
-    let info = match unsafe { SOCKS.get(&sk) } {
-        Some(info) => Some(info),
+    let info = match SOCKS.get_ptr_mut(&sk) {
+        Some(info) => unsafe {
+            // Its coming move to CLOSE is this abort, not a hand-over to TIME_WAIT.
+            (*info).flags |= SOCK_RESET_SEEN;
+            Some(&*info)
+        },
         None => recently_destroyed(sk, ev),
     };
     if let Some(info) = info {
@@ -1099,9 +1146,43 @@ fn on_destroy(sk: u64) {
                 (*d).info.destroyed_ns = bpf_ktime_get_ns();
             }
         }
+        if conf!(xmit_socketless) != 0
+            && info.flags & SOCK_RESET_SEEN == 0
+            && matches!(i32::from(info.close_prev_state), TCP_FIN_WAIT2 | TCP_CLOSING)
+        {
+            remember_timewait(sk);
+        }
         let _ = SOCKS.remove(&sk);
         bump_generation();
     }
+}
+
+/// Records that `sk`'s connection lives on in a TIME_WAIT mini-socket. tcp_time_wait() hands
+/// it over from FIN_WAIT2 (an orphan's FIN_WAIT2 timeout, or the peer's FIN) or CLOSING, then
+/// tcp_done() moves the socket to CLOSE; no tracepoint marks the hand-over itself, and an abort
+/// from those states (a reset sent or received) is told apart by `SOCK_RESET_SEEN`.
+#[inline(always)]
+fn remember_timewait(sk: u64) {
+    let mut f = Flow {
+        netns: kread::<u64>(sk, conf!(sk_net))
+            .and_then(|net| kread::<u32>(net, conf!(net_inum)))
+            .unwrap_or(0),
+        // skc_num is 0 once inet_put_port() ran; inet_sport keeps the port (network order).
+        local_port: u16::from_be(kread::<u16>(sk, conf!(inet_sport)).unwrap_or(0)),
+        remote_port: u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
+        local: [0; 2],
+        remote: [0; 2],
+    };
+    if kread::<u16>(sk, conf!(sk_family)) == Some(AF_INET6) {
+        f.local = kread(sk, conf!(sk_v6_rcv_saddr)).unwrap_or([0; 2]);
+        f.remote = kread(sk, conf!(sk_v6_daddr)).unwrap_or([0; 2]);
+    } else {
+        f.local[0] = u64::from(kread::<u32>(sk, conf!(sk_rcv_saddr)).unwrap_or(0));
+        f.remote[0] = u64::from(kread::<u32>(sk, conf!(sk_daddr)).unwrap_or(0));
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = TIMEWAIT.insert(&f, &now, 0);
 }
 
 #[tracepoint]
@@ -1230,49 +1311,39 @@ fn segment_ttl_flags(slot: u32, skb: u64) -> Option<(u8, u8)> {
     Some((ttl, kread_at::<u8>(head + u64::from(th) + 13)?))
 }
 
-/// `net:net_dev_queue`: every transmitted packet, so it must stay cheap. Netfilter's REJECT
-/// (nf_send_reset(), nf_send_reset6()) builds its RST with no socket and fires no TCP
-/// tracepoint; TCP's own RSTs carry their socket (or the per-netns control socket for IPv4
-/// replies). One read decides for almost every packet; raw (arg: skb), so the kernel formats no
-/// trace record per packet.
+/// `net:net_dev_queue`: every transmitted packet, so it must stay cheap. It reports the RSTs no
+/// TCP tracepoint shows:
+/// - netfilter's REJECT (nf_send_reset(), nf_send_reset6()), built with no socket;
+/// - before 6.10, TCP's own resets sent without a full socket (no socket, or a TIME_WAIT one):
+///   tcp_v4_send_reset() sends with the per-CPU TCP control socket, tcp_v6_send_response() with
+///   none (ip6_xmit() does not attach its control socket to the skb).
+///
+/// Every other packet carries its socket, and one read (two, for a socket not seen last on this
+/// CPU, before 6.10) decides. Raw (arg: skb), so the kernel formats no trace record per packet.
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
 pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    if kread::<u64>(skb, conf!(skb_sk)) != Some(0) {
+    let Some(sk) = kread::<u64>(skb, conf!(skb_sk)) else {
+        return 0;
+    };
+    let tcp_ctl = sk != 0 && tcp_control_sock(sk);
+    if sk != 0 && !tcp_ctl {
         return 0;
     }
     // A forwarded packet (router, bridge to a container) lost its socket but remembers where it
-    // came in; the RST netfilter builds is a new skb with skb_iif 0.
-    if kread::<i32>(skb, conf!(skb_iif)) != Some(0) {
+    // came in; an RST built on this host is a new skb with skb_iif 0.
+    if !tcp_ctl && kread::<i32>(skb, conf!(skb_iif)) != Some(0) {
         return 0;
     }
-    let (Some(head), Some(nh)) = (
-        kread::<u64>(skb, conf!(skb_head)),
-        kread::<u16>(skb, conf!(skb_network_header)),
-    ) else {
+    let Some(rst) = xmit_headers(skb) else {
         return 0;
     };
-    let ip_addr = head + u64::from(nh);
-    let Some(ip) = kread_at::<[u8; 40]>(ip_addr) else {
-        return 0;
-    };
-    let (proto, l4, family) = match ip[0] >> 4 {
-        4 => (ip[9], u64::from(ip[0] & 0x0f) * 4, AF_INET),
-        6 => (ip[6], 40, AF_INET6),
-        _ => return 0,
-    };
-    if u16::from(proto) != IPPROTO_TCP {
+    if rst.tcp[13] & TCP_RST == 0 {
         return 0;
     }
-    let Some(tcp) = kread_at::<[u8; 14]>(ip_addr + l4) else {
-        return 0;
-    };
-    if tcp[13] & TCP_RST == 0 {
-        return 0;
-    }
-    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let (sport, dport) = (rst.sport(), rst.dport());
     let now = unsafe { bpf_ktime_get_ns() };
+    // tcp_send_reset reported it already (it fires before the reply is built).
     if let Some(last) = LAST_TCP_RST.get(0)
         && last[1] == (u64::from(sport) << 16) | u64::from(dport)
         && now.wrapping_sub(last[0]) < 5_000_000
@@ -1290,29 +1361,118 @@ pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
             *last = [skb, now];
         }
     }
+    let by_tcp = tcp_ctl || (rst.family == AF_INET6 && tcp_built_v6(skb, &rst.ip));
     let Some(busy) = claim(SLOT_TRANSMIT) else {
         return 0;
     };
-    reject_event(skb, family, sport, dport, &ip, &tcp);
+    if let Some(ev) = scratch_event(SLOT_TRANSMIT) {
+        ev.kind = KIND_SENT;
+        ev.reason = REASON_NONE;
+        ev.skbaddr = skb;
+        ev.netns = skb_netns(skb);
+        if by_tcp {
+            socketless_event(ev, &rst);
+        } else {
+            ev.facts = FACT_NETFILTER | FACT_PACKET;
+            rst_facts(ev, &rst);
+        }
+        if wanted(ev) {
+            deliver(SLOT_TRANSMIT, ev);
+        }
+    }
     unclaim(busy);
     0
 }
 
-/// Builds and submits the event for a netfilter RST (see `net_dev_queue`).
+/// Whether `sk` is a TCP control socket (before 6.10 only: after, tcp_send_reset shows every
+/// reset TCP sends). A per-CPU memo of the last control socket and the last other socket.
 #[inline(always)]
-fn reject_event(skb: u64, family: u16, sport: u16, dport: u16, ip: &[u8; 40], tcp: &[u8; 14]) {
-    let Some(ev) = scratch_event(SLOT_TRANSMIT) else {
-        return;
+fn tcp_control_sock(sk: u64) -> bool {
+    if conf!(xmit_socketless) == 0 || conf!(sk_type) == OFF_NONE {
+        return false;
+    }
+    let Some(memo) = XMIT_SK.get_ptr_mut(0) else {
+        return false;
     };
-    ev.kind = KIND_SENT;
-    ev.reason = REASON_NONE;
-    ev.skbaddr = skb;
-    ev.family = family as u8;
-    ev.facts = FACT_NETFILTER | FACT_PACKET;
-    ev.tcp_flags = tcp[13];
-    ev.local_port = sport;
-    ev.remote_port = dport;
-    if family == AF_INET {
+    // SAFETY: per-CPU slot; a nested run at worst costs the next packet a read.
+    unsafe {
+        if (*memo)[0] == sk {
+            return true;
+        }
+        if (*memo)[1] == sk {
+            return false;
+        }
+    }
+    let ctl = kread::<u32>(sk, conf!(sk_type)) == Some(TCP_CTL_SOCK);
+    // SAFETY: as above.
+    unsafe { (*memo)[usize::from(!ctl)] = sk };
+    ctl
+}
+
+/// Before 6.10, whether an IPv6 RST without a socket is TCP's (tcp_v6_send_response()) rather
+/// than netfilter's: TCP leaves its checksum to the device (CHECKSUM_PARTIAL, until
+/// validate_xmit_skb(), after this hook), nf_send_reset6() computes it in full; and TCP's reply
+/// carries a flow label (auto_flowlabels), netfilter's none (ip6_flow_hdr(ip6h, 0, 0)).
+#[inline(always)]
+fn tcp_built_v6(skb: u64, ip: &[u8; 40]) -> bool {
+    if conf!(xmit_socketless) == 0 {
+        return false;
+    }
+    if conf!(skb_ip_summed) != OFF_NONE {
+        let b = kread::<u8>(skb, conf!(skb_ip_summed)).unwrap_or(0);
+        return (b >> (conf!(ip_summed_shift) & 7)) & 3 == CHECKSUM_PARTIAL;
+    }
+    ip[1] & 0x0f != 0 || ip[2] != 0 || ip[3] != 0
+}
+
+/// A transmitted TCP segment: the IP header (40 bytes), the first 14 bytes of the TCP header.
+struct Xmit {
+    ip: [u8; 40],
+    tcp: [u8; 14],
+    family: u16,
+}
+
+impl Xmit {
+    fn sport(&self) -> u16 {
+        u16::from_be_bytes([self.tcp[0], self.tcp[1]])
+    }
+
+    fn dport(&self) -> u16 {
+        u16::from_be_bytes([self.tcp[2], self.tcp[3]])
+    }
+}
+
+/// The headers of a transmitted packet; None unless it is TCP.
+#[inline(always)]
+fn xmit_headers(skb: u64) -> Option<Xmit> {
+    let head = kread::<u64>(skb, conf!(skb_head))?;
+    let nh = kread::<u16>(skb, conf!(skb_network_header))?;
+    let ip_addr = head + u64::from(nh);
+    let ip = kread_at::<[u8; 40]>(ip_addr)?;
+    let (proto, l4, family) = match ip[0] >> 4 {
+        4 => (ip[9], u64::from(ip[0] & 0x0f) * 4, AF_INET),
+        6 => (ip[6], 40, AF_INET6),
+        _ => return None,
+    };
+    if u16::from(proto) != IPPROTO_TCP {
+        return None;
+    }
+    Some(Xmit {
+        ip,
+        tcp: kread_at::<[u8; 14]>(ip_addr + l4)?,
+        family,
+    })
+}
+
+/// Endpoints, flags and TTL of a transmitted RST (local = its source).
+#[inline(always)]
+fn rst_facts(ev: &mut RstEvent, rst: &Xmit) {
+    let ip = &rst.ip;
+    ev.family = rst.family as u8;
+    ev.tcp_flags = rst.tcp[13];
+    ev.local_port = rst.sport();
+    ev.remote_port = rst.dport();
+    if rst.family == AF_INET {
         ev.ttl = ip[8];
         ev.local_addr[..4].copy_from_slice(&ip[12..16]);
         ev.remote_addr[..4].copy_from_slice(&ip[16..20]);
@@ -1321,10 +1481,100 @@ fn reject_event(skb: u64, family: u16, sport: u16, dport: u16, ip: &[u8; 40], tc
         ev.local_addr.copy_from_slice(&ip[8..24]);
         ev.remote_addr.copy_from_slice(&ip[24..40]);
     }
-    ev.netns = skb_netns(skb);
-    if wanted(ev) {
-        deliver(SLOT_TRANSMIT, ev);
+}
+
+/// A reset TCP sent without a full socket, before 6.10 (see `net_dev_queue`): the facts
+/// `tcp_send_reset` would have given, from the segment it answers (noted by `netif_receive_skb`
+/// on this CPU) and from the TIME_WAIT hand-overs `on_destroy` recorded.
+#[inline(always)]
+fn socketless_event(ev: &mut RstEvent, rst: &Xmit) {
+    ev.facts = FACT_XMIT;
+    if !answered_segment(ev, rst) {
+        rst_facts(ev, rst);
     }
+    timewait_state(ev);
+}
+
+/// Fills in the segment `rst` answers, if this CPU's receive path is handling it. Calls of their
+/// own (bpf-to-bpf, 4.16+), this and the next: inlined, their locals and the transmit hook's
+/// exceed the 512-byte stack.
+#[inline(never)]
+fn answered_segment(ev: &mut RstEvent, rst: &Xmit) -> bool {
+    let Some(rx) = CUR_RX.get(0).copied() else {
+        return false;
+    };
+    let Some((head, nh, th)) = skb_header_offsets(SLOT_TRANSMIT, rx) else {
+        return false;
+    };
+    let (ip, tcp) = (head + u64::from(nh), head + u64::from(th));
+    // Its source port is the RST's destination port and vice versa, in the same IP version.
+    if kread_at::<[u8; 4]>(tcp) != Some([rst.tcp[2], rst.tcp[3], rst.tcp[0], rst.tcp[1]])
+        || kread_at::<u8>(ip).map(|b| b >> 4) != Some(rst.ip[0] >> 4)
+    {
+        return false;
+    }
+    ev.family = rst.family as u8;
+    ev.remote_port = rst.dport();
+    ev.local_port = rst.sport();
+    ev.tcp_flags = kread_at::<u8>(tcp + 13).unwrap_or(0);
+    // Addresses straight into the event (a map value): this runs on top of the transmit hook's
+    // stack frame. The reply goes back to the segment's source: local = its destination.
+    let (ttl_at, src_at, len) = if rst.family == AF_INET {
+        (8, 12, 4)
+    } else {
+        (7, 8, 16)
+    };
+    ev.ttl = kread_at::<u8>(ip + ttl_at).unwrap_or(0);
+    // SAFETY: bpf_probe_read_kernel never faults; both arrays are 16 bytes, len <= 16.
+    unsafe {
+        let read = aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+        read(ev.remote_addr.as_mut_ptr().cast(), len, (ip + src_at) as *const c_void);
+        read(
+            ev.local_addr.as_mut_ptr().cast(),
+            len,
+            (ip + src_at + u64::from(len)) as *const c_void,
+        );
+    }
+    ev.facts |= FACT_PACKET;
+    true
+}
+
+/// TIME_WAIT if the flow was handed to a TIME_WAIT mini-socket (`remember_timewait`).
+#[inline(never)]
+fn timewait_state(ev: &mut RstEvent) {
+    // SAFETY: 8-aligned [u8; 16] arrays (asserted in rst-trace-common), read as two words.
+    let (local, remote) = unsafe {
+        (
+            core::ptr::read(ev.local_addr.as_ptr().cast::<[u64; 2]>()),
+            core::ptr::read(ev.remote_addr.as_ptr().cast::<[u64; 2]>()),
+        )
+    };
+    let flow = Flow {
+        netns: ev.netns,
+        local_port: ev.local_port,
+        remote_port: ev.remote_port,
+        local,
+        remote,
+    };
+    // SAFETY: copied out at once.
+    if let Some(&since) = unsafe { TIMEWAIT.get(&flow) } {
+        // The mini-socket is killed after answering with RST (inet_twsk_deschedule_put()).
+        let _ = TIMEWAIT.remove(&flow);
+        if ev.mono_ns.wrapping_sub(since) < TIMEWAIT_NS {
+            ev.state = TCP_TIME_WAIT as u8;
+        }
+    }
+}
+
+/// Raw tracepoint `netif_receive_skb(skb)` (before 6.10, with the transmit hook): notes the
+/// segment this CPU's receive path handles, for `socketless_event`. One store per packet.
+#[raw_tracepoint(tracepoint = "netif_receive_skb")]
+pub fn netif_receive_skb(ctx: RawTracePointContext) -> i32 {
+    if let Some(cur) = CUR_RX.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *cur = ctx.arg(0) };
+    }
+    0
 }
 
 #[cfg(not(test))]

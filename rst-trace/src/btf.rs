@@ -316,6 +316,15 @@ impl Btf {
 
     /// Byte offset of `path` (e.g. `__sk_common.skc_net.net`) inside `struct` (or union) `root`.
     pub fn offset_of(&self, root: &str, path: &str) -> Result<u32> {
+        let bits = self.bit_offset_of(root, path)?;
+        if !bits.is_multiple_of(8) {
+            bail!("kernel BTF: {root}.{path} is a bitfield");
+        }
+        Ok(bits / 8)
+    }
+
+    /// Bit offset of `path` inside `root` (bitfields included).
+    pub fn bit_offset_of(&self, root: &str, path: &str) -> Result<u32> {
         let mut members = self
             .composite(root)
             .ok_or_else(|| anyhow!("kernel BTF has no struct {root}"))?;
@@ -333,10 +342,7 @@ impl Btf {
                 };
             }
         }
-        if !bits.is_multiple_of(8) {
-            bail!("kernel BTF: {root}.{path} is a bitfield");
-        }
-        Ok(bits / 8)
+        Ok(bits)
     }
 
     /// How many arguments tracepoint `name` passes to a BTF tracepoint program (the prototype's

@@ -110,7 +110,9 @@ pub struct Cli {
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Do not watch transmitted packets for netfilter REJECT resets (saves ~40 ns per packet
-    /// sent on hosts whose kernel has REJECT built in or loaded).
+    /// sent on hosts whose kernel has REJECT built in or loaded). Before Linux 6.10 that hook
+    /// also shows the resets TCP sends without a socket (closed port, TIME_WAIT): they are then
+    /// not seen, and the readiness line says so.
     #[arg(long)]
     pub no_firewall: bool,
 

@@ -8,7 +8,7 @@ use std::{
 };
 
 use rst_trace_common::{
-    ATTR_NONE, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_NETFILTER,
+    ATTR_NONE, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_NETFILTER, FACT_XMIT,
     FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent,
     Task,
 };
@@ -471,7 +471,7 @@ fn who(r: &Report) -> String {
 
 fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
     if ev.facts & FACT_NETFILTER != 0 {
-        explain_netfilter(ev, reasons, r);
+        explain_netfilter(ev, r);
         return;
     }
     r.origin = Some("tcp");
@@ -483,8 +483,16 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
     });
     r.kernel_reason = reason.clone();
     let prev = TcpState::decode(ev.prev_state);
-    let packet = ev.facts & FACT_PACKET != 0;
-    let flags = ev.tcp_flags;
+    let mut packet = ev.facts & FACT_PACKET != 0;
+    let mut flags = ev.tcp_flags;
+    // Seen on transmit (before 6.10) without the segment it answers: what the RST itself says
+    // of it (tcp_v4_send_reset(): an RST|ACK answers a segment without ACK, in practice a SYN;
+    // a bare RST one with ACK).
+    let guessed = ev.facts & FACT_XMIT != 0 && !packet;
+    if guessed {
+        packet = true;
+        flags = if ev.tcp_flags & ACK != 0 { SYN } else { ACK };
+    }
     let tcp_sock = ev.facts & FACT_TCP_SOCK != 0;
     // For aborts the tracepoint says CLOSE; the state the connection was in comes from the
     // preceding inet_sock_set_state X -> CLOSE transition.
@@ -513,7 +521,7 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
             r.state = None;
             r.socket_cookie = None;
             r.no_process_why = Some("no socket");
-            if packet {
+            if packet && !guessed {
                 r.detail
                     .push(("incoming_flags", DetailValue::Text(incoming.clone())));
             }
@@ -540,7 +548,7 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
         "TCP_TIMEWAIT_SOCKET" => {
             r.condition = cond::TIME_WAIT_SEGMENT;
             r.no_process_why = Some("closed, in TIME_WAIT");
-            if packet {
+            if packet && !guessed {
                 r.detail
                     .push(("incoming_flags", DetailValue::Text(incoming.clone())));
             }
@@ -697,6 +705,11 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
             );
         }
     }
+    if guessed {
+        r.explanation.push_str(
+            " (the segment it answers was not seen; its flags are inferred from the RST)",
+        );
+    }
     if r.inferred {
         r.explanation
             .push_str(" (inferred: this kernel reports no reset reason)");
@@ -704,24 +717,11 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
 }
 
 /// An RST built by netfilter (REJECT --reject-with tcp-reset), seen on transmit.
-fn explain_netfilter(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
+fn explain_netfilter(ev: &RstEvent, r: &mut Report) {
     r.state = None;
     r.socket_cookie = None;
     r.no_process_why = Some("firewall");
     r.detail.push(("ttl", DetailValue::Num(u64::from(ev.ttl))));
-    // Before 6.10, TCP's own IPv6 replies without a socket also leave without skb->sk and
-    // without a tcp_send_reset event to tell them apart: do not claim netfilter for those.
-    if r.ipv6 && reasons.is_empty() {
-        r.origin = Some("unknown");
-        r.condition = cond::OTHER;
-        say!(
-            r,
-            "an RST from {} to {} left this host without a socket: netfilter REJECT or TCP's reply to a segment for no connection (this kernel cannot tell which)",
-            r.local,
-            r.remote
-        );
-        return;
-    }
     r.origin = Some("netfilter");
     r.condition = cond::FIREWALL_REJECT;
     // nf_reject_ip_tcphdr_put(): an RST|ACK answers a segment without ACK (a SYN: the client

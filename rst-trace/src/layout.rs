@@ -171,7 +171,29 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     if btf.tracepoint_args("tcp_send_reset") == Some(3) {
         cfg.send_reason_arg = REASON_ARG;
     }
+    socketless_config(btf, cfg);
     Ok(())
+}
+
+/// Before 6.10 `tcp_send_reset` fires only for a full socket (commit 19822a980e19 made it fire
+/// for every reset, in the release that gave it its `reason` argument): the transmit hook then
+/// reports the rest, and needs these to tell them apart.
+fn socketless_config(btf: &Btf, cfg: &mut Config) {
+    cfg.xmit_socketless = u8::from(cfg.send_reason_arg != REASON_ARG);
+    // A control socket is SOCK_RAW/IPPROTO_TCP: sk_type and sk_protocol, u16 each, side by side
+    // (since 5.6), in one read.
+    cfg.sk_type = match btf_off(btf, "sock", "sk_type") {
+        Ok(t) if cfg.sk_protocol != OFF_NONE && cfg.sk_protocol == t.wrapping_add(2) => t,
+        _ => OFF_NONE,
+    };
+    // `__u8 ip_summed:2`: its byte and the bit it starts at.
+    if let Ok(bits) = btf.bit_offset_of("sk_buff", "ip_summed")
+        && bits % 8 <= 6
+        && let Ok(byte) = u16::try_from(bits / 8)
+    {
+        cfg.skb_ip_summed = byte;
+        cfg.ip_summed_shift = (bits % 8) as u8;
+    }
 }
 
 /// Start of the [`SKB_HDR_WINDOW`] bytes of `struct sk_buff` that hold `head` and the two

@@ -482,7 +482,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let reasons = tracer.info.clone();
     eprintln!(
-        "rst-trace: tracing TCP resets ({}; {} tracepoints{}; kernel reasons: {}; {}; {} existing sockets owned; attached in {} ms)",
+        "rst-trace: tracing TCP resets ({}; {} tracepoints{}; kernel reasons: {}; {}; {}; {} existing sockets owned; attached in {} ms)",
         st.filter.describe(),
         if tracer.btf_resets { "BTF" } else { "record" },
         if count_in_kernel {
@@ -496,6 +496,7 @@ async fn run(cli: Cli) -> Result<()> {
             "yes"
         },
         tracer.reject.describe(),
+        tracer.socketless.describe(),
         tracer.seeded,
         started.elapsed().as_millis()
     );

@@ -12,7 +12,7 @@ use aya::{
 use rst_trace_common::{
     Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, GLOBAL_CONFIG,
     MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS, PROG_DESTROY_SOCK,
-    PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_RECEIVE_RESET, PROG_SEND_RESET, PROG_SET_STATE,
+    PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_NETIF_RECEIVE, PROG_RECEIVE_RESET, PROG_SEND_RESET, PROG_SET_STATE,
     PROG_SOCK_IO, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
 };
 use rst_trace_common::{
@@ -45,6 +45,8 @@ pub struct Tracer {
     /// Whether netfilter REJECT resets are watched (see [`RejectSupport`]).
     pub reject: RejectSupport,
     reject_attached: bool,
+    /// How resets TCP sends without a full socket are seen.
+    pub socketless: Socketless,
     /// The reset programs in use: BTF tracepoints, or the record-based ones.
     pub btf_resets: bool,
 }
@@ -76,6 +78,27 @@ impl RejectSupport {
             Self::NotLoaded => "firewall resets: when nf_reject loads",
             Self::Unavailable => "firewall resets: no (no net:net_dev_queue)",
             Self::Disabled => "firewall resets: off (--no-firewall)",
+        }
+    }
+}
+
+/// How resets TCP sends without a full socket (closed port, TIME_WAIT) are seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Socketless {
+    /// `tcp_send_reset` fires for them (6.10+).
+    Tracepoint,
+    /// Before 6.10 it does not: the transmit hook sees them.
+    Transmit,
+    /// Before 6.10, with the transmit hook off or missing: they are not seen.
+    Unseen(&'static str),
+}
+
+impl Socketless {
+    pub fn describe(self) -> String {
+        match self {
+            Self::Tracepoint => "resets without a socket: tcp_send_reset".into(),
+            Self::Transmit => "resets without a socket: on transmit (kernel before 6.10)".into(),
+            Self::Unseen(why) => format!("resets without a socket: NOT SEEN ({why})"),
         }
     }
 }
@@ -292,9 +315,26 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
     } else {
         RejectSupport::Unavailable
     };
-    let reject_attached = matches!(reject, RejectSupport::BuiltIn | RejectSupport::Module);
+    let socketless = if cfg.xmit_socketless == 0 {
+        Socketless::Tracepoint
+    } else if !hooks.firewall {
+        Socketless::Unseen("--no-firewall turns off the transmit hook they need before 6.10")
+    } else if tps.dev_queue.is_none() {
+        Socketless::Unseen("this kernel has no net:net_dev_queue")
+    } else {
+        Socketless::Transmit
+    };
+    let reject_attached = socketless == Socketless::Transmit
+        || matches!(reject, RejectSupport::BuiltIn | RejectSupport::Module);
     if reject_attached {
         attach_raw(&mut ebpf, PROG_DEV_QUEUE, "net_dev_queue")?;
+    }
+    if socketless == Socketless::Transmit
+        && let Err(e) = attach_raw(&mut ebpf, PROG_NETIF_RECEIVE, "netif_receive_skb")
+    {
+        eprintln!(
+            "rst-trace: note: no incoming flags for resets without a socket (netif_receive_skb: {e:#})"
+        );
     }
     Ok(Tracer {
         ebpf,
@@ -302,6 +342,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
         seeded,
         reject,
         reject_attached,
+        socketless,
         btf_resets,
     })
 }

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod vm;
 use clap::{Parser, Subcommand};
 
 /// The nightly the eBPF crate builds with (keep in sync with rst-trace/build.rs).
@@ -47,11 +48,25 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run every test (unit and end-to-end, as root), clippy and rustfmt.
+    /// Set up, build, and run every test (unit and end-to-end, as root), clippy and rustfmt,
+    /// then the end-to-end suite again inside each kernel of the matrix (see `vmtest`).
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Only this host's kernel: skip the kernel matrix (for quick iterations; CI runs all).
+        #[arg(long)]
+        host_only: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter, also used in the guests).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run the end-to-end suite inside Debian's cloud kernels booted under qemu (virtme-ng;
+    /// KVM where /dev/kvm works, TCG otherwise), installing and caching what it needs.
+    /// `./x vmtest 5.10 6.1 -- closed_port` runs the tests matching closed_port in two kernels.
+    Vmtest {
+        /// Kernel series: 5.10, 6.1, 6.12 (default: all).
+        kernels: Vec<String>,
+        /// Test name filters, after `--`.
+        #[arg(last = true)]
+        filter: Vec<String>,
     },
     /// clippy with -D warnings and rustfmt --check only.
     Check,
@@ -103,7 +118,12 @@ fn output_ok(cmd: &mut Command) -> Option<String> {
 }
 
 fn setup_apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    setup_apt_packages(APT_PACKAGES)
+}
+
+/// Installs the Debian packages of `packages` that are missing.
+fn setup_apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -112,7 +132,7 @@ fn setup_apt() -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        say(&format!("apt packages present: {}", APT_PACKAGES.join(" ")));
+        say(&format!("apt packages present: {}", packages.join(" ")));
         return Ok(());
     }
     say(&format!("installing apt packages: {}", missing.join(" ")));
@@ -286,24 +306,19 @@ fn no_mem_calls() -> Result<()> {
     Ok(())
 }
 
-/// Runs the tests, echoing cargo's output, and ends with one `passed, failed` total line.
-fn test(args: &[String]) -> Result<()> {
+/// Test totals read from `test result:` lines.
+struct Totals {
+    passed: u64,
+    failed: u64,
+    success: bool,
+}
+
+/// Runs `cmd` (stdout piped), echoing its output, and adds up cargo's test result lines.
+fn tee_totals(cmd: &mut Command) -> Result<Totals> {
     use std::io::{BufRead as _, BufReader};
-    let mut child = cargo()
-        .args([
-            "test",
-            "--release",
-            "--workspace",
-            "--exclude",
-            "rst-trace-ebpf",
-        ])
-        .args(args)
-        .env("RST_TRACE_BIN", root().join("target/release/rst-trace"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("running cargo test")?;
+    let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
     let (mut passed, mut failed) = (0u64, 0u64);
-    let out = child.stdout.take().context("cargo test stdout")?;
+    let out = child.stdout.take().context("child stdout")?;
     for line in BufReader::new(out).lines() {
         let line = line?;
         println!("{line}");
@@ -319,15 +334,82 @@ fn test(args: &[String]) -> Result<()> {
             }
         }
     }
-    let status = child.wait()?;
+    let success = child.wait()?.success();
+    Ok(Totals {
+        passed,
+        failed,
+        success,
+    })
+}
+
+/// Runs the tests on this host's kernel, then (unless `host_only`) in each kernel of the matrix,
+/// and ends with one `passed, failed` total line.
+fn test(args: &[String], host_only: bool) -> Result<()> {
+    let host = tee_totals(
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "rst-trace-ebpf",
+            ])
+            .args(args)
+            .env("RST_TRACE_BIN", root().join("target/release/rst-trace"))
+            .stdout(std::process::Stdio::piped()),
+    )?;
+    let (mut passed, mut failed) = (host.passed, host.failed);
+    let mut bad = !host.success;
+    if !host_only {
+        let filter: Vec<String> = args.iter().filter(|a| !a.starts_with('-')).cloned().collect();
+        let outcomes = vmtest(&[], &filter)?;
+        for o in &outcomes {
+            passed += o.passed;
+            failed += o.failed;
+            bad |= o.failed > 0;
+        }
+    }
     println!("xtask: {passed} passed, {failed} failed");
-    if !status.success() {
-        bail!("cargo test failed with {status}");
+    if bad {
+        bail!("tests failed");
     }
     if passed == 0 {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// The end-to-end suite in each kernel of `kernels` (all when empty), with the static binary
+/// `./x dist` builds, so that it is the one checked on every kernel. Prints a table at the end.
+fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
+    let series = vm::select(kernels)?;
+    vm::setup_tools()?;
+    let kvers = series
+        .iter()
+        .map(|s| vm::kernel(s))
+        .collect::<Result<Vec<_>>>()?;
+    dist()?;
+    let bin = root().join("dist/rst-trace");
+    let exes = vm::e2e_executables()?;
+    for (t, why) in vm::GUEST_SKIPS {
+        say(&format!("in the guests, not run: {t} ({why})"));
+    }
+    let mut outcomes = Vec::new();
+    for kver in &kvers {
+        say(&format!("booting {kver}"));
+        outcomes.push(vm::run_guest(kver, &bin, &exes, filter)?);
+    }
+    say("kernel matrix:");
+    for o in &outcomes {
+        say(&format!(
+            "  {:32} {:3} passed, {:2} failed, {:5.0} s",
+            o.kernel,
+            o.passed,
+            o.failed,
+            o.wall.as_secs_f64()
+        ));
+    }
+    Ok(outcomes)
 }
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -407,7 +489,7 @@ fn main() -> Result<()> {
             let status = Command::new(&bin).args(&args).status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Cmd::Test { args } => {
+        Cmd::Test { args, host_only } => {
             build()?;
             if !is_root() {
                 bail!("the end-to-end tests load eBPF programs: run `./x test` as root");
@@ -415,7 +497,21 @@ fn main() -> Result<()> {
             // Lints first, so the run ends with the test totals.
             check()?;
             say("cargo test --release --workspace --exclude rst-trace-ebpf");
-            test(&args)
+            test(&args, host_only)
+        }
+        Cmd::Vmtest { kernels, filter } => {
+            build()?;
+            if !is_root() {
+                bail!("booting kernels and loading eBPF programs needs root: run `./x vmtest` as root");
+            }
+            let outcomes = vmtest(&kernels, &filter)?;
+            let failed: u64 = outcomes.iter().map(|o| o.failed).sum();
+            let passed: u64 = outcomes.iter().map(|o| o.passed).sum();
+            println!("xtask: {passed} passed, {failed} failed");
+            if failed > 0 || passed == 0 {
+                bail!("tests failed in the kernel matrix");
+            }
+            Ok(())
         }
         Cmd::Check => check(),
         Cmd::Dist => dist(),
