@@ -984,7 +984,10 @@ pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
 /// `tcp_send_reset_btf` without `bpf_get_socket_cookie()`, which tracing programs may call only
 /// since 5.12 (commit c5dbb89fc2ac, "bpf: Expose bpf_get_socket_cookie to tracing programs"):
 /// on 5.5-5.11 the verifier stops at the call ("unknown func"). The cookie then comes from the
-/// socket, as with the record-based tracepoints (0 if the kernel never generated one).
+/// socket, as with the record-based tracepoint, whose record has no cookie (0 if the kernel
+/// never generated one). There is no such variant for `tcp_receive_reset`: its
+/// record carries a cookie the kernel generates (sock_gen_cookie()), so the record-based program
+/// is the better one there.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset_btf_nocookie(ctx: BtfTracePointContext) -> i32 {
     let [sk, skb, reason] = btf_args::<3>(&ctx);
@@ -994,14 +997,6 @@ pub fn tcp_send_reset_btf_nocookie(ctx: BtfTracePointContext) -> i32 {
         REASON_NONE
     };
     on_send_reset(sk, skb, reason, 0);
-    0
-}
-
-/// `tcp_receive_reset_btf` without `bpf_get_socket_cookie()` (see above).
-#[btf_tracepoint(function = "tcp_receive_reset")]
-pub fn tcp_receive_reset_btf_nocookie(ctx: BtfTracePointContext) -> i32 {
-    let [sk] = btf_args::<1>(&ctx);
-    on_receive_reset(sk, 0);
     0
 }
 

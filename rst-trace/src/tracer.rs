@@ -54,8 +54,9 @@ pub struct Tracer {
 pub enum Resets {
     /// BTF tracepoints that generate a missing socket cookie (5.12+).
     Btf,
-    /// BTF tracepoints without `bpf_get_socket_cookie()` (5.5-5.11).
-    BtfNoCookie,
+    /// 5.5-5.11: `tcp_send_reset` as a BTF tracepoint without `bpf_get_socket_cookie()`,
+    /// `tcp_receive_reset` record-based (its record has a cookie the kernel generates).
+    BtfSendOnly,
     /// The record-based `tcp:tcp_send_reset`/`tcp:tcp_receive_reset`.
     Record,
 }
@@ -64,15 +65,16 @@ impl Resets {
     /// For the readiness line: "BTF" or "record" (tracepoints).
     pub fn describe(self) -> &'static str {
         match self {
-            Self::Btf | Self::BtfNoCookie => "BTF",
+            Self::Btf => "BTF",
+            Self::BtfSendOnly => "BTF send/record receive",
             Self::Record => "record",
         }
     }
 }
 
-/// The BTF variants without the cookie helper (rst-trace-ebpf, `tcp_send_reset_btf_nocookie`).
+/// The BTF `tcp_send_reset` without the cookie helper (see `tcp_send_reset_btf_nocookie` in
+/// rst-trace-ebpf).
 const PROG_SEND_RESET_BTF_NC: &str = "tcp_send_reset_btf_nocookie";
-const PROG_RECEIVE_RESET_BTF_NC: &str = "tcp_receive_reset_btf_nocookie";
 
 /// A program the kernel refused to load. Its Display is one line, the program and the
 /// verifier's complaint; the whole verifier log (hundreds of lines) is printed only with `-v`.
@@ -477,9 +479,10 @@ fn attach_owner_hooks(
     Ok(())
 }
 
-/// Attaches one pair of reset programs, the first that loads: BTF tracepoints that generate a
-/// missing cookie (5.12+), BTF tracepoints without that helper (5.5+), the record-based
-/// tracepoints. Each step down is named on stderr with the reason.
+/// Attaches the reset programs, the first choice that loads: BTF tracepoints that generate a
+/// missing cookie (5.12+); a BTF `tcp_send_reset` without that helper and the record-based
+/// `tcp:tcp_receive_reset` (5.5+); the record-based tracepoints. Each step down is named on
+/// stderr with the reason.
 fn attach_resets(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, notes: Notes) -> Result<Resets> {
     if std::env::var(ENV_RECORD_TRACEPOINTS).as_deref() == Ok("1") {
         notes.note(&format!(
@@ -487,31 +490,27 @@ fn attach_resets(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, notes: Notes) -> Resul
              ({ENV_RECORD_TRACEPOINTS}=1)"
         ));
     } else if let Some(btf) = btf {
-        match attach_btf_pair(ebpf, btf, PROG_SEND_RESET_BTF, PROG_RECEIVE_RESET_BTF) {
-            Ok(()) => return Ok(Resets::Btf),
-            Err(e) => {
-                let plain =
-                    attach_btf_pair(ebpf, btf, PROG_SEND_RESET_BTF_NC, PROG_RECEIVE_RESET_BTF_NC);
-                match plain {
-                    Ok(()) => {
-                        notes.failed(
-                            "BTF tracepoints without cookie generation (a sent reset's \
-                             socket_cookie is null if the socket had none yet; \
-                             bpf_get_socket_cookie() in tracing programs needs Linux 5.12+)",
-                            &e,
-                        );
-                        return Ok(Resets::BtfNoCookie);
-                    }
-                    Err(e2) => {
-                        notes.failed(
-                            "using record-based tcp:tcp_send_reset and tcp:tcp_receive_reset \
-                             (BTF tracepoint rejected)",
-                            &e2,
-                        );
-                        if notes.verbose {
-                            print_details(&e);
-                        }
-                    }
+        let Err(e) = attach_btf_pair(ebpf, btf, PROG_SEND_RESET_BTF, PROG_RECEIVE_RESET_BTF) else {
+            return Ok(Resets::Btf);
+        };
+        match attach_btf(ebpf, btf, PROG_SEND_RESET_BTF_NC, "tcp_send_reset") {
+            Ok(()) => {
+                notes.failed(
+                    "using record-based tcp:tcp_receive_reset, and BTF tcp_send_reset without \
+                     cookie generation (BTF tracepoint rejected)",
+                    &e,
+                );
+                attach(ebpf, PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
+                return Ok(Resets::BtfSendOnly);
+            }
+            Err(e2) => {
+                notes.failed(
+                    "using record-based tcp:tcp_send_reset and tcp:tcp_receive_reset \
+                     (BTF tracepoint rejected)",
+                    &e2,
+                );
+                if notes.verbose {
+                    print_details(&e);
                 }
             }
         }
@@ -595,7 +594,6 @@ pub fn lost_total(ebpf: &Ebpf) -> Result<u64> {
         PROG_SEND_RESET_BTF,
         PROG_RECEIVE_RESET_BTF,
         PROG_SEND_RESET_BTF_NC,
-        PROG_RECEIVE_RESET_BTF_NC,
         PROG_SEND_RESET,
         PROG_RECEIVE_RESET,
     ]
