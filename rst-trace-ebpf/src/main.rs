@@ -544,11 +544,16 @@ fn segment_facts(h: &Headers, ev: &mut RstEvent) {
 #[inline(always)]
 fn read_idle(sk: u64, ev: &mut RstEvent) {
     let w = tcp_window(SLOT_RECV, sk);
-    if let (Some(snd), Some(ack), Some(data)) = (
-        tp_u32(w, sk, conf!(tp_lsndtime)),
-        tp_u32(w, sk, conf!(tp_rcv_tstamp)),
-        kread::<u32>(sk, conf!(tp_lrcvtime)),
-    ) {
+    // Defaults rather than a tuple of Options: see read_tcp_sock().
+    let mut ok = true;
+    let mut field = |v: Option<u32>| {
+        ok &= v.is_some();
+        v.unwrap_or(0)
+    };
+    let snd = field(tp_u32(w, sk, conf!(tp_lsndtime)));
+    let ack = field(tp_u32(w, sk, conf!(tp_rcv_tstamp)));
+    let data = field(kread::<u32>(sk, conf!(tp_lrcvtime)));
+    if ok {
         // SAFETY: helper without preconditions.
         let now = unsafe { bpf_jiffies64() } as u32;
         let a = now.wrapping_sub(snd);
@@ -569,17 +574,26 @@ fn read_idle(sk: u64, ev: &mut RstEvent) {
 #[inline(always)]
 fn read_tcp_sock(w: &Window, sk: u64, ev: &mut RstEvent) {
     let tw = tcp_window(SLOT_SEND, sk);
-    let (Some(rcv_nxt), Some(copied_seq), Some(write_seq), Some(snd_una)) = (
-        tp_u32(tw, sk, conf!(tp_rcv_nxt)),
-        tp_u32(tw, sk, conf!(tp_copied_seq)),
-        tp_u32(tw, sk, conf!(tp_write_seq)),
-        tp_u32(tw, sk, conf!(tp_snd_una)),
-    ) else {
-        return;
+    // Each read defaults to 0 and the differences are computed either way: with a tuple of
+    // Options matched at once, LLVM spills a value only on the path where its read succeeded
+    // and reloads the slot on every path, a read of uninitialised stack that verifiers before
+    // 6.3 reject (commit 6715df8d5d24 made it legal for privileged programs only then).
+    let mut ok = true;
+    let mut field = |off: u16| {
+        let v = tp_u32(tw, sk, off);
+        ok &= v.is_some();
+        v.unwrap_or(0)
     };
+    let (rcv_nxt, copied_seq) = (field(conf!(tp_rcv_nxt)), field(conf!(tp_copied_seq)));
+    let (write_seq, snd_una) = (field(conf!(tp_write_seq)), field(conf!(tp_snd_una)));
     // Sequence numbers wrap: the differences are what tcp_close() and tcp_disconnect() look at.
     ev.unread = rcv_nxt.wrapping_sub(copied_seq);
     ev.unsent = write_seq.wrapping_sub(snd_una);
+    if !ok {
+        ev.unread = 0;
+        ev.unsent = 0;
+        return;
+    }
     ev.linger2 = kread::<i32>(sk, conf!(tp_linger2)).unwrap_or(0);
     ev.facts |= FACT_TCP_SOCK;
     let bit = conf!(sock_linger_bit);
@@ -1011,6 +1025,25 @@ pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
     let [sk] = btf_args::<1>(&ctx);
     on_receive_reset(sk, btf_sock_cookie(&ctx));
+    0
+}
+
+/// `tcp_send_reset_btf` without `bpf_get_socket_cookie()`, which tracing programs may call only
+/// since 5.12 (commit c5dbb89fc2ac, "bpf: Expose bpf_get_socket_cookie to tracing programs"):
+/// on 5.5-5.11 the verifier stops at the call ("unknown func"). The cookie then comes from the
+/// socket, as with the record-based tracepoint, whose record has no cookie (0 if the kernel
+/// never generated one). There is no such variant for `tcp_receive_reset`: its
+/// record carries a cookie the kernel generates (sock_gen_cookie()), so the record-based program
+/// is the better one there.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_btf_nocookie(ctx: BtfTracePointContext) -> i32 {
+    let [sk, skb, reason] = btf_args::<3>(&ctx);
+    let reason = if conf!(send_reason_arg) == REASON_ARG {
+        reason as u32
+    } else {
+        REASON_NONE
+    };
+    on_send_reset(sk, skb, reason, 0);
     0
 }
 

@@ -14,7 +14,8 @@ Examples:
   sudo rst-trace --quiet --metrics 127.0.0.1:9464
 
 Exit status: 0 normal end (--count, --duration, SIGINT, SIGTERM, broken pipe),
-1 runtime error (not privileged, kernel lacks a needed hook, tracefs unavailable), 2 usage error.
+1 runtime error (not privileged, kernel lacks a needed hook or feature, tracefs unavailable),
+2 usage error. A runtime error is one line; -v adds the details (e.g. the verifier log).
 
 rst-trace writes `rst-trace: tracing TCP resets (...)` to stderr once it is attached;
 stdout carries events only.";
@@ -120,6 +121,11 @@ pub struct Cli {
     /// resets then carry no `ttl`/`peer_ttl` evidence.
     #[arg(long)]
     pub no_ttl: bool,
+
+    /// Details on stderr: the verifier log of a program the kernel rejected (whether rst-trace
+    /// fell back to another one or gave up).
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
 
     /// Size of the kernel-to-userspace ring buffer in bytes (a power of two). The default holds
     /// ~26k events: a 500k events/s storm on two busy cores loses none (`./x bench`)

@@ -61,10 +61,23 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    let verbose = cli.verbose;
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rst-trace: error: {e:#}");
+            // One line; a verifier log (hundreds of lines) and other details only with -v.
+            let rejected = e
+                .chain()
+                .any(|c| c.downcast_ref::<tracer::LoadFailure>().is_some());
+            let hint = if rejected && !verbose {
+                " (-v prints the verifier log)"
+            } else {
+                ""
+            };
+            eprintln!("rst-trace: error: {}{hint}", tracer::first_line(&e));
+            if verbose {
+                tracer::print_details(&e);
+            }
             ExitCode::from(EXIT_RUNTIME)
         }
     }
@@ -430,7 +443,10 @@ async fn run(cli: Cli) -> Result<()> {
         firewall: !cli.no_firewall,
         count_in_kernel,
     };
-    let mut tracer = tracer::load(&filter, cli.ring_size, hooks)?;
+    let notes = tracer::Notes {
+        verbose: cli.verbose,
+    };
+    let mut tracer = tracer::load(&filter, cli.ring_size, hooks, notes)?;
     // The two BTF parses (tens of MiB, one of them on a thread with its own malloc arena) are
     // freed; hand the memory back to the kernel, or it stays in our RSS for good.
     #[cfg(target_env = "gnu")]
@@ -484,7 +500,7 @@ async fn run(cli: Cli) -> Result<()> {
     eprintln!(
         "rst-trace: tracing TCP resets ({}; {} tracepoints{}; kernel reasons: {}; {}; {}; {} existing sockets owned; attached in {} ms)",
         st.filter.describe(),
-        if tracer.btf_resets { "BTF" } else { "record" },
+        tracer.resets.describe(),
         if count_in_kernel {
             "; counting in the kernel"
         } else {

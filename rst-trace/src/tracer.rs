@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    maps::{HashMap as BpfHashMap, MapType, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePoint, ProgramError, RawTracePoint, TracePoint},
 };
 use rst_trace_common::{
     Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, GLOBAL_CONFIG,
@@ -47,8 +47,137 @@ pub struct Tracer {
     reject_attached: bool,
     /// How resets TCP sends without a full socket are seen.
     pub socketless: Socketless,
-    /// The reset programs in use: BTF tracepoints, or the record-based ones.
-    pub btf_resets: bool,
+    /// The reset programs in use.
+    pub resets: Resets,
+}
+
+/// Which pair of reset programs runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resets {
+    /// BTF tracepoints that generate a missing socket cookie (5.12+).
+    Btf,
+    /// 5.5-5.11: `tcp_send_reset` as a BTF tracepoint without `bpf_get_socket_cookie()`,
+    /// `tcp_receive_reset` record-based (its record has a cookie the kernel generates).
+    BtfSendOnly,
+    /// The record-based `tcp:tcp_send_reset`/`tcp:tcp_receive_reset`.
+    Record,
+}
+
+impl Resets {
+    /// For the readiness line: "BTF" or "record" (tracepoints).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Btf => "BTF",
+            Self::BtfSendOnly => "BTF send/record receive",
+            Self::Record => "record",
+        }
+    }
+}
+
+/// The BTF `tcp_send_reset` without the cookie helper (see `tcp_send_reset_btf_nocookie` in
+/// rst-trace-ebpf).
+const PROG_SEND_RESET_BTF_NC: &str = "tcp_send_reset_btf_nocookie";
+
+/// A program the kernel refused to load. Its Display is one line, the program and the
+/// verifier's complaint; the whole verifier log (hundreds of lines) is printed only with `-v`.
+#[derive(Debug)]
+pub struct LoadFailure {
+    pub prog: String,
+    /// The line of the verifier log that says what is wrong, and the errno.
+    pub reason: String,
+    pub log: String,
+}
+
+impl std::fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the kernel rejected eBPF program {}: {}",
+            self.prog, self.reason
+        )
+    }
+}
+
+impl std::error::Error for LoadFailure {}
+
+/// The line of a verifier log that states the problem: the last one before the statistics the
+/// verifier appends ("verification time", "stack depth", "processed N insns").
+fn verifier_complaint(log: &str) -> Option<&str> {
+    const STATS: [&str; 4] = [
+        "verification time",
+        "stack depth",
+        "processed ",
+        "max_states_per_insn",
+    ];
+    log.lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| !l.is_empty() && !STATS.iter().any(|s| l.starts_with(s)))
+}
+
+fn load_failure(prog: &str, e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let reason = match verifier_complaint(&log) {
+                Some(line) => format!("{line} ({io_error})"),
+                None => io_error.to_string(),
+            };
+            LoadFailure {
+                prog: prog.to_owned(),
+                reason,
+                log,
+            }
+            .into()
+        }
+        e => anyhow::Error::new(e).context(format!("loading eBPF program {prog}")),
+    }
+}
+
+/// The first line of an error, for a one-line note.
+pub fn first_line(e: &anyhow::Error) -> String {
+    let all = format!("{e:#}");
+    all.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Says on stderr that a hook is not used as planned and why, in one line; `-v` adds the details
+/// (a verifier log).
+#[derive(Clone, Copy)]
+pub struct Notes {
+    pub verbose: bool,
+}
+
+impl Notes {
+    pub fn note(self, line: &str) {
+        eprintln!("rst-trace: note: {line}");
+    }
+
+    /// A note for a hook that failed with `e`: the first line of the error, its details with -v.
+    fn failed(self, what: &str, e: &anyhow::Error) {
+        self.note(&format!("{what}: {}", first_line(e)));
+        if self.verbose {
+            print_details(e);
+        }
+    }
+}
+
+/// The details of an error beyond its first line: a rejected program's verifier log, and the
+/// rest of a multi-line message.
+pub fn print_details(e: &anyhow::Error) {
+    if let Some(f) = e.chain().find_map(|c| c.downcast_ref::<LoadFailure>()) {
+        eprintln!(
+            "rst-trace: verifier log of {}:\n{}",
+            f.prog,
+            f.log.trim_end()
+        );
+    }
+    let all = format!("{e:#}");
+    if let Some((_, rest)) = all.split_once('\n') {
+        eprintln!("{rest}");
+    }
 }
 
 /// Set to 1 to use the record-based reset tracepoints even where the BTF ones work (what
@@ -156,33 +285,45 @@ pub struct Hooks {
     pub count_in_kernel: bool,
 }
 
-pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
-    // aya's own parse of vmlinux BTF (the loader and the BTF tracepoints need it; ~15 ms here)
-    // runs on another core while we read tracefs and take offsets from our lighter parse.
-    let aya_btf = std::thread::spawn(aya::Btf::from_sys_fs);
-    let tracefs = tracefs::locate()?;
-    let tps = Tracepoints {
-        send_reset: required_format(&tracefs, "tcp", "tcp_send_reset")?,
-        receive_reset: required_format(&tracefs, "tcp", "tcp_receive_reset")?,
-        set_state: required_format(&tracefs, "sock", "inet_sock_set_state")?,
-        destroy_sock: tracefs::read_format(&tracefs, "tcp", "tcp_destroy_sock")?,
-        send_length: tracefs::read_format(&tracefs, "sock", "sock_send_length")?,
-        exit_accept: tracefs::read_format(&tracefs, "syscalls", "sys_exit_accept4")?,
-        dev_queue: tracefs::read_format(&tracefs, "net", "net_dev_queue")?,
-    };
-    let mut cfg = Config::empty();
-    layout::tracepoint_config(&tps, &mut cfg)?;
-    let btf = Btf::from_sys_fs()?;
-    layout::struct_config(&btf, &mut cfg)?;
-    let info = KernelInfo {
-        reasons: layout::reason_names(&tps.send_reset, Some(&btf)),
-        jiffy_ns: layout::jiffy_ns(),
-    };
+/// The BPF ring buffer (BPF_MAP_TYPE_RINGBUF, 5.8, commit 457f44363a88) carries every event:
+/// without it nothing can work, and the loader's error would only say that a map could not be
+/// created. (Ubuntu 20.04's 5.4 is such a kernel.)
+fn require_ringbuf() -> Result<()> {
+    match aya::sys::is_map_supported(MapType::RingBuf) {
+        Ok(false) => Err(anyhow!(
+            "this kernel has no BPF ring buffer (needs Linux 5.8+)"
+        )),
+        // A probe that fails for another reason (privileges) is left to the loader to report.
+        Ok(true) | Err(_) => Ok(()),
+    }
+}
+
+/// The tracepoint formats rst-trace reads: the three it cannot work without, and the optional
+/// ones (None when this kernel lacks them).
+fn read_tracepoints(tracefs: &Path) -> Result<Tracepoints> {
+    Ok(Tracepoints {
+        send_reset: required_format(tracefs, "tcp", "tcp_send_reset")?,
+        receive_reset: required_format(tracefs, "tcp", "tcp_receive_reset")?,
+        set_state: required_format(tracefs, "sock", "inet_sock_set_state")?,
+        destroy_sock: tracefs::read_format(tracefs, "tcp", "tcp_destroy_sock")?,
+        send_length: tracefs::read_format(tracefs, "sock", "sock_send_length")?,
+        exit_accept: tracefs::read_format(tracefs, "syscalls", "sys_exit_accept4")?,
+        dev_queue: tracefs::read_format(tracefs, "net", "net_dev_queue")?,
+    })
+}
+
+/// The in-kernel filter settings of `cfg`.
+fn filter_config(filter: &Filter, cfg: &mut Config) -> Result<()> {
+    if filter.pids.len() > FILTER_MAX_ENTRIES as usize
+        || filter.ports.len() > FILTER_MAX_ENTRIES as usize
+    {
+        return Err(anyhow!(
+            "at most {FILTER_MAX_ENTRIES} --pid and --port values are supported"
+        ));
+    }
     if !filter.pids.is_empty() {
         cfg.filters |= FILTER_PID;
     }
-    cfg.wake_bytes = ring_size / WAKE_FRACTION;
-    cfg.count_in_kernel = u8::from(hooks.count_in_kernel);
     if !filter.ports.is_empty() {
         cfg.filters |= FILTER_PORT;
     }
@@ -191,26 +332,37 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
     if filter.direction == Some(Direction::Sent) {
         cfg.filters |= FILTER_NO_RECEIVED;
     }
-    if filter.pids.len() > FILTER_MAX_ENTRIES as usize
-        || filter.ports.len() > FILTER_MAX_ENTRIES as usize
-    {
-        return Err(anyhow!(
-            "at most {FILTER_MAX_ENTRIES} --pid and --port values are supported"
-        ));
-    }
+    Ok(())
+}
+
+pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Result<Tracer> {
+    require_ringbuf()?;
+    // aya's own parse of vmlinux BTF (the loader and the BTF tracepoints need it; ~15 ms here)
+    // runs on another core while we read tracefs and take offsets from our lighter parse.
+    let aya_btf = std::thread::spawn(aya::Btf::from_sys_fs);
+    let tracefs = tracefs::locate()?;
+    let tps = read_tracepoints(&tracefs)?;
+    let mut cfg = Config::empty();
+    layout::tracepoint_config(&tps, &mut cfg)?;
+    let btf = Btf::from_sys_fs()?;
+    layout::struct_config(&btf, &mut cfg)?;
+    let info = KernelInfo {
+        reasons: layout::reason_names(&tps.send_reset, Some(&btf)),
+        jiffy_ns: layout::jiffy_ns(),
+    };
+    cfg.wake_bytes = ring_size / WAKE_FRACTION;
+    cfg.count_in_kernel = u8::from(hooks.count_in_kernel);
+    filter_config(filter, &mut cfg)?;
 
     // aya's own BTF parse, done once: the loader and the BTF tracepoints both need it. Without
     // it (a BTF aya cannot read), the record-based tracepoints still work.
     let aya_btf = match aya_btf.join() {
-        Ok(Ok(b)) => Some(b),
-        Ok(Err(e)) => {
-            log::debug!("aya cannot parse vmlinux BTF: {e}");
-            None
-        }
-        Err(_) => None,
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(anyhow!("aya cannot parse vmlinux BTF: {e}")),
+        Err(_) => Err(anyhow!("aya's vmlinux BTF parse panicked")),
     };
     let mut loader = EbpfLoader::new();
-    if let Some(b) = &aya_btf {
+    if let Ok(b) = &aya_btf {
         loader.btf(b);
     }
     let mut ebpf = loader
@@ -218,96 +370,28 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
         .map_max_entries(MAP_EVENTS, ring_size)
         .load(EBPF_OBJECT)
         .context(
-            "loading the eBPF programs (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)",
+            "loading the eBPF object (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)",
         )?;
-
-    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
-        // Only missing when the object has no log statements; not fatal.
-        log::debug!("eBPF logger not initialised: {e}");
-    }
-
-    {
-        let mut pids: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(ebpf.map_mut(MAP_FILTER_PIDS).context("pid filter map")?)?;
-        for &p in &filter.pids {
-            pids.insert(&p, &1, 0)?;
-        }
-    }
-    {
-        let mut ports: BpfHashMap<_, u16, u8> =
-            BpfHashMap::try_from(ebpf.map_mut(MAP_FILTER_PORTS).context("port filter map")?)?;
-        for &p in &filter.ports {
-            ports.insert(&p, &1, 0)?;
-        }
-    }
+    fill_filters(&mut ebpf, filter)?;
 
     // Owner tracking first, so no socket created meanwhile is missed; resets last.
-    // Raw tracepoints where the socket's protocol can be read by offset (5.6+): the kernel then
-    // formats no trace record for each state change; the record-based programs otherwise.
-    if cfg.sk_protocol == OFF_NONE
-        || attach_raw(&mut ebpf, PROG_SET_STATE_RAW, "inet_sock_set_state").is_err()
-    {
-        attach(&mut ebpf, PROG_SET_STATE, "sock", "inet_sock_set_state")?;
-    }
-    if tps.destroy_sock.is_some()
-        && attach_raw(&mut ebpf, PROG_DESTROY_SOCK_RAW, "tcp_destroy_sock").is_err()
-    {
-        attach(&mut ebpf, PROG_DESTROY_SOCK, "tcp", "tcp_destroy_sock")?;
-    }
-    // Optional owner hooks: without them, accepted sockets are owned from their first reset-free
-    // history only (connect/listen) or the start-up seed.
-    if tps.exit_accept.is_some() {
-        attach(&mut ebpf, PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept4")?;
-        if tracefs::read_format(&tracefs, "syscalls", "sys_exit_accept")?.is_some() {
-            attach(&mut ebpf, PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept")?;
-        }
-    }
-    if tps.send_length.is_some() {
-        attach_raw(&mut ebpf, PROG_SOCK_IO, "sock_send_length")?;
-        attach_raw(&mut ebpf, PROG_SOCK_IO, "sock_recv_length")?;
-    }
+    attach_owner_hooks(&mut ebpf, &cfg, &tps, &tracefs, notes)?;
     // TTL evidence for received resets (raw tracepoints: 4.17+).
     if hooks.ttl
         && let Err(e) = attach_raw(&mut ebpf, PROG_TCP_PROBE, "tcp_probe")
     {
-        log::debug!("no TTL evidence: {e:#}");
+        notes.failed(
+            "no TTL evidence on received resets (raw tracepoint tcp_probe)",
+            &e,
+        );
     }
     // With the owner hooks live, seed the sockets that already existed.
-    let existing = owners::existing();
-    let mut seeded = 0;
-    {
-        let mut seed: BpfHashMap<_, u64, Task> =
-            BpfHashMap::try_from(ebpf.map_mut(MAP_SEED_OWNERS).context("seed owner map")?)?;
-        for (cookie, task) in existing.iter().take(SEED_MAX_ENTRIES as usize) {
-            seed.insert(cookie, task, 0)?;
-            seeded += 1;
-        }
+    let seeded = seed_owners(&mut ebpf)?;
+    let resets = attach_resets(&mut ebpf, aya_btf.as_ref().ok(), notes)?;
+    if let Err(e) = &aya_btf {
+        notes.note(&format!("record-based reset tracepoints: {e:#}"));
     }
-    let btf_resets = std::env::var(ENV_RECORD_TRACEPOINTS).as_deref() != Ok("1")
-        && aya_btf.as_ref().is_some_and(|btf| {
-            match attach_btf(&mut ebpf, btf, PROG_SEND_RESET_BTF, "tcp_send_reset").and_then(|()| {
-                attach_btf(&mut ebpf, btf, PROG_RECEIVE_RESET_BTF, "tcp_receive_reset")
-            }) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::debug!("record-based reset tracepoints: {e:#}");
-                    false
-                }
-            }
-        });
     drop(aya_btf);
-    if !btf_resets {
-        // Both or neither: detach a BTF program that did attach, so no reset is seen twice.
-        for prog in [PROG_SEND_RESET_BTF, PROG_RECEIVE_RESET_BTF] {
-            if let Some(p) = ebpf.program_mut(prog)
-                && let Ok(p) = <&mut BtfTracePoint>::try_from(p)
-            {
-                let _ = p.unload();
-            }
-        }
-        attach(&mut ebpf, PROG_SEND_RESET, "tcp", "tcp_send_reset")?;
-        attach(&mut ebpf, PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
-    }
     let reject = if !hooks.firewall {
         RejectSupport::Disabled
     } else if tps.dev_queue.is_some() {
@@ -332,8 +416,9 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
     if socketless == Socketless::Transmit
         && let Err(e) = attach_raw(&mut ebpf, PROG_NETIF_RECEIVE, "netif_receive_skb")
     {
-        eprintln!(
-            "rst-trace: note: no incoming flags for resets without a socket (netif_receive_skb: {e:#})"
+        notes.failed(
+            "no incoming flags for resets without a socket (raw tracepoint netif_receive_skb)",
+            &e,
         );
     }
     Ok(Tracer {
@@ -343,14 +428,161 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks) -> Result<Tracer> {
         reject,
         reject_attached,
         socketless,
-        btf_resets,
+        resets,
     })
+}
+
+/// The `--pid` and `--port` values into their in-kernel maps.
+fn fill_filters(ebpf: &mut Ebpf, filter: &Filter) -> Result<()> {
+    let mut pids: BpfHashMap<_, u32, u8> =
+        BpfHashMap::try_from(ebpf.map_mut(MAP_FILTER_PIDS).context("pid filter map")?)?;
+    for &p in &filter.pids {
+        pids.insert(&p, &1, 0)?;
+    }
+    let mut ports: BpfHashMap<_, u16, u8> =
+        BpfHashMap::try_from(ebpf.map_mut(MAP_FILTER_PORTS).context("port filter map")?)?;
+    for &p in &filter.ports {
+        ports.insert(&p, &1, 0)?;
+    }
+    Ok(())
+}
+
+/// Seeds the owners of the sockets that existed before rst-trace started; returns how many.
+fn seed_owners(ebpf: &mut Ebpf) -> Result<usize> {
+    let existing = owners::existing();
+    let mut seeded = 0;
+    let mut seed: BpfHashMap<_, u64, Task> =
+        BpfHashMap::try_from(ebpf.map_mut(MAP_SEED_OWNERS).context("seed owner map")?)?;
+    for (cookie, task) in existing.iter().take(SEED_MAX_ENTRIES as usize) {
+        seed.insert(cookie, task, 0)?;
+        seeded += 1;
+    }
+    Ok(seeded)
+}
+
+/// The hooks that learn socket owners and forget destroyed sockets. The state-change hook is
+/// required; the others are optional, and each one missing is named on stderr.
+fn attach_owner_hooks(
+    ebpf: &mut Ebpf,
+    cfg: &Config,
+    tps: &Tracepoints,
+    tracefs: &Path,
+    notes: Notes,
+) -> Result<()> {
+    // Raw tracepoints where the socket's protocol can be read by offset (5.6+, where sk_protocol
+    // stopped being a bitfield): the kernel then formats no trace record for each state change.
+    if cfg.sk_protocol == OFF_NONE {
+        attach(ebpf, PROG_SET_STATE, "sock", "inet_sock_set_state")?;
+    } else if let Err(e) = attach_raw(ebpf, PROG_SET_STATE_RAW, "inet_sock_set_state") {
+        notes.failed(
+            "using record-based sock:inet_sock_set_state (raw tracepoint failed)",
+            &e,
+        );
+        attach(ebpf, PROG_SET_STATE, "sock", "inet_sock_set_state")?;
+    }
+    if tps.destroy_sock.is_none() {
+        notes.note(
+            "no tcp:tcp_destroy_sock in this kernel: a destroyed socket's owner is kept until \
+             its address is reused by a socket whose owner is seen",
+        );
+    } else if let Err(e) = attach_raw(ebpf, PROG_DESTROY_SOCK_RAW, "tcp_destroy_sock") {
+        notes.failed(
+            "using record-based tcp:tcp_destroy_sock (raw tracepoint failed)",
+            &e,
+        );
+        attach(ebpf, PROG_DESTROY_SOCK, "tcp", "tcp_destroy_sock")?;
+    }
+    // Optional owner hooks: without them, accepted sockets are owned from their first reset-free
+    // history only (connect/listen) or the start-up seed.
+    if tps.exit_accept.is_none() {
+        notes.note(
+            "no syscalls:sys_exit_accept4 (CONFIG_FTRACE_SYSCALLS off): accepted sockets are \
+             not owned at accept()",
+        );
+    } else {
+        let mut r = attach(ebpf, PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept4");
+        if r.is_ok() && tracefs::read_format(tracefs, "syscalls", "sys_exit_accept")?.is_some() {
+            r = attach(ebpf, PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept");
+        }
+        if let Err(e) = r {
+            notes.failed("accepted sockets are not owned at accept()", &e);
+        }
+    }
+    if tps.send_length.is_none() {
+        notes.note(
+            "no sock:sock_send_length (Linux 6.3+): owners are not learned from sends and \
+             receives, only from connect(), listen(), accept() and the start-up seed",
+        );
+    } else if let Err(e) = attach_raw(ebpf, PROG_SOCK_IO, "sock_send_length")
+        .and_then(|()| attach_raw(ebpf, PROG_SOCK_IO, "sock_recv_length"))
+    {
+        notes.failed("owners are not learned from sends and receives", &e);
+    }
+    Ok(())
+}
+
+/// Attaches the reset programs, the first choice that loads: BTF tracepoints that generate a
+/// missing cookie (5.12+); a BTF `tcp_send_reset` without that helper and the record-based
+/// `tcp:tcp_receive_reset` (5.5+); the record-based tracepoints. Each step down is named on
+/// stderr with the reason.
+fn attach_resets(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, notes: Notes) -> Result<Resets> {
+    if std::env::var(ENV_RECORD_TRACEPOINTS).as_deref() == Ok("1") {
+        notes.note(&format!(
+            "using record-based tcp:tcp_send_reset and tcp:tcp_receive_reset \
+             ({ENV_RECORD_TRACEPOINTS}=1)"
+        ));
+    } else if let Some(btf) = btf {
+        let Err(e) = attach_btf_pair(ebpf, btf, PROG_SEND_RESET_BTF, PROG_RECEIVE_RESET_BTF) else {
+            return Ok(Resets::Btf);
+        };
+        match attach_btf(ebpf, btf, PROG_SEND_RESET_BTF_NC, "tcp_send_reset") {
+            Ok(()) => {
+                notes.failed(
+                    "using record-based tcp:tcp_receive_reset, and BTF tcp_send_reset without \
+                     cookie generation (BTF tracepoint rejected)",
+                    &e,
+                );
+                attach(ebpf, PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
+                return Ok(Resets::BtfSendOnly);
+            }
+            Err(e2) => {
+                notes.failed(
+                    "using record-based tcp:tcp_send_reset and tcp:tcp_receive_reset \
+                     (BTF tracepoint rejected)",
+                    &e2,
+                );
+                if notes.verbose {
+                    print_details(&e);
+                }
+            }
+        }
+    }
+    attach(ebpf, PROG_SEND_RESET, "tcp", "tcp_send_reset")?;
+    attach(ebpf, PROG_RECEIVE_RESET, "tcp", "tcp_receive_reset")?;
+    Ok(Resets::Record)
+}
+
+/// Attaches both BTF reset programs or neither: one that did attach is unloaded (detaching it)
+/// if its partner fails, so that no reset is seen twice.
+fn attach_btf_pair(ebpf: &mut Ebpf, btf: &aya::Btf, send: &str, recv: &str) -> Result<()> {
+    let r = attach_btf(ebpf, btf, send, "tcp_send_reset")
+        .and_then(|()| attach_btf(ebpf, btf, recv, "tcp_receive_reset"));
+    if r.is_err() {
+        for prog in [send, recv] {
+            if let Some(p) = ebpf.program_mut(prog)
+                && let Ok(p) = <&mut BtfTracePoint>::try_from(p)
+            {
+                let _ = p.unload();
+            }
+        }
+    }
+    r
 }
 
 /// Loads and attaches BTF tracepoint program `prog` to tracepoint `name`.
 fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf, prog: &str, name: &str) -> Result<()> {
     let p: &mut BtfTracePoint = program(ebpf, prog)?;
-    p.load(name, btf).with_context(|| load_error(prog))?;
+    p.load(name, btf).map_err(|e| load_failure(prog, e))?;
     p.attach()
         .with_context(|| format!("attaching to BTF tracepoint {name}"))?;
     Ok(())
@@ -367,15 +599,11 @@ where
         .try_into()?)
 }
 
-fn load_error(prog: &str) -> String {
-    format!("loading program {prog} (rejected by the verifier?)")
-}
-
 /// Loads (once) and attaches program `prog` to tracepoint `cat:name`.
 fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
     let p: &mut TracePoint = program(ebpf, prog)?;
     if p.fd().is_err() {
-        p.load().with_context(|| load_error(prog))?;
+        p.load().map_err(|e| load_failure(prog, e))?;
     }
     p.attach(cat, name)
         .with_context(|| format!("attaching to tracepoint {cat}:{name}"))?;
@@ -387,7 +615,7 @@ fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
 fn attach_raw(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()> {
     let p: &mut RawTracePoint = program(ebpf, prog)?;
     if p.fd().is_err() {
-        p.load().with_context(|| load_error(prog))?;
+        p.load().map_err(|e| load_failure(prog, e))?;
     }
     p.attach(name)
         .with_context(|| format!("attaching to raw tracepoint {name}"))?;
@@ -407,6 +635,7 @@ pub fn lost_total(ebpf: &Ebpf) -> Result<u64> {
     let skipped: u64 = [
         PROG_SEND_RESET_BTF,
         PROG_RECEIVE_RESET_BTF,
+        PROG_SEND_RESET_BTF_NC,
         PROG_SEND_RESET,
         PROG_RECEIVE_RESET,
     ]
