@@ -70,9 +70,13 @@ macro_rules! conf {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Per-CPU: [bpf_ktime_get_ns(), local_port << 16 | remote_port] of the last `tcp_send_reset`.
+/// Per-CPU: [bpf_ktime_get_ns(), local_port << 16 | remote_port, skb answered] of the last
+/// `tcp_send_reset` that answered a segment.
 #[map]
-static LAST_TCP_RST: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+static LAST_TCP_RST: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+/// How long after `tcp_send_reset` the RST it announced may reach the transmit hook (it is
+/// sent in the same softirq; generous for emulated or overloaded machines).
+const ANNOUNCED_NS: u64 = 50_000_000;
 
 /// Per-CPU: [sk, skb] of the segment tcp_rcv_established() is handling (tcp_receive_reset
 /// fires inside the same call: tcp_validate_incoming() -> tcp_reset()), then a direct-mapped
@@ -870,6 +874,7 @@ fn send_reset_event(sk: u64, skb: u64, reason: u32, cookie: u64) {
                 *last = [
                     ev.mono_ns,
                     (u64::from(ev.local_port) << 16) | u64::from(ev.remote_port),
+                    skb,
                 ]
             };
         }
@@ -1181,7 +1186,10 @@ fn on_destroy(sk: u64) {
         }
         if conf!(xmit_socketless) != 0
             && info.flags & SOCK_RESET_SEEN == 0
-            && matches!(i32::from(info.close_prev_state), TCP_FIN_WAIT2 | TCP_CLOSING)
+            && matches!(
+                i32::from(info.close_prev_state),
+                TCP_FIN_WAIT2 | TCP_CLOSING
+            )
         {
             remember_timewait(sk);
         }
@@ -1376,10 +1384,11 @@ pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
     }
     let (sport, dport) = (rst.sport(), rst.dport());
     let now = unsafe { bpf_ktime_get_ns() };
-    // tcp_send_reset reported it already (it fires before the reply is built).
+    // tcp_send_reset reported it already (it fires before the reply is built): the same ports,
+    // and the segment this CPU is receiving is the one it answered, or it was just now.
     if let Some(last) = LAST_TCP_RST.get(0)
         && last[1] == (u64::from(sport) << 16) | u64::from(dport)
-        && now.wrapping_sub(last[0]) < 5_000_000
+        && (now.wrapping_sub(last[0]) < ANNOUNCED_NS || CUR_RX.get(0) == Some(&last[2]))
     {
         return 0;
     }
@@ -1561,7 +1570,11 @@ fn answered_segment(ev: &mut RstEvent, rst: &Xmit) -> bool {
     // SAFETY: bpf_probe_read_kernel never faults; both arrays are 16 bytes, len <= 16.
     unsafe {
         let read = aya_ebpf::helpers::generated::bpf_probe_read_kernel;
-        read(ev.remote_addr.as_mut_ptr().cast(), len, (ip + src_at) as *const c_void);
+        read(
+            ev.remote_addr.as_mut_ptr().cast(),
+            len,
+            (ip + src_at) as *const c_void,
+        );
         read(
             ev.local_addr.as_mut_ptr().cast(),
             len,

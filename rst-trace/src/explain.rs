@@ -8,9 +8,9 @@ use std::{
 };
 
 use rst_trace_common::{
-    ATTR_NONE, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_NETFILTER, FACT_XMIT,
-    FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent,
-    Task,
+    ATTR_NONE, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_NETFILTER,
+    FACT_PACKET, FACT_RST_TTL, FACT_TCP_SOCK, FACT_XMIT, KIND_RECEIVED, KIND_SENT, REASON_NONE,
+    RstEvent, Task,
 };
 
 use crate::layout::KernelInfo;
@@ -581,6 +581,15 @@ fn explain_sent(ev: &RstEvent, reasons: &HashMap<u32, String>, r: &mut Report) {
             say!(
                 r,
                 "an ACK ({incoming}) from {remote} reached listener {proc_} on {local} for a connection it does not have (handshake state lost, or a stray segment), so the kernel answered with RST"
+            );
+        }
+        "TCP_INVALID_ACK_SEQUENCE" if inferred && r.state == Some(TcpState::SynSent) => {
+            // tcp_rcv_synsent_state_process() resets both a wrong ACK number and a TSecr
+            // failing PAWS through reset_and_undo; only the 6.10+ reason tells them apart.
+            r.condition = cond::INVALID_ACK;
+            say!(
+                r,
+                "a SYN-ACK from {remote} failed {local}'s checks in SYN_SENT: it acknowledged a sequence number never sent, or its timestamp failed the PAWS check (this kernel does not say which), so the kernel answered with RST"
             );
         }
         "TCP_INVALID_ACK_SEQUENCE" | "TCP_TOO_OLD_ACK" | "TCP_ACK_UNSENT_DATA" | "TCP_OLD_ACK" => {

@@ -12,8 +12,8 @@ use aya::{
 use rst_trace_common::{
     Config, FILTER_MAX_ENTRIES, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, GLOBAL_CONFIG,
     MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS, PROG_DESTROY_SOCK,
-    PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_NETIF_RECEIVE, PROG_RECEIVE_RESET, PROG_SEND_RESET, PROG_SET_STATE,
-    PROG_SOCK_IO, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
+    PROG_DEV_QUEUE, PROG_EXIT_ACCEPT, PROG_NETIF_RECEIVE, PROG_RECEIVE_RESET, PROG_SEND_RESET,
+    PROG_SET_STATE, PROG_SOCK_IO, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
 };
 use rst_trace_common::{
     MAP_COUNTS, OFF_NONE, PROG_DESTROY_SOCK_RAW, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET_BTF,
@@ -509,10 +509,22 @@ fn attach_owner_hooks(
         }
     }
     if tps.send_length.is_none() {
-        notes.note(
-            "no sock:sock_send_length (Linux 6.3+): owners are not learned from sends and \
-             receives, only from connect(), listen(), accept() and the start-up seed",
-        );
+        // Before 6.3: tcp_rcv_space_adjust(sk) (4.16+) runs in the receiving process's
+        // tcp_recvmsg() each time it reads data, so a worker that inherited a socket still
+        // owns it once it reads. (Also from tcp_read_sock(), which strparser users may call
+        // in softirq: not the case for ordinary sockets.) Sends have no such hook there.
+        match attach_raw(ebpf, PROG_SOCK_IO, "tcp_rcv_space_adjust") {
+            Ok(()) => notes.note(
+                "no sock:sock_send_length (Linux 6.3+): owners are learned from receives \
+                 (tcp:tcp_rcv_space_adjust), connect(), listen(), accept() and the start-up \
+                 seed, not from sends",
+            ),
+            Err(e) => notes.failed(
+                "no sock:sock_send_length (Linux 6.3+) and no tcp:tcp_rcv_space_adjust: owners \
+                 are not learned from sends and receives",
+                &e,
+            ),
+        }
     } else if let Err(e) = attach_raw(ebpf, PROG_SOCK_IO, "sock_send_length")
         .and_then(|()| attach_raw(ebpf, PROG_SOCK_IO, "sock_recv_length"))
     {

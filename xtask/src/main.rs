@@ -361,7 +361,11 @@ fn test(args: &[String], host_only: bool) -> Result<()> {
     let (mut passed, mut failed) = (host.passed, host.failed);
     let mut bad = !host.success;
     if !host_only {
-        let filter: Vec<String> = args.iter().filter(|a| !a.starts_with('-')).cloned().collect();
+        let filter: Vec<String> = args
+            .iter()
+            .filter(|a| !a.starts_with('-'))
+            .cloned()
+            .collect();
         let outcomes = vmtest(&[], &filter)?;
         for o in &outcomes {
             passed += o.passed;
@@ -502,7 +506,9 @@ fn main() -> Result<()> {
         Cmd::Vmtest { kernels, filter } => {
             build()?;
             if !is_root() {
-                bail!("booting kernels and loading eBPF programs needs root: run `./x vmtest` as root");
+                bail!(
+                    "booting kernels and loading eBPF programs needs root: run `./x vmtest` as root"
+                );
             }
             let outcomes = vmtest(&kernels, &filter)?;
             let failed: u64 = outcomes.iter().map(|o| o.failed).sum();

@@ -98,7 +98,10 @@ pub fn select(names: &[String]) -> Result<Vec<&'static Series>> {
 fn apt_private() -> Vec<String> {
     let c = Path::new(CACHE).join("apt");
     vec![
-        format!("-oDir::Etc::SourceList={}", c.join("sources.list").display()),
+        format!(
+            "-oDir::Etc::SourceList={}",
+            c.join("sources.list").display()
+        ),
         "-oDir::Etc::SourceParts=/dev/null".into(),
         format!("-oDir::State::Lists={}", c.join("lists").display()),
         format!("-oDir::Cache={}", c.display()),
@@ -155,9 +158,11 @@ pub fn kernel(s: &Series) -> Result<String> {
     std::fs::create_dir_all(apt.join("lists/partial"))?;
     std::fs::create_dir_all(apt.join("archives/partial"))?;
     std::fs::write(apt.join("sources.list"), SOURCES)?;
-    if !apt.join("lists").read_dir()?.any(|e| {
-        e.is_ok_and(|e| e.file_name().to_string_lossy().contains("bullseye"))
-    }) {
+    if !apt
+        .join("lists")
+        .read_dir()?
+        .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().contains("bullseye")))
+    {
         say("updating the private apt lists (bullseye, bookworm)");
         run(Command::new("apt-get").args(apt_private()).arg("update"))?;
     }
