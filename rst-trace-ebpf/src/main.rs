@@ -1204,26 +1204,33 @@ fn on_destroy(sk: u64) {
 /// from those states (a reset sent or received) is told apart by `SOCK_RESET_SEEN`.
 #[inline(always)]
 fn remember_timewait(sk: u64) {
-    let mut f = Flow {
-        netns: kread::<u64>(sk, conf!(sk_net))
-            .and_then(|net| kread::<u32>(net, conf!(net_inum)))
-            .unwrap_or(0),
-        // skc_num is 0 once inet_put_port() ran; inet_sport keeps the port (network order).
-        local_port: u16::from_be(kread::<u16>(sk, conf!(inet_sport)).unwrap_or(0)),
-        remote_port: u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
-        local: [0; 2],
-        remote: [0; 2],
+    let mut f = core::mem::MaybeUninit::<Flow>::uninit();
+    // SAFETY: Flow is plain integers, 8-aligned, 40 bytes: zeroed with word stores (a literal
+    // initialiser becomes a call to the target's byte-loop memset), then filled.
+    let f = unsafe {
+        zero_words(f.as_mut_ptr());
+        f.assume_init_mut()
     };
+    f.netns = kread::<u64>(sk, conf!(sk_net))
+        .and_then(|net| kread::<u32>(net, conf!(net_inum)))
+        .unwrap_or(0);
+    // skc_num is 0 once inet_put_port() ran; inet_sport keeps the port (network order).
+    f.local_port = u16::from_be(kread::<u16>(sk, conf!(inet_sport)).unwrap_or(0));
+    f.remote_port = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
     if kread::<u16>(sk, conf!(sk_family)) == Some(AF_INET6) {
-        f.local = kread(sk, conf!(sk_v6_rcv_saddr)).unwrap_or([0; 2]);
-        f.remote = kread(sk, conf!(sk_v6_daddr)).unwrap_or([0; 2]);
+        if let Some(a) = kread::<[u64; 2]>(sk, conf!(sk_v6_rcv_saddr)) {
+            f.local = a;
+        }
+        if let Some(a) = kread::<[u64; 2]>(sk, conf!(sk_v6_daddr)) {
+            f.remote = a;
+        }
     } else {
         f.local[0] = u64::from(kread::<u32>(sk, conf!(sk_rcv_saddr)).unwrap_or(0));
         f.remote[0] = u64::from(kread::<u32>(sk, conf!(sk_daddr)).unwrap_or(0));
     }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = TIMEWAIT.insert(&f, &now, 0);
+    let _ = TIMEWAIT.insert(f, &now, 0);
 }
 
 #[tracepoint]
