@@ -47,7 +47,6 @@ const TCP_FIN_WAIT2: i32 = 5;
 const TCP_TIME_WAIT: i32 = 6;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
-const TCP_CLOSING: i32 = 11;
 const TCP_NEW_SYN_RECV: i32 = 12;
 
 #[unsafe(no_mangle)]
@@ -1186,10 +1185,7 @@ fn on_destroy(sk: u64) {
         }
         if conf!(xmit_socketless) != 0
             && info.flags & SOCK_RESET_SEEN == 0
-            && matches!(
-                i32::from(info.close_prev_state),
-                TCP_FIN_WAIT2 | TCP_CLOSING
-            )
+            && i32::from(info.close_prev_state) == TCP_FIN_WAIT2
         {
             remember_timewait(sk);
         }
@@ -1198,10 +1194,12 @@ fn on_destroy(sk: u64) {
     }
 }
 
-/// Records that `sk`'s connection lives on in a TIME_WAIT mini-socket. tcp_time_wait() hands
-/// it over from FIN_WAIT2 (an orphan's FIN_WAIT2 timeout, or the peer's FIN) or CLOSING, then
-/// tcp_done() moves the socket to CLOSE; no tracepoint marks the hand-over itself, and an abort
-/// from those states (a reset sent or received) is told apart by `SOCK_RESET_SEEN`.
+/// Records that `sk`'s connection may live on in a TIME_WAIT mini-socket that resets: only one
+/// in the FIN_WAIT2 sub-state answers with RST (new data, or a SYN, in
+/// tcp_timewait_state_process()), and tcp_time_wait() creates it from FIN_WAIT2 (an orphan's
+/// FIN_WAIT2 timeout), then tcp_done() moves the socket to CLOSE. No tracepoint marks the
+/// hand-over itself; an abort from FIN_WAIT2 (a reset sent or received) is told apart by
+/// `SOCK_RESET_SEEN`.
 #[inline(always)]
 fn remember_timewait(sk: u64) {
     let mut f = core::mem::MaybeUninit::<Flow>::uninit();

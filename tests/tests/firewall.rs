@@ -432,3 +432,60 @@ fn forwarded_tcp_reset_is_not_a_firewall_reset() {
     assert_eq!(s(&r, "detail.ttl"), 63);
     assert_no_other_firewall(t, &topo, None);
 }
+
+/// IPv6 on one host: an ip6tables REJECT of a SYN and, on the next port, a SYN to a closed port.
+/// Both RSTs leave without a socket; before 6.10 no TCP tracepoint shows either, and the
+/// transmit hook must still tell netfilter's from TCP's (the checksum TCP leaves to the device).
+#[test]
+fn ipv6_reject_and_closed_port_told_apart() {
+    let ns = Netns::new("fw6");
+    let t = Tracer::start(&["--port", "22101", "--port", "22102"]);
+    ns.exec(&[
+        "ip6tables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "22101",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    let server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &["listen=[::1]:22101", "say=listening", "hold"],
+    );
+    server.expect("listening");
+    let rejected = Peer::spawn(&ns, "rstt-client", &["connect=[::1]:22101"]);
+    rejected.expect("errno ECONNREFUSED");
+    let closed = Peer::spawn(&ns, "rstt-closed", &["connect=[::1]:22102"]);
+    closed.expect("errno ECONNREFUSED");
+    let v = firewall_sent(&t, &ns);
+    assert_eq!(v["origin"], "netfilter", "{v:#}");
+    assert_eq!(v["family"], "ipv6");
+    assert_eq!(s(&v, "local.port"), 22101);
+    assert_eq!(s(&v, "detail.rejected"), "SYN");
+    let inode = ns.inode();
+    let c = t.wait_for("sent port_not_listening", |v| {
+        is_rst(v, "sent", "port_not_listening") && v["netns"] == inode
+    });
+    assert_eq!(c["origin"], "tcp", "{c:#}");
+    assert_eq!(c["family"], "ipv6");
+    assert_eq!(s(&c, "local.port"), 22102);
+    assert_eq!(s(&c, "detail.incoming_flags"), "SYN");
+    let r = received(&t, &ns, "connection_refused");
+    assert_eq!(s(&r, "process.pid"), rejected.pid());
+    assert_eq!(s(&r, "linked_sent.condition"), "firewall_reject");
+    // Exactly one sent reset per port: neither RST is reported twice or under the other origin.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (status, events) = t.stop();
+    assert!(status.success());
+    let sent: Vec<_> = events
+        .iter()
+        .filter(|e| e["netns"] == inode && e["direction"] == "sent")
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+}

@@ -317,6 +317,13 @@ struct Totals {
 fn tee_totals(cmd: &mut Command) -> Result<Totals> {
     use std::io::{BufRead as _, BufReader};
     let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
+    let errs = child.stderr.take().map(|e| {
+        std::thread::spawn(move || {
+            for line in BufReader::new(e).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        })
+    });
     let (mut passed, mut failed) = (0u64, 0u64);
     let out = child.stdout.take().context("child stdout")?;
     for line in BufReader::new(out).lines() {
@@ -335,6 +342,9 @@ fn tee_totals(cmd: &mut Command) -> Result<Totals> {
         }
     }
     let success = child.wait()?.success();
+    if let Some(t) = errs {
+        let _ = t.join();
+    }
     Ok(Totals {
         passed,
         failed,

@@ -114,16 +114,18 @@ fn apt_private() -> Vec<String> {
 /// qemu, udev, kmod, virtme-ng and virtiofsd.
 pub fn setup_tools() -> Result<()> {
     crate::setup_apt_packages(APT_PACKAGES)?;
-    let vng = output_ok(Command::new("vng").arg("--version")).unwrap_or_default();
+    let vng = output_ok(Command::new(vng()).arg("--version")).unwrap_or_default();
     if vng.contains(VIRTME_NG) {
         say(&format!("virtme-ng {VIRTME_NG} present"));
     } else {
         say(&format!("installing virtme-ng {VIRTME_NG} (PyPI)"));
+        // Debian's own python3 refuses a system-wide pip install without the flag (PEP 668).
         run(Command::new("python3").args([
             "-m",
             "pip",
             "install",
             "--quiet",
+            "--break-system-packages",
             &format!("virtme-ng=={VIRTME_NG}"),
         ]))?;
     }
@@ -190,6 +192,21 @@ pub fn kernel(s: &Series) -> Result<String> {
     std::fs::write(&marker, &kver)?;
     say(&format!("kernel {} installed: {kver}", s.name));
     Ok(kver)
+}
+
+/// `vng`: on PATH, or in the scripts directory of the python3 pip installed it for (a
+/// version manager's shims may not know a freshly installed script yet).
+fn vng() -> PathBuf {
+    if output_ok(Command::new("vng").arg("--version")).is_some() {
+        return PathBuf::from("vng");
+    }
+    output_ok(Command::new("python3").args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('scripts'))",
+    ]))
+    .map(|d| Path::new(d.trim()).join("vng"))
+    .filter(|p| p.is_file())
+    .unwrap_or_else(|| PathBuf::from("vng"))
 }
 
 fn installed(kver: &str) -> bool {
@@ -320,15 +337,26 @@ pub fn run_guest(kver: &str, bin: &Path, exes: &[PathBuf], filter: &[String]) ->
     }
     s.push_str("exit $rc\n");
     std::fs::write(&script, s)?;
-    let mut cmd = Command::new("vng");
+    let mut cmd = Command::new(vng());
     cmd.args(["--run", kver, "--cpus", "2", "--memory", "2G"]);
-    if !kvm_usable() {
+    let kvm = kvm_usable();
+    say(&format!(
+        "{kver}: {}",
+        if kvm {
+            "KVM"
+        } else {
+            "TCG, one thread (no vmx/svm, or no /dev/kvm)"
+        }
+    ));
+    if !kvm {
         // Multi-threaded TCG crashed 6.12 here; one thread for both vCPUs did not.
         cmd.args(["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]);
     }
     cmd.arg("--exec").arg(format!("bash {}", script.display()));
     let start = Instant::now();
-    let out = crate::tee_totals(cmd.stdout(Stdio::piped()))?;
+    // Both piped: qemu reopens the guest's console streams as /proc/self/fd/1 and 2, and
+    // reopening a file there truncates it (a log the caller redirected into).
+    let out = crate::tee_totals(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))?;
     let _ = std::fs::remove_file(&script);
     Ok(Outcome {
         kernel: kver.to_owned(),
@@ -338,8 +366,21 @@ pub fn run_guest(kver: &str, bin: &Path, exes: &[PathBuf], filter: &[String]) ->
     })
 }
 
+/// KVM where the CPU has virtualisation extensions and /dev/kvm opens. (On this project's VMs
+/// /dev/kvm exists once qemu is installed, but without vmx/svm the guest dies with "emulation
+/// failure".) `RST_TRACE_VM_ACCEL=tcg|kvm` overrides.
 fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
+    match std::env::var("RST_TRACE_VM_ACCEL").as_deref() {
+        Ok("tcg") => return false,
+        Ok("kvm") => return true,
+        _ => {}
+    }
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let virt = flags
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    virt && std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
