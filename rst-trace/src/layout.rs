@@ -257,7 +257,7 @@ mod tests {
 
     fn fixture(kernel: &str, cat: &str, name: &str) -> Option<Format> {
         let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/tracefs")
+            .join("tests/fixtures/tracefs")
             .join(kernel)
             .join(cat)
             .join(format!("{name}.format"));
