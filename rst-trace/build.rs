@@ -1,8 +1,9 @@
 use aya_build::{Package, Toolchain};
 
 /// The eBPF crate is built with a pinned nightly (the bpf target needs `-Z build-std=core`);
-/// `./x setup` installs it. Keep in sync with `EBPF_TOOLCHAIN` in xtask.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
+/// `./x setup` installs it. Pinned in one place, `rust-toolchain-ebpf` at the repository's root,
+/// which xtask reads too.
+const EBPF_TOOLCHAIN: &str = include_str!("../rust-toolchain-ebpf").trim_ascii();
 
 fn main() -> anyhow::Result<()> {
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../rst-trace-ebpf");

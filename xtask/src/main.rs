@@ -15,8 +15,9 @@ mod bench;
 mod vm;
 use clap::{Parser, Subcommand};
 
-/// The nightly the eBPF crate builds with (keep in sync with rst-trace/build.rs).
-const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
+/// The nightly the eBPF crate builds with: pinned in `rust-toolchain-ebpf` at the repository's
+/// root, which rst-trace/build.rs reads too.
+const EBPF_TOOLCHAIN: &str = include_str!("../../rust-toolchain-ebpf").trim_ascii();
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages: LLVM 22 for bpf-linker; iproute2, iptables, conntrack and scapy for the tests.
