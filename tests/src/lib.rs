@@ -5,7 +5,6 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::fs::MetadataExt as _,
     path::PathBuf,
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{
@@ -16,7 +15,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod netns;
+mod scenario;
+
+pub use netns::{Netns, enter as enter_netns};
+pub use scenario::Scenario;
 pub use serde_json::Value;
+
+use netns::run;
 
 /// Panics unless running as root: the tests load eBPF programs and create namespaces.
 pub fn require_root() {
@@ -59,23 +65,8 @@ pub fn peer_bin() -> PathBuf {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace of the test's own, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
 impl Netns {
+    /// A namespace named after the test's `tag` (unique per process and call).
     pub fn new(tag: &str) -> Self {
         require_root();
         let name = format!(
@@ -83,37 +74,7 @@ impl Netns {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n NAME ARGS...`
-    pub fn ip(&self, args: &[&str]) {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args));
-    }
-
-    /// Runs a command inside the namespace and asserts it succeeds.
-    pub fn exec(&self, args: &[&str]) {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args));
-    }
-
-    /// The namespace's inode, as rst-trace reports it in `netns`.
-    pub fn inode(&self) -> u64 {
-        std::fs::metadata(format!("/run/netns/{}", self.name))
-            .expect("netns file")
-            .ino()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        Self::create(&name).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -417,6 +378,48 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits for the sent reset with `condition` in `ns` (see [`Tracer::wait_for`]).
+pub fn sent(t: &Tracer, ns: &Netns, condition: &str) -> Value {
+    let inode = ns.inode();
+    t.wait_for(&format!("sent {condition}"), |v| {
+        is_rst(v, "sent", condition) && v["netns"] == inode
+    })
+}
+
+/// Waits for the received reset with `condition` in `ns`.
+pub fn received(t: &Tracer, ns: &Netns, condition: &str) -> Value {
+    let inode = ns.inode();
+    t.wait_for(&format!("received {condition}"), |v| {
+        is_rst(v, "received", condition) && v["netns"] == inode
+    })
+}
+
+/// Stops the tracer (after 200 ms for late events), asserts it exited 0 and saw exactly these
+/// (direction, condition) pairs in `ns`, in any order.
+pub fn assert_only(t: Tracer, ns: &Netns, want: &[(&str, &str)]) {
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, events) = t.stop();
+    assert!(status.success(), "rst-trace exit {status:?}");
+    let inode = ns.inode();
+    let mut got: Vec<(String, String)> = events
+        .iter()
+        .filter(|v| v["type"] == "rst" && v["netns"] == inode)
+        .map(|v| {
+            (
+                v["direction"].as_str().unwrap_or_default().to_owned(),
+                v["condition"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(d, c)| ((*d).to_owned(), (*c).to_owned()))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "events: {events:#?}");
 }
 
 /// Accessors that keep assertions short.

@@ -1,29 +1,10 @@
-//! One end-to-end test per reset condition this kernel produces (../shared/spec/conditions.md):
+//! One end-to-end test per reset condition this kernel produces (docs/conditions.md):
 //! real processes, real sockets, each test in a network namespace of its own, assertions on what
 //! rst-trace printed for both sides.
 
-use rst_trace_tests::{Netns, Peer, Tracer, Value, assert_reason, is_rst, kernel_has_reasons, s};
-
-/// A namespace and a tracer watching one port.
-fn setup(tag: &str, port: u16) -> (Netns, Tracer) {
-    let ns = Netns::new(tag);
-    let t = Tracer::start(&["--port", &port.to_string()]);
-    (ns, t)
-}
-
-fn sent(t: &Tracer, ns: &Netns, condition: &str) -> Value {
-    let inode = ns.inode();
-    t.wait_for(&format!("sent {condition}"), |v| {
-        is_rst(v, "sent", condition) && v["netns"] == inode
-    })
-}
-
-fn received(t: &Tracer, ns: &Netns, condition: &str) -> Value {
-    let inode = ns.inode();
-    t.wait_for(&format!("received {condition}"), |v| {
-        is_rst(v, "received", condition) && v["netns"] == inode
-    })
-}
+use rst_trace_tests::{
+    Peer, Scenario, Value, assert_only, assert_reason, kernel_has_reasons, received, s, sent,
+};
 
 fn assert_process(v: &Value, peer: &Peer, comm: &str) {
     assert_eq!(s(v, "process.pid"), peer.pid(), "process of {v:#}");
@@ -36,36 +17,10 @@ fn assert_no_process(v: &Value) {
     assert_eq!(v["attribution"], "none");
 }
 
-/// The tracer saw exactly these (direction, condition) pairs in the namespace, in any order.
-fn assert_only(t: Tracer, ns: &Netns, want: &[(&str, &str)]) {
-    // Give late events a moment, then stop.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let (status, events) = t.stop();
-    assert!(status.success(), "rst-trace exit {status:?}");
-    let inode = ns.inode();
-    let mut got: Vec<(String, String)> = events
-        .iter()
-        .filter(|v| v["type"] == "rst" && v["netns"] == inode)
-        .map(|v| {
-            (
-                v["direction"].as_str().unwrap_or_default().to_owned(),
-                v["condition"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    let mut want: Vec<(String, String)> = want
-        .iter()
-        .map(|(d, c)| ((*d).to_owned(), (*c).to_owned()))
-        .collect();
-    got.sort();
-    want.sort();
-    assert_eq!(got, want, "events: {events:#?}");
-}
-
 /// Server S accepts, then forgets the connection (TCP_REPAIR close): the client's next data or
 /// FIN reaches a host with no such connection (causes 2, 3, 4, 5).
 fn forgotten(tag: &str, addr: &str, port: u16, keep_listener: bool, client_action: &str) {
-    let (ns, t) = setup(tag, port);
+    let (ns, t) = Scenario::new(tag).port(port).tracer(&[]);
     let bind = format!("{addr}:{port}");
     let mut steps = vec![
         format!("listen={bind}"),
@@ -149,7 +104,7 @@ fn data_to_forgotten_connection_ipv6() {
 
 #[test]
 fn segment_to_time_wait() {
-    let (ns, t) = setup("tw", 21010);
+    let (ns, t) = Scenario::new("tw").port(21010).tracer(&[]);
     let bind = "127.0.0.1:21010";
     let mut server = Peer::spawn(
         &ns,
@@ -198,7 +153,7 @@ fn segment_to_time_wait() {
 
 /// close() or exit with unread data; variants: SIGKILL, shutdown first.
 fn unread(tag: &str, port: u16, server_end: &[&str], prev_state: &str, unread_bytes: u64) {
-    let (ns, t) = setup(tag, port);
+    let (ns, t) = Scenario::new(tag).port(port).tracer(&[]);
     let bind = format!("127.0.0.1:{port}");
     let mut steps = vec![
         format!("listen={bind}"),
@@ -273,7 +228,7 @@ fn close_with_unread_data_after_partial_read() {
 
 #[test]
 fn stale_synack_after_connect_timeout() {
-    let (ns, t) = setup("stale", 21030);
+    let (ns, t) = Scenario::new("stale").port(21030).tracer(&[]);
     let bind = "127.0.0.1:21030";
     // Drop the server's SYN-ACKs until the client has given up.
     let rule = [
@@ -315,7 +270,7 @@ fn stale_synack_after_connect_timeout() {
 }
 
 fn linger0(tag: &str, addr: &str, port: u16, fill: bool) {
-    let (ns, t) = setup(tag, port);
+    let (ns, t) = Scenario::new(tag).port(port).tracer(&[]);
     let bind = format!("{addr}:{port}");
     let mut server = Peer::spawn(
         &ns,
@@ -388,7 +343,7 @@ fn so_linger_zero_ipv6() {
 
 #[test]
 fn listener_closed_with_unaccepted_connection() {
-    let (ns, t) = setup("lclose", 21050);
+    let (ns, t) = Scenario::new("lclose").port(21050).tracer(&[]);
     let bind = "127.0.0.1:21050";
     let mut server = Peer::spawn(
         &ns,
@@ -428,7 +383,7 @@ fn listener_closed_with_unaccepted_connection() {
 
 #[test]
 fn connect_af_unspec_disconnect() {
-    let (ns, t) = setup("unspec", 21060);
+    let (ns, t) = Scenario::new("unspec").port(21060).tracer(&[]);
     let bind = "127.0.0.1:21060";
     let server = Peer::spawn(
         &ns,
@@ -468,7 +423,7 @@ fn connect_af_unspec_disconnect() {
 
 #[test]
 fn disconnect_with_unsent_data_in_last_ack() {
-    let (ns, t) = setup("lastack", 21061);
+    let (ns, t) = Scenario::new("lastack").port(21061).tracer(&[]);
     let bind = "127.0.0.1:21061";
     // The server half-closes and never reads; the client fills the window, half-closes too
     // (LAST_ACK with data queued) and aborts with SO_LINGER 0.
@@ -512,7 +467,7 @@ fn disconnect_with_unsent_data_in_last_ack() {
 
 /// Data arriving after the application closed or shut down its socket.
 fn data_after(tag: &str, port: u16, server_end: &[&str], condition: &str, reason: &str) {
-    let (ns, t) = setup(tag, port);
+    let (ns, t) = Scenario::new(tag).port(port).tracer(&[]);
     let bind = format!("127.0.0.1:{port}");
     let mut steps = vec![
         format!("listen={bind}"),
@@ -569,7 +524,7 @@ fn data_after_close() {
 #[test]
 fn tcp_linger2_negative_close() {
     // close() on an established socket with TCP_LINGER2 < 0: aborted when the peer ACKs the FIN.
-    let (ns, t) = setup("linger2", 21072);
+    let (ns, t) = Scenario::new("linger2").port(21072).tracer(&[]);
     let bind = "127.0.0.1:21072";
     let server = Peer::spawn(
         &ns,
@@ -604,7 +559,7 @@ fn tcp_linger2_negative_close() {
 
 #[test]
 fn tcp_linger2_negative_close_in_fin_wait2() {
-    let (ns, t) = setup("linger2fw2", 21073);
+    let (ns, t) = Scenario::new("linger2fw2").port(21073).tracer(&[]);
     let bind = "127.0.0.1:21073";
     let server = Peer::spawn(
         &ns,
@@ -639,7 +594,7 @@ fn tcp_linger2_negative_close_in_fin_wait2() {
 
 #[test]
 fn keepalive_timeout_with_busy_bystander() {
-    let (ns, t) = setup("keepalive", 21080);
+    let (ns, t) = Scenario::new("keepalive").port(21080).tracer(&[]);
     let bind = "127.0.0.1:21080";
     let server = Peer::spawn(
         &ns,
@@ -679,7 +634,7 @@ fn keepalive_timeout_with_busy_bystander() {
 
 #[test]
 fn accept_queue_overflow() {
-    let (ns, t) = setup("overflow", 21090);
+    let (ns, t) = Scenario::new("overflow").port(21090).tracer(&[]);
     let bind = "127.0.0.1:21090";
     ns.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_abort_on_overflow=1"]);
     // Backlog 1: the accept queue is full with two connections waiting (ack_backlog > 1).
@@ -759,7 +714,7 @@ fn accept_queue_overflow() {
 /// A crafted SYN-ACK (scapy, tests/scripts/synack.py) that the connecting client must reject.
 fn crafted_synack(tag: &str, port: u16, mode: &str, condition: &str, reason: &str) {
     use std::io::BufRead as _;
-    let (ns, t) = setup(tag, port);
+    let (ns, t) = Scenario::new(tag).port(port).tracer(&[]);
     let p = port.to_string();
     // Drop the client's SYN before this host's TCP answers it: the script answers instead.
     ns.exec(&[
@@ -842,9 +797,10 @@ fn synack_failing_paws() {
 /// client's reset is still linked to the sender.
 #[test]
 fn direction_received_keeps_linking_and_self_reset_hidden() {
-    let ns = Netns::new("dirrecv");
     let port = 21110;
-    let t = Tracer::start(&["--port", &port.to_string(), "--direction", "received"]);
+    let (ns, t) = Scenario::new("dirrecv")
+        .port(port)
+        .tracer(&["--direction", "received"]);
     let bind = format!("127.0.0.1:{port}");
     let server = Peer::spawn(
         &ns,

@@ -4,22 +4,18 @@
 use std::process::Command;
 
 use rst_trace_tests::{
-    Netns, Peer, Tracer, assert_reason, is_rst, kernel_generates_cookies, require_root,
-    rst_trace_bin, s, spawn_attached,
+    Netns, Peer, Scenario, Tracer, assert_reason, is_rst, kernel_generates_cookies, received,
+    require_root, rst_trace_bin, s, sent, spawn_attached,
 };
 
 /// Scenario (a): connect to a closed port.
 fn refused(family_addr: &str, port: u16, tag: &str) {
-    let ns = Netns::new(tag);
-    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let (ns, tracer) = Scenario::new(tag).port(port).tracer(&[]);
     let target = format!("{family_addr}:{port}");
     let client = Peer::spawn(&ns, "rstt-refused", &[&format!("connect={target}")]);
     let pid = client.pid();
     client.expect("errno ECONNREFUSED");
-    let inode = ns.inode();
-    let sent = tracer.wait_for("sent port_not_listening", |v| {
-        is_rst(v, "sent", "port_not_listening") && v["netns"] == inode
-    });
+    let sent = sent(&tracer, &ns, "port_not_listening");
     // The RST is sent by the kernel for a port nobody owns: the connecting client, whose
     // softirq happened to run it, must not be blamed as the sender.
     assert_eq!(sent["process"], serde_json::Value::Null, "{sent:#}");
@@ -29,9 +25,7 @@ fn refused(family_addr: &str, port: u16, tag: &str) {
     assert_eq!(sent["state"], serde_json::Value::Null);
     assert_eq!(s(&sent, "local.port"), port);
     assert_eq!(s(&sent, "detail.incoming_flags"), "SYN");
-    let recv = tracer.wait_for("received connection_refused", |v| {
-        is_rst(v, "received", "connection_refused") && v["netns"] == inode
-    });
+    let recv = received(&tracer, &ns, "connection_refused");
     assert_eq!(s(&recv, "process.pid"), pid, "{recv:#}");
     assert_eq!(s(&recv, "process.comm"), "rstt-refused");
     assert_eq!(recv["attribution"], "socket_owner");
@@ -70,8 +64,10 @@ fn unread_close(addr: &str, port: u16, tag: &str) {
 }
 
 fn unread_close_with(addr: &str, port: u16, tag: &str, env: &[(&str, &str)]) {
-    let ns = Netns::new(tag);
-    let tracer = Tracer::start_with_env(&["--port", &port.to_string()], env);
+    let scenario = env
+        .iter()
+        .fold(Scenario::new(tag).port(port), |sc, (k, v)| sc.env(k, v));
+    let (ns, tracer) = scenario.tracer(&[]);
     // The BTF tracepoints unless the record-based ones were asked for.
     let record = env.contains(&("RST_TRACE_RECORD_TRACEPOINTS", "1"))
         || std::env::var("RST_TRACE_RECORD_TRACEPOINTS").as_deref() == Ok("1");
@@ -117,9 +113,7 @@ fn unread_close_with(addr: &str, port: u16, tag: &str, env: &[(&str, &str)]) {
     server.expect("closed");
     client.expect("errno ECONNRESET");
     let inode = ns.inode();
-    let sent = tracer.wait_for("sent close_with_unread_data", |v| {
-        is_rst(v, "sent", "close_with_unread_data") && v["netns"] == inode
-    });
+    let sent = sent(&tracer, &ns, "close_with_unread_data");
     assert_eq!(s(&sent, "process.pid"), server.pid(), "{sent:#}");
     assert_eq!(s(&sent, "process.comm"), "rstt-server");
     assert_eq!(sent["attribution"], "socket_owner");
@@ -127,9 +121,7 @@ fn unread_close_with(addr: &str, port: u16, tag: &str, env: &[(&str, &str)]) {
     assert_eq!(sent["state"], "ESTABLISHED");
     assert_eq!(s(&sent, "detail.unread_bytes"), 128);
     assert_eq!(s(&sent, "local.port"), port);
-    let recv = tracer.wait_for("received peer_reset", |v| {
-        is_rst(v, "received", "peer_reset") && v["netns"] == inode
-    });
+    let recv = received(&tracer, &ns, "peer_reset");
     // The client's socket: never blamed on the server.
     assert_eq!(s(&recv, "process.pid"), client.pid(), "{recv:#}");
     assert_eq!(s(&recv, "process.comm"), "rstt-client");
@@ -326,16 +318,11 @@ fn socket_opened_before_start_is_owned() {
     client.go();
     client.expect("closed");
     server.expect("errno ECONNRESET");
-    let inode = ns.inode();
-    let recv = tracer.wait_for("received peer_reset", |v| {
-        is_rst(v, "received", "peer_reset") && v["netns"] == inode
-    });
+    let recv = received(&tracer, &ns, "peer_reset");
     assert_eq!(s(&recv, "process.pid"), server.pid(), "{recv:#}");
     assert_eq!(s(&recv, "process.comm"), "rstt-old-srv");
     assert_eq!(recv["attribution"], "socket_owner");
-    let sent = tracer.wait_for("sent linger_abort", |v| {
-        is_rst(v, "sent", "linger_abort") && v["netns"] == inode
-    });
+    let sent = sent(&tracer, &ns, "linger_abort");
     assert_eq!(s(&sent, "process.pid"), client.pid());
     assert!(tracer.ready_line().contains("existing sockets owned"));
 }
@@ -344,9 +331,8 @@ fn socket_opened_before_start_is_owned() {
 /// parent process.
 #[test]
 fn connection_accepted_by_forked_child_belongs_to_child() {
-    let ns = Netns::new("fork");
+    let (ns, tracer) = Scenario::new("fork").port(20032).tracer(&[]);
     let bind = "127.0.0.1:20032";
-    let tracer = Tracer::start(&["--port", "20032"]);
     let server = Peer::spawn(
         &ns,
         "rstt-parent",
@@ -379,10 +365,7 @@ fn connection_accepted_by_forked_child_belongs_to_child() {
     );
     server.expect("accepted");
     client.expect("closed");
-    let inode = ns.inode();
-    let recv = tracer.wait_for("received peer_reset", |v| {
-        is_rst(v, "received", "peer_reset") && v["netns"] == inode
-    });
+    let recv = received(&tracer, &ns, "peer_reset");
     assert_eq!(s(&recv, "process.pid"), child, "{recv:#}");
     assert_ne!(s(&recv, "process.pid"), server.pid());
     assert_eq!(s(&recv, "process.comm"), "rstt-parent");
@@ -393,8 +376,10 @@ fn connection_accepted_by_forked_child_belongs_to_child() {
 /// `--metrics`: a real HTTP client scrapes the Prometheus text during a scenario.
 #[test]
 fn metrics_are_served_and_count_resets() {
-    let ns = Netns::new("metrics");
-    let tracer = Tracer::start(&["--port", "20041", "--quiet", "--metrics", "127.0.0.1:0"]);
+    let (ns, tracer) =
+        Scenario::new("metrics")
+            .port(20041)
+            .tracer(&["--quiet", "--metrics", "127.0.0.1:0"]);
     let url = tracer
         .stderr()
         .iter()
@@ -437,8 +422,9 @@ fn metrics_are_served_and_count_resets() {
 /// `--summary` prints a table at exit (JSON here), counting by process, condition, direction.
 #[test]
 fn summary_at_exit() {
-    let ns = Netns::new("summary");
-    let tracer = Tracer::start(&["--port", "20042", "--quiet", "--summary"]);
+    let (ns, tracer) = Scenario::new("summary")
+        .port(20042)
+        .tracer(&["--quiet", "--summary"]);
     for _ in 0..3 {
         let c = Peer::spawn(&ns, "rstt-summary", &["connect=127.0.0.1:20042"]);
         c.expect("errno ECONNREFUSED");
@@ -704,8 +690,10 @@ fn sigterm_mid_storm_exits_zero_with_whole_lines() {
 /// `--summary --interval 1` prints the table periodically, not only at exit.
 #[test]
 fn summary_every_interval() {
-    let ns = Netns::new("interval");
-    let tracer = Tracer::start(&["--port", "20044", "--quiet", "--summary", "--interval", "1"]);
+    let (ns, tracer) =
+        Scenario::new("interval")
+            .port(20044)
+            .tracer(&["--quiet", "--summary", "--interval", "1"]);
     let c = Peer::spawn(&ns, "rstt-interval", &["connect=127.0.0.1:20044"]);
     c.expect("errno ECONNREFUSED");
     // Two periodic tables arrive while rst-trace keeps running.

@@ -3,21 +3,9 @@
 //! router, server) joined by veth; assertions on both the sent `firewall_reject` (where
 //! netfilter sent it) and the client's received reset, with its TTL evidence.
 
-use rst_trace_tests::{CLIENT_ADDR, Netns, Peer, SERVER_ADDR, Topology, Tracer, Value, is_rst, s};
-
-fn firewall_sent(t: &Tracer, ns: &Netns) -> Value {
-    let inode = ns.inode();
-    t.wait_for("sent firewall_reject", |v| {
-        is_rst(v, "sent", "firewall_reject") && v["netns"] == inode
-    })
-}
-
-fn received(t: &Tracer, ns: &Netns, condition: &str) -> Value {
-    let inode = ns.inode();
-    t.wait_for(&format!("received {condition}"), |v| {
-        is_rst(v, "received", condition) && v["netns"] == inode
-    })
-}
+use rst_trace_tests::{
+    CLIENT_ADDR, Netns, Peer, SERVER_ADDR, Scenario, Topology, Tracer, Value, received, s, sent,
+};
 
 fn server(topo: &Topology, port: u16) -> Peer {
     let p = Peer::spawn(
@@ -74,9 +62,8 @@ fn assert_no_flow_owner(v: &Value) {
 /// REJECT of the SYN, on the server host (cause 6).
 #[test]
 fn reject_syn_on_server_host() {
-    let topo = Topology::new("fwsyn");
     let port = 22001;
-    let t = Tracer::start(&["--port", &port.to_string()]);
+    let (topo, t) = Scenario::new("fwsyn").port(port).topology_tracer(&[]);
     topo.server.exec(&[
         "iptables",
         "-A",
@@ -96,7 +83,7 @@ fn reject_syn_on_server_host() {
         &[&format!("connect={SERVER_ADDR}:{port}")],
     );
     client.expect("errno ECONNREFUSED");
-    let v = firewall_sent(&t, &topo.server);
+    let v = sent(&t, &topo.server, "firewall_reject");
     assert_netfilter(&v, port, "SYN");
     assert_no_flow_owner(&v);
     assert_eq!(s(&v, "detail.ttl"), 64);
@@ -116,9 +103,8 @@ fn reject_syn_on_server_host() {
 /// server's address with the server's TTL, so no middlebox suspicion.
 #[test]
 fn reject_established_data_on_server_host() {
-    let topo = Topology::new("fwest");
     let port = 22002;
-    let t = Tracer::start(&["--port", &port.to_string()]);
+    let (topo, t) = Scenario::new("fwest").port(port).topology_tracer(&[]);
     let srv = server(&topo, port);
     let mut client = Peer::spawn(
         &topo.client,
@@ -153,7 +139,7 @@ fn reject_established_data_on_server_host() {
     ]);
     client.go();
     client.expect("errno ECONNRESET");
-    let v = firewall_sent(&t, &topo.server);
+    let v = sent(&t, &topo.server, "firewall_reject");
     assert_netfilter(&v, port, "ACK");
     // The flow's local socket is the server's accepted connection: its owner is named.
     assert_eq!(s(&v, "process.pid"), srv.pid(), "{v:#}");
@@ -173,9 +159,8 @@ fn reject_established_data_on_server_host() {
 /// REJECT on the router, of the SYN.
 #[test]
 fn reject_syn_on_router() {
-    let topo = Topology::new("fwrsyn");
     let port = 22003;
-    let t = Tracer::start(&["--port", &port.to_string()]);
+    let (topo, t) = Scenario::new("fwrsyn").port(port).topology_tracer(&[]);
     let _srv = server(&topo, port);
     topo.router.exec(&[
         "iptables",
@@ -196,7 +181,7 @@ fn reject_syn_on_router() {
         &[&format!("connect={SERVER_ADDR}:{port}")],
     );
     client.expect("errno ECONNREFUSED");
-    let v = firewall_sent(&t, &topo.router);
+    let v = sent(&t, &topo.router, "firewall_reject");
     assert_netfilter(&v, port, "SYN");
     assert_no_flow_owner(&v);
     let r = received(&t, &topo.client, "connection_refused");
@@ -211,9 +196,8 @@ fn reject_syn_on_router() {
 /// from the server's segments' (63), so the explanation names a device on the path.
 #[test]
 fn reject_established_data_on_router() {
-    let topo = Topology::new("fwrest");
     let port = 22004;
-    let t = Tracer::start(&["--port", &port.to_string()]);
+    let (topo, t) = Scenario::new("fwrest").port(port).topology_tracer(&[]);
     let srv = server(&topo, port);
     let mut client = Peer::spawn(
         &topo.client,
@@ -250,7 +234,7 @@ fn reject_established_data_on_router() {
     ]);
     client.go();
     client.expect("errno ECONNRESET");
-    let v = firewall_sent(&t, &topo.router);
+    let v = sent(&t, &topo.router, "firewall_reject");
     assert_netfilter(&v, port, "ACK");
     assert_no_flow_owner(&v);
     let r = received(&t, &topo.client, "peer_reset");
@@ -268,9 +252,8 @@ fn reject_established_data_on_router() {
 /// next segment as INVALID (cause 13).
 #[test]
 fn conntrack_expiry_on_router() {
-    let topo = Topology::new("fwct");
     let port = 22005;
-    let t = Tracer::start(&["--port", &port.to_string()]);
+    let (topo, t) = Scenario::new("fwct").port(port).topology_tracer(&[]);
     topo.router.exec(&[
         "iptables",
         "-A",
@@ -312,7 +295,7 @@ fn conntrack_expiry_on_router() {
     topo.router.exec(&["conntrack", "-F"]);
     client.go();
     client.expect("errno ECONNRESET");
-    let v = firewall_sent(&t, &topo.router);
+    let v = sent(&t, &topo.router, "firewall_reject");
     assert_netfilter(&v, port, "ACK");
     assert_no_flow_owner(&v);
     let r = received(&t, &topo.client, "peer_reset");
@@ -328,9 +311,8 @@ fn conntrack_expiry_on_router() {
 #[test]
 fn injected_rst_from_router() {
     use std::io::BufRead as _;
-    let topo = Topology::new("fwinj");
     let port = 22006;
-    let t = Tracer::start(&["--port", &port.to_string()]);
+    let (topo, t) = Scenario::new("fwinj").port(port).topology_tracer(&[]);
     let srv = Peer::spawn(
         &topo.server,
         "rstt-server",
@@ -393,9 +375,8 @@ fn injected_rst_from_router() {
 /// firewall's, even though the forwarded RST leaves the router without a socket.
 #[test]
 fn forwarded_tcp_reset_is_not_a_firewall_reset() {
-    let topo = Topology::new("fwfwd");
     let port = 22007;
-    let t = Tracer::start(&["--port", &port.to_string()]);
+    let (topo, t) = Scenario::new("fwfwd").port(port).topology_tracer(&[]);
     let srv = Peer::spawn(
         &topo.server,
         "rstt-server",
@@ -422,10 +403,7 @@ fn forwarded_tcp_reset_is_not_a_firewall_reset() {
     );
     srv.expect("closed");
     client.expect("errno ECONNRESET");
-    let inode = topo.server.inode();
-    let v = t.wait_for("sent close_with_unread_data", |v| {
-        is_rst(v, "sent", "close_with_unread_data") && v["netns"] == inode
-    });
+    let v = sent(&t, &topo.server, "close_with_unread_data");
     assert_eq!(s(&v, "process.pid"), srv.pid());
     let r = received(&t, &topo.client, "peer_reset");
     assert_eq!(s(&r, "linked_sent.condition"), "close_with_unread_data");
@@ -438,8 +416,7 @@ fn forwarded_tcp_reset_is_not_a_firewall_reset() {
 /// transmit hook must still tell netfilter's from TCP's (the checksum TCP leaves to the device).
 #[test]
 fn ipv6_reject_and_closed_port_told_apart() {
-    let ns = Netns::new("fw6");
-    let t = Tracer::start(&["--port", "22101", "--port", "22102"]);
+    let (ns, t) = Scenario::new("fw6").port(22101).port(22102).tracer(&[]);
     ns.exec(&[
         "ip6tables",
         "-A",
@@ -463,15 +440,12 @@ fn ipv6_reject_and_closed_port_told_apart() {
     rejected.expect("errno ECONNREFUSED");
     let closed = Peer::spawn(&ns, "rstt-closed", &["connect=[::1]:22102"]);
     closed.expect("errno ECONNREFUSED");
-    let v = firewall_sent(&t, &ns);
+    let v = sent(&t, &ns, "firewall_reject");
     assert_eq!(v["origin"], "netfilter", "{v:#}");
     assert_eq!(v["family"], "ipv6");
     assert_eq!(s(&v, "local.port"), 22101);
     assert_eq!(s(&v, "detail.rejected"), "SYN");
-    let inode = ns.inode();
-    let c = t.wait_for("sent port_not_listening", |v| {
-        is_rst(v, "sent", "port_not_listening") && v["netns"] == inode
-    });
+    let c = sent(&t, &ns, "port_not_listening");
     assert_eq!(c["origin"], "tcp", "{c:#}");
     assert_eq!(c["family"], "ipv6");
     assert_eq!(s(&c, "local.port"), 22102);
@@ -483,6 +457,7 @@ fn ipv6_reject_and_closed_port_told_apart() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let (status, events) = t.stop();
     assert!(status.success());
+    let inode = ns.inode();
     let sent: Vec<_> = events
         .iter()
         .filter(|e| e["netns"] == inode && e["direction"] == "sent")

@@ -9,7 +9,6 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     path::Path,
     process::{Command, Stdio},
     sync::{
@@ -20,6 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use rst_trace_tests::{Netns, enter_netns};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Mode {
@@ -41,39 +41,33 @@ pub struct Opts {
 
 const PORT: u16 = 39_555;
 
-struct Netns(String);
+/// The bench's own network namespace (the end-to-end tests' helper), replacing a stale one of
+/// the same name.
+fn bench_netns() -> Result<Netns> {
+    let name = format!("rstbench-{}", std::process::id());
+    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    Netns::create(&name)
+        .map_err(|e| anyhow::anyhow!("cannot create network namespace {name} (run as root): {e}"))
+}
 
-impl Netns {
-    fn new() -> Result<Self> {
-        let name = format!("rstbench-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()?
-            .success()
-            && Command::new("ip")
-                .args(["-n", &name, "link", "set", "lo", "up"])
-                .status()?
-                .success();
-        if !ok {
-            bail!("cannot create network namespace {name} (run as root)");
-        }
-        Ok(Self(name))
-    }
+/// `kernel.bpf_stats_enabled`, put back as it was when the guard drops (also on an error).
+struct BpfStatsEnabled {
+    was: String,
+}
 
-    fn enter(&self) -> Result<()> {
-        let f = std::fs::File::open(format!("/run/netns/{}", self.0))?;
-        // SAFETY: valid namespace fd; affects the calling thread only.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns: {}", std::io::Error::last_os_error());
+const BPF_STATS_ENABLED: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatsEnabled {
+    fn save() -> Self {
+        Self {
+            was: std::fs::read_to_string(BPF_STATS_ENABLED).unwrap_or_default(),
         }
-        Ok(())
     }
 }
 
-impl Drop for Netns {
+impl Drop for BpfStatsEnabled {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        let _ = std::fs::write(BPF_STATS_ENABLED, self.was.trim());
     }
 }
 
@@ -85,10 +79,10 @@ fn generate(ns: &Netns, mode: Mode, threads: usize, secs: f64) -> Result<u64> {
     let mut handles = Vec::new();
     if mode == Mode::Echo {
         let stop = stop.clone();
-        let ns_name = ns.0.clone();
+        let ns_name = ns.name.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         handles.push(std::thread::spawn(move || -> Result<()> {
-            Netns(ns_name).enter_forget()?;
+            enter_netns(&ns_name)?;
             let l = TcpListener::bind(addr)?;
             tx.send(()).ok();
             let mut conns = Vec::new();
@@ -116,10 +110,10 @@ fn generate(ns: &Netns, mode: Mode, threads: usize, secs: f64) -> Result<u64> {
     if mode == Mode::Unread {
         // The server: accept and close at once, leaving the client's byte unread.
         let stop = stop.clone();
-        let ns_name = ns.0.clone();
+        let ns_name = ns.name.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         handles.push(std::thread::spawn(move || -> Result<()> {
-            Netns(ns_name.clone()).enter_forget()?;
+            enter_netns(&ns_name)?;
             let l = TcpListener::bind(addr)?;
             l.set_nonblocking(true)?;
             tx.send(()).ok();
@@ -146,9 +140,9 @@ fn generate(ns: &Netns, mode: Mode, threads: usize, secs: f64) -> Result<u64> {
     for _ in 0..threads {
         let stop = stop.clone();
         let count = count.clone();
-        let ns_name = ns.0.clone();
+        let ns_name = ns.name.clone();
         handles.push(std::thread::spawn(move || -> Result<()> {
-            Netns(ns_name).enter_forget()?;
+            enter_netns(&ns_name)?;
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 match mode {
@@ -191,15 +185,6 @@ fn generate(ns: &Netns, mode: Mode, threads: usize, secs: f64) -> Result<u64> {
             .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
     }
     Ok(count.load(Ordering::Relaxed))
-}
-
-impl Netns {
-    /// Enters the namespace without deleting it when done.
-    fn enter_forget(self) -> Result<()> {
-        let r = self.enter();
-        std::mem::forget(self);
-        r
-    }
 }
 
 /// BPF run time a process's programs used (from fdinfo; needs kernel.bpf_stats_enabled=1).
@@ -313,17 +298,14 @@ fn traced_round(
     }
     let attach_ms = started.elapsed().as_secs_f64() * 1000.0;
     let start_rss_kib = rss_kib(pid);
-    std::fs::write(
-        "/proc/sys/kernel/bpf_stats_enabled",
-        if stats { "1" } else { "0" },
-    )
-    .context("setting kernel.bpf_stats_enabled")?;
+    std::fs::write(BPF_STATS_ENABLED, if stats { "1" } else { "0" })
+        .context("setting kernel.bpf_stats_enabled")?;
     let s0 = bpf_stats(pid);
     let generated = generate(ns, mode, threads, secs)?;
     // Let the drain timer catch up before stopping.
     std::thread::sleep(Duration::from_millis(300));
     let s1 = bpf_stats(pid);
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
+    std::fs::write(BPF_STATS_ENABLED, "0")?;
     let peak_rss_kib = status_kib(pid, "VmHWM:");
     let end_rss_kib = rss_kib(pid);
     // SAFETY: signalling our own child.
@@ -346,22 +328,16 @@ fn traced_round(
     let text = std::fs::read_to_string(&out_path)?;
     let _ = std::fs::remove_file(&out_path);
     for l in text.lines() {
-        if l.starts_with(r#"{"type":"rst""#) {
-            rst_events += 1;
-        } else if let Some(v) = l.strip_prefix(r#"{"type":"lost","count":"#) {
-            lost += v
-                .split(',')
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        } else if l.starts_with(r#"{"type":"summary""#)
-            && let Some(t) = l.split(r#""total":"#).nth(1)
-        {
-            rst_events = t
-                .split(',')
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+        // A line cut short (rst-trace stopped mid-write) is no record.
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        match v["type"].as_str() {
+            Some("rst") => rst_events += 1,
+            Some("lost") => lost += v["count"].as_u64().unwrap_or(0),
+            // --summary --quiet: the events counted in the kernel.
+            Some("summary") => rst_events = v["total"].as_u64().unwrap_or(0),
+            _ => {}
         }
     }
     let all_ns_per_event = if rst_events > 0 {
@@ -395,160 +371,155 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
-    let ns = Netns::new()?;
-    let stats_was =
-        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
-    let result = (|| -> Result<()> {
-        if let Some(secs) = opts.soak {
-            return soak(bin, &ns, secs);
+    let ns = bench_netns()?;
+    let _stats = BpfStatsEnabled::save();
+    if let Some(secs) = opts.soak {
+        return soak(bin, &ns, secs);
+    }
+    println!(
+        "rst-trace bench: {} s per round, {} untraced + {} traced rounds per row, alternating; medians\n",
+        opts.seconds, opts.rounds, opts.rounds
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>6} {:>11} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8} {:>9}",
+        "configuration",
+        "untraced/s",
+        "traced/s",
+        "ratio",
+        "captured",
+        "lost",
+        "capt%",
+        "cpu s/1M",
+        "rss0",
+        "rss1",
+        "peak",
+        "attach ms",
+        "reset ns",
+        "all ns/ev"
+    );
+    let configs: [(&str, Mode, usize, &[&str]); 8] = [
+        ("echo (no resets), all hooks", Mode::Echo, 1, &["--json"]),
+        (
+            "echo, --no-firewall --no-ttl",
+            Mode::Echo,
+            1,
+            &["--json", "--no-firewall", "--no-ttl"],
+        ),
+        (
+            "refused, 1 thread, --json file",
+            Mode::Refused,
+            1,
+            &["--json"],
+        ),
+        (
+            "refused, 2 threads, --json file",
+            Mode::Refused,
+            2,
+            &["--json"],
+        ),
+        (
+            "refused, 2 threads, --json, 1M ring",
+            Mode::Refused,
+            2,
+            &["--json", "--ring-size", "1048576"],
+        ),
+        (
+            "refused, 2 threads, --summary -q",
+            Mode::Refused,
+            2,
+            &["--json", "--summary", "--quiet"],
+        ),
+        (
+            "unread close, 1 thread, --json",
+            Mode::Unread,
+            1,
+            &["--json"],
+        ),
+        (
+            "unread close, 2 threads, --json",
+            Mode::Unread,
+            2,
+            &["--json"],
+        ),
+    ];
+    for (name, mode, threads, args) in configs {
+        if opts.only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
         }
-        println!(
-            "rst-trace bench: {} s per round, {} untraced + {} traced rounds per row, alternating; medians\n",
-            opts.seconds, opts.rounds, opts.rounds
-        );
-        println!(
-            "{:<34} {:>10} {:>10} {:>6} {:>11} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8} {:>9}",
-            "configuration",
-            "untraced/s",
-            "traced/s",
-            "ratio",
-            "captured",
-            "lost",
-            "capt%",
-            "cpu s/1M",
-            "rss0",
-            "rss1",
-            "peak",
-            "attach ms",
-            "reset ns",
-            "all ns/ev"
-        );
-        let configs: [(&str, Mode, usize, &[&str]); 8] = [
-            ("echo (no resets), all hooks", Mode::Echo, 1, &["--json"]),
-            (
-                "echo, --no-firewall --no-ttl",
-                Mode::Echo,
-                1,
-                &["--json", "--no-firewall", "--no-ttl"],
-            ),
-            (
-                "refused, 1 thread, --json file",
-                Mode::Refused,
-                1,
-                &["--json"],
-            ),
-            (
-                "refused, 2 threads, --json file",
-                Mode::Refused,
-                2,
-                &["--json"],
-            ),
-            (
-                "refused, 2 threads, --json, 1M ring",
-                Mode::Refused,
-                2,
-                &["--json", "--ring-size", "1048576"],
-            ),
-            (
-                "refused, 2 threads, --summary -q",
-                Mode::Refused,
-                2,
-                &["--json", "--summary", "--quiet"],
-            ),
-            (
-                "unread close, 1 thread, --json",
-                Mode::Unread,
-                1,
-                &["--json"],
-            ),
-            (
-                "unread close, 2 threads, --json",
-                Mode::Unread,
-                2,
-                &["--json"],
-            ),
-        ];
-        for (name, mode, threads, args) in configs {
-            if opts.only.as_deref().is_some_and(|o| !name.contains(o)) {
-                continue;
+        let (mut un, mut tr, mut cpu, mut att) = (vec![], vec![], vec![], vec![]);
+        let (mut captured, mut generated_events, mut lost) = (0u64, 0u64, 0u64);
+        let (mut rss0, mut rss1, mut peak) = (0u64, 0u64, 0u64);
+        for _ in 0..opts.rounds {
+            let n = generate(&ns, mode, threads, opts.seconds)?;
+            un.push(n as f64 / opts.seconds);
+            let t = traced_round(bin, &ns, mode, threads, opts.seconds, args, false)?;
+            tr.push(t.generated as f64 / opts.seconds);
+            // Each reset is seen twice: sent by one socket (or none), received by another.
+            if mode != Mode::Echo {
+                generated_events += 2 * t.generated;
             }
-            let (mut un, mut tr, mut cpu, mut att) = (vec![], vec![], vec![], vec![]);
-            let (mut captured, mut generated_events, mut lost) = (0u64, 0u64, 0u64);
-            let (mut rss0, mut rss1, mut peak) = (0u64, 0u64, 0u64);
-            for _ in 0..opts.rounds {
-                let n = generate(&ns, mode, threads, opts.seconds)?;
-                un.push(n as f64 / opts.seconds);
-                let t = traced_round(bin, &ns, mode, threads, opts.seconds, args, false)?;
-                tr.push(t.generated as f64 / opts.seconds);
-                // Each reset is seen twice: sent by one socket (or none), received by another.
-                if mode != Mode::Echo {
-                    generated_events += 2 * t.generated;
-                }
-                captured += t.rst_events;
-                lost += t.lost;
-                rss0 = rss0.max(t.start_rss_kib);
-                rss1 = rss1.max(t.end_rss_kib);
-                peak = peak.max(t.peak_rss_kib);
-                cpu.push(t.cpu_s / (t.rst_events.max(1) as f64) * 1e6);
-                att.push(t.attach_ms);
-            }
-            // The kernel cost, in a round of its own: with the run-time accounting on, every
-            // program run also reads the clock twice, which would slow the rounds above.
-            let k = traced_round(bin, &ns, mode, threads, opts.seconds, args, true)?;
-            let (u, t) = (median(&mut un), median(&mut tr));
-            println!(
-                "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6} {:>9} {:>6.1} {:>6.1} {:>6.1} {:>9.1} {:>8} {:>9}",
-                name,
-                u,
-                t,
-                t / u,
-                captured,
-                generated_events,
-                lost,
-                if generated_events == 0 {
-                    "-".to_owned()
-                } else {
-                    format!("{:.2}", 100.0 * captured as f64 / generated_events as f64)
-                },
-                // No resets generated (the echo rows; a few may happen at teardown): nothing
-                // worth dividing by.
-                if generated_events == 0 {
-                    "-".to_owned()
-                } else {
-                    format!("{:.2}", median(&mut cpu))
-                },
-                rss0 as f64 / 1024.0,
-                rss1 as f64 / 1024.0,
-                peak as f64 / 1024.0,
-                median(&mut att),
-                // Per-event costs only mean something where resets were generated.
-                if generated_events == 0 {
-                    "-".to_owned()
-                } else {
-                    format!("{:.0}", k.reset_ns_per_run)
-                },
-                if generated_events == 0 {
-                    "-".to_owned()
-                } else {
-                    format!("{:.0}", k.all_ns_per_event)
-                },
-            );
+            captured += t.rst_events;
+            lost += t.lost;
+            rss0 = rss0.max(t.start_rss_kib);
+            rss1 = rss1.max(t.end_rss_kib);
+            peak = peak.max(t.peak_rss_kib);
+            cpu.push(t.cpu_s / (t.rst_events.max(1) as f64) * 1e6);
+            att.push(t.attach_ms);
         }
+        // The kernel cost, in a round of its own: with the run-time accounting on, every
+        // program run also reads the clock twice, which would slow the rounds above.
+        let k = traced_round(bin, &ns, mode, threads, opts.seconds, args, true)?;
+        let (u, t) = (median(&mut un), median(&mut tr));
         println!(
-            "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss0/rss1/peak = MiB of RSS once attached, after the storm, and at\nits peak (VmHWM: BTF parsing at start-up); attach = spawn to readiness line; reset ns = BPF run time per run of\na reset program; all ns/ev = run time of all rst-trace BPF programs (owner tracking, transmit hook)\nper captured event. Both from kernel.bpf_stats_enabled, in one extra traced round with it on."
+            "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6} {:>9} {:>6.1} {:>6.1} {:>6.1} {:>9.1} {:>8} {:>9}",
+            name,
+            u,
+            t,
+            t / u,
+            captured,
+            generated_events,
+            lost,
+            if generated_events == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", 100.0 * captured as f64 / generated_events as f64)
+            },
+            // No resets generated (the echo rows; a few may happen at teardown): nothing
+            // worth dividing by.
+            if generated_events == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", median(&mut cpu))
+            },
+            rss0 as f64 / 1024.0,
+            rss1 as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            median(&mut att),
+            // Per-event costs only mean something where resets were generated.
+            if generated_events == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", k.reset_ns_per_run)
+            },
+            if generated_events == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", k.all_ns_per_event)
+            },
         );
-        if opts
-            .only
-            .as_deref()
-            .is_some_and(|o| !"bpftrace reference".contains(o))
-        {
-        } else {
-            references(&ns, opts)?;
-        }
-        Ok(())
-    })();
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
-    result
+    }
+    println!(
+        "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss0/rss1/peak = MiB of RSS once attached, after the storm, and at\nits peak (VmHWM: BTF parsing at start-up); attach = spawn to readiness line; reset ns = BPF run time per run of\na reset program; all ns/ev = run time of all rst-trace BPF programs (owner tracking, transmit hook)\nper captured event. Both from kernel.bpf_stats_enabled, in one extra traced round with it on."
+    );
+    if opts
+        .only
+        .as_deref()
+        .is_some_and(|o| !"bpftrace reference".contains(o))
+    {
+    } else {
+        references(&ns, opts)?;
+    }
+    Ok(())
 }
 
 /// The tools the goals were set against, on the same load: a per-event bpftrace printer, an
