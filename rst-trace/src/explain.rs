@@ -13,7 +13,7 @@ use rst_trace_common::{
     RstEvent, Task,
 };
 
-use crate::layout::KernelInfo;
+use crate::kernel::KernelInfo;
 
 /// `RstEvent::kind`, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,16 +1,13 @@
 //! rst-trace: for every TCP reset, which process and which condition caused it.
 
-mod btf;
 mod cli;
 mod explain;
 mod filter;
-mod layout;
+mod kernel;
 mod metrics;
 mod output;
 mod owners;
 mod summary;
-mod tracefs;
-mod tracer;
 
 use std::{
     collections::VecDeque,
@@ -33,7 +30,7 @@ use crate::{
     cli::Cli,
     explain::{History, cond, explain},
     filter::Filter,
-    layout::KernelInfo,
+    kernel::KernelInfo,
     output::{Clock, Format},
     summary::Summary,
 };
@@ -68,15 +65,15 @@ fn main() -> ExitCode {
             // One line; a verifier log (hundreds of lines) and other details only with -v.
             let rejected = e
                 .chain()
-                .any(|c| c.downcast_ref::<tracer::LoadFailure>().is_some());
+                .any(|c| c.downcast_ref::<kernel::LoadFailure>().is_some());
             let hint = if rejected && !verbose {
                 " (-v prints the verifier log)"
             } else {
                 ""
             };
-            eprintln!("rst-trace: error: {}{hint}", tracer::first_line(&e));
+            eprintln!("rst-trace: error: {}{hint}", kernel::first_line(&e));
             if verbose {
-                tracer::print_details(&e);
+                kernel::print_details(&e);
             }
             ExitCode::from(EXIT_RUNTIME)
         }
@@ -378,7 +375,7 @@ impl State {
     /// `count_in_kernel`, what the kernel counted (each key explained once).
     fn summary_now(
         &self,
-        tracer: &tracer::Tracer,
+        tracer: &kernel::Tracer,
         count_in_kernel: bool,
         reasons: &KernelInfo,
     ) -> Option<String> {
@@ -387,7 +384,7 @@ impl State {
             return Some(s.render(&self.clock, self.fmt));
         }
         let mut s = s.clone();
-        match tracer::kernel_counts(&tracer.ebpf) {
+        match kernel::kernel_counts(&tracer.ebpf) {
             Ok(counts) => {
                 for (key, n) in counts {
                     if let Some(r) = explain(&key, reasons, &mut explain::History::default())
@@ -438,15 +435,15 @@ async fn run(cli: Cli) -> Result<()> {
     // A summary and nothing else: resets alike can be counted in the kernel, without a ring
     // record each. (--count needs each match; metrics are per event.)
     let count_in_kernel = cli.summary && cli.quiet && cli.metrics.is_none() && cli.count.is_none();
-    let hooks = tracer::Hooks {
+    let hooks = kernel::Hooks {
         ttl: !cli.no_ttl,
         firewall: !cli.no_firewall,
         count_in_kernel,
     };
-    let notes = tracer::Notes {
+    let notes = kernel::Notes {
         verbose: cli.verbose,
     };
-    let mut tracer = tracer::load(&filter, cli.ring_size, hooks, notes)?;
+    let mut tracer = kernel::load(&filter, cli.ring_size, hooks, notes)?;
     // The two BTF parses (tens of MiB, one of them on a thread with its own malloc arena) are
     // freed; hand the memory back to the kernel, or it stays in our RSS for good.
     #[cfg(target_env = "gnu")]
@@ -522,7 +519,7 @@ async fn run(cli: Cli) -> Result<()> {
         .duration
         .map_or(far, |d| Instant::now() + Duration::from_secs(d));
     let mut lost_tick = interval(Duration::from_secs(1));
-    let mut drain_tick = interval(tracer::DRAIN_INTERVAL);
+    let mut drain_tick = interval(kernel::DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut summary_tick = interval(Duration::from_secs(cli.interval.unwrap_or(3600).max(1)));
     summary_tick.tick().await;
@@ -553,7 +550,7 @@ async fn run(cli: Cli) -> Result<()> {
             _ = sigterm.recv() => break,
             () = sleep_until(deadline) => break,
             _ = lost_tick.tick() => {
-                st.check_lost(tracer::lost_total(&tracer.ebpf)?);
+                st.check_lost(kernel::lost_total(&tracer.ebpf)?);
                                 if let Err(e) = tracer.poll_reject() {
                     eprintln!("rst-trace: warning: cannot watch firewall resets: {e:#}");
                 }
@@ -587,7 +584,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         done = st.owner_found(token, None);
     }
-    st.check_lost(tracer::lost_total(&tracer.ebpf)?);
+    st.check_lost(kernel::lost_total(&tracer.ebpf)?);
     if let Some(s) = st.summary_now(&tracer, count_in_kernel, &reasons) {
         st.out.line(&s);
     }

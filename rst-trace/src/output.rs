@@ -440,8 +440,8 @@ mod tests {
         );
     }
 
-    fn reasons() -> crate::layout::KernelInfo {
-        crate::layout::KernelInfo {
+    fn reasons() -> crate::kernel::KernelInfo {
+        crate::kernel::KernelInfo {
             reasons: [(1, "NO_SOCKET"), (11, "TCP_ABORT_ON_CLOSE")]
                 .into_iter()
                 .map(|(k, v)| (k, v.to_string()))

@@ -1,0 +1,16 @@
+//! Everything that talks to the kernel: tracefs formats, vmlinux BTF, the record and struct
+//! layouts handed to the eBPF programs, loading, attaching and the maps.
+
+mod attach;
+mod btf;
+mod errors;
+mod layout;
+mod load;
+mod maps;
+mod tracefs;
+
+pub use errors::Notes;
+pub use errors::{LoadFailure, first_line, print_details};
+pub use layout::KernelInfo;
+pub use load::{DRAIN_INTERVAL, Hooks, Tracer, load};
+pub use maps::{kernel_counts, lost_total};
