@@ -107,7 +107,7 @@ pub struct Cli {
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; a bare PORT means
     /// 127.0.0.1:PORT). Off by default.
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::render::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Do not watch transmitted packets for netfilter REJECT resets (saves ~40 ns per packet

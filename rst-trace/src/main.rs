@@ -4,17 +4,10 @@ mod cli;
 mod explain;
 mod filter;
 mod kernel;
-mod metrics;
-mod output;
 mod owners;
-mod summary;
+mod render;
 
-use std::{
-    collections::VecDeque,
-    io::{self, Write as _},
-    process::ExitCode,
-    time::Duration,
-};
+use std::{collections::VecDeque, io, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::RingBuf;
@@ -31,8 +24,7 @@ use crate::{
     explain::{History, cond, explain},
     filter::Filter,
     kernel::KernelInfo,
-    output::{Clock, Format},
-    summary::Summary,
+    render::{Clock, Format, Out, Summary, metrics},
 };
 
 const NEEDS_ROOT: &str = "rst-trace needs root (CAP_BPF, CAP_PERFMON and read access to tracefs, \
@@ -131,77 +123,6 @@ fn note_unknown_pids(pids: &[u32]) {
                 "rst-trace: note: no process {pid} is running now; its resets will show if it starts"
             );
         }
-    }
-}
-
-/// Writes records to stdout; a closed pipe (`rst-trace | head`) ends the program quietly.
-/// Standard output, buffered by hand rather than through `io::Stdout` (whose line buffering
-/// would make a write per line). In a storm the lines go out in 4 KiB multiples: a file then
-/// gets whole pages, which the kernel does not have to zero first, as it does for a write that
-/// starts or ends inside a page it has not filled yet (block_write_begin()).
-struct Out {
-    w: std::fs::File,
-    buf: Vec<u8>,
-    broken: bool,
-    /// A write error other than a closed pipe: the run ends with status 1.
-    error: Option<io::Error>,
-}
-
-impl Drop for Out {
-    /// Whatever way the run ends, the lines already rendered go out.
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-const OUT_CHUNK: usize = 64 * 1024;
-const PAGE: usize = 4096;
-
-impl Out {
-    fn stdout() -> io::Result<Self> {
-        // A duplicate of fd 1, so that dropping the File leaves stdout open.
-        use std::os::fd::AsFd as _;
-        let fd = io::stdout().as_fd().try_clone_to_owned()?;
-        Ok(Self {
-            w: std::fs::File::from(fd),
-            buf: Vec::with_capacity(OUT_CHUNK + 2 * PAGE),
-            broken: false,
-            error: None,
-        })
-    }
-
-    fn line(&mut self, s: &str) {
-        if self.broken {
-            return;
-        }
-        self.buf.extend_from_slice(s.as_bytes());
-        self.buf.push(b'\n');
-        if self.buf.len() >= OUT_CHUNK {
-            let whole = self.buf.len() / PAGE * PAGE;
-            self.write_out(whole);
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.broken {
-            return;
-        }
-        self.write_out(self.buf.len());
-    }
-
-    /// Writes the first `n` bytes of the buffer.
-    fn write_out(&mut self, n: usize) {
-        if let Err(e) = self.w.write_all(&self.buf[..n]) {
-            self.fail(e);
-        }
-        self.buf.drain(..n);
-    }
-
-    fn fail(&mut self, e: io::Error) {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            self.error = Some(e);
-        }
-        self.broken = true;
     }
 }
 
@@ -365,7 +286,7 @@ impl State {
             m.record(&report);
         }
         if !self.quiet {
-            output::render_into(&mut self.line, &report, &self.clock, self.fmt);
+            render::render_into(&mut self.line, &report, &self.clock, self.fmt);
             self.out.line(&self.line);
         }
         self.count.is_some_and(|c| self.matched >= c)
@@ -401,7 +322,7 @@ impl State {
 
     fn check_lost(&mut self, total: u64) {
         if total > self.lost_seen {
-            let line = output::lost(total - self.lost_seen, total, &self.clock, self.fmt);
+            let line = render::lost(total - self.lost_seen, total, &self.clock, self.fmt);
             self.lost_seen = total;
             if let Some(s) = &mut self.summary {
                 s.lost = total;

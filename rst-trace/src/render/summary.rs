@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::{
     explain::Report,
-    output::{Clock, Format, rfc3339},
+    render::{Clock, Format, fast::rfc3339},
 };
 
 /// Distinct rows kept; the rest fold into one `other` row so memory stays bounded in a storm.
