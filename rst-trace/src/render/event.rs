@@ -8,7 +8,7 @@ use serde_json::Value;
 use serde_json::json;
 
 use super::fast::{Clock, Format, json_str, push_ip, push_u64, rfc3339};
-use crate::explain::{DetailValue, Process, Report};
+use crate::explain::{DetailValue, Origin, Process, Report};
 
 fn json_opt_str(out: &mut String, v: Option<&str>) {
     match v {
@@ -53,9 +53,9 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     out.push_str(",\"direction\":");
     json_str(out, r.direction.as_str());
     out.push_str(",\"origin\":");
-    json_opt_str(out, r.origin);
+    json_opt_str(out, r.origin.map(Origin::as_str));
     out.push_str(",\"condition\":");
-    json_str(out, r.condition);
+    json_str(out, r.condition.as_str());
     out.push_str(",\"explanation\":");
     json_str(out, &r.explanation);
     out.push_str(",\"kernel_reason\":");
@@ -71,7 +71,7 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     out.push_str(",\"process\":");
     json_process(out, &r.process);
     out.push_str(",\"attribution\":");
-    json_str(out, r.attribution);
+    json_str(out, r.attribution.as_str());
     out.push_str(",\"netns\":");
     push_u64(out, u64::from(r.netns));
     out.push_str(",\"socket_cookie\":");
@@ -94,7 +94,7 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     let _ = write!(out, "}},\"inferred\":{}", r.inferred);
     if let Some(l) = &r.linked {
         out.push_str(",\"linked_sent\":{\"condition\":");
-        json_str(out, l.condition);
+        json_str(out, l.condition.as_str());
         out.push_str(",\"process\":");
         json_process(out, &l.process);
         let _ = write!(out, ",\"mono_ns\":{}}}", l.mono_ns);
@@ -144,7 +144,7 @@ pub fn report_text(r: &Report, clock: &Clock, color: bool) -> String {
     };
     format!(
         "{time} {c0}{dir}{c1} {process:<24} {ends:<45} {state:<12} {b0}{cond:<27}{c1} {expl}",
-        cond = r.condition,
+        cond = r.condition.as_str(),
         expl = r.explanation
     )
 }
@@ -189,7 +189,10 @@ mod tests {
     use rst_trace_common::{ATTR_OWNER_CURRENT, FACT_PACKET, FACT_TCP_SOCK, KIND_SENT, RstEvent};
 
     use super::*;
-    use crate::explain::{History, explain};
+    use crate::{
+        correlate::History,
+        explain::{Sentences, explain},
+    };
 
     fn reasons() -> crate::kernel::KernelInfo {
         crate::kernel::KernelInfo {
@@ -234,7 +237,13 @@ mod tests {
 
     #[test]
     fn golden_json() {
-        let r = explain(&close_event(), &reasons(), &mut History::default()).unwrap();
+        let r = explain(
+            &close_event(),
+            &reasons(),
+            Sentences::Write,
+            &mut History::default(),
+        )
+        .unwrap();
         let got = render(&r, &clock(), Format::Json);
         let want = r#"{"type":"rst","time":"2026-11-24T12:00:01.123456789Z","mono_ns":81234567890123,"direction":"sent","origin":"tcp","condition":"close_with_unread_data","explanation":"server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN","kernel_reason":"TCP_ABORT_ON_CLOSE","state":"ESTABLISHED","family":"ipv4","local":{"addr":"127.0.0.1","port":8888},"remote":{"addr":"127.0.0.1","port":43210},"process":{"pid":1234,"tid":1234,"comm":"server","uid":0},"attribution":"socket_owner","netns":4026531840,"socket_cookie":862063,"detail":{"unread_bytes":128},"inferred":false}"#;
         assert_eq!(got, want);
@@ -242,7 +251,13 @@ mod tests {
 
     #[test]
     fn golden_text() {
-        let r = explain(&close_event(), &reasons(), &mut History::default()).unwrap();
+        let r = explain(
+            &close_event(),
+            &reasons(),
+            Sentences::Write,
+            &mut History::default(),
+        )
+        .unwrap();
         let got = render(&r, &clock(), Format::Text { color: false });
         let want = "2026-11-24T12:00:01.123456Z SENT server[1234]             127.0.0.1:8888 > 127.0.0.1:43210              ESTABLISHED  close_with_unread_data      server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN";
         assert_eq!(got, want);
@@ -264,7 +279,7 @@ mod tests {
         };
         e.local_addr[15] = 1;
         e.remote_addr[15] = 1;
-        let r = explain(&e, &reasons(), &mut History::default()).unwrap();
+        let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
         let got = render(&r, &clock(), Format::Text { color: false });
         let want = "2026-11-24T12:00:01.123456Z SENT -(no socket)             [::1]:9 > [::1]:50000                         -            port_not_listening          nothing listens on [::1]:9: the kernel refused the connection attempt (SYN) from [::1]:50000 with RST; the client sees ECONNREFUSED";
         assert_eq!(got, want);
@@ -304,7 +319,7 @@ mod tests {
                 rejected += 1;
                 continue;
             };
-            let Some(r) = explain(&ev, &info, &mut history) else {
+            let Some(r) = explain(&ev, &info, Sentences::Write, &mut history) else {
                 continue;
             };
             explained += 1;

@@ -5,9 +5,10 @@ mod event;
 mod fast;
 pub mod metrics;
 mod out;
+mod sink;
 mod summary;
 
-pub use event::{lost, render_into};
 pub use fast::{Clock, Format};
 pub use out::Out;
+pub use sink::Sink;
 pub use summary::Summary;

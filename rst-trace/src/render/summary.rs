@@ -54,7 +54,7 @@ impl Summary {
             comm[..n].copy_from_slice(&p.comm.as_bytes()[..n]);
             Who::Process(p.pid, comm)
         });
-        let mut key = (who, r.condition, r.direction.as_str());
+        let mut key = (who, r.condition.as_str(), r.direction.as_str());
         if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
             key = (Who::Other, "other", "other");
         }
