@@ -14,9 +14,8 @@ use std::{io, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
 use clap::Parser as _;
-use rst_trace_common::{KIND_RECEIVED, MAP_EVENTS, RstEvent};
+use rst_trace_common::{KIND_RECEIVED, RstEvent};
 use tokio::{
-    io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     time::{Instant, interval, sleep_until},
 };
@@ -27,12 +26,9 @@ use crate::{
     enrich::{Answer, Enricher},
     explain::{Report, Sentences, explain},
     filter::Filter,
-    kernel::{KernelInfo, Tracer},
+    kernel::{KernelInfo, Ring, Tracer},
     render::{Clock, Format, Out, Sink, metrics},
 };
-
-const NEEDS_ROOT: &str = "rst-trace needs root (CAP_BPF, CAP_PERFMON and read access to tracefs, \
-     which is root-only by default): run it with sudo";
 
 /// Exit codes (output.md): 0 normal end, 1 runtime error, 2 usage error (clap).
 const EXIT_RUNTIME: u8 = 1;
@@ -76,50 +72,6 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
-}
-
-/// CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set, checked before touching
-/// tracefs so the message names the real cause.
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (later ones to the memory cgroup), and
-/// the usual limit is far below the ring buffer's 4 MiB: raise it, as libbpf does. Without the
-/// privilege to raise the hard limit, the soft one still goes up to it.
-fn raise_memlock() {
-    // SAFETY: plain system calls on a valid, owned struct.
-    unsafe {
-        let infinite = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &infinite) == 0 {
-            return;
-        }
-        let mut cur = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) == 0 {
-            cur.rlim_cur = cur.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur);
-        }
-    }
-}
-
-fn check_privileges() -> Result<()> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |bit: u32| caps & (1u64 << bit) != 0;
-    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
-        return Err(anyhow!(NEEDS_ROOT));
-    }
-    Ok(())
 }
 
 fn note_unknown_pids(pids: &[u32]) {
@@ -249,7 +201,11 @@ impl State {
     }
 }
 
-type Ring = AsyncFd<RingBuf<MapData>>;
+/// The signals that end the run (status 0).
+struct Stop {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
 
 /// Loads and attaches the programs; the ring buffer, registered with the event loop.
 fn start(settings: &Settings) -> Result<(Tracer, Ring)> {
@@ -264,15 +220,7 @@ fn start(settings: &Settings) -> Result<(Tracer, Ring)> {
     unsafe {
         libc::malloc_trim(0);
     }
-    let ring = RingBuf::try_from(
-        tracer
-            .ebpf
-            .take_map(MAP_EVENTS)
-            .context("ring buffer map missing from the eBPF object")?,
-    )?;
-    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd lives.
-    let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow!("registering the ring buffer with the event loop: {e}"))?;
+    let ring = kernel::event_ring(&mut tracer)?;
     Ok((tracer, ring))
 }
 
@@ -300,12 +248,14 @@ fn announce(st: &State, tracer: &Tracer, count_in_kernel: bool, started: std::ti
 }
 
 async fn run(settings: Settings) -> Result<()> {
-    check_privileges()?;
-    raise_memlock();
+    kernel::check_privileges()?;
+    kernel::raise_memlock();
     note_unknown_pids(&settings.pids);
     // Before the (slower) start-up, so that SIGINT/SIGTERM meanwhile still end with status 0.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut stop = Stop {
+        sigint: signal(SignalKind::interrupt())?,
+        sigterm: signal(SignalKind::terminate())?,
+    };
     let started = std::time::Instant::now();
     let (mut tracer, mut ring) = start(&settings)?;
     let color = !settings.json && std::io::IsTerminal::is_terminal(&io::stdout());
@@ -337,6 +287,48 @@ async fn run(settings: Settings) -> Result<()> {
     let count_in_kernel = settings.hooks.count_in_kernel;
     announce(&st, &tracer, count_in_kernel, started);
 
+    let mut done = event_loop(
+        &mut st,
+        &mut tracer,
+        &mut ring,
+        &settings,
+        &mut stop,
+        &mut owners_rx,
+    )
+    .await?;
+    // Flush what the kernel already queued (SIGTERM in a storm loses nothing that was read).
+    if !done {
+        done = st.drain(ring.get_mut()) || st.release(true);
+    }
+    finish_waiting(&mut st, &mut owners_rx, done).await;
+    st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
+    if let Some(s) = st.summary_now(&tracer, count_in_kernel) {
+        st.sink.out.line(&s);
+    }
+    st.sink.out.flush();
+    if st.bad_records > 0 {
+        eprintln!(
+            "rst-trace: warning: {} malformed ring records skipped",
+            st.bad_records
+        );
+    }
+    match st.sink.out.error.take() {
+        Some(e) => Err(anyhow!("writing to stdout: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Until `--count`, `--duration`, a signal or a closed stdout: explains and prints the resets as
+/// they come. True when `--count` was reached.
+async fn event_loop(
+    st: &mut State,
+    tracer: &mut Tracer,
+    ring: &mut Ring,
+    settings: &Settings,
+    stop: &mut Stop,
+    owners_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Answer>,
+) -> Result<bool> {
+    let count_in_kernel = settings.hooks.count_in_kernel;
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     let deadline = settings
         .duration
@@ -371,8 +363,8 @@ async fn run(settings: Settings) -> Result<()> {
                 done = st.owner_found(answer);
                 st.sink.out.flush();
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = stop.sigint.recv() => break,
+            _ = stop.sigterm.recv() => break,
             () = sleep_until(deadline) => break,
             _ = lost_tick.tick() => {
                 st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
@@ -382,33 +374,14 @@ async fn run(settings: Settings) -> Result<()> {
                 st.sink.out.flush();
             }
             _ = summary_tick.tick(), if settings.interval.is_some() => {
-                if let Some(s) = st.summary_now(&tracer, count_in_kernel) {
+                if let Some(s) = st.summary_now(tracer, count_in_kernel) {
                     st.sink.out.line(&s);
                     st.sink.out.flush();
                 }
             }
         }
     }
-    // Flush what the kernel already queued (SIGTERM in a storm loses nothing that was read).
-    if !done {
-        done = st.drain(ring.get_mut()) || st.release(true);
-    }
-    finish_waiting(&mut st, &mut owners_rx, done).await;
-    st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
-    if let Some(s) = st.summary_now(&tracer, count_in_kernel) {
-        st.sink.out.line(&s);
-    }
-    st.sink.out.flush();
-    if st.bad_records > 0 {
-        eprintln!(
-            "rst-trace: warning: {} malformed ring records skipped",
-            st.bad_records
-        );
-    }
-    match st.sink.out.error.take() {
-        Some(e) => Err(anyhow!("writing to stdout: {e}")),
-        None => Ok(()),
-    }
+    Ok(done)
 }
 
 /// Firewall resets still waiting for their flow's owner: a moment for the answers, then

@@ -16,6 +16,7 @@ macro_rules! say {
 
 mod infer;
 mod model;
+mod netfilter;
 mod received;
 mod sent;
 mod tcp;

@@ -1,5 +1,4 @@
-//! Resets this host sent: TCP's, by kernel reason (reported, or inferred before 6.10), and
-//! netfilter's REJECT.
+//! Resets TCP on this host sent, by kernel reason (reported, or inferred before 6.10).
 
 use rst_trace_common::{
     FACT_BACKLOG, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_NETFILTER, FACT_PACKET,
@@ -9,6 +8,7 @@ use rst_trace_common::{
 use super::{
     Sentences, infer,
     model::{DetailValue, KernelReason, Origin, Report, cond},
+    netfilter,
     tcp::{ACK, SYN, TCP_CLOSE_RAW, TcpState, tcp_flags_names},
     who,
 };
@@ -55,7 +55,7 @@ pub(super) fn explain_sent(
     r: &mut Report,
 ) {
     if ev.facts & FACT_NETFILTER != 0 {
-        explain_netfilter(ev, words, r);
+        netfilter::explain_netfilter(ev, words, r);
         return;
     }
     r.origin = Some(Origin::Tcp);
@@ -388,42 +388,6 @@ fn other(s: &Sent, r: &mut Report) {
         s.words,
         r,
         "the kernel sent RST to {remote} (reason {why}, state {state_name})"
-    );
-}
-
-/// An RST built by netfilter (REJECT --reject-with tcp-reset), seen on transmit.
-fn explain_netfilter(ev: &RstEvent, words: Sentences, r: &mut Report) {
-    r.state = None;
-    r.socket_cookie = None;
-    r.no_process_why = Some("firewall");
-    r.detail.push(("ttl", DetailValue::Num(u64::from(ev.ttl))));
-    r.origin = Some(Origin::Netfilter);
-    r.condition = cond::FIREWALL_REJECT;
-    // nf_reject_ip_tcphdr_put(): an RST|ACK answers a segment without ACK (a SYN: the client
-    // sees ECONNREFUSED); a bare RST answers a segment with ACK (an established connection:
-    // ECONNRESET).
-    let (what, errno) = if ev.tcp_flags & ACK != 0 {
-        ("connection attempt (SYN)", "ECONNREFUSED")
-    } else {
-        ("segment on an established connection", "ECONNRESET")
-    };
-    r.detail.push((
-        "rejected",
-        DetailValue::Text(
-            if ev.tcp_flags & ACK != 0 {
-                "SYN"
-            } else {
-                "ACK"
-            }
-            .into(),
-        ),
-    ));
-    say!(
-        words,
-        r,
-        "a netfilter rule on this host (REJECT --reject-with tcp-reset, iptables or nft) rejected the {what} from {remote} to {local} and sent RST in its place; {remote} sees {errno}",
-        remote = r.remote,
-        local = r.local
     );
 }
 

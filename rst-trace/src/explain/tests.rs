@@ -17,8 +17,33 @@ use crate::{correlate::History, kernel::KernelInfo};
 #[test]
 fn count_key_keeps_condition_direction_and_process() {
     let mut next = xorshift(0x2545_f491_4f6c_dd1d);
-    // All 6.18 reason names, so every reason branch is taken.
-    let info = KernelInfo {
+    let info = all_reasons();
+    let mut conditions = std::collections::HashSet::new();
+    for _ in 0..50_000 {
+        let ev = random_event(&mut next);
+        let mut key = ev;
+        key.count_key();
+        let a = explain(&ev, &info, Sentences::Write, &mut History::default());
+        let b = explain(&key, &info, Sentences::Write, &mut History::default());
+        let (Some(a), Some(b)) = (a, b) else {
+            panic!("one of event and key explained, the other not: {ev:?}");
+        };
+        assert_eq!(a.condition, b.condition, "{ev:?}");
+        assert_eq!(a.direction, b.direction, "{ev:?}");
+        assert_eq!(
+            a.process.as_ref().map(|p| (p.pid, p.comm.clone())),
+            b.process.as_ref().map(|p| (p.pid, p.comm.clone())),
+            "{ev:?}"
+        );
+        conditions.insert(a.condition);
+    }
+    // The generator reaches most conditions, so the check above means something.
+    assert!(conditions.len() >= 15, "{conditions:?}");
+}
+
+/// All 6.18 reason names, so every reason branch is taken.
+fn all_reasons() -> KernelInfo {
+    KernelInfo {
         reasons: [
             "NOT_SPECIFIED",
             "NO_SOCKET",
@@ -43,63 +68,48 @@ fn count_key_keeps_condition_direction_and_process() {
         .map(|(k, v)| (k as u32, v.to_string()))
         .collect(),
         jiffy_ns: 4_000_000,
-    };
-    let small = [0u32, 1, 2, 3, 100];
-    let mut conditions = std::collections::HashSet::new();
-    for _ in 0..50_000 {
-        let mut ev = RstEvent {
-            mono_ns: next(),
-            skaddr: if next().is_multiple_of(4) { 0 } else { next() },
-            skbaddr: if next().is_multiple_of(2) { 0 } else { next() },
-            cookie: next() % 3,
-            kind: 1 + (next() % 2) as u8,
-            family: if next().is_multiple_of(2) { 2 } else { 10 },
-            state: (next() % 14) as u8,
-            prev_state: (next() % 14) as u8,
-            reason: if next().is_multiple_of(5) {
-                REASON_NONE
-            } else {
-                (next() % 18) as u32
-            },
-            tcp_flags: next() as u8,
-            ttl: next() as u8,
-            peer_ttl: next() as u8,
-            attribution: (next() % 4) as u8,
-            facts: next() as u32 & 0x1ff,
-            unread: small[(next() % 5) as usize],
-            unsent: small[(next() % 5) as usize],
-            linger2: [-1, 0, 60][(next() % 3) as usize],
-            ack_backlog: small[(next() % 5) as usize],
-            max_ack_backlog: small[(next() % 5) as usize],
-            idle_jiffies: next() as u32,
-            recv_idle_jiffies: next() as u32,
-            local_port: next() as u16,
-            remote_port: next() as u16,
-            netns: next() as u32,
-            ..Default::default()
-        };
-        ev.local_addr = (u128::from(next()) << 64 | u128::from(next())).to_ne_bytes();
-        ev.remote_addr = (u128::from(next()) << 64 | u128::from(next())).to_ne_bytes();
-        ev.owner = task("worker", (next() % 5) as u32 + 1);
-        ev.owner.tid = next() as u32;
-        let mut key = ev;
-        key.count_key();
-        let a = explain(&ev, &info, Sentences::Write, &mut History::default());
-        let b = explain(&key, &info, Sentences::Write, &mut History::default());
-        let (Some(a), Some(b)) = (a, b) else {
-            panic!("one of event and key explained, the other not: {ev:?}");
-        };
-        assert_eq!(a.condition, b.condition, "{ev:?}");
-        assert_eq!(a.direction, b.direction, "{ev:?}");
-        assert_eq!(
-            a.process.as_ref().map(|p| (p.pid, p.comm.clone())),
-            b.process.as_ref().map(|p| (p.pid, p.comm.clone())),
-            "{ev:?}"
-        );
-        conditions.insert(a.condition);
     }
-    // The generator reaches most conditions, so the check above means something.
-    assert!(conditions.len() >= 15, "{conditions:?}");
+}
+
+/// An event of any kind, state, reason and facts, with plausible small counts.
+fn random_event(next: &mut impl FnMut() -> u64) -> RstEvent {
+    let small = [0u32, 1, 2, 3, 100];
+    let mut ev = RstEvent {
+        mono_ns: next(),
+        skaddr: if next().is_multiple_of(4) { 0 } else { next() },
+        skbaddr: if next().is_multiple_of(2) { 0 } else { next() },
+        cookie: next() % 3,
+        kind: 1 + (next() % 2) as u8,
+        family: if next().is_multiple_of(2) { 2 } else { 10 },
+        state: (next() % 14) as u8,
+        prev_state: (next() % 14) as u8,
+        reason: if next().is_multiple_of(5) {
+            REASON_NONE
+        } else {
+            (next() % 18) as u32
+        },
+        tcp_flags: next() as u8,
+        ttl: next() as u8,
+        peer_ttl: next() as u8,
+        attribution: (next() % 4) as u8,
+        facts: next() as u32 & 0x1ff,
+        unread: small[(next() % 5) as usize],
+        unsent: small[(next() % 5) as usize],
+        linger2: [-1, 0, 60][(next() % 3) as usize],
+        ack_backlog: small[(next() % 5) as usize],
+        max_ack_backlog: small[(next() % 5) as usize],
+        idle_jiffies: next() as u32,
+        recv_idle_jiffies: next() as u32,
+        local_port: next() as u16,
+        remote_port: next() as u16,
+        netns: next() as u32,
+        ..Default::default()
+    };
+    ev.local_addr = (u128::from(next()) << 64 | u128::from(next())).to_ne_bytes();
+    ev.remote_addr = (u128::from(next()) << 64 | u128::from(next())).to_ne_bytes();
+    ev.owner = task("worker", (next() % 5) as u32 + 1);
+    ev.owner.tid = next() as u32;
+    ev
 }
 
 fn reasons() -> KernelInfo {

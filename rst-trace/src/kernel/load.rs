@@ -267,10 +267,34 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
         notes.note(&format!("record-based reset tracepoints: {e:#}"));
     }
     drop(aya_btf);
+    let (reject, socketless, reject_attached) =
+        attach_transmit_hooks(&mut ebpf, &cfg, &tps, &btf, hooks, notes)?;
+    Ok(Tracer {
+        ebpf,
+        info,
+        seeded,
+        reject,
+        reject_attached,
+        socketless,
+        resets,
+    })
+}
+
+/// The per-packet transmit hook (netfilter REJECT resets, and before 6.10 the resets TCP sends
+/// without a socket) and the receive hook that notes the segment such a reset answers: what
+/// they see, and whether the transmit hook is attached.
+fn attach_transmit_hooks(
+    ebpf: &mut Ebpf,
+    cfg: &Config,
+    tps: &Tracepoints,
+    btf: &Btf,
+    hooks: Hooks,
+    notes: Notes,
+) -> Result<(RejectSupport, Socketless, bool)> {
     let reject = if !hooks.firewall {
         RejectSupport::Disabled
     } else if tps.dev_queue.is_some() {
-        reject_support(&btf)
+        reject_support(btf)
     } else {
         RejectSupport::Unavailable
     };
@@ -286,23 +310,15 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     let reject_attached = socketless == Socketless::Transmit
         || matches!(reject, RejectSupport::BuiltIn | RejectSupport::Module);
     if reject_attached {
-        attach_raw(&mut ebpf, PROG_DEV_QUEUE, "net_dev_queue")?;
+        attach_raw(ebpf, PROG_DEV_QUEUE, "net_dev_queue")?;
     }
     if socketless == Socketless::Transmit
-        && let Err(e) = attach_raw(&mut ebpf, PROG_NETIF_RECEIVE, "netif_receive_skb")
+        && let Err(e) = attach_raw(ebpf, PROG_NETIF_RECEIVE, "netif_receive_skb")
     {
         notes.failed(
             "no incoming flags for resets without a socket (raw tracepoint netif_receive_skb)",
             &e,
         );
     }
-    Ok(Tracer {
-        ebpf,
-        info,
-        seeded,
-        reject,
-        reject_attached,
-        socketless,
-        resets,
-    })
+    Ok((reject, socketless, reject_attached))
 }

@@ -1,17 +1,19 @@
 //! The eBPF maps userspace fills (filters, seeded owners) and reads (lost events, in-kernel
 //! counts).
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use rst_trace_common::{
-    MAP_COUNTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS, PROG_RECEIVE_RESET,
-    PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET, PROG_SEND_RESET_BTF, RstEvent, SEED_MAX_ENTRIES, Task,
+    MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS,
+    PROG_RECEIVE_RESET, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET, PROG_SEND_RESET_BTF, RstEvent,
+    SEED_MAX_ENTRIES, Task,
 };
+use tokio::io::unix::AsyncFd;
 
-use super::attach::PROG_SEND_RESET_BTF_NC;
+use super::{Tracer, attach::PROG_SEND_RESET_BTF_NC};
 use crate::{filter::Filter, owners};
 
 /// The `--pid` and `--port` values into their in-kernel maps.
@@ -86,4 +88,20 @@ fn recursion_misses(ebpf: &Ebpf, prog: &str) -> Option<u64> {
     info.lines()
         .find_map(|l| l.strip_prefix("recursion_misses:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The ring buffer the reset programs write to, registered with the event loop.
+pub type Ring = AsyncFd<RingBuf<MapData>>;
+
+/// Takes the ring buffer out of the object, registered with the event loop.
+pub fn event_ring(tracer: &mut Tracer) -> Result<Ring> {
+    let ring = RingBuf::try_from(
+        tracer
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .context("ring buffer map missing from the eBPF object")?,
+    )?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd lives.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("registering the ring buffer with the event loop: {e}"))
 }

@@ -4,6 +4,7 @@
 mod attach;
 mod btf;
 mod errors;
+mod host;
 mod layout;
 mod load;
 mod maps;
@@ -11,6 +12,7 @@ mod tracefs;
 
 pub use errors::Notes;
 pub use errors::{LoadFailure, first_line, print_details};
+pub use host::{check_privileges, raise_memlock};
 pub use layout::KernelInfo;
 pub use load::{DRAIN_INTERVAL, Hooks, Tracer, load};
-pub use maps::{kernel_counts, lost_total};
+pub use maps::{Ring, event_ring, kernel_counts, lost_total};
