@@ -127,3 +127,78 @@ impl Enricher {
         self.awaiting.keys().copied().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{explain::Direction, filter::tests_support::report};
+
+    fn enricher() -> (Enricher, tokio::sync::mpsc::UnboundedReceiver<Answer>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Enricher::start(tx), rx)
+    }
+
+    fn firewall_reset() -> Report {
+        let mut r = report(None, "", 80, 40000, Direction::Sent);
+        r.condition = cond::FIREWALL_REJECT;
+        r.attribution = Attribution::NoProcess;
+        r.no_process_why = Some("firewall");
+        r.explanation = "rejected".into();
+        r
+    }
+
+    #[test]
+    fn only_firewall_resets_without_a_process_wait() {
+        let (mut e, _rx) = enricher();
+        assert!(
+            e.submit(report(Some(1), "a", 1, 2, Direction::Sent))
+                .is_some()
+        );
+        assert!(
+            e.submit(report(None, "", 1, 2, Direction::Received))
+                .is_some()
+        );
+        let mut owned = firewall_reset();
+        owned.process = report(Some(3), "b", 1, 2, Direction::Sent).process;
+        assert!(e.submit(owned).is_some());
+        assert!(!e.is_waiting());
+    }
+
+    #[test]
+    fn an_answer_finishes_its_report_once() {
+        let (mut e, _rx) = enricher();
+        e.awaiting.insert(7, firewall_reset());
+        e.awaiting.insert(8, firewall_reset());
+        assert_eq!(e.waiting_tokens().len(), 2);
+        let mut t = Task {
+            pid: 42,
+            tid: 43,
+            ..Default::default()
+        };
+        t.comm[..4].copy_from_slice(b"curl");
+        let r = e.answer((7, Some(t))).unwrap();
+        assert_eq!(r.process.as_ref().map(|p| p.pid), Some(42));
+        assert_eq!(r.attribution, Attribution::SocketOwner);
+        assert_eq!(r.no_process_why, None);
+        assert_eq!(
+            r.explanation,
+            "rejected; the rejected flow's socket on this host belongs to curl[42]"
+        );
+        assert!(e.answer((7, None)).is_none());
+        // No owner found: the report goes out as it was.
+        assert_eq!(e.answer((8, None)), Some(firewall_reset()));
+        assert!(!e.is_waiting());
+    }
+
+    #[test]
+    fn look_ups_are_rate_limited() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut f = FlowOwners::start(tx);
+        // Namespace 0 exists nowhere: each look-up ends at once.
+        let a = SocketAddr::from(([10, 0, 0, 1], 1));
+        for token in 0..u64::from(FLOW_LOOKUPS_PER_SEC) {
+            assert!(f.request(token, 0, a, a));
+        }
+        assert!(!f.request(99, 0, a, a));
+    }
+}
