@@ -30,7 +30,8 @@ use crate::{
     render::{Clock, Format, Out, Sink, metrics},
 };
 
-/// Exit codes (output.md): 0 normal end, 1 runtime error, 2 usage error (clap).
+/// Exit codes (output.md): 0 normal end, 1 runtime error, 2 usage error (clap, or a command
+/// line `cli::validate` refuses).
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// A note for each `--pid` not running now (its resets show if it starts).
 fn note_unknown_pids(pids: &[u32]) {
     for pid in pids {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {

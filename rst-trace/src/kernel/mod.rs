@@ -10,8 +10,7 @@ mod load;
 mod maps;
 mod tracefs;
 
-pub use errors::Notes;
-pub use errors::{LoadFailure, first_line, print_details};
+pub use errors::{LoadFailure, Notes, first_line, print_details};
 pub use host::{check_privileges, raise_memlock};
 pub use layout::KernelInfo;
 pub use load::{DRAIN_INTERVAL, Hooks, Tracer, load};
