@@ -2,7 +2,11 @@
 
 use clap::{Parser, ValueEnum};
 
-use crate::explain::cond;
+use crate::{
+    explain::{Condition, Sentences},
+    filter::Filter,
+    kernel::Hooks,
+};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -28,12 +32,13 @@ pub enum DirectionArg {
 }
 
 fn parse_condition(s: &str) -> Result<String, String> {
-    if cond::ALL.contains(&s) {
+    if Condition::from_id(s).is_some() {
         Ok(s.to_owned())
     } else {
+        let ids: Vec<&str> = Condition::ALL.iter().map(|c| c.as_str()).collect();
         Err(format!(
             "unknown condition id; valid ids: {}",
-            cond::ALL.join(", ")
+            ids.join(", ")
         ))
     }
 }
@@ -101,13 +106,13 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", requires = "summary")]
     pub interval: Option<u64>,
 
-    /// No per-event output (for use with --summary or --metrics).
+    /// No per-event output; needs --summary or --metrics.
     #[arg(long)]
     pub quiet: bool,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; a bare PORT means
     /// 127.0.0.1:PORT). Off by default.
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::render::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Do not watch transmitted packets for netfilter REJECT resets (saves ~40 ns per packet
@@ -131,6 +136,64 @@ pub struct Cli {
     /// ~26k events: a 500k events/s storm on two busy cores loses none (`./x bench`)
     #[arg(long, value_name = "BYTES", default_value = "4194304", value_parser = parse_ring_size)]
     pub ring_size: u32,
+}
+
+/// What a run does, from a command line that makes sense: [`validate`] refuses the rest.
+pub struct Settings {
+    /// `--pid` values as given, for the note on processes not running.
+    pub pids: Vec<u32>,
+    pub filter: Filter,
+    pub json: bool,
+    pub count: Option<u64>,
+    pub duration: Option<u64>,
+    pub summary: bool,
+    pub interval: Option<u64>,
+    pub quiet: bool,
+    pub metrics: Option<std::net::SocketAddr>,
+    pub hooks: Hooks,
+    pub verbose: bool,
+    pub ring_size: u32,
+    /// Explanation sentences are built only when event lines print them.
+    pub words: Sentences,
+}
+
+/// A command line clap accepts but that cannot work: the message (exit status 2).
+pub fn validate(cli: Cli) -> Result<Settings, String> {
+    let max = rst_trace_common::FILTER_MAX_ENTRIES as usize;
+    if cli.pids.len() > max || cli.ports.len() > max {
+        return Err(format!(
+            "at most {max} --pid and {max} --port values: filter on fewer"
+        ));
+    }
+    if cli.quiet && !cli.summary && cli.metrics.is_none() {
+        return Err("--quiet hides every event: add --summary or --metrics".into());
+    }
+    // A summary and nothing else: resets alike can be counted in the kernel, without a ring
+    // record each. (--count needs each match; metrics are per event.)
+    let count_in_kernel = cli.summary && cli.quiet && cli.metrics.is_none() && cli.count.is_none();
+    Ok(Settings {
+        filter: Filter::from_cli(&cli),
+        pids: cli.pids,
+        json: cli.json,
+        count: cli.count,
+        duration: cli.duration,
+        summary: cli.summary,
+        interval: cli.interval,
+        quiet: cli.quiet,
+        metrics: cli.metrics,
+        hooks: Hooks {
+            ttl: !cli.no_ttl,
+            firewall: !cli.no_firewall,
+            count_in_kernel,
+        },
+        verbose: cli.verbose,
+        ring_size: cli.ring_size,
+        words: if cli.quiet {
+            Sentences::Skip
+        } else {
+            Sentences::Write
+        },
+    })
 }
 
 #[cfg(test)]
@@ -158,5 +221,41 @@ mod tests {
         assert!(Cli::try_parse_from(["rst-trace", "--comm", "nginx"]).is_ok());
         let e = Cli::try_parse_from(["rst-trace", "--bogus"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        validate(Cli::try_parse_from([&["rst-trace"], args].concat()).unwrap())
+    }
+
+    #[test]
+    fn quiet_needs_summary_or_metrics() {
+        let e = settings(&["--quiet"]).err().unwrap();
+        assert_eq!(e, "--quiet hides every event: add --summary or --metrics");
+        assert!(settings(&["--quiet", "--json"]).is_err());
+        let s = settings(&["--quiet", "--summary"]).unwrap();
+        assert!(s.hooks.count_in_kernel);
+        assert_eq!(s.words, Sentences::Skip);
+        let s = settings(&["--quiet", "--metrics", "9464"]).unwrap();
+        assert!(!s.hooks.count_in_kernel);
+        let s = settings(&["--quiet", "--summary", "--count", "3"]).unwrap();
+        assert!(!s.hooks.count_in_kernel);
+        let s = settings(&["--summary"]).unwrap();
+        assert!(!s.hooks.count_in_kernel);
+        assert_eq!(s.words, Sentences::Write);
+    }
+
+    #[test]
+    fn too_many_filter_values_are_refused() {
+        let max = rst_trace_common::FILTER_MAX_ENTRIES as usize;
+        let many: Vec<String> = (1..=max + 1).map(|p| p.to_string()).collect();
+        let mut args = Vec::new();
+        for p in &many {
+            args.extend(["--port", p.as_str()]);
+        }
+        let e = settings(&args).err().unwrap();
+        assert!(e.contains("--port values: filter on fewer"), "{e}");
+        assert!(settings(&args[2..]).is_ok());
+        let hooks = settings(&["--no-ttl", "--no-firewall"]).unwrap().hooks;
+        assert!(!hooks.ttl && !hooks.firewall);
     }
 }

@@ -72,7 +72,7 @@ impl Filter {
         if self.direction.is_some_and(|d| d != r.direction) {
             return false;
         }
-        if !self.conditions.is_empty() && !self.conditions.contains(r.condition) {
+        if !self.conditions.is_empty() && !self.conditions.contains(r.condition.as_str()) {
             return false;
         }
         true
@@ -126,7 +126,7 @@ pub mod tests_support {
                 comm: comm.into(),
                 uid: 0,
             }),
-            attribution: "socket_owner",
+            attribution: crate::explain::Attribution::SocketOwner,
             no_process_why: None,
             netns: 0,
             socket_cookie: None,

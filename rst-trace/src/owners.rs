@@ -11,7 +11,6 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -288,53 +287,10 @@ fn to_task(h: &Holder) -> Task {
     }
 }
 
-/// Finds the process holding the local socket of a flow, by its endpoints, in network namespace
-/// `netns`: for resets no TCP socket sent (netfilter REJECT), whose flow may still have a local
-/// socket (REJECT of an established connection's data, or of a local client's packets). Costs a
-/// sock_diag dump and a /proc scan (tens of ms on a busy host), so it runs on a thread of its
-/// own, off the event loop, and is rate-limited: events past the limit keep no process.
-pub struct FlowOwners {
-    budget: u32,
-    window: Instant,
-    requests: std::sync::mpsc::Sender<(u64, u64, SocketAddr, SocketAddr)>,
-}
-
-/// Look-ups per second at most.
-const FLOW_LOOKUPS_PER_SEC: u32 = 20;
-
-impl FlowOwners {
-    /// Starts the look-up thread. Answers, `(token, owner)`, come back on `answers`.
-    pub fn start(answers: tokio::sync::mpsc::UnboundedSender<(u64, Option<Task>)>) -> Self {
-        let (requests, rx) = std::sync::mpsc::channel::<(u64, u64, SocketAddr, SocketAddr)>();
-        std::thread::spawn(move || {
-            for (token, netns, a, b) in rx {
-                if answers.send((token, lookup(netns, a, b))).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            budget: FLOW_LOOKUPS_PER_SEC,
-            window: Instant::now(),
-            requests,
-        }
-    }
-
-    /// Queues a look-up; false if over the rate limit (or the thread is gone).
-    pub fn request(&mut self, token: u64, netns: u64, a: SocketAddr, b: SocketAddr) -> bool {
-        if self.window.elapsed() >= Duration::from_secs(1) {
-            self.window = Instant::now();
-            self.budget = FLOW_LOOKUPS_PER_SEC;
-        }
-        if self.budget == 0 {
-            return false;
-        }
-        self.budget -= 1;
-        self.requests.send((token, netns, a, b)).is_ok()
-    }
-}
-
-fn lookup(netns: u64, a: SocketAddr, b: SocketAddr) -> Option<Task> {
+/// The process holding the local socket of the flow `a`-`b` in network namespace `netns`, if
+/// any. Costs a sock_diag dump and a /proc scan (tens of ms on a busy host): see
+/// `enrich::FlowOwners`, which runs it off the event loop.
+pub fn flow_owner(netns: u64, a: SocketAddr, b: SocketAddr) -> Option<Task> {
     // sock_diag first (cheap); the /proc fd walk only once a socket is found.
     let own = fs::read_link("/proc/self/ns/net")
         .ok()

@@ -50,7 +50,7 @@ impl Metrics {
         };
         *self
             .resets
-            .entry((r.direction.as_str(), r.condition, comm))
+            .entry((r.direction.as_str(), r.condition.as_str(), comm))
             .or_default() += 1;
     }
 

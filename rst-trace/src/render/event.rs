@@ -1,5 +1,5 @@
-//! The one renderer: every record rst-trace prints goes through here, as text or as JSON (NDJSON),
-//! per ../shared/spec/output.md.
+//! The one renderer of events: every record rst-trace prints goes through here, as text or as
+//! JSON (NDJSON), per ../shared/spec/output.md.
 
 use std::{fmt::Write as _, net::SocketAddr};
 
@@ -7,218 +7,8 @@ use std::{fmt::Write as _, net::SocketAddr};
 use serde_json::Value;
 use serde_json::json;
 
-use crate::explain::{DetailValue, Process, Report};
-
-/// Converts kernel monotonic timestamps (`bpf_ktime_get_ns`) to wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    /// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns, measured at start-up.
-    offset_ns: i128,
-}
-
-fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; these clocks always exist on Linux.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mono = clock_ns(libc::CLOCK_MONOTONIC);
-        let real = clock_ns(libc::CLOCK_REALTIME);
-        Self {
-            offset_ns: real - mono,
-        }
-    }
-
-    #[cfg(test)]
-    pub fn fixed(offset_ns: i128) -> Self {
-        Self { offset_ns }
-    }
-
-    pub fn wall_ns(&self, mono_ns: u64) -> i128 {
-        self.offset_ns + i128::from(mono_ns)
-    }
-
-    pub fn mono_now() -> u64 {
-        clock_ns(libc::CLOCK_MONOTONIC) as u64
-    }
-}
-
-/// RFC 3339 UTC with `digits` fractional digits (9 = ns, 6 = µs).
-pub fn rfc3339(wall_ns: i128, digits: u32) -> String {
-    let secs = wall_ns.div_euclid(1_000_000_000) as i64;
-    let nanos = wall_ns.rem_euclid(1_000_000_000) as u64;
-    let mut out = String::with_capacity(31);
-    // The date and time of day change once a second; a storm has thousands of events in it.
-    thread_local! {
-        static LAST_SECOND: std::cell::RefCell<(i64, String)> =
-            const { std::cell::RefCell::new((i64::MIN, String::new())) };
-    }
-    LAST_SECOND.with_borrow_mut(|(last, prefix)| {
-        if *last != secs {
-            *last = secs;
-            *prefix = date_time(secs);
-        }
-        out.push_str(prefix);
-    });
-    if digits > 0 {
-        out.push('.');
-        push_fixed(&mut out, nanos / 10u64.pow(9 - digits), digits);
-    }
-    out.push('Z');
-    out
-}
-
-/// `YYYY-MM-DDTHH:MM:SS` of a Unix time.
-fn date_time(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let mut out = String::with_capacity(20);
-    if (0..10_000).contains(&y) {
-        push_fixed(&mut out, y as u64, 4);
-    } else {
-        // Outside RFC 3339's range; only a broken clock gets here.
-        let _ = write!(out, "{y:04}");
-    }
-    for (sep, n, width) in [
-        ('-', m as u64, 2),
-        ('-', d as u64, 2),
-        ('T', (sod / 3600) as u64, 2),
-        (':', (sod % 3600 / 60) as u64, 2),
-        (':', (sod % 60) as u64, 2),
-    ] {
-        out.push(sep);
-        push_fixed(&mut out, n, width);
-    }
-    out
-}
-
-/// Appends the low `width` decimal digits of `n`, zero-padded.
-fn push_fixed(out: &mut String, n: u64, width: u32) {
-    for k in (0..width).rev() {
-        out.push(char::from(b'0' + (n / 10u64.pow(k) % 10) as u8));
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Text { color: bool },
-    Json,
-}
-
-/// Appends `v` as a JSON string (quotes and escapes as serde_json writes them).
-fn json_str(out: &mut String, v: &str) {
-    out.push('"');
-    // Copy runs that need no escaping in one go, eight bytes checked at a time: almost every
-    // string here is plain ASCII, and this is the hottest function of a reset storm.
-    let bytes = v.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if let Some(chunk) = bytes.get(i..i + 8)
-            && !needs_escape8(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])))
-        {
-            i += 8;
-            continue;
-        }
-        let b = bytes[i];
-        let esc = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            b if b < 0x20 => "",
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        // Every byte matched above is ASCII, so `i` is on a char boundary.
-        out.push_str(&v[start..i]);
-        if esc.is_empty() {
-            let _ = write!(out, "\\u{:04x}", b);
-        } else {
-            out.push_str(esc);
-        }
-        i += 1;
-        start = i;
-    }
-    out.push_str(&v[start..]);
-    out.push('"');
-}
-
-/// Whether any of eight bytes is a control character, `"` or `\\` (the classic "has a byte
-/// less than n" and "has a zero byte" bit tricks; may only err towards true).
-fn needs_escape8(x: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |y: u64| y.wrapping_sub(ONES) & !y & HIGH;
-    let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-    (below_space | has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\'))))
-        != 0
-}
-
-/// Appends a decimal number without going through `core::fmt`, two digits at a time.
-pub fn push_u64(out: &mut String, mut n: u64) {
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    while n >= 100 {
-        let p = (n % 100) as usize * 2;
-        n /= 100;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
-    }
-    if n >= 10 {
-        let p = n as usize * 2;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
-    } else {
-        i -= 1;
-        buf[i] = b'0' + n as u8;
-    }
-    // SAFETY: ASCII digits only, which are valid UTF-8.
-    out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) });
-}
-
-/// Appends an IP address: IPv4 by hand (the common case), IPv6 through `Display`.
-fn push_ip(out: &mut String, ip: &std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_u64(out, u64::from(*o));
-            }
-        }
-        std::net::IpAddr::V6(_) => {
-            let _ = write!(out, "{ip}");
-        }
-    }
-}
+use super::fast::{Clock, Format, json_str, push_ip, push_u64, rfc3339};
+use crate::explain::{DetailValue, Origin, Process, Report};
 
 fn json_opt_str(out: &mut String, v: Option<&str>) {
     match v {
@@ -263,9 +53,9 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     out.push_str(",\"direction\":");
     json_str(out, r.direction.as_str());
     out.push_str(",\"origin\":");
-    json_opt_str(out, r.origin);
+    json_opt_str(out, r.origin.map(Origin::as_str));
     out.push_str(",\"condition\":");
-    json_str(out, r.condition);
+    json_str(out, r.condition.as_str());
     out.push_str(",\"explanation\":");
     json_str(out, &r.explanation);
     out.push_str(",\"kernel_reason\":");
@@ -281,7 +71,7 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     out.push_str(",\"process\":");
     json_process(out, &r.process);
     out.push_str(",\"attribution\":");
-    json_str(out, r.attribution);
+    json_str(out, r.attribution.as_str());
     out.push_str(",\"netns\":");
     push_u64(out, u64::from(r.netns));
     out.push_str(",\"socket_cookie\":");
@@ -304,7 +94,7 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     let _ = write!(out, "}},\"inferred\":{}", r.inferred);
     if let Some(l) = &r.linked {
         out.push_str(",\"linked_sent\":{\"condition\":");
-        json_str(out, l.condition);
+        json_str(out, l.condition.as_str());
         out.push_str(",\"process\":");
         json_process(out, &l.process);
         let _ = write!(out, ",\"mono_ns\":{}}}", l.mono_ns);
@@ -354,7 +144,7 @@ pub fn report_text(r: &Report, clock: &Clock, color: bool) -> String {
     };
     format!(
         "{time} {c0}{dir}{c1} {process:<24} {ends:<45} {state:<12} {b0}{cond:<27}{c1} {expl}",
-        cond = r.condition,
+        cond = r.condition.as_str(),
         expl = r.explanation
     )
 }
@@ -399,49 +189,13 @@ mod tests {
     use rst_trace_common::{ATTR_OWNER_CURRENT, FACT_PACKET, FACT_TCP_SOCK, KIND_SENT, RstEvent};
 
     use super::*;
-    use crate::explain::{History, explain};
+    use crate::{
+        correlate::History,
+        explain::{Sentences, explain},
+    };
 
-    #[test]
-    fn push_u64_matches_display() {
-        let mut v = vec![
-            0u64,
-            1,
-            9,
-            10,
-            11,
-            99,
-            100,
-            101,
-            999,
-            1000,
-            65_535,
-            u64::MAX,
-        ];
-        v.extend((0..64).map(|b| 1u64 << b));
-        v.extend((1..20).map(|e| 10u64.pow(e) - 1));
-        for n in v {
-            let mut s = String::new();
-            push_u64(&mut s, n);
-            assert_eq!(s, n.to_string());
-        }
-    }
-
-    #[test]
-    fn rfc3339_known_instants() {
-        assert_eq!(rfc3339(0, 9), "1970-01-01T00:00:00.000000000Z");
-        // 2026-11-24T12:00:01.123456789Z
-        let t = 1_795_521_601_123_456_789i128;
-        assert_eq!(rfc3339(t, 9), "2026-11-24T12:00:01.123456789Z");
-        assert_eq!(rfc3339(t, 6), "2026-11-24T12:00:01.123456Z");
-        // leap day
-        assert_eq!(
-            rfc3339(951_782_400_000_000_000, 3),
-            "2000-02-29T00:00:00.000Z"
-        );
-    }
-
-    fn reasons() -> crate::layout::KernelInfo {
-        crate::layout::KernelInfo {
+    fn reasons() -> crate::kernel::KernelInfo {
+        crate::kernel::KernelInfo {
             reasons: [(1, "NO_SOCKET"), (11, "TCP_ABORT_ON_CLOSE")]
                 .into_iter()
                 .map(|(k, v)| (k, v.to_string()))
@@ -483,7 +237,13 @@ mod tests {
 
     #[test]
     fn golden_json() {
-        let r = explain(&close_event(), &reasons(), &mut History::default()).unwrap();
+        let r = explain(
+            &close_event(),
+            &reasons(),
+            Sentences::Write,
+            &mut History::default(),
+        )
+        .unwrap();
         let got = render(&r, &clock(), Format::Json);
         let want = r#"{"type":"rst","time":"2026-11-24T12:00:01.123456789Z","mono_ns":81234567890123,"direction":"sent","origin":"tcp","condition":"close_with_unread_data","explanation":"server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN","kernel_reason":"TCP_ABORT_ON_CLOSE","state":"ESTABLISHED","family":"ipv4","local":{"addr":"127.0.0.1","port":8888},"remote":{"addr":"127.0.0.1","port":43210},"process":{"pid":1234,"tid":1234,"comm":"server","uid":0},"attribution":"socket_owner","netns":4026531840,"socket_cookie":862063,"detail":{"unread_bytes":128},"inferred":false}"#;
         assert_eq!(got, want);
@@ -491,7 +251,13 @@ mod tests {
 
     #[test]
     fn golden_text() {
-        let r = explain(&close_event(), &reasons(), &mut History::default()).unwrap();
+        let r = explain(
+            &close_event(),
+            &reasons(),
+            Sentences::Write,
+            &mut History::default(),
+        )
+        .unwrap();
         let got = render(&r, &clock(), Format::Text { color: false });
         let want = "2026-11-24T12:00:01.123456Z SENT server[1234]             127.0.0.1:8888 > 127.0.0.1:43210              ESTABLISHED  close_with_unread_data      server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN";
         assert_eq!(got, want);
@@ -513,7 +279,7 @@ mod tests {
         };
         e.local_addr[15] = 1;
         e.remote_addr[15] = 1;
-        let r = explain(&e, &reasons(), &mut History::default()).unwrap();
+        let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
         let got = render(&r, &clock(), Format::Text { color: false });
         let want = "2026-11-24T12:00:01.123456Z SENT -(no socket)             [::1]:9 > [::1]:50000                         -            port_not_listening          nothing listens on [::1]:9: the kernel refused the connection attempt (SYN) from [::1]:50000 with RST; the client sees ECONNREFUSED";
         assert_eq!(got, want);
@@ -553,7 +319,7 @@ mod tests {
                 rejected += 1;
                 continue;
             };
-            let Some(r) = explain(&ev, &info, &mut history) else {
+            let Some(r) = explain(&ev, &info, Sentences::Write, &mut history) else {
                 continue;
             };
             explained += 1;
@@ -565,35 +331,6 @@ mod tests {
             rejected > 1000 && explained > 1000,
             "{rejected} {explained}"
         );
-    }
-
-    #[test]
-    fn json_strings_escape_like_serde() {
-        for v in [
-            "plain",
-            "q\"uote",
-            "back\\slash",
-            "nl\n tab\t cr\r",
-            "\u{01}\u{08}\u{0c}\u{1f}",
-            "émoji ✓",
-            "a run of plain text longer than eight bytes \" then more text \\ and\u{1f} end",
-            "éééééééé\"ééééééé\n\u{7f}",
-        ] {
-            let mut s = String::new();
-            json_str(&mut s, v);
-            assert_eq!(s, serde_json::to_string(v).unwrap());
-        }
-        // Every byte that needs escaping, at every position of a chunk.
-        for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', '\u{08}'] {
-            for pos in 0..20 {
-                let mut v: String = "x".repeat(pos);
-                v.push(special);
-                v.push_str("tail text é");
-                let mut s = String::new();
-                json_str(&mut s, &v);
-                assert_eq!(s, serde_json::to_string(&v).unwrap(), "{v:?}");
-            }
-        }
     }
 
     #[test]

@@ -4,29 +4,9 @@
 //!
 //! Format: Documentation/bpf/btf.rst (header, type section, string section).
 
+mod parse;
+
 use anyhow::{Result, anyhow, bail};
-
-const BTF_MAGIC: u16 = 0xeb9f;
-
-const KIND_INT: u32 = 1;
-const KIND_PTR: u32 = 2;
-const KIND_ARRAY: u32 = 3;
-const KIND_STRUCT: u32 = 4;
-const KIND_UNION: u32 = 5;
-const KIND_ENUM: u32 = 6;
-const KIND_FWD: u32 = 7;
-const KIND_TYPEDEF: u32 = 8;
-const KIND_VOLATILE: u32 = 9;
-const KIND_CONST: u32 = 10;
-const KIND_RESTRICT: u32 = 11;
-const KIND_FUNC: u32 = 12;
-const KIND_FUNC_PROTO: u32 = 13;
-const KIND_VAR: u32 = 14;
-const KIND_DATASEC: u32 = 15;
-const KIND_FLOAT: u32 = 16;
-const KIND_DECL_TAG: u32 = 17;
-const KIND_TYPE_TAG: u32 = 18;
-const KIND_ENUM64: u32 = 19;
 
 /// Names are kept as offsets into the string section, and members in one flat array: vmlinux has
 /// ~100k types, and an allocation per type or name is most of the start-up time (more so with
@@ -80,12 +60,6 @@ fn name_hash(name: &[u8]) -> u64 {
     })
 }
 
-fn u32_at(data: &[u8], off: usize) -> Result<u32> {
-    data.get(off..off + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| anyhow!("BTF truncated at offset {off}"))
-}
-
 impl Btf {
     pub fn from_sys_fs() -> Result<Self> {
         let path = "/sys/kernel/btf/vmlinux";
@@ -95,151 +69,6 @@ impl Btf {
             )
         })?;
         Self::parse(&data)
-    }
-
-    pub fn parse(data: &[u8]) -> Result<Self> {
-        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
-            bail!("not little-endian BTF data");
-        }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
-        let types_sec = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or_else(|| anyhow!("BTF type section out of bounds"))?;
-        let strs = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or_else(|| anyhow!("BTF string section out of bounds"))?;
-        let name = |off: u32| -> &[u8] {
-            let s = strs.get(off as usize..).unwrap_or_default();
-            let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
-            &s[..end]
-        };
-
-        // Roughly 16 bytes of type section per type, 3 members per composite.
-        let mut types = Vec::with_capacity(type_len / 16 + 1);
-        types.push(Type::Other);
-        let mut members_all: Vec<Member> = Vec::with_capacity(type_len / 24);
-        let mut functions = Vec::new();
-        let mut by_name: Vec<(u64, u32, u32)> = Vec::new();
-        let mut pos = 0usize;
-        while pos + 12 <= types_sec.len() {
-            let name_off = u32_at(types_sec, pos)?;
-            let info = u32_at(types_sec, pos + 4)?;
-            let size_or_type = u32_at(types_sec, pos + 8)?;
-            pos += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 != 0;
-            let ty = match kind {
-                KIND_INT => {
-                    pos += 4;
-                    Type::Other
-                }
-                KIND_FUNC => {
-                    functions.push(name_off);
-                    Type::Other
-                }
-                KIND_PTR => Type::Ptr {
-                    type_id: size_or_type,
-                },
-                KIND_FWD | KIND_FLOAT => Type::Other,
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Alias {
-                        type_id: size_or_type,
-                    }
-                }
-                KIND_ARRAY => {
-                    pos += 12;
-                    Type::Other
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    let start = members_all.len() as u32;
-                    for _ in 0..vlen {
-                        let m_name = u32_at(types_sec, pos)?;
-                        let m_type = u32_at(types_sec, pos + 4)?;
-                        let m_off = u32_at(types_sec, pos + 8)?;
-                        pos += 12;
-                        // With kind_flag the offset word is bitfield_size << 24 | bit_offset.
-                        let bit_offset = if kind_flag {
-                            m_off & 0x00ff_ffff
-                        } else {
-                            m_off
-                        };
-                        members_all.push(Member {
-                            name: m_name,
-                            type_id: m_type,
-                            bit_offset,
-                        });
-                    }
-                    Type::Composite {
-                        start,
-                        len: vlen as u32,
-                    }
-                }
-                KIND_ENUM => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let n = u32_at(types_sec, pos)?;
-                        let v = u32_at(types_sec, pos + 4)? as i32;
-                        pos += 8;
-                        values.push((n, i64::from(v)));
-                    }
-                    Type::Enum { values }
-                }
-                KIND_ENUM64 => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let n = u32_at(types_sec, pos)?;
-                        let lo = u32_at(types_sec, pos + 4)?;
-                        let hi = u32_at(types_sec, pos + 8)?;
-                        pos += 12;
-                        values.push((n, ((u64::from(hi) << 32) | u64::from(lo)) as i64));
-                    }
-                    Type::Enum { values }
-                }
-                KIND_FUNC_PROTO => {
-                    pos += 8 * vlen;
-                    Type::FuncProto {
-                        params: vlen as u32,
-                    }
-                }
-                KIND_VAR => {
-                    pos += 4;
-                    Type::Other
-                }
-                KIND_DATASEC => {
-                    pos += 12 * vlen;
-                    Type::Other
-                }
-                KIND_DECL_TAG => {
-                    pos += 4;
-                    Type::Other
-                }
-                other => bail!("unknown BTF kind {other}"),
-            };
-            let id = types.len() as u32;
-            // Structs, unions, enums; and the prototypes of BTF tracepoints,
-            // `typedef void (*btf_trace_<name>)(void *, ...)`.
-            if name_off != 0
-                && (matches!(kind, KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64)
-                    || (kind == KIND_TYPEDEF && name(name_off).starts_with(b"btf_trace_")))
-            {
-                by_name.push((name_hash(name(name_off)), id, name_off));
-            }
-            types.push(ty);
-        }
-        // Stable: types of one name stay in id order.
-        by_name.sort_by_key(|&(h, _, _)| h);
-        Ok(Self {
-            types,
-            members: members_all,
-            by_name,
-            strings: strs.to_vec(),
-            functions,
-        })
     }
 
     fn name(&self, off: u32) -> &str {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use anyhow::{Context as _, Result, anyhow};
 use rst_trace_common::{Config, OFF_NONE, REASON_ARG, SKB_HDR_WINDOW, SKC_WINDOW, TCP_WINDOW};
 
-use crate::{btf::Btf, tracefs::Format};
+use super::{btf::Btf, tracefs::Format};
 
 /// The tracepoints rst-trace reads, as found on the running kernel.
 pub struct Tracepoints {

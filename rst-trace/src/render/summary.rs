@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::{
     explain::Report,
-    output::{Clock, Format, rfc3339},
+    render::{Clock, Format, fast::rfc3339},
 };
 
 /// Distinct rows kept; the rest fold into one `other` row so memory stays bounded in a storm.
@@ -54,7 +54,7 @@ impl Summary {
             comm[..n].copy_from_slice(&p.comm.as_bytes()[..n]);
             Who::Process(p.pid, comm)
         });
-        let mut key = (who, r.condition, r.direction.as_str());
+        let mut key = (who, r.condition.as_str(), r.direction.as_str());
         if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
             key = (Who::Other, "other", "other");
         }

@@ -1,0 +1,246 @@
+//! What an explanation is made of: the [`Report`] and its closed vocabularies (conditions,
+//! attributions, origins, kernel reasons), each rendering to the strings output.md fixes.
+
+use std::net::SocketAddr;
+
+use rst_trace_common::Task;
+
+use super::tcp::{Direction, TcpState};
+
+/// Declares the condition ids once: the enum, its strings, the list and the `cond` constants.
+macro_rules! conditions {
+    ($($variant:ident $konst:ident $id:literal,)*) => {
+        /// A condition (conditions.md); its id is a public API, never renamed.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Condition {
+            $($variant,)*
+        }
+
+        impl Condition {
+            /// Every condition, for `--condition` validation.
+            pub const ALL: &[Condition] = &[$(Self::$variant,)*];
+
+            /// The condition id.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $id,)*
+                }
+            }
+        }
+
+        /// The conditions under their id's name, as the rules and tests refer to them.
+        pub mod cond {
+            use super::Condition;
+            $(pub const $konst: Condition = Condition::$variant;)*
+        }
+    };
+}
+
+conditions! {
+    PortNotListening PORT_NOT_LISTENING "port_not_listening",
+    NoConnection NO_CONNECTION "no_connection",
+    StaleSynack STALE_SYNACK "stale_synack",
+    TimeWaitSegment TIME_WAIT_SEGMENT "time_wait_segment",
+    UnexpectedAckOnListener UNEXPECTED_ACK_ON_LISTENER "unexpected_ack_on_listener",
+    AcceptQueueOverflow ACCEPT_QUEUE_OVERFLOW "accept_queue_overflow",
+    InvalidAck INVALID_ACK "invalid_ack",
+    PawsReject PAWS_REJECT "paws_reject",
+    CloseWithUnreadData CLOSE_WITH_UNREAD_DATA "close_with_unread_data",
+    LingerAbort LINGER_ABORT "linger_abort",
+    ListenerClosed LISTENER_CLOSED "listener_closed",
+    Disconnect DISCONNECT "disconnect",
+    DisconnectWithUnsentData DISCONNECT_WITH_UNSENT_DATA "disconnect_with_unsent_data",
+    DataAfterClose DATA_AFTER_CLOSE "data_after_close",
+    FinWait2Abort FIN_WAIT2_ABORT "fin_wait2_abort",
+    OrphanLimit ORPHAN_LIMIT "orphan_limit",
+    KeepaliveTimeout KEEPALIVE_TIMEOUT "keepalive_timeout",
+    FirewallReject FIREWALL_REJECT "firewall_reject",
+    ConnectionRefused CONNECTION_REFUSED "connection_refused",
+    PeerReset PEER_RESET "peer_reset",
+    Other OTHER "other",
+}
+
+impl Condition {
+    /// The condition whose id is `id`.
+    pub fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == id)
+    }
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// How the process of a report was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribution {
+    /// The socket's owner, learned in its own system calls (or the flow's socket, for a
+    /// firewall reset).
+    SocketOwner,
+    /// No process.
+    NoProcess,
+}
+
+impl Attribution {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::SocketOwner => "socket_owner",
+            Self::NoProcess => "none",
+        }
+    }
+}
+
+/// Who built a sent RST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Tcp,
+    Netfilter,
+}
+
+impl Origin {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Netfilter => "netfilter",
+        }
+    }
+}
+
+/// Declares the kernel reasons the rules know, with their `enum sk_rst_reason` names.
+macro_rules! kernel_reasons {
+    ($($variant:ident $name:literal,)*) => {
+        /// A reset reason (`enum sk_rst_reason`, 6.10+, or inferred before): the ones the rules
+        /// tell apart by name; any other (`NOT_SPECIFIED`, a newer kernel's, or a value the
+        /// kernel's format file does not name, as `UNKNOWN(n)`) is `Unknown(name)`.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum KernelReason {
+            $($variant,)*
+            Unknown(String),
+        }
+
+        impl KernelReason {
+            /// The reason the kernel names `name`.
+            pub fn from_name(name: &str) -> Self {
+                match name {
+                    $($name => Self::$variant,)*
+                    other => Self::Unknown(other.to_owned()),
+                }
+            }
+
+            /// The kernel's name for it.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$variant => $name,)*
+                    Self::Unknown(name) => name,
+                }
+            }
+        }
+    };
+}
+
+kernel_reasons! {
+    NoSocket "NO_SOCKET",
+    TimewaitSocket "TCP_TIMEWAIT_SOCKET",
+    Flags "TCP_FLAGS",
+    InvalidSyn "INVALID_SYN",
+    InvalidAckSequence "TCP_INVALID_ACK_SEQUENCE",
+    TooOldAck "TCP_TOO_OLD_ACK",
+    AckUnsentData "TCP_ACK_UNSENT_DATA",
+    OldAck "TCP_OLD_ACK",
+    Rfc7323Paws "TCP_RFC7323_PAWS",
+    AbortOnClose "TCP_ABORT_ON_CLOSE",
+    State "TCP_STATE",
+    DisconnectWithData "TCP_DISCONNECT_WITH_DATA",
+    AbortOnData "TCP_ABORT_ON_DATA",
+    AbortOnLinger "TCP_ABORT_ON_LINGER",
+    AbortOnMemory "TCP_ABORT_ON_MEMORY",
+    KeepaliveTimeout "TCP_KEEPALIVE_TIMEOUT",
+}
+
+/// The kernel's name, wherever a string is wanted.
+impl std::ops::Deref for KernelReason {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// A process as reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub uid: u32,
+}
+
+impl Process {
+    pub fn from_task(t: &Task) -> Self {
+        let end = t.comm.iter().position(|&b| b == 0).unwrap_or(t.comm.len());
+        Self {
+            pid: t.pid,
+            tid: t.tid,
+            comm: String::from_utf8_lossy(&t.comm[..end]).into_owned(),
+            uid: t.uid,
+        }
+    }
+}
+
+impl std::fmt::Display for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.comm, self.pid)
+    }
+}
+
+/// A detail value: condition-specific facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DetailValue {
+    Num(u64),
+    Text(String),
+}
+
+/// The sent reset a received one was linked to (both ends on this host).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linked {
+    pub condition: Condition,
+    pub process: Option<Process>,
+    pub mono_ns: u64,
+}
+
+/// One explained reset; `render` renders it as text or JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub mono_ns: u64,
+    pub direction: Direction,
+    /// Who produced a sent RST (`tcp`, `netfilter`); `None` for received resets.
+    pub origin: Option<Origin>,
+    pub condition: Condition,
+    pub explanation: String,
+    pub kernel_reason: Option<KernelReason>,
+    pub state: Option<TcpState>,
+    pub ipv6: bool,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub process: Option<Process>,
+    pub attribution: Attribution,
+    /// Why no process is named, for the text output.
+    pub no_process_why: Option<&'static str>,
+    pub netns: u32,
+    pub socket_cookie: Option<u64>,
+    pub detail: Vec<(&'static str, DetailValue)>,
+    pub linked: Option<Linked>,
+    /// The condition was inferred without a kernel reason (kernels before 6.10).
+    pub inferred: bool,
+}
+
+impl Report {
+    #[cfg(test)]
+    pub fn detail_num(&self, key: &str) -> Option<u64> {
+        self.detail.iter().find_map(|(k, v)| match v {
+            DetailValue::Num(n) if *k == key => Some(*n),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,324 @@
+//! Loads the eBPF object with the running kernel's layout, sets the in-kernel filters and attaches
+//! the programs to their tracepoints.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{Ebpf, EbpfLoader, maps::MapType};
+use rst_trace_common::{
+    Config, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, GLOBAL_CONFIG, MAP_EVENTS, PROG_DEV_QUEUE,
+    PROG_NETIF_RECEIVE, PROG_TCP_PROBE,
+};
+
+use super::{
+    attach::{attach_owner_hooks, attach_raw, attach_resets},
+    btf::Btf,
+    errors::Notes,
+    layout::{self, KernelInfo, Tracepoints},
+    maps::{fill_filters, seed_owners},
+    tracefs,
+};
+use crate::{explain::Direction, filter::Filter};
+
+/// Userspace is woken when the ring is this fraction full (and drains every
+/// [`DRAIN_INTERVAL`] anyway).
+const WAKE_FRACTION: u32 = 16;
+/// How often userspace drains the ring without being woken.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The eBPF object, built by build.rs through aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-trace"));
+
+pub struct Tracer {
+    pub ebpf: Ebpf,
+    pub info: KernelInfo,
+    /// Sockets that existed at start-up whose owner was seeded.
+    pub seeded: usize,
+    /// Whether netfilter REJECT resets are watched (see [`RejectSupport`]).
+    pub reject: RejectSupport,
+    reject_attached: bool,
+    /// How resets TCP sends without a full socket are seen.
+    pub socketless: Socketless,
+    /// The reset programs in use.
+    pub resets: Resets,
+}
+
+/// Which pair of reset programs runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resets {
+    /// BTF tracepoints that generate a missing socket cookie (5.12+).
+    Btf,
+    /// 5.5-5.11: `tcp_send_reset` as a BTF tracepoint without `bpf_get_socket_cookie()`,
+    /// `tcp_receive_reset` record-based (its record has a cookie the kernel generates).
+    BtfSendOnly,
+    /// The record-based `tcp:tcp_send_reset`/`tcp:tcp_receive_reset`.
+    Record,
+}
+
+impl Resets {
+    /// For the readiness line: "BTF" or "record" (tracepoints).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Btf => "BTF",
+            Self::BtfSendOnly => "BTF send/record receive",
+            Self::Record => "record",
+        }
+    }
+}
+
+/// Whether this kernel can send netfilter REJECT resets right now. The transmit hook that sees
+/// them runs for every packet, so it is attached only when REJECT code is in the kernel: always
+/// if it is built in, else once the nf_reject_ipv4/6 module is loaded (which creating a
+/// `REJECT --reject-with tcp-reset` rule, iptables or nft, does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectSupport {
+    BuiltIn,
+    Module,
+    NotLoaded,
+    /// `net:net_dev_queue` is missing: firewall resets cannot be seen.
+    Unavailable,
+    /// `--no-firewall`.
+    Disabled,
+}
+
+impl RejectSupport {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::BuiltIn => "firewall resets: yes",
+            Self::Module => "firewall resets: yes (nf_reject loaded)",
+            Self::NotLoaded => "firewall resets: when nf_reject loads",
+            Self::Unavailable => "firewall resets: no (no net:net_dev_queue)",
+            Self::Disabled => "firewall resets: off (--no-firewall)",
+        }
+    }
+}
+
+/// How resets TCP sends without a full socket (closed port, TIME_WAIT) are seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Socketless {
+    /// `tcp_send_reset` fires for them (6.10+).
+    Tracepoint,
+    /// Before 6.10 it does not: the transmit hook sees them.
+    Transmit,
+    /// Before 6.10, with the transmit hook off or missing: they are not seen.
+    Unseen(&'static str),
+}
+
+impl Socketless {
+    pub fn describe(self) -> String {
+        match self {
+            Self::Tracepoint => "resets without a socket: tcp_send_reset".into(),
+            Self::Transmit => "resets without a socket: on transmit (kernel before 6.10)".into(),
+            Self::Unseen(why) => format!("resets without a socket: NOT SEEN ({why})"),
+        }
+    }
+}
+
+fn reject_modules_loaded() -> bool {
+    ["nf_reject_ipv4", "nf_reject_ipv6"]
+        .iter()
+        .any(|m| Path::new("/sys/module").join(m).exists())
+}
+
+/// Built in (vmlinux BTF has nf_send_reset: module code has BTF of its own), loaded as a
+/// module, or neither. Cheaper than scanning /proc/kallsyms, which costs ~30 ms at start-up.
+fn reject_support(btf: &Btf) -> RejectSupport {
+    if btf.has_function("nf_send_reset") || btf.has_function("nf_send_reset6") {
+        RejectSupport::BuiltIn
+    } else if reject_modules_loaded() {
+        RejectSupport::Module
+    } else {
+        RejectSupport::NotLoaded
+    }
+}
+
+impl Tracer {
+    /// Attaches the transmit hook once REJECT code appears (called periodically).
+    pub fn poll_reject(&mut self) -> Result<()> {
+        if self.reject_attached || self.reject != RejectSupport::NotLoaded {
+            return Ok(());
+        }
+        if reject_modules_loaded() {
+            attach_raw(&mut self.ebpf, PROG_DEV_QUEUE, "net_dev_queue")?;
+            self.reject_attached = true;
+            self.reject = RejectSupport::Module;
+        }
+        Ok(())
+    }
+}
+
+fn required_format(tracefs: &Path, cat: &str, name: &str) -> Result<tracefs::Format> {
+    tracefs::read_format(tracefs, cat, name)?.ok_or_else(|| {
+        anyhow!(
+            "this kernel has no tracepoint {cat}:{name} (it needs Linux 5.8 or later with \
+             CONFIG_TRACEPOINTS): run rst-trace on a newer kernel"
+        )
+    })
+}
+
+/// Which per-packet hooks to use (each costs tens of ns per packet, see README).
+#[derive(Clone, Copy, Debug)]
+pub struct Hooks {
+    /// `tcp_probe`: TTL evidence on received resets.
+    pub ttl: bool,
+    /// `net_dev_queue`: netfilter REJECT resets.
+    pub firewall: bool,
+    /// Count resets in the kernel (`MAP_COUNTS`) rather than send each: `--summary --quiet`.
+    pub count_in_kernel: bool,
+}
+
+/// The BPF ring buffer (BPF_MAP_TYPE_RINGBUF, 5.8, commit 457f44363a88) carries every event:
+/// without it nothing can work, and the loader's error would only say that a map could not be
+/// created. (Ubuntu 20.04's 5.4 is such a kernel.)
+fn require_ringbuf() -> Result<()> {
+    match aya::sys::is_map_supported(MapType::RingBuf) {
+        Ok(false) => Err(anyhow!(
+            "this kernel has no BPF ring buffer (needs Linux 5.8+)"
+        )),
+        // A probe that fails for another reason (privileges) is left to the loader to report.
+        Ok(true) | Err(_) => Ok(()),
+    }
+}
+
+/// The tracepoint formats rst-trace reads: the three it cannot work without, and the optional
+/// ones (None when this kernel lacks them).
+fn read_tracepoints(tracefs: &Path) -> Result<Tracepoints> {
+    Ok(Tracepoints {
+        send_reset: required_format(tracefs, "tcp", "tcp_send_reset")?,
+        receive_reset: required_format(tracefs, "tcp", "tcp_receive_reset")?,
+        set_state: required_format(tracefs, "sock", "inet_sock_set_state")?,
+        destroy_sock: tracefs::read_format(tracefs, "tcp", "tcp_destroy_sock")?,
+        send_length: tracefs::read_format(tracefs, "sock", "sock_send_length")?,
+        exit_accept: tracefs::read_format(tracefs, "syscalls", "sys_exit_accept4")?,
+        dev_queue: tracefs::read_format(tracefs, "net", "net_dev_queue")?,
+    })
+}
+
+/// The in-kernel filter settings of `cfg`.
+/// (At most `FILTER_MAX_ENTRIES` values of each: the command line's validation refuses more.)
+fn filter_config(filter: &Filter, cfg: &mut Config) {
+    if !filter.pids.is_empty() {
+        cfg.filters |= FILTER_PID;
+    }
+    if !filter.ports.is_empty() {
+        cfg.filters |= FILTER_PORT;
+    }
+    // --direction is applied in userspace only: a received reset is explained with the sent
+    // one it answers (linking, and the data_after_close self-reset), so both must arrive.
+    if filter.direction == Some(Direction::Sent) {
+        cfg.filters |= FILTER_NO_RECEIVED;
+    }
+}
+
+pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Result<Tracer> {
+    require_ringbuf()?;
+    // aya's own parse of vmlinux BTF (the loader and the BTF tracepoints need it; ~15 ms here)
+    // runs on another core while we read tracefs and take offsets from our lighter parse.
+    let aya_btf = std::thread::spawn(aya::Btf::from_sys_fs);
+    let tracefs = tracefs::locate()?;
+    let tps = read_tracepoints(&tracefs)?;
+    let mut cfg = Config::empty();
+    layout::tracepoint_config(&tps, &mut cfg)?;
+    let btf = Btf::from_sys_fs()?;
+    layout::struct_config(&btf, &mut cfg)?;
+    let info = KernelInfo {
+        reasons: layout::reason_names(&tps.send_reset, Some(&btf)),
+        jiffy_ns: layout::jiffy_ns(),
+    };
+    cfg.wake_bytes = ring_size / WAKE_FRACTION;
+    cfg.count_in_kernel = u8::from(hooks.count_in_kernel);
+    filter_config(filter, &mut cfg);
+
+    // aya's own BTF parse, done once: the loader and the BTF tracepoints both need it. Without
+    // it (a BTF aya cannot read), the record-based tracepoints still work.
+    let aya_btf = match aya_btf.join() {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(anyhow!("aya cannot parse vmlinux BTF: {e}")),
+        Err(_) => Err(anyhow!("aya's vmlinux BTF parse panicked")),
+    };
+    let mut loader = EbpfLoader::new();
+    if let Ok(b) = &aya_btf {
+        loader.btf(b);
+    }
+    let mut ebpf = loader
+        .override_global(GLOBAL_CONFIG, &cfg, true)
+        .map_max_entries(MAP_EVENTS, ring_size)
+        .load(EBPF_OBJECT)
+        .context(
+            "loading the eBPF object (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)",
+        )?;
+    fill_filters(&mut ebpf, filter)?;
+
+    // Owner tracking first, so no socket created meanwhile is missed; resets last.
+    attach_owner_hooks(&mut ebpf, &cfg, &tps, &tracefs, notes)?;
+    // TTL evidence for received resets (raw tracepoints: 4.17+).
+    if hooks.ttl
+        && let Err(e) = attach_raw(&mut ebpf, PROG_TCP_PROBE, "tcp_probe")
+    {
+        notes.failed(
+            "no TTL evidence on received resets (raw tracepoint tcp_probe)",
+            &e,
+        );
+    }
+    // With the owner hooks live, seed the sockets that already existed.
+    let seeded = seed_owners(&mut ebpf)?;
+    let resets = attach_resets(&mut ebpf, aya_btf.as_ref().ok(), notes)?;
+    if let Err(e) = &aya_btf {
+        notes.note(&format!("record-based reset tracepoints: {e:#}"));
+    }
+    drop(aya_btf);
+    let (reject, socketless, reject_attached) =
+        attach_transmit_hooks(&mut ebpf, &cfg, &tps, &btf, hooks, notes)?;
+    Ok(Tracer {
+        ebpf,
+        info,
+        seeded,
+        reject,
+        reject_attached,
+        socketless,
+        resets,
+    })
+}
+
+/// The per-packet transmit hook (netfilter REJECT resets, and before 6.10 the resets TCP sends
+/// without a socket) and the receive hook that notes the segment such a reset answers: what
+/// they see, and whether the transmit hook is attached.
+fn attach_transmit_hooks(
+    ebpf: &mut Ebpf,
+    cfg: &Config,
+    tps: &Tracepoints,
+    btf: &Btf,
+    hooks: Hooks,
+    notes: Notes,
+) -> Result<(RejectSupport, Socketless, bool)> {
+    let reject = if !hooks.firewall {
+        RejectSupport::Disabled
+    } else if tps.dev_queue.is_some() {
+        reject_support(btf)
+    } else {
+        RejectSupport::Unavailable
+    };
+    let socketless = if cfg.xmit_socketless == 0 {
+        Socketless::Tracepoint
+    } else if !hooks.firewall {
+        Socketless::Unseen("--no-firewall turns off the transmit hook they need before 6.10")
+    } else if tps.dev_queue.is_none() {
+        Socketless::Unseen("this kernel has no net:net_dev_queue")
+    } else {
+        Socketless::Transmit
+    };
+    let reject_attached = socketless == Socketless::Transmit
+        || matches!(reject, RejectSupport::BuiltIn | RejectSupport::Module);
+    if reject_attached {
+        attach_raw(ebpf, PROG_DEV_QUEUE, "net_dev_queue")?;
+    }
+    if socketless == Socketless::Transmit
+        && let Err(e) = attach_raw(ebpf, PROG_NETIF_RECEIVE, "netif_receive_skb")
+    {
+        notes.failed(
+            "no incoming flags for resets without a socket (raw tracepoint netif_receive_skb)",
+            &e,
+        );
+    }
+    Ok((reject, socketless, reject_attached))
+}

@@ -1,0 +1,107 @@
+//! The eBPF maps userspace fills (filters, seeded owners) and reads (lost events, in-kernel
+//! counts).
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use rst_trace_common::{
+    MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS,
+    PROG_RECEIVE_RESET, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET, PROG_SEND_RESET_BTF, RstEvent,
+    SEED_MAX_ENTRIES, Task,
+};
+use tokio::io::unix::AsyncFd;
+
+use super::{Tracer, attach::PROG_SEND_RESET_BTF_NC};
+use crate::{filter::Filter, owners};
+
+/// The `--pid` and `--port` values into their in-kernel maps.
+pub(super) fn fill_filters(ebpf: &mut Ebpf, filter: &Filter) -> Result<()> {
+    let mut pids: BpfHashMap<_, u32, u8> =
+        BpfHashMap::try_from(ebpf.map_mut(MAP_FILTER_PIDS).context("pid filter map")?)?;
+    for &p in &filter.pids {
+        pids.insert(&p, &1, 0)?;
+    }
+    let mut ports: BpfHashMap<_, u16, u8> =
+        BpfHashMap::try_from(ebpf.map_mut(MAP_FILTER_PORTS).context("port filter map")?)?;
+    for &p in &filter.ports {
+        ports.insert(&p, &1, 0)?;
+    }
+    Ok(())
+}
+
+/// Seeds the owners of the sockets that existed before rst-trace started; returns how many.
+pub(super) fn seed_owners(ebpf: &mut Ebpf) -> Result<usize> {
+    let existing = owners::existing();
+    let mut seeded = 0;
+    let mut seed: BpfHashMap<_, u64, Task> =
+        BpfHashMap::try_from(ebpf.map_mut(MAP_SEED_OWNERS).context("seed owner map")?)?;
+    for (cookie, task) in existing.iter().take(SEED_MAX_ENTRIES as usize) {
+        seed.insert(cookie, task, 0)?;
+        seeded += 1;
+    }
+    Ok(seeded)
+}
+
+/// Events lost so far: the per-CPU count of ring-buffer reservations that failed, plus the
+/// runs of the reset programs the kernel skipped. A BTF tracepoint program does not run while it
+/// is already running on that CPU (a softirq interrupting it; since 6.1), and a record-based one
+/// while any record-based program runs there (bpf_prog_active); the kernel counts each skip in
+/// the program's `recursion_misses` (since 6.7). (The transmit hook's skips are not counted: it
+/// runs for every packet, and a skipped run is almost never a firewall reset.)
+pub fn lost_total(ebpf: &Ebpf) -> Result<u64> {
+    let map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map(MAP_LOST).context("lost counter map")?)?;
+    let ring_full: u64 = map.get(&0, 0)?.iter().sum();
+    let skipped: u64 = [
+        PROG_SEND_RESET_BTF,
+        PROG_RECEIVE_RESET_BTF,
+        PROG_SEND_RESET_BTF_NC,
+        PROG_SEND_RESET,
+        PROG_RECEIVE_RESET,
+    ]
+    .into_iter()
+    .filter_map(|name| recursion_misses(ebpf, name))
+    .sum();
+    Ok(ring_full + skipped)
+}
+
+/// The resets counted in the kernel so far (`--summary --quiet`): each key (an event reduced by
+/// `RstEvent::count_key`) with its count over all CPUs.
+pub fn kernel_counts(ebpf: &Ebpf) -> Result<Vec<(RstEvent, u64)>> {
+    let map: PerCpuHashMap<_, RstEvent, u64> =
+        PerCpuHashMap::try_from(ebpf.map(MAP_COUNTS).context("count map")?)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (key, per_cpu) = item?;
+        out.push((key, per_cpu.iter().sum()));
+    }
+    Ok(out)
+}
+
+/// `recursion_misses` of a loaded program, from its fdinfo (5.12+; None before, or unloaded).
+fn recursion_misses(ebpf: &Ebpf, prog: &str) -> Option<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = ebpf.program(prog)?.fd().ok()?.as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The ring buffer the reset programs write to, registered with the event loop.
+pub type Ring = AsyncFd<RingBuf<MapData>>;
+
+/// Takes the ring buffer out of the object, registered with the event loop.
+pub fn event_ring(tracer: &mut Tracer) -> Result<Ring> {
+    let ring = RingBuf::try_from(
+        tracer
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .context("ring buffer map missing from the eBPF object")?,
+    )?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd lives.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("registering the ring buffer with the event loop: {e}"))
+}

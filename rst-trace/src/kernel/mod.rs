@@ -1,0 +1,17 @@
+//! Everything that talks to the kernel: tracefs formats, vmlinux BTF, the record and struct
+//! layouts handed to the eBPF programs, loading, attaching and the maps.
+
+mod attach;
+mod btf;
+mod errors;
+mod host;
+mod layout;
+mod load;
+mod maps;
+mod tracefs;
+
+pub use errors::{LoadFailure, Notes, first_line, print_details};
+pub use host::{check_privileges, raise_memlock};
+pub use layout::KernelInfo;
+pub use load::{DRAIN_INTERVAL, Hooks, Tracer, load};
+pub use maps::{Ring, event_ring, kernel_counts, lost_total};

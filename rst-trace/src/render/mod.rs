@@ -1,0 +1,14 @@
+//! Every format rst-trace prints: events as text or JSON, the summary, the metrics page, and
+//! the fast formatting helpers they share.
+
+mod event;
+mod fast;
+pub mod metrics;
+mod out;
+mod sink;
+mod summary;
+
+pub use fast::{Clock, Format};
+pub use out::Out;
+pub use sink::Sink;
+pub use summary::Summary;

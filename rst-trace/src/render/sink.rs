@@ -1,0 +1,71 @@
+//! Where explained resets go: the event lines (unless `--quiet`), the summary and the metrics,
+//! and the lost-event records.
+
+use super::{Clock, Format, Out, Summary, event, metrics};
+use crate::explain::Report;
+
+pub struct Sink {
+    pub fmt: Format,
+    pub clock: Clock,
+    /// `--quiet`: no event lines.
+    pub quiet: bool,
+    /// Only with --summary (counting costs an allocation per event).
+    pub summary: Option<Summary>,
+    pub metrics: Option<metrics::Shared>,
+    pub out: Out,
+    /// The line being rendered, reused from event to event.
+    line: String,
+    lost_seen: u64,
+}
+
+impl Sink {
+    pub fn new(fmt: Format, quiet: bool, summary: bool, out: Out) -> Self {
+        Self {
+            fmt,
+            clock: Clock::now(),
+            quiet,
+            summary: summary.then(Summary::default),
+            metrics: None,
+            out,
+            line: String::with_capacity(1024),
+            lost_seen: 0,
+        }
+    }
+
+    /// Counts and prints one explained reset that passed the filter.
+    pub fn event(&mut self, report: &Report) {
+        if let Some(s) = &mut self.summary {
+            s.add(report);
+        }
+        if let Some(m) = &self.metrics
+            && let Ok(mut m) = m.lock()
+        {
+            m.record(report);
+        }
+        if !self.quiet {
+            event::render_into(&mut self.line, report, &self.clock, self.fmt);
+            self.out.line(&self.line);
+        }
+    }
+
+    /// Reports events lost since the last call, given the running `total`.
+    pub fn lost(&mut self, total: u64) {
+        if total > self.lost_seen {
+            let line = event::lost(total - self.lost_seen, total, &self.clock, self.fmt);
+            self.lost_seen = total;
+            if let Some(s) = &mut self.summary {
+                s.lost = total;
+            }
+            if let Some(m) = &self.metrics
+                && let Ok(mut m) = m.lock()
+            {
+                m.lost = total;
+            }
+            match self.fmt {
+                Format::Json => self.out.line(&line),
+                // Text mode: stdout carries events only; the warning goes to stderr.
+                Format::Text { .. } => eprintln!("{line}"),
+            }
+        }
+    }
+}
