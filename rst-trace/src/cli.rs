@@ -1,4 +1,4 @@
-//! Command line (../shared/spec/output.md). Usage errors exit with status 2 (clap's default).
+//! Command line (docs/output.md). Usage errors exit with status 2 (clap's default).
 
 use clap::{Parser, ValueEnum};
 
@@ -22,7 +22,10 @@ Exit status: 0 normal end (--count, --duration, SIGINT, SIGTERM, broken pipe),
 2 usage error. A runtime error is one line; -v adds the details (e.g. the verifier log).
 
 rst-trace writes `rst-trace: tracing TCP resets (...)` to stderr once it is attached;
-stdout carries events only.";
+stdout carries events only.
+
+Condition ids, the text and JSON fields and the readiness line: docs/conditions.md and
+docs/output.md in rst-trace's source tree.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DirectionArg {
@@ -81,7 +84,7 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "both")]
     pub direction: DirectionArg,
 
-    /// Only these condition ids (see conditions.md). Repeatable.
+    /// Only these condition ids (docs/conditions.md in the source tree). Repeatable.
     #[arg(long = "condition", value_name = "ID", value_parser = parse_condition)]
     pub conditions: Vec<String>,
 

@@ -81,10 +81,10 @@ impl std::hash::Hasher for TupleHasher {
 
 /// How long a sent reset stays linkable to a received one.
 const LINK_WINDOW_NS: u64 = 2_000_000_000;
-/// At most this many are kept: a received reset is held 5 ms for its sender (main.rs releases
-/// held ones every 1024 records while it drains), and 8192 sent resets are 30 ms of a 250k/s
-/// storm; each costs ~200 bytes.
-const LINK_MAX: usize = 8192;
+/// At most this many are kept: a received reset is held [`HOLD_RECEIVED_NS`] for its sender
+/// (main.rs releases held ones every 1024 records while it drains), and 16384 sent resets are
+/// 65 ms of a 250k/s storm; each costs ~200 bytes.
+const LINK_MAX: usize = 16384;
 
 impl History {
     pub fn remember_sent(&mut self, r: &Report) {
@@ -127,7 +127,9 @@ impl History {
 /// peer's `tcp_send_reset` fires *after* our `tcp_receive_reset` (the RST is delivered inside
 /// the sender's transmit path), and a data_after_close reset fires `tcp_receive_reset` on the
 /// sending socket just before its `tcp_send_reset`. Holding lets both be linked or suppressed.
-pub const HOLD_RECEIVED_NS: u64 = 5_000_000;
+/// The two fire microseconds apart on real hardware, but the CPU that sends can be preempted
+/// between them (a vCPU of a busy or emulated host) while userspace reads the first: so 25 ms.
+pub const HOLD_RECEIVED_NS: u64 = 25_000_000;
 
 /// Received resets waiting for the sent reset that may explain or cancel them, oldest first.
 #[derive(Default)]

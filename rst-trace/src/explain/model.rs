@@ -10,7 +10,7 @@ use super::tcp::{Direction, TcpState};
 /// Declares the condition ids once: the enum, its strings, the list and the `cond` constants.
 macro_rules! conditions {
     ($($variant:ident $konst:ident $id:literal,)*) => {
-        /// A condition (conditions.md); its id is a public API, never renamed.
+        /// A condition (docs/conditions.md); its id is a public API, never renamed.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Condition {
             $($variant,)*

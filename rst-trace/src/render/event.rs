@@ -1,5 +1,5 @@
 //! The one renderer of events: every record rst-trace prints goes through here, as text or as
-//! JSON (NDJSON), per ../shared/spec/output.md.
+//! JSON (NDJSON), per docs/output.md.
 
 use std::{fmt::Write as _, net::SocketAddr};
 
