@@ -12,8 +12,9 @@ pub const MAP_LOST: &str = "LOST";
 /// process, condition and direction ([`RstEvent::count_key`]), instead of one ring record each.
 pub const MAP_COUNTS: &str = "COUNTS";
 pub const COUNTS_MAX_ENTRIES: u32 = 4096;
-/// LRU map from socket address to what we know of the socket ([`SockInfo`]).
-pub const MAP_SOCKS: &str = "SOCKS";
+/// Per-CPU count of failed inserts into the socket, TIME_WAIT and closing-listener maps (LRU
+/// maps evict rather than fail, so this stays 0 but for a kernel out of memory).
+pub const MAP_INSERT_FAILED: &str = "INSERT_FAILED";
 /// `--pid` filter: thread group ids to keep (value unused).
 pub const MAP_FILTER_PIDS: &str = "FILTER_PIDS";
 /// `--port` filter: ports to keep, host byte order (value unused).
@@ -35,7 +36,6 @@ pub const PROG_SET_STATE_RAW: &str = "inet_sock_set_state_raw";
 pub const PROG_DESTROY_SOCK_RAW: &str = "tcp_destroy_sock_raw";
 /// Raw tracepoints `sock_send_length` and `sock_recv_length`: owners of sockets in use.
 pub const PROG_SOCK_IO: &str = "sock_io";
-pub const PROG_RECV_LENGTH: &str = "sock_recv_length";
 pub const PROG_EXIT_ACCEPT: &str = "sys_exit_accept";
 /// `net:net_dev_queue`: sees RSTs that netfilter's REJECT builds (no TCP tracepoint fires).
 pub const PROG_DEV_QUEUE: &str = "net_dev_queue";
@@ -43,17 +43,12 @@ pub const PROG_DEV_QUEUE: &str = "net_dev_queue";
 pub const PROG_TCP_PROBE: &str = "tcp_probe_ttl";
 /// Notes the segment being received, for the socketless resets seen on transmit (before 6.10).
 pub const PROG_NETIF_RECEIVE: &str = "netif_receive_skb";
-/// Per-CPU: the last reset the TCP stack announced (`tcp_send_reset`), so the transmit hook can
-/// tell the stack's own RSTs without a socket (IPv6 replies) from netfilter's.
-pub const MAP_LAST_TCP_RST: &str = "LAST_TCP_RST";
-/// LRU map from thread id to the listener it is closing ([`ListenerClose`]).
-pub const MAP_CLOSING_LISTENERS: &str = "CLOSING_LISTENERS";
 /// Owners of sockets that existed before rst-trace started, keyed by socket cookie (seeded by
 /// userspace from sock_diag and /proc/*/fd).
 pub const MAP_SEED_OWNERS: &str = "SEED_OWNERS";
 pub const SEED_MAX_ENTRIES: u32 = 65536;
 
-/// Default number of sockets remembered in [`MAP_SOCKS`].
+/// Default number of sockets remembered in the LRU map from socket address to [`SockInfo`].
 pub const SOCKS_MAX_ENTRIES: u32 = 65536;
 pub const FILTER_MAX_ENTRIES: u32 = 1024;
 
@@ -70,6 +65,50 @@ pub const SKB_HDR_WINDOW: usize = 32;
 /// `rcv_tstamp` within a few hundred bytes: the programs read them in one go from a window this
 /// large (a power of two), where they fit.
 pub const TCP_WINDOW: usize = 512;
+
+/// `enum tcp_state` (include/net/tcp_states.h), exported to userspace through /proc/net/tcp.
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_SYN_RECV: u8 = 3;
+pub const TCP_FIN_WAIT1: u8 = 4;
+pub const TCP_FIN_WAIT2: u8 = 5;
+pub const TCP_TIME_WAIT: u8 = 6;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+pub const TCP_LAST_ACK: u8 = 9;
+pub const TCP_LISTEN: u8 = 10;
+pub const TCP_CLOSING: u8 = 11;
+pub const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// Address families (uapi `linux/socket.h`), as `sk_family` holds them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP` (uapi `linux/in.h`), as `sk_protocol` holds it.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// TCP header flag bits (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+pub const TCP_ECE: u8 = 0x40;
+pub const TCP_CWR: u8 = 0x80;
+
+/// The self-abort rule: whether a reset received in `state` may be this host's own abort rather
+/// than the peer's. tcp_rcv_state_process() answers data arriving after close() (or after the
+/// receive side was shut down) by calling tcp_reset() on the socket, which fires
+/// `tcp_receive_reset`, and then sends the RST (the data_after_close / fin_wait2_abort
+/// resets); it does so only in its FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, CLOSING and LAST_ACK cases.
+/// ESTABLISHED is handled by tcp_rcv_established(), SYN_SENT by
+/// tcp_rcv_synsent_state_process(): never a self-abort there.
+pub const fn self_abort_state(state: u8) -> bool {
+    matches!(
+        state,
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_CLOSING | TCP_LAST_ACK
+    )
+}
 
 /// Offset value meaning "this field does not exist on the running kernel".
 pub const OFF_NONE: u16 = u16::MAX;
@@ -335,7 +374,7 @@ pub const KIND_RECEIVED: u8 = 2;
 
 /// `RstEvent::attribution`.
 pub const ATTR_NONE: u8 = 0;
-/// `owner` came from [`MAP_SOCKS`] (learned earlier in the owner's own system call).
+/// `owner` came from the socket map (learned earlier in the owner's own system call).
 pub const ATTR_OWNER_MAP: u8 = 1;
 /// `owner` is the current task, because the kernel acted inside the owner's system call.
 pub const ATTR_OWNER_CURRENT: u8 = 2;
@@ -427,6 +466,8 @@ pub struct RstEvent {
     pub _pad1: u32,
 }
 
+const _: () = assert!(!self_abort_state(TCP_ESTABLISHED) && !self_abort_state(TCP_SYN_SENT));
+
 const _: () = assert!(core::mem::offset_of!(RstEvent, local_addr) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(RstEvent, remote_addr) % 8 == 0);
 const _: () = assert!(core::mem::align_of::<RstEvent>() == 8);
@@ -469,13 +510,17 @@ impl RstEvent {
     /// (ESTABLISHED is handled by tcp_rcv_established(), SYN_SENT by tcp_rcv_synsent_state_process();
     /// the abort is in tcp_rcv_state_process()'s FIN_WAIT/CLOSE_WAIT/CLOSING/LAST_ACK cases).
     pub fn countable(&self) -> bool {
-        const ESTABLISHED: u8 = 1;
-        const SYN_SENT: u8 = 2;
         match self.kind {
             KIND_SENT => {
                 self.facts & FACT_NETFILTER == 0 && !(self.skaddr != 0 && self.skbaddr != 0)
             }
-            KIND_RECEIVED => self.state == ESTABLISHED || self.state == SYN_SENT,
+            // Only the two states handled outside tcp_rcv_state_process(), which
+            // [`self_abort_state`] rules out (asserted below); other states (SYN_RECV, CLOSE...)
+            // go to userspace as well.
+            KIND_RECEIVED => {
+                !self_abort_state(self.state)
+                    && (self.state == TCP_ESTABLISHED || self.state == TCP_SYN_SENT)
+            }
             _ => false,
         }
     }
