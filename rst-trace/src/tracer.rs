@@ -16,8 +16,8 @@ use rst_trace_common::{
     PROG_SET_STATE, PROG_SOCK_IO, PROG_TCP_PROBE, SEED_MAX_ENTRIES, Task,
 };
 use rst_trace_common::{
-    MAP_COUNTS, OFF_NONE, PROG_DESTROY_SOCK_RAW, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET_BTF,
-    PROG_SET_STATE_RAW, RstEvent,
+    MAP_COUNTS, MAP_INSERT_FAILED, OFF_NONE, PROG_DESTROY_SOCK_RAW, PROG_RECEIVE_RESET_BTF,
+    PROG_SEND_RESET_BTF, PROG_SET_STATE_RAW, RstEvent,
 };
 
 use crate::{
@@ -655,6 +655,17 @@ pub fn lost_total(ebpf: &Ebpf) -> Result<u64> {
     .filter_map(|name| recursion_misses(ebpf, name))
     .sum();
     Ok(ring_full + skipped)
+}
+
+/// Failed inserts into the kernel side's socket, TIME_WAIT and closing-listener maps, over all
+/// CPUs (each a lost owner or TIME_WAIT hand-over; LRU maps evict instead, so normally 0).
+#[allow(dead_code)] // Until the caller that warns about it lands (issue 10).
+pub fn insert_failures(ebpf: &Ebpf) -> Result<u64> {
+    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
+        ebpf.map(MAP_INSERT_FAILED)
+            .context("insert failure counter map")?,
+    )?;
+    Ok(map.get(&0, 0)?.iter().sum())
 }
 
 /// The resets counted in the kernel so far (`--summary --quiet`): each key (an event reduced by
