@@ -7,9 +7,9 @@ use std::{
     net::SocketAddr,
 };
 
-use rst_trace_common::RstEvent;
+use rst_trace_common::{RstEvent, self_abort_state};
 
-use crate::explain::{Condition, Linked, Report, TcpState, cond};
+use crate::explain::{Condition, Linked, Report, cond};
 
 /// What userspace remembers between events, bounded.
 #[derive(Default)]
@@ -168,16 +168,7 @@ impl Held {
             self.pending.retain(|p| {
                 p.skaddr != ev.skaddr
                     || ev.mono_ns.abs_diff(p.mono_ns) > HOLD_RECEIVED_NS
-                    || !matches!(
-                        TcpState::decode(p.state),
-                        Some(
-                            TcpState::FinWait1
-                                | TcpState::FinWait2
-                                | TcpState::CloseWait
-                                | TcpState::Closing
-                                | TcpState::LastAck
-                        )
-                    )
+                    || !self_abort_state(p.state)
             });
         }
     }

@@ -370,6 +370,7 @@ async fn event_loop(
             () = sleep_until(deadline) => break,
             _ = lost_tick.tick() => {
                 st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
+                st.sink.insert_failures(kernel::insert_failures(&tracer.ebpf)?);
                 if let Err(e) = tracer.poll_reject() {
                     eprintln!("rst-trace: warning: cannot watch firewall resets: {e:#}");
                 }

@@ -89,7 +89,7 @@ pub fn explain(
 
 /// The report before any rule: the event's endpoints, socket and owner, condition `other`.
 fn blank_report(ev: &RstEvent, direction: Direction) -> Report {
-    let ipv6 = ev.family == 10;
+    let ipv6 = u16::from(ev.family) == rst_trace_common::AF_INET6;
     let local = endpoint(ipv6, &ev.local_addr, ev.local_port);
     let remote = endpoint(ipv6, &ev.remote_addr, ev.remote_port);
     let ipv6 = local.is_ipv6();

@@ -1,6 +1,11 @@
 //! TCP's own vocabulary as the kernel reports it: directions, states and header flags.
 
-use rst_trace_common::{KIND_RECEIVED, KIND_SENT};
+use rst_trace_common::{
+    KIND_RECEIVED, KIND_SENT, TCP_ACK, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_CWR, TCP_ECE,
+    TCP_ESTABLISHED, TCP_FIN, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_LISTEN,
+    TCP_NEW_SYN_RECV, TCP_PSH, TCP_RST, TCP_SYN, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT,
+    TCP_URG,
+};
 
 /// `RstEvent::kind`, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,18 +57,19 @@ pub enum TcpState {
 impl From<u8> for TcpState {
     fn from(v: u8) -> Self {
         match v {
-            1 => Self::Established,
-            2 => Self::SynSent,
-            3 => Self::SynRecv,
-            4 => Self::FinWait1,
-            5 => Self::FinWait2,
-            6 => Self::TimeWait,
-            7 => Self::Close,
-            8 => Self::CloseWait,
-            9 => Self::LastAck,
-            10 => Self::Listen,
-            11 => Self::Closing,
-            12 => Self::NewSynRecv,
+            TCP_ESTABLISHED => Self::Established,
+            TCP_SYN_SENT => Self::SynSent,
+            TCP_SYN_RECV => Self::SynRecv,
+            TCP_FIN_WAIT1 => Self::FinWait1,
+            TCP_FIN_WAIT2 => Self::FinWait2,
+            TCP_TIME_WAIT => Self::TimeWait,
+            TCP_CLOSE => Self::Close,
+            TCP_CLOSE_WAIT => Self::CloseWait,
+            TCP_LAST_ACK => Self::LastAck,
+            TCP_LISTEN => Self::Listen,
+            TCP_CLOSING => Self::Closing,
+            TCP_NEW_SYN_RECV => Self::NewSynRecv,
+            // TCP_BOUND_INACTIVE (6.9+): not a state a reset is reported in, so not in common.
             13 => Self::BoundInactive,
             n => Self::Unknown(n),
         }
@@ -102,14 +108,14 @@ impl TcpState {
 /// TCP header flag names in the order output.md fixes.
 pub fn tcp_flags_names(flags: u8) -> String {
     const NAMES: [(u8, &str); 8] = [
-        (0x01, "FIN"),
-        (0x02, "SYN"),
-        (0x04, "RST"),
-        (0x08, "PSH"),
-        (0x10, "ACK"),
-        (0x20, "URG"),
-        (0x40, "ECE"),
-        (0x80, "CWR"),
+        (TCP_FIN, "FIN"),
+        (TCP_SYN, "SYN"),
+        (TCP_RST, "RST"),
+        (TCP_PSH, "PSH"),
+        (TCP_ACK, "ACK"),
+        (TCP_URG, "URG"),
+        (TCP_ECE, "ECE"),
+        (TCP_CWR, "CWR"),
     ];
     let v: Vec<&str> = NAMES
         .iter()
@@ -123,7 +129,7 @@ pub fn tcp_flags_names(flags: u8) -> String {
     }
 }
 
-pub const SYN: u8 = 0x02;
+pub const SYN: u8 = TCP_SYN;
 /// TCP_CLOSE as the tracepoint reports it.
-pub const TCP_CLOSE_RAW: u8 = 7;
-pub const ACK: u8 = 0x10;
+pub const TCP_CLOSE_RAW: u8 = TCP_CLOSE;
+pub const ACK: u8 = TCP_ACK;

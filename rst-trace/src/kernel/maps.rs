@@ -7,9 +7,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use rst_trace_common::{
-    MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_LOST, MAP_SEED_OWNERS,
-    PROG_RECEIVE_RESET, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET, PROG_SEND_RESET_BTF, RstEvent,
-    SEED_MAX_ENTRIES, Task,
+    MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_INSERT_FAILED, MAP_LOST,
+    MAP_SEED_OWNERS, PROG_RECEIVE_RESET, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET,
+    PROG_SEND_RESET_BTF, RstEvent, SEED_MAX_ENTRIES, Task,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -42,6 +42,16 @@ pub(super) fn seed_owners(ebpf: &mut Ebpf) -> Result<usize> {
         seeded += 1;
     }
     Ok(seeded)
+}
+
+/// Failed inserts into the kernel side's socket, TIME_WAIT and closing-listener maps, over all
+/// CPUs (each a lost owner or TIME_WAIT hand-over; LRU maps evict instead, so normally 0).
+pub fn insert_failures(ebpf: &Ebpf) -> Result<u64> {
+    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
+        ebpf.map(MAP_INSERT_FAILED)
+            .context("insert failure counter map")?,
+    )?;
+    Ok(map.get(&0, 0)?.iter().sum())
 }
 
 /// Events lost so far: the per-CPU count of ring-buffer reservations that failed, plus the

@@ -16,6 +16,7 @@ pub struct Sink {
     /// The line being rendered, reused from event to event.
     line: String,
     lost_seen: u64,
+    insert_failed_seen: u64,
 }
 
 impl Sink {
@@ -29,6 +30,7 @@ impl Sink {
             out,
             line: String::with_capacity(1024),
             lost_seen: 0,
+            insert_failed_seen: 0,
         }
     }
 
@@ -49,6 +51,19 @@ impl Sink {
     }
 
     /// Reports events lost since the last call, given the running `total`.
+    /// Kernel-side records that could not be stored (a full owner, TIME_WAIT or listener map):
+    /// not lost events, but resets that may then show no process. Warned on stderr, never
+    /// silently.
+    pub fn insert_failures(&mut self, total: u64) {
+        if total > self.insert_failed_seen {
+            eprintln!(
+                "rst-trace: warning: {} socket records could not be stored in the kernel ({total} in all; a map is full): resets of those sockets may name no process",
+                total - self.insert_failed_seen
+            );
+            self.insert_failed_seen = total;
+        }
+    }
+
     pub fn lost(&mut self, total: u64) {
         if total > self.lost_seen {
             let line = event::lost(total - self.lost_seen, total, &self.clock, self.fmt);

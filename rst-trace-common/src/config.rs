@@ -1,0 +1,180 @@
+//! The [`Config`] global: offsets and switches userspace fills in before load.
+
+use crate::OFF_NONE;
+
+/// Offsets the eBPF programs need, found by userspace at start-up in the tracefs `format` files
+/// and in vmlinux BTF, so one object runs on every kernel layout. [`OFF_NONE`] marks an absent field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    // Tracepoint records, for the record-based fallback programs (kernels where the BTF-typed
+    // tracepoints cannot be used). Addresses and ports are read from the socket or the packet
+    // either way, as the tracepoints themselves do (TP_STORE_ADDR_PORTS in include/trace/events/tcp.h).
+    pub send_skbaddr: u16,
+    pub send_skaddr: u16,
+    pub send_reason: u16,
+    pub recv_skaddr: u16,
+    pub recv_cookie: u16,
+    // sock:inet_sock_set_state record
+    pub ss_skaddr: u16,
+    pub ss_oldstate: u16,
+    pub ss_newstate: u16,
+    pub ss_protocol: u16,
+    pub ss_sport: u16,
+    // tcp:tcp_destroy_sock record
+    pub destroy_skaddr: u16,
+    // syscalls:sys_exit_accept4 / sys_exit_accept record
+    pub exit_ret: u16,
+    // struct sock / sock_common
+    /// `skc_daddr`, `skc_rcv_saddr`: IPv4 remote and local address.
+    pub sk_daddr: u16,
+    pub sk_rcv_saddr: u16,
+    /// `skc_v6_daddr`, `skc_v6_rcv_saddr`: IPv6 remote and local address.
+    pub sk_v6_daddr: u16,
+    pub sk_v6_rcv_saddr: u16,
+    pub sk_family: u16,
+    pub sk_state: u16,
+    pub sk_net: u16,
+    pub sk_cookie: u16,
+    pub sk_flags: u16,
+    pub sk_lingertime: u16,
+    pub sk_protocol: u16,
+    /// `__sk_common.skc_num`: local port, host byte order.
+    pub sk_num: u16,
+    /// `__sk_common.skc_dport`: remote port, network byte order.
+    pub sk_dport: u16,
+    pub sk_ack_backlog: u16,
+    pub sk_max_ack_backlog: u16,
+    /// `inet_sock.inet_sport`: local port, network byte order; still set after tcp_set_state(
+    /// TCP_CLOSE) has released the port (inet_put_port() zeroes skc_num).
+    pub inet_sport: u16,
+    // struct net
+    pub net_inum: u16,
+    // struct tcp_sock
+    pub tp_rcv_nxt: u16,
+    pub tp_copied_seq: u16,
+    pub tp_write_seq: u16,
+    pub tp_snd_una: u16,
+    pub tp_linger2: u16,
+    pub tp_lsndtime: u16,
+    pub tp_rcv_tstamp: u16,
+    pub tp_lrcvtime: u16,
+    // struct sk_buff
+    pub skb_head: u16,
+    pub skb_network_header: u16,
+    pub skb_dev: u16,
+    pub skb_transport_header: u16,
+    pub skb_sk: u16,
+    pub skb_iif: u16,
+    // struct net_device
+    pub dev_nd_net: u16,
+    // task_struct -> files_struct -> fdtable -> file -> socket -> sock, to find the socket an
+    // accept() returned
+    pub task_files: u16,
+    pub files_fdt: u16,
+    pub fdt_max_fds: u16,
+    pub fdt_fd: u16,
+    pub file_private_data: u16,
+    pub socket_sk: u16,
+    /// Bit number of `SOCK_LINGER` in `enum sock_flags`.
+    pub sock_linger_bit: u16,
+    /// `sock.sk_type`, when `sk_protocol` is the u16 right after it (one read tells a TCP
+    /// control socket, `SOCK_RAW`/`IPPROTO_TCP`, from the rest); else [`OFF_NONE`].
+    pub sk_type: u16,
+    /// `FILTER_*` bits.
+    pub filters: u32,
+    /// Wake userspace once the ring buffer holds this many bytes (0: on every event).
+    pub wake_bytes: u32,
+    /// [`REASON_ARG`](crate::REASON_ARG) or 0.
+    pub send_reason_arg: u8,
+    /// 1: count the resets that [`RstEvent::countable`](crate::RstEvent::countable) allows in
+    /// [`MAP_COUNTS`](crate::MAP_COUNTS) instead of sending them (`--summary --quiet`).
+    pub count_in_kernel: u8,
+    /// Where the [`SKB_HDR_WINDOW`](crate::SKB_HDR_WINDOW) bytes holding `head`,
+    /// `network_header` and `transport_header` start in `struct sk_buff` ([`OFF_NONE`]: read
+    /// them one by one).
+    pub skb_hdr_base: u16,
+    /// Where the [`TCP_WINDOW`](crate::TCP_WINDOW) bytes holding the `tcp_sock` sequence
+    /// numbers and clocks start ([`OFF_NONE`]: read them one by one).
+    pub tp_win_base: u16,
+    /// Byte of `sk_buff` holding the `ip_summed` bitfield ([`OFF_NONE`]: unknown).
+    pub skb_ip_summed: u16,
+    /// Bit position of `ip_summed` in that byte.
+    pub ip_summed_shift: u8,
+    /// 1 where `tcp_send_reset` does not fire for resets sent without a full socket (before
+    /// 6.10, commit 19822a980e19): the transmit hook reports those.
+    pub xmit_socketless: u8,
+    pub _pad2: u16,
+}
+
+impl Config {
+    /// Every field absent and no filter: what the eBPF object is compiled with.
+    pub const fn empty() -> Self {
+        Self {
+            send_skbaddr: OFF_NONE,
+            send_skaddr: OFF_NONE,
+            send_reason: OFF_NONE,
+            recv_skaddr: OFF_NONE,
+            recv_cookie: OFF_NONE,
+            ss_skaddr: OFF_NONE,
+            ss_oldstate: OFF_NONE,
+            ss_newstate: OFF_NONE,
+            ss_protocol: OFF_NONE,
+            ss_sport: OFF_NONE,
+            destroy_skaddr: OFF_NONE,
+            exit_ret: OFF_NONE,
+            sk_daddr: OFF_NONE,
+            sk_rcv_saddr: OFF_NONE,
+            sk_v6_daddr: OFF_NONE,
+            sk_v6_rcv_saddr: OFF_NONE,
+            sk_family: OFF_NONE,
+            sk_state: OFF_NONE,
+            sk_net: OFF_NONE,
+            sk_cookie: OFF_NONE,
+            sk_flags: OFF_NONE,
+            sk_lingertime: OFF_NONE,
+            sk_protocol: OFF_NONE,
+            sk_num: OFF_NONE,
+            sk_dport: OFF_NONE,
+            sk_ack_backlog: OFF_NONE,
+            sk_max_ack_backlog: OFF_NONE,
+            inet_sport: OFF_NONE,
+            net_inum: OFF_NONE,
+            tp_rcv_nxt: OFF_NONE,
+            tp_copied_seq: OFF_NONE,
+            tp_write_seq: OFF_NONE,
+            tp_snd_una: OFF_NONE,
+            tp_linger2: OFF_NONE,
+            tp_lsndtime: OFF_NONE,
+            tp_rcv_tstamp: OFF_NONE,
+            tp_lrcvtime: OFF_NONE,
+            skb_head: OFF_NONE,
+            skb_network_header: OFF_NONE,
+            skb_dev: OFF_NONE,
+            skb_transport_header: OFF_NONE,
+            skb_sk: OFF_NONE,
+            skb_iif: OFF_NONE,
+            dev_nd_net: OFF_NONE,
+            task_files: OFF_NONE,
+            files_fdt: OFF_NONE,
+            fdt_max_fds: OFF_NONE,
+            fdt_fd: OFF_NONE,
+            file_private_data: OFF_NONE,
+            socket_sk: OFF_NONE,
+            sock_linger_bit: OFF_NONE,
+            sk_type: OFF_NONE,
+            filters: 0,
+            wake_bytes: 0,
+            send_reason_arg: 0,
+            count_in_kernel: 0,
+            skb_hdr_base: OFF_NONE,
+            tp_win_base: OFF_NONE,
+            skb_ip_summed: OFF_NONE,
+            ip_summed_shift: 0,
+            xmit_socketless: 0,
+            _pad2: 0,
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Config>() == 124);

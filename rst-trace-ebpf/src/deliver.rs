@@ -1,0 +1,139 @@
+//! Getting an event to userspace: the per-CPU slot it is built in, the in-kernel filters, the
+//! in-kernel count and the ring buffer.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_ns,
+};
+use rst_trace_common::{ATTR_NONE, FILTER_PID, FILTER_PORT, KIND_RECEIVED, RstEvent};
+
+use crate::{
+    maps::{BUSY, COUNT_KEY, COUNTS, EVENTS, FILTER_PIDS, FILTER_PORTS, LOST, SCRATCH},
+    read::{copy_words, zero_words},
+};
+
+/// In-kernel filters, so a busy host does not pay for events nobody asked for.
+#[inline(always)]
+pub fn wanted(ev: &RstEvent) -> bool {
+    // --pid drops received resets here; sent ones go on to userspace, which needs them to
+    // explain the received resets they cause (a link to the sender, the data_after_close
+    // self-reset) and filters them itself.
+    if conf!(filters) & FILTER_PID != 0 && ev.kind == KIND_RECEIVED {
+        if ev.attribution == ATTR_NONE {
+            return false;
+        }
+        if FILTER_PIDS.get_ptr(&ev.owner.pid).is_none() {
+            return false;
+        }
+    }
+    if conf!(filters) & FILTER_PORT != 0
+        && FILTER_PORTS.get_ptr(&ev.local_port).is_none()
+        && FILTER_PORTS.get_ptr(&ev.remote_port).is_none()
+    {
+        return false;
+    }
+    true
+}
+
+/// Takes `slot` for this run, or counts the event lost if the run this one interrupted holds it:
+/// before 6.1 (commit 05b24ff9b2cf) a BTF or raw tracepoint program could nest in itself, a
+/// softirq's reset inside a process-context one on the same CPU, and the two would share the
+/// slot. (Since then the kernel skips the inner run and counts it in `recursion_misses`, which
+/// userspace reports as lost.) Give the slot back with [`unclaim`].
+#[inline(always)]
+pub fn claim(slot: u32) -> Option<*mut u32> {
+    let busy = BUSY.get_ptr_mut(slot)?;
+    // SAFETY: per-CPU value; an interrupting run finishes before this one continues.
+    unsafe {
+        if *busy != 0 {
+            count_lost();
+            return None;
+        }
+        *busy = 1;
+    }
+    Some(busy)
+}
+
+#[inline(always)]
+pub fn unclaim(busy: *mut u32) {
+    // SAFETY: the pointer claim() returned, valid for this run.
+    unsafe { *busy = 0 };
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(n) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *n += 1 };
+    }
+}
+
+/// The zeroed per-CPU scratch event, stamped with the current time.
+#[inline(always)]
+pub fn scratch_event(slot: u32) -> Option<&'static mut RstEvent> {
+    let ev = SCRATCH.get_ptr_mut(slot)?;
+    // SAFETY: per-CPU slot, held by this run only (see claim()).
+    unsafe {
+        zero_words(ev);
+        (*ev).mono_ns = bpf_ktime_get_ns();
+        Some(&mut *ev)
+    }
+}
+
+/// Hands the event to userspace: counted in `COUNTS` when only a summary is wanted and the
+/// event can be (`RstEvent::countable`), else a ring record. A full count map falls back to the
+/// ring, so nothing is lost.
+#[inline(always)]
+pub fn deliver(slot: u32, ev: &mut RstEvent) {
+    if conf!(count_in_kernel) != 0
+        && ev.countable()
+        && let Some(key) = COUNT_KEY.get_ptr_mut(slot)
+    {
+        // SAFETY: per-CPU slot of this program, held by this run (claim()); RstEvent is
+        // 8-aligned, 160 bytes, as copy_words() needs.
+        let key = unsafe {
+            copy_words(key, ev);
+            (*key).count_key();
+            &*key
+        };
+        if let Some(n) = COUNTS.get_ptr_mut(key) {
+            // SAFETY: this CPU's value; nested runs never use the same key (claim()).
+            unsafe { *n += 1 };
+            return;
+        }
+        if COUNTS.insert(key, &1, u64::from(BPF_NOEXIST)).is_ok() {
+            return;
+        }
+        // Another CPU created the key meanwhile (values are per CPU; this one starts at 0).
+        if let Some(n) = COUNTS.get_ptr_mut(key) {
+            // SAFETY: as above.
+            unsafe { *n += 1 };
+            return;
+        }
+        // The map is full: the event itself, unreduced, goes to the ring.
+    }
+    submit(ev);
+}
+
+#[inline(always)]
+fn submit(ev: &RstEvent) {
+    // Do not wake userspace for every event (a reset storm would cost a wakeup each): wake it
+    // once the ring holds `wake_bytes`; userspace also drains on a short timer, so a lone event
+    // still shows promptly.
+    //
+    // Only the event that makes the ring cross the threshold wakes it: a wakeup is an irq_work,
+    // a self-IPI (a VM exit under a hypervisor, ~1.5 us measured here), and while userspace is
+    // behind it is awake and draining anyway.
+    let wake = u64::from(conf!(wake_bytes));
+    let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let flags =
+        if wake == 0 || (avail < wake && avail + core::mem::size_of::<RstEvent>() as u64 >= wake) {
+            u64::from(BPF_RB_FORCE_WAKEUP)
+        } else {
+            u64::from(BPF_RB_NO_WAKEUP)
+        };
+    if EVENTS.output(ev, flags).is_err() {
+        // Never lose an event silently: userspace reports this count.
+        count_lost();
+    }
+}

@@ -1,0 +1,350 @@
+//! Socket owners and state history, learned only in the owner's own system calls, and the
+//! TIME_WAIT hand-overs the transmit hook needs before 6.10.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns};
+use rst_trace_common::{
+    AF_INET6, ATTR_OWNER_MAP, ATTR_OWNER_SEED, DESTROYED_GRACE_NS, IPPROTO_TCP, ListenerClose,
+    OFF_NONE, RstEvent, SOCK_RESET_SEEN, SockInfo, TCP_CLOSE, TCP_FIN_WAIT2, TCP_LISTEN, TCP_RST,
+    TCP_SYN_SENT, Task,
+};
+
+use crate::{
+    headers::Segment,
+    maps::{
+        CLOSING_LISTENERS, CUR_SEG, Flow, LAST_DESTROYED, LAST_IO, LAST_LISTENER_CLOSE,
+        SAMPLED_SLOTS, SEED_OWNERS, SLOT_PROBE, SOCK_GENERATION, SOCKS, TIMEWAIT, bump_generation,
+        count_insert,
+    },
+    read::{copy_words, kread, kread_at, zero_words},
+};
+
+// The states as `inet_sock_set_state` passes them (int).
+const SYN_SENT: i32 = TCP_SYN_SENT as i32;
+const LISTEN: i32 = TCP_LISTEN as i32;
+const CLOSE: i32 = TCP_CLOSE as i32;
+
+/// Fills `t` with the current task. The comm goes straight into place: a zeroed `[u8; 16]`
+/// first (what `bpf_get_current_comm()` builds) is a call to a byte-by-byte memset loop here.
+#[inline(always)]
+pub fn fill_current_task(t: &mut Task) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    t.pid = (pid_tgid >> 32) as u32;
+    t.tid = pid_tgid as u32;
+    t.uid = aya_ebpf::helpers::bpf_get_current_uid_gid() as u32;
+    t._pad = 0;
+    // SAFETY: a 16-byte buffer the helper fills (NUL-padded; zeroed on error).
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(t.comm.as_mut_ptr().cast(), 16);
+    }
+}
+
+/// Whether `sk` is a TCP socket; true where `sk_protocol` cannot be read by offset.
+#[inline(always)]
+fn tcp_or_unknown(sk: u64) -> bool {
+    conf!(sk_protocol) == OFF_NONE || kread::<u16>(sk, conf!(sk_protocol)) == Some(IPPROTO_TCP)
+}
+
+#[inline(always)]
+pub fn owner_from_map(sk: u64, ev: &mut RstEvent) {
+    if sk == 0 {
+        return;
+    }
+    // SAFETY: the value is read at once; LRU entries may be recycled concurrently, which at
+    // worst yields a stale owner for a pointer the kernel reused (the destroy hook prevents most).
+    let info = match SOCKS.get_ptr_mut(&sk) {
+        Some(info) => unsafe {
+            // Its coming move to CLOSE is this abort, not a hand-over to TIME_WAIT.
+            (*info).flags |= SOCK_RESET_SEEN;
+            Some(&*info)
+        },
+        None => recently_destroyed(sk, ev),
+    };
+    if let Some(info) = info {
+        ev.prev_state = info.close_prev_state;
+        ev.peer_ttl = info.peer_ttl;
+        if info.owner_ns != 0 {
+            // SAFETY: Tasks are 8-aligned (repr(align(8))), 32 bytes.
+            unsafe { copy_words(&mut ev.owner, &info.owner) };
+            ev.owner_ns = info.owner_ns;
+            ev.attribution = ATTR_OWNER_MAP;
+            return;
+        }
+    }
+    // Sockets that existed before rst-trace started: userspace seeded their owners by cookie.
+    if ev.cookie != 0
+        && let Some(t) = unsafe { SEED_OWNERS.get(&ev.cookie) }
+    {
+        // SAFETY: as above.
+        unsafe { copy_words(&mut ev.owner, t) };
+        ev.attribution = ATTR_OWNER_SEED;
+    }
+}
+
+/// This CPU's copy of `sk`'s entry if `sk` was the last socket it destroyed, moments ago.
+#[inline(always)]
+fn recently_destroyed(sk: u64, ev: &RstEvent) -> Option<&'static SockInfo> {
+    let d = LAST_DESTROYED.get(0)?;
+    // tcp_set_state(TCP_CLOSE) -> inet_put_port() has zeroed skc_num by destroy time: then only
+    // the remote port can be compared.
+    let lport = (d.ports >> 16) as u16;
+    let rport = d.ports as u16;
+    (d.sk == sk
+        && (lport == 0 || lport == ev.local_port)
+        && rport == ev.remote_port
+        && ev.mono_ns.wrapping_sub(d.info.destroyed_ns) <= DESTROYED_GRACE_NS)
+        .then_some(&d.info)
+}
+
+/// Records the current task as `sk`'s owner (called only in the owner's own system calls).
+/// A socket passed to another process (fork, SCM_RIGHTS) changes hands at its next use there.
+#[inline(always)]
+pub fn learn_owner(sk: u64) {
+    if sk == 0 {
+        return;
+    }
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a map value pointer, valid for this program run.
+        unsafe {
+            if (*info).owner_ns != 0 && (*info).owner.pid == pid {
+                return;
+            }
+            fill_current_task(&mut (*info).owner);
+            (*info).owner_ns = bpf_ktime_get_ns();
+        }
+        return;
+    }
+    new_owner(sk);
+}
+
+/// Starts a fresh entry for `sk`, owned by the current task (replacing any entry a dead socket
+/// at the same address left).
+#[inline(always)]
+fn new_owner(sk: u64) {
+    bump_generation();
+    insert_fresh(sk, |info| {
+        fill_current_task(&mut info.owner);
+        // SAFETY: helper without preconditions.
+        info.owner_ns = unsafe { bpf_ktime_get_ns() };
+    });
+}
+
+/// Inserts a zeroed entry for `sk`, filled in by `fill`.
+#[inline(always)]
+fn insert_fresh(sk: u64, fill: impl FnOnce(&mut SockInfo)) {
+    let mut info = core::mem::MaybeUninit::<SockInfo>::uninit();
+    // SAFETY: SockInfo is plain integers, 8-aligned, a multiple of 8 bytes; zeroed, then filled.
+    let info = unsafe {
+        zero_words(info.as_mut_ptr());
+        info.assume_init_mut()
+    };
+    fill(info);
+    count_insert(SOCKS.insert(&sk, info, 0));
+}
+
+/// The transitions [`on_set_state`] acts on, tested before anything is read: most state
+/// changes of ordinary traffic (handshake, FIN exchange) end here.
+#[inline(always)]
+pub fn acts_on(old: i32, new: i32) -> bool {
+    new == SYN_SENT || new == LISTEN || (new == CLOSE && old != SYN_SENT)
+}
+
+/// Learns socket owners and state history. `connect()` (CLOSE -> SYN_SENT) and `listen()`
+/// (-> LISTEN) run in the owner's own system call, so the current task is the owner there.
+/// `port` gives the socket's local port (only needed when a listener closes).
+#[inline(always)]
+pub fn on_set_state(sk: u64, old: i32, new: i32, port: impl FnOnce() -> u16) {
+    if new == SYN_SENT && old == CLOSE && sk != 0 {
+        // connect() on a new socket: nothing to look up first.
+        new_owner(sk);
+    } else if new == SYN_SENT || new == LISTEN {
+        learn_owner(sk);
+    } else if new == CLOSE && old != SYN_SENT {
+        // (A connection attempt that fails or is abandoned sends no reset of its own: nothing
+        // to remember. That is every attempt of a refused-connection storm.)
+        if old == LISTEN {
+            listener_closing(sk, port());
+        }
+        if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+            // SAFETY: a map value pointer, valid for this program run.
+            unsafe { (*info).close_prev_state = old as u8 };
+        } else {
+            insert_fresh(sk, |info| info.close_prev_state = old as u8);
+        }
+    }
+}
+
+/// tcp_close() of a listener: the resets of its unaccepted children follow, in this same thread
+/// (inet_csk_listen_stop()).
+#[inline(always)]
+fn listener_closing(sk: u64, port: u16) {
+    let l = ListenerClose {
+        sk,
+        mono_ns: unsafe { bpf_ktime_get_ns() },
+        port,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    count_insert(CLOSING_LISTENERS.insert(&(bpf_get_current_pid_tgid() as u32), &l, 0));
+    if let Some(t) = LAST_LISTENER_CLOSE.get_ptr_mut(0) {
+        // SAFETY: a map value pointer; a lost race only costs a look-up.
+        unsafe { *t = l.mono_ns };
+    }
+}
+
+/// The socket is freed after this and its address may be reused: forget it, keeping a per-CPU
+/// copy for the reset an orphan's destruction may still send (see `recently_destroyed`). The map
+/// stays as small as the set of live sockets, so a connection storm never makes it evict.
+#[inline(always)]
+pub fn on_destroy(sk: u64) {
+    // SAFETY: the value is copied at once.
+    if let Some(info) = unsafe { SOCKS.get(&sk) }.copied() {
+        if let Some(d) = LAST_DESTROYED.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot.
+            // skc_num is host order; skc_dport network order (include/net/sock.h). They are
+            // the two halves of skc_portpair: one read where they sit that way (always so far).
+            let (lport, rport) = if conf!(sk_num) == conf!(sk_dport).wrapping_add(2) {
+                let [dport, num] = kread::<[u16; 2]>(sk, conf!(sk_dport)).unwrap_or([0; 2]);
+                (num, u16::from_be(dport))
+            } else {
+                (
+                    kread::<u16>(sk, conf!(sk_num)).unwrap_or(0),
+                    u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
+                )
+            };
+            unsafe {
+                (*d).sk = sk;
+                (*d).ports = (u64::from(lport) << 16) | u64::from(rport);
+                (*d).info = info;
+                (*d).info.destroyed_ns = bpf_ktime_get_ns();
+            }
+        }
+        if conf!(xmit_socketless) != 0
+            && info.flags & SOCK_RESET_SEEN == 0
+            && info.close_prev_state == TCP_FIN_WAIT2
+        {
+            remember_timewait(sk);
+        }
+        let _ = SOCKS.remove(&sk);
+        bump_generation();
+    }
+}
+
+/// Records that `sk`'s connection may live on in a TIME_WAIT mini-socket that resets: only one
+/// in the FIN_WAIT2 sub-state answers with RST (new data, or a SYN, in
+/// tcp_timewait_state_process()), and tcp_time_wait() creates it from FIN_WAIT2 (an orphan's
+/// FIN_WAIT2 timeout), then tcp_done() moves the socket to CLOSE. No tracepoint marks the
+/// hand-over itself; an abort from FIN_WAIT2 (a reset sent or received) is told apart by
+/// `SOCK_RESET_SEEN`.
+#[inline(always)]
+fn remember_timewait(sk: u64) {
+    let mut f = core::mem::MaybeUninit::<Flow>::uninit();
+    // SAFETY: Flow is plain integers, 8-aligned, 40 bytes: zeroed with word stores (a literal
+    // initialiser becomes a call to the target's byte-loop memset), then filled.
+    let f = unsafe {
+        zero_words(f.as_mut_ptr());
+        f.assume_init_mut()
+    };
+    f.netns = kread::<u64>(sk, conf!(sk_net))
+        .and_then(|net| kread::<u32>(net, conf!(net_inum)))
+        .unwrap_or(0);
+    // skc_num is 0 once inet_put_port() ran; inet_sport keeps the port (network order).
+    f.local_port = u16::from_be(kread::<u16>(sk, conf!(inet_sport)).unwrap_or(0));
+    f.remote_port = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
+    if kread::<u16>(sk, conf!(sk_family)) == Some(AF_INET6) {
+        if let Some(a) = kread::<[u64; 2]>(sk, conf!(sk_v6_rcv_saddr)) {
+            f.local = a;
+        }
+        if let Some(a) = kread::<[u64; 2]>(sk, conf!(sk_v6_daddr)) {
+            f.remote = a;
+        }
+    } else {
+        f.local[0] = u64::from(kread::<u32>(sk, conf!(sk_rcv_saddr)).unwrap_or(0));
+        f.remote[0] = u64::from(kread::<u32>(sk, conf!(sk_daddr)).unwrap_or(0));
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    count_insert(TIMEWAIT.insert(f, &now, 0));
+}
+
+/// A send or receive on `sk` by the current process, which owns it from then on; a per-CPU memo
+/// skips the map for a stream on one socket.
+#[inline(always)]
+pub fn on_sock_io(sk: u64) {
+    let pid = bpf_get_current_pid_tgid() >> 32;
+    if let Some(last) = LAST_IO.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if (*last)[0] == sk && (*last)[1] == pid {
+                return;
+            }
+            *last = [sk, pid];
+        }
+    }
+    if !tcp_or_unknown(sk) {
+        return;
+    }
+    learn_owner(sk);
+}
+
+/// The socket of the current task's file descriptor `fd`:
+/// current->files->fdt->fd[fd]->private_data (struct socket)->sk.
+#[inline(always)]
+fn fd_sock(fd: i64) -> Option<u64> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: helper without preconditions; the result is only used as a number.
+    let task = unsafe { bpf_get_current_task() };
+    let files = kread::<u64>(task, conf!(task_files))?;
+    let fdt = kread::<u64>(files, conf!(files_fdt))?;
+    let max = kread::<u32>(fdt, conf!(fdt_max_fds))?;
+    if fd as u64 >= u64::from(max) {
+        return None;
+    }
+    let fds = kread::<u64>(fdt, conf!(fdt_fd))?;
+    let file = kread_at::<u64>(fds + (fd as u64) * 8)?;
+    let sock = kread::<u64>(file, conf!(file_private_data))?;
+    kread::<u64>(sock, conf!(socket_sk))
+}
+
+/// `accept()` returned `fd`: its socket belongs to the caller.
+#[inline(always)]
+pub fn on_accept(fd: i64) {
+    if let Some(sk) = fd_sock(fd)
+        && tcp_or_unknown(sk)
+    {
+        learn_owner(sk);
+    }
+}
+
+/// `tcp_probe(sk, skb)`: notes the segment (per-CPU, no reads), and samples the peer's TTL when
+/// the CPU moves to another socket.
+#[inline(always)]
+pub fn note_segment(sk: u64, skb: u64) {
+    let Some(cur) = CUR_SEG.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, valid for this program run.
+    let cur = unsafe { &mut *cur };
+    cur[0] = sk;
+    cur[1] = skb;
+    // struct sock objects are at least 256-byte aligned slab objects: skip the low bits.
+    let slot = 2 + (((sk >> 8) ^ (sk >> 14)) as usize & (SAMPLED_SLOTS - 1));
+    let key = sk ^ SOCK_GENERATION.get(0).copied().unwrap_or(0);
+    if cur[slot] == key {
+        return;
+    }
+    let Some((ttl, flags)) = Segment::received(SLOT_PROBE, skb).and_then(|s| s.ttl_flags()) else {
+        return;
+    };
+    if flags & TCP_RST != 0 {
+        // Not a sample of the peer: it may be the very reset under suspicion.
+        return;
+    }
+    if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a map value pointer, valid for this program run.
+        unsafe { (*info).peer_ttl = ttl };
+    }
+    cur[slot] = key;
+}
