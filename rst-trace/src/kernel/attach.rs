@@ -29,6 +29,23 @@ pub(super) const PROG_SEND_RESET_BTF_NC: &str = "tcp_send_reset_btf_nocookie";
 /// kernels before 5.12 get): for tests, and a way around a verifier problem on some kernel.
 pub const ENV_RECORD_TRACEPOINTS: &str = "RST_TRACE_RECORD_TRACEPOINTS";
 
+/// Attaches `(raw program, record program, category, tracepoint)`: the raw tracepoint, or where
+/// it fails, the record-based one, saying so.
+fn raw_or_record(
+    ebpf: &mut Ebpf,
+    (raw, record, cat, name): (&str, &str, &str, &str),
+    notes: Notes,
+) -> Result<()> {
+    if let Err(e) = attach_raw(ebpf, raw, name) {
+        notes.failed(
+            &format!("using record-based {cat}:{name} (raw tracepoint failed)"),
+            &e,
+        );
+        attach(ebpf, record, cat, name)?;
+    }
+    Ok(())
+}
+
 /// The hooks that learn socket owners and forget destroyed sockets. The state-change hook is
 /// required; the others are optional, and each one missing is named on stderr.
 pub(super) fn attach_owner_hooks(
@@ -40,26 +57,30 @@ pub(super) fn attach_owner_hooks(
 ) -> Result<()> {
     // Raw tracepoints where the socket's protocol can be read by offset (5.6+, where sk_protocol
     // stopped being a bitfield): the kernel then formats no trace record for each state change.
+    let set_state = (
+        PROG_SET_STATE_RAW,
+        PROG_SET_STATE,
+        "sock",
+        "inet_sock_set_state",
+    );
     if cfg.sk_protocol == OFF_NONE {
         attach(ebpf, PROG_SET_STATE, "sock", "inet_sock_set_state")?;
-    } else if let Err(e) = attach_raw(ebpf, PROG_SET_STATE_RAW, "inet_sock_set_state") {
-        notes.failed(
-            "using record-based sock:inet_sock_set_state (raw tracepoint failed)",
-            &e,
-        );
-        attach(ebpf, PROG_SET_STATE, "sock", "inet_sock_set_state")?;
+    } else {
+        raw_or_record(ebpf, set_state, notes)?;
     }
     if tps.destroy_sock.is_none() {
         notes.note(
             "no tcp:tcp_destroy_sock in this kernel: a destroyed socket's owner is kept until \
              its address is reused by a socket whose owner is seen",
         );
-    } else if let Err(e) = attach_raw(ebpf, PROG_DESTROY_SOCK_RAW, "tcp_destroy_sock") {
-        notes.failed(
-            "using record-based tcp:tcp_destroy_sock (raw tracepoint failed)",
-            &e,
+    } else {
+        let destroy = (
+            PROG_DESTROY_SOCK_RAW,
+            PROG_DESTROY_SOCK,
+            "tcp",
+            "tcp_destroy_sock",
         );
-        attach(ebpf, PROG_DESTROY_SOCK, "tcp", "tcp_destroy_sock")?;
+        raw_or_record(ebpf, destroy, notes)?;
     }
     // Optional owner hooks: without them, accepted sockets are owned from their first reset-free
     // history only (connect/listen) or the start-up seed.
