@@ -76,6 +76,10 @@ pub struct Config {
     pub fdt_fd: u16,
     pub file_private_data: u16,
     pub socket_sk: u16,
+    /// `task_struct.group_leader` and `task_struct.comm`: the process's name is its
+    /// thread-group leader's comm.
+    pub task_group_leader: u16,
+    pub task_comm: u16,
     /// Bit number of `SOCK_LINGER` in `enum sock_flags`.
     pub sock_linger_bit: u16,
     /// `sock.sk_type`, when `sk_protocol` is the u16 right after it (one read tells a TCP
@@ -161,6 +165,8 @@ impl Config {
             fdt_fd: OFF_NONE,
             file_private_data: OFF_NONE,
             socket_sk: OFF_NONE,
+            task_group_leader: OFF_NONE,
+            task_comm: OFF_NONE,
             sock_linger_bit: OFF_NONE,
             sk_type: OFF_NONE,
             filters: 0,
@@ -177,4 +183,4 @@ impl Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 124);
+const _: () = assert!(core::mem::size_of::<Config>() == 128);

@@ -108,7 +108,7 @@ const _: () = assert!(core::mem::offset_of!(RstEvent, remote_addr) % 8 == 0);
 const _: () = assert!(core::mem::align_of::<RstEvent>() == 8);
 
 /// Size of one record in the ring buffer.
-pub const RST_EVENT_SIZE: usize = 160;
+pub const RST_EVENT_SIZE: usize = 184;
 const _: () = assert!(core::mem::size_of::<RstEvent>() == RST_EVENT_SIZE);
 
 /// Why a ring buffer record could not be decoded.
@@ -160,13 +160,20 @@ impl RstEvent {
         self.skaddr = u64::from(self.skaddr != 0);
         self.skbaddr = u64::from(self.skbaddr != 0);
         self.cookie = 0;
+        // The process is its pid and name (`owner.comm`, the thread-group leader's): the acting
+        // thread and the cgroup do not decide it.
         self.owner.tid = 0;
+        self.owner.cgroup = 0;
         self.owner_ns = 0;
         // Word by word: the eBPF target turns a [u8; 16] store into a byte-loop memset call.
-        for a in [&mut self.local_addr, &mut self.remote_addr] {
+        for a in [
+            &mut self.owner.thread,
+            &mut self.local_addr,
+            &mut self.remote_addr,
+        ] {
             let w = a.as_mut_ptr().cast::<u64>();
-            // SAFETY: 16 bytes in place; RstEvent is 8-aligned and both arrays sit at 8-aligned
-            // offsets (72 and 88, asserted below).
+            // SAFETY: 16 bytes in place; RstEvent and Task are 8-aligned and the three arrays
+            // sit at 8-aligned offsets (asserted above and in lib.rs).
             unsafe {
                 w.write_volatile(0);
                 w.add(1).write_volatile(0);
@@ -222,6 +229,8 @@ mod tests {
             ..Default::default()
         };
         e.owner.comm[..6].copy_from_slice(b"server");
+        e.owner.thread[..8].copy_from_slice(b"worker-1");
+        e.owner.cgroup = 4242;
         let d = RstEvent::decode(e.as_bytes()).unwrap();
         assert_eq!(d, e);
     }

@@ -101,10 +101,20 @@ pub struct Task {
     pub tid: u32,
     pub uid: u32,
     pub _pad: u32,
+    /// cgroup v2 id of the task (`bpf_get_current_cgroup_id()`: the inode number of its
+    /// directory in the unified hierarchy), learned with the owner; 0: unknown.
+    pub cgroup: u64,
+    /// The process's name: the comm of its thread-group leader (`current->group_leader->comm`),
+    /// NUL-padded.
     pub comm: [u8; 16],
+    /// The acting thread's own comm (`bpf_get_current_comm()`), NUL-padded: a JVM's
+    /// `conn-worker-7` where `comm` says `java`.
+    pub thread: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<Task>() == 32);
+const _: () = assert!(core::mem::size_of::<Task>() == 56);
+const _: () = assert!(core::mem::offset_of!(Task, comm) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Task, thread) % 8 == 0);
 
 /// What the kernel side remembers about a socket, keyed by its `struct sock *`.
 #[repr(C)]
@@ -128,7 +138,7 @@ pub struct SockInfo {
     pub _pad1: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 56);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 80);
 
 /// `SockInfo::flags`: the socket sent or received a reset (so its move to CLOSE was an abort,
 /// not a hand-over to a TIME_WAIT mini-socket).

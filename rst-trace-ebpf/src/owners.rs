@@ -1,7 +1,9 @@
 //! Socket owners and state history, learned only in the owner's own system calls, and the
 //! TIME_WAIT hand-overs the transmit hook needs before 6.10.
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, generated,
+};
 use rst_trace_common::{
     AF_INET6, ATTR_OWNER_MAP, ATTR_OWNER_SEED, DESTROYED_GRACE_NS, IPPROTO_TCP, ListenerClose,
     OFF_NONE, RstEvent, SOCK_RESET_SEEN, SockInfo, TCP_CLOSE, TCP_FIN_WAIT2, TCP_LISTEN, TCP_RST,
@@ -23,8 +25,11 @@ const SYN_SENT: i32 = TCP_SYN_SENT as i32;
 const LISTEN: i32 = TCP_LISTEN as i32;
 const CLOSE: i32 = TCP_CLOSE as i32;
 
-/// Fills `t` with the current task. The comm goes straight into place: a zeroed `[u8; 16]`
-/// first (what `bpf_get_current_comm()` builds) is a call to a byte-by-byte memset loop here.
+/// Fills `t` with the current task: its process (pid, and name: the thread-group leader's comm),
+/// the acting thread (tid, comm), uid and cgroup v2 id. Called only in the owner's own system
+/// calls, so neither comes from a softirq's or timer's random current task. The comms go
+/// straight into place: a zeroed `[u8; 16]` first (what `bpf_get_current_comm()` builds) is a
+/// call to a byte-by-byte memset loop here.
 #[inline(always)]
 pub fn fill_current_task(t: &mut Task) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -32,9 +37,39 @@ pub fn fill_current_task(t: &mut Task) {
     t.tid = pid_tgid as u32;
     t.uid = aya_ebpf::helpers::bpf_get_current_uid_gid() as u32;
     t._pad = 0;
-    // SAFETY: a 16-byte buffer the helper fills (NUL-padded; zeroed on error).
+    // SAFETY: helpers without preconditions; 16-byte buffers the helpers fill (NUL-padded;
+    // zeroed on error).
     unsafe {
-        aya_ebpf::helpers::generated::bpf_get_current_comm(t.comm.as_mut_ptr().cast(), 16);
+        t.cgroup = generated::bpf_get_current_cgroup_id();
+        generated::bpf_get_current_comm(t.thread.as_mut_ptr().cast(), 16);
+    }
+    // The thread-group leader is the current task when tid == pid: its comm is the one just read.
+    let leader = if t.tid == t.pid {
+        0
+    } else {
+        // SAFETY: helper without preconditions; the result is only used as a number.
+        kread::<u64>(unsafe { bpf_get_current_task() }, conf!(task_group_leader)).unwrap_or(0)
+    };
+    let off = conf!(task_comm);
+    // SAFETY: reads 16 bytes of kernel memory into the 16-byte array (zeroed by the helper on
+    // error, then overwritten below).
+    if leader == 0
+        || off == OFF_NONE
+        || unsafe {
+            generated::bpf_probe_read_kernel(
+                t.comm.as_mut_ptr().cast(),
+                16,
+                (leader + u64::from(off)) as *const _,
+            )
+        } != 0
+    {
+        // SAFETY: both 8-aligned 16-byte arrays of one Task (asserted in rst-trace-common).
+        unsafe {
+            copy_words(
+                t.comm.as_mut_ptr().cast::<[u64; 2]>(),
+                t.thread.as_ptr().cast::<[u64; 2]>(),
+            )
+        };
     }
 }
 

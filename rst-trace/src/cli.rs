@@ -72,7 +72,8 @@ pub struct Cli {
     #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
-    /// Only processes whose comm is NAME (at most 15 bytes, as the kernel keeps it). Repeatable.
+    /// Only processes named NAME: the process's comm (its main thread's, as in `ps -o comm`),
+    /// never a thread's own name (at most 15 bytes, as the kernel keeps it). Repeatable.
     #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
     pub comms: Vec<String>,
 

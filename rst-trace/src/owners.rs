@@ -11,6 +11,7 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -21,12 +22,70 @@ use rst_trace_common::Task;
 struct Holder {
     pid: u32,
     uid: u32,
+    /// /proc/PID/comm: the thread-group leader's, i.e. the process's name.
     comm: [u8; 16],
+    /// cgroup v2 id (0: unknown).
+    cgroup: u64,
+}
+
+/// Where the cgroup v2 (unified) hierarchy is mounted, from /proc/self/mountinfo: the first
+/// `cgroup2` mount of its root (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    cgroup2_mount_in(&fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let f: Vec<&str> = pre.split(' ').collect();
+        if post.split(' ').next() != Some("cgroup2") || f.get(3) != Some(&"/") {
+            return None;
+        }
+        f.get(4).map(|m| PathBuf::from(unescape_mount(m)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(Ok(v)) = b
+                .get(i + 1..i + 4)
+                .and_then(|o| std::str::from_utf8(o).ok())
+                .map(|o| u8::from_str_radix(o, 8))
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup v2 id of process `pid`: the inode number of its directory in the unified
+/// hierarchy (what `bpf_get_current_cgroup_id()` returns for its tasks), found through its
+/// `0::/PATH` line in /proc/PID/cgroup; 0 if unknown.
+pub fn cgroup_id(mount: Option<&Path>, pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(mount) = mount else { return 0 };
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(|p| fs::metadata(mount.join(p.trim_start_matches('/'))).ok())
+        .map_or(0, |m| m.ino())
 }
 
 /// Socket inode -> holder, and one pid per network namespace.
 fn scan_proc() -> (HashMap<u32, Holder>, HashMap<u64, u32>) {
     let mut by_inode = HashMap::new();
+    let cgroup2 = cgroup2_mount();
     let mut netns = HashMap::new();
     let Ok(dir) = fs::read_dir("/proc") else {
         return (by_inode, netns);
@@ -78,7 +137,13 @@ fn scan_proc() -> (HashMap<u32, Holder>, HashMap<u64, u32>) {
                             .and_then(|v| v.split_whitespace().next().and_then(|u| u.parse().ok()))
                     })
                     .unwrap_or(0);
-                Holder { pid, uid, comm }
+                let cgroup = cgroup_id(cgroup2.as_deref(), pid);
+                Holder {
+                    pid,
+                    uid,
+                    comm,
+                    cgroup,
+                }
             });
             // The first process found keeps it (usually the one that created it).
             by_inode.entry(inode).or_insert_with(|| h.clone());
@@ -283,7 +348,10 @@ fn to_task(h: &Holder) -> Task {
         tid: h.pid,
         uid: h.uid,
         _pad: 0,
+        cgroup: h.cgroup,
         comm: h.comm,
+        // The pid is the thread-group leader's tid: the same name.
+        thread: h.comm,
     }
 }
 
@@ -360,6 +428,30 @@ mod tests {
         let mut bad = msg(SOCK_DIAG_BY_FAMILY, &[0; INET_DIAG_MSG_LEN]);
         bad[0..4].copy_from_slice(&9999u32.to_ne_bytes());
         assert!(parse_diag(&bad, &mut out).is_err());
+    }
+
+    #[test]
+    fn finds_the_unified_hierarchy() {
+        let hybrid = "25 30 0:23 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755\n\
+26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate\n\
+27 25 0:25 / /sys/fs/cgroup/systemd rw shared:11 - cgroup cgroup rw,name=systemd\n";
+        assert_eq!(
+            cgroup2_mount_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let v1 = "27 25 0:25 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu\n";
+        assert_eq!(cgroup2_mount_in(v1), None);
+        let spaced = "26 25 0:24 / /mnt/cg\\0402 rw - cgroup2 none rw\n";
+        assert_eq!(cgroup2_mount_in(spaced), Some(PathBuf::from("/mnt/cg 2")));
+    }
+
+    #[test]
+    fn own_cgroup_id_is_a_directory_inode() {
+        // Hosts without cgroup v2 mounted have no id to find.
+        let Some(m) = cgroup2_mount() else { return };
+        let id = cgroup_id(Some(&m), std::process::id());
+        assert_ne!(id, 0, "cgroup2 at {}", m.display());
+        assert_eq!(cgroup_id(None, std::process::id()), 0);
     }
 
     #[test]

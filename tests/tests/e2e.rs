@@ -4,8 +4,8 @@
 use std::process::Command;
 
 use rst_trace_tests::{
-    Netns, Peer, Scenario, Tracer, assert_reason, is_rst, kernel_generates_cookies, received,
-    require_root, rst_trace_bin, s, sent, spawn_attached,
+    Netns, Peer, Scenario, Tracer, assert_only, assert_reason, cgroup_v2_id, is_rst,
+    kernel_generates_cookies, received, require_root, rst_trace_bin, s, sent, spawn_attached,
 };
 
 /// Scenario (a): connect to a closed port.
@@ -322,9 +322,81 @@ fn socket_opened_before_start_is_owned() {
     assert_eq!(s(&recv, "process.pid"), server.pid(), "{recv:#}");
     assert_eq!(s(&recv, "process.comm"), "rstt-old-srv");
     assert_eq!(recv["attribution"], "socket_owner");
+    assert_eq!(
+        s(&recv, "cgroup.id"),
+        cgroup_v2_id(server.pid()),
+        "{recv:#}"
+    );
     let sent = sent(&tracer, &ns, "linger_abort");
     assert_eq!(s(&sent, "process.pid"), client.pid());
     assert!(tracer.ready_line().contains("existing sockets owned"));
+}
+
+/// Issue 11: the process, not the thread. A server process named rstt-server whose thread
+/// "conn-worker-7" accepts a connection and closes it with unread data: the reset names the
+/// process (its thread-group leader's comm), the thread apart, and the cgroup v2 id learned in
+/// that thread's own system call; `--comm` matches the process name, not the thread's.
+#[test]
+fn worker_thread_reset_names_the_process() {
+    let port = 20061;
+    let (ns, tracer) = Scenario::new("thread").port(port).tracer(&[]);
+    let by_process = Tracer::start(&["--port", "20061", "--comm", "rstt-server"]);
+    let by_thread = Tracer::start(&["--port", "20061", "--comm", "conn-worker-7"]);
+    let bind = format!("127.0.0.1:{port}");
+    let server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            &format!("listen={bind}"),
+            "say=listening",
+            "thread=conn-worker-7",
+            "accept",
+            "wait_unread=256",
+            "read=128",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[
+            &format!("connect={bind}"),
+            "send=256",
+            "say=sent",
+            "read_err",
+        ],
+    );
+    client.expect("sent");
+    server.expect("closed");
+    client.expect("errno ECONNRESET");
+    let snt = sent(&tracer, &ns, "close_with_unread_data");
+    assert_eq!(s(&snt, "process.pid"), server.pid(), "{snt:#}");
+    assert_eq!(s(&snt, "process.comm"), "rstt-server", "{snt:#}");
+    assert_eq!(s(&snt, "process.thread"), "conn-worker-7", "{snt:#}");
+    assert_ne!(s(&snt, "process.tid"), server.pid(), "{snt:#}");
+    let server_cgroup = cgroup_v2_id(server.pid());
+    assert_eq!(s(&snt, "cgroup.id"), server_cgroup, "{snt:#}");
+    // The client's main thread: no thread name apart; its own cgroup.
+    let recv = received(&tracer, &ns, "peer_reset");
+    assert_eq!(s(&recv, "process.comm"), "rstt-client", "{recv:#}");
+    assert!(recv["process"].get("thread").is_none(), "{recv:#}");
+    assert_eq!(
+        s(&recv, "cgroup.id"),
+        cgroup_v2_id(client.pid()),
+        "{recv:#}"
+    );
+    assert_eq!(s(&recv, "linked_sent.process.thread"), "conn-worker-7");
+    // --comm rstt-server shows the sent reset (the client's received one is not its process's);
+    // --comm conn-worker-7 shows nothing: a thread's name is not the process's.
+    let got = sent(&by_process, &ns, "close_with_unread_data");
+    assert_eq!(s(&got, "process.thread"), "conn-worker-7");
+    assert_only(by_process, &ns, &[("sent", "close_with_unread_data")]);
+    assert_only(by_thread, &ns, &[]);
+    let (status, _) = tracer.stop();
+    assert!(status.success(), "rst-trace exit {status:?}");
 }
 
 /// A connection accepted by a forked child belongs to that child, not to the listener's

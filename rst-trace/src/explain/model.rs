@@ -172,18 +172,32 @@ impl std::ops::Deref for KernelReason {
 pub struct Process {
     pub pid: u32,
     pub tid: u32,
+    /// The process's name: its thread-group leader's comm.
     pub comm: String,
+    /// The acting thread's own name, when it differs from `comm`.
+    pub thread: Option<String>,
     pub uid: u32,
+    /// cgroup v2 id, 0 when unknown.
+    pub cgroup: u64,
+}
+
+/// A NUL-padded kernel comm as a string.
+fn comm_str(c: &[u8; 16]) -> String {
+    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..end]).into_owned()
 }
 
 impl Process {
     pub fn from_task(t: &Task) -> Self {
-        let end = t.comm.iter().position(|&b| b == 0).unwrap_or(t.comm.len());
+        let comm = comm_str(&t.comm);
+        let thread = comm_str(&t.thread);
         Self {
             pid: t.pid,
             tid: t.tid,
-            comm: String::from_utf8_lossy(&t.comm[..end]).into_owned(),
+            thread: (!thread.is_empty() && thread != comm).then_some(thread),
+            comm,
             uid: t.uid,
+            cgroup: t.cgroup,
         }
     }
 }

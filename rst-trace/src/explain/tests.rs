@@ -109,6 +109,11 @@ fn random_event(next: &mut impl FnMut() -> u64) -> RstEvent {
     ev.remote_addr = (u128::from(next()) << 64 | u128::from(next())).to_ne_bytes();
     ev.owner = task("worker", (next() % 5) as u32 + 1);
     ev.owner.tid = next() as u32;
+    ev.owner.cgroup = next();
+    // A worker thread of its own name, or the main thread.
+    if next() & 1 == 0 {
+        ev.owner.thread[..8].copy_from_slice(b"worker-7");
+    }
     ev
 }
 
@@ -133,6 +138,7 @@ fn task(comm: &str, pid: u32) -> Task {
         ..Default::default()
     };
     t.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+    t.thread = t.comm;
     t
 }
 

@@ -140,6 +140,9 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     cfg.fdt_fd = btf_off(btf, "fdtable", "fd")?;
     cfg.file_private_data = btf_off(btf, "file", "private_data")?;
     cfg.socket_sk = btf_off(btf, "socket", "sk")?;
+    // The process's name: current->group_leader->comm.
+    cfg.task_group_leader = btf_off(btf, "task_struct", "group_leader")?;
+    cfg.task_comm = btf_off(btf, "task_struct", "comm")?;
     cfg.sock_linger_bit = u16::try_from(btf.enum_value("sock_flags", "SOCK_LINGER")?)
         .context("SOCK_LINGER out of range")?;
     // The reset programs read these from one copy of the socket's first bytes.
@@ -377,6 +380,10 @@ mod tests {
         assert!(cfg.sk_state < 32);
         assert_ne!(cfg.tp_rcv_nxt, OFF_NONE);
         assert!(cfg.sock_linger_bit < 64);
+        // task_struct is large; both are pointer/array members somewhere inside it.
+        assert_ne!(cfg.task_group_leader, OFF_NONE);
+        assert_ne!(cfg.task_comm, OFF_NONE);
+        assert_eq!(cfg.task_group_leader % 8, 0);
         assert!(btf.has_function("tcp_v4_rcv"));
         assert!(!btf.has_function("no_such_function_in_any_kernel"));
         let reasons = btf.enum_values("sk_rst_reason").unwrap();

@@ -35,6 +35,10 @@ fn json_process(out: &mut String, p: &Option<Process>) {
             push_u64(out, u64::from(p.tid));
             out.push_str(",\"comm\":");
             json_str(out, &p.comm);
+            if let Some(t) = &p.thread {
+                out.push_str(",\"thread\":");
+                json_str(out, t);
+            }
             out.push_str(",\"uid\":");
             push_u64(out, u64::from(p.uid));
             out.push('}');
@@ -70,6 +74,15 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     json_endpoint(out, &r.remote);
     out.push_str(",\"process\":");
     json_process(out, &r.process);
+    out.push_str(",\"cgroup\":");
+    match r.process.as_ref().map(|p| p.cgroup) {
+        Some(id) if id != 0 => {
+            out.push_str("{\"id\":");
+            push_u64(out, id);
+            out.push('}');
+        }
+        _ => out.push_str("null"),
+    }
     out.push_str(",\"attribution\":");
     json_str(out, r.attribution.as_str());
     out.push_str(",\"netns\":");
@@ -245,7 +258,7 @@ mod tests {
         )
         .unwrap();
         let got = render(&r, &clock(), Format::Json);
-        let want = r#"{"type":"rst","time":"2026-11-24T12:00:01.123456789Z","mono_ns":81234567890123,"direction":"sent","origin":"tcp","condition":"close_with_unread_data","explanation":"server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN","kernel_reason":"TCP_ABORT_ON_CLOSE","state":"ESTABLISHED","family":"ipv4","local":{"addr":"127.0.0.1","port":8888},"remote":{"addr":"127.0.0.1","port":43210},"process":{"pid":1234,"tid":1234,"comm":"server","uid":0},"attribution":"socket_owner","netns":4026531840,"socket_cookie":862063,"detail":{"unread_bytes":128},"inferred":false}"#;
+        let want = r#"{"type":"rst","time":"2026-11-24T12:00:01.123456789Z","mono_ns":81234567890123,"direction":"sent","origin":"tcp","condition":"close_with_unread_data","explanation":"server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN","kernel_reason":"TCP_ABORT_ON_CLOSE","state":"ESTABLISHED","family":"ipv4","local":{"addr":"127.0.0.1","port":8888},"remote":{"addr":"127.0.0.1","port":43210},"process":{"pid":1234,"tid":1234,"comm":"server","uid":0},"cgroup":null,"attribution":"socket_owner","netns":4026531840,"socket_cookie":862063,"detail":{"unread_bytes":128},"inferred":false}"#;
         assert_eq!(got, want);
     }
 
@@ -261,6 +274,30 @@ mod tests {
         let got = render(&r, &clock(), Format::Text { color: false });
         let want = "2026-11-24T12:00:01.123456Z SENT server[1234]             127.0.0.1:8888 > 127.0.0.1:43210              ESTABLISHED  close_with_unread_data      server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN";
         assert_eq!(got, want);
+    }
+
+    /// The process is named by its thread-group leader; the acting thread's own name is
+    /// `process.thread` when it differs; the cgroup id rides along.
+    #[test]
+    fn worker_thread_and_cgroup() {
+        let mut e = close_event();
+        e.owner.tid = 1240;
+        e.owner.thread[..13].copy_from_slice(b"conn-worker-7");
+        e.owner.cgroup = 7_421;
+        let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+        let j = report_json(&r, &clock());
+        assert_eq!(j["process"]["comm"], "server");
+        assert_eq!(j["process"]["thread"], "conn-worker-7");
+        assert_eq!(j["process"]["tid"], 1240);
+        assert_eq!(j["cgroup"]["id"], 7_421);
+        let text = render(&r, &clock(), Format::Text { color: false });
+        assert!(text.contains(" SENT server[1234] "), "{text}");
+        // The same name on the thread: no `thread` key.
+        e.owner.thread = e.owner.comm;
+        let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+        let j = report_json(&r, &clock());
+        assert!(j["process"].get("thread").is_none(), "{j}");
+        assert_eq!(j["cgroup"]["id"], 7_421);
     }
 
     #[test]
@@ -285,6 +322,7 @@ mod tests {
         assert_eq!(got, want);
         let j = report_json(&r, &clock());
         assert_eq!(j["process"], Value::Null);
+        assert_eq!(j["cgroup"], Value::Null);
         assert_eq!(j["attribution"], "none");
         assert_eq!(j["state"], Value::Null);
         assert_eq!(j["socket_cookie"], Value::Null);

@@ -26,6 +26,7 @@
 //!   fork                    fork: the parent prints `child PID` and holds; the child goes on
 //!   storm=N,ADDR            N connects to ADDR (a closed port): a reset storm; prints `stormed N`
 //!   busy=MS                 spin on the CPU (a bystander)
+//!   thread=NAME             run the remaining steps on a new thread named NAME (PR_SET_NAME)
 //!
 //! It prints `pid N` first.
 
@@ -105,10 +106,13 @@ fn main() {
         }
     }
     say(&format!("pid {}", std::process::id()));
-    let mut listener: Option<TcpListener> = None;
-    let mut sock: Option<TcpStream> = None;
+    run(&args, None, None);
+}
+
+/// Runs `steps` in order on the calling thread, with the listener and current socket given.
+fn run(steps: &[String], mut listener: Option<TcpListener>, mut sock: Option<TcpStream>) {
     let cur = |s: &Option<TcpStream>| -> i32 { s.as_ref().expect("no current socket").as_raw_fd() };
-    for step in &args {
+    for (i, step) in steps.iter().enumerate() {
         let (name, arg) = step.split_once('=').unwrap_or((step.as_str(), ""));
         let addr = || -> SocketAddr {
             arg.split(',')
@@ -363,6 +367,19 @@ fn main() {
                     x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
                 }
                 std::hint::black_box(x);
+            }
+            "thread" => {
+                // The rest runs on a new thread named ARG (the process keeps its name), with the
+                // listener and current socket; this thread waits for it.
+                let rest = steps[i + 1..].to_vec();
+                let thread_name = arg.to_owned();
+                let (l, s) = (listener.take(), sock.take());
+                let worker = std::thread::spawn(move || {
+                    set_comm(&thread_name);
+                    run(&rest, l, s);
+                });
+                worker.join().expect("worker thread panicked");
+                return;
             }
             other => panic!("unknown step {other:?}"),
         }
