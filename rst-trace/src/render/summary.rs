@@ -99,3 +99,31 @@ impl Summary {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{explain::Direction, filter::tests_support::report};
+
+    /// Rows are by process name and pid: two threads of one process count together.
+    #[test]
+    fn threads_of_one_process_share_a_row() {
+        let mut s = Summary::default();
+        for (tid, thread) in [
+            (11, Some("conn-worker-7")),
+            (12, Some("conn-worker-8")),
+            (10, None),
+        ] {
+            let mut r = report(Some(10), "java", 8080, 40000, Direction::Received);
+            let p = r.process.as_mut().unwrap();
+            p.tid = tid;
+            p.thread = thread.map(str::to_owned);
+            s.add(&r);
+        }
+        let out = s.render(&Clock::fixed(0), Format::Json);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["rows"].as_array().unwrap().len(), 1, "{out}");
+        assert_eq!(v["rows"][0]["process"], "java[10]");
+        assert_eq!(v["rows"][0]["count"], 3);
+    }
+}
