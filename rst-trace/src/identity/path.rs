@@ -166,6 +166,17 @@ mod tests {
         );
         // CRI-O, systemd driver (its default).
         check(&format!("{kube}/crio-{ID}.scope"), Runtime::CriO, Some(UID));
+        // CRI-O and podman with the cgroupfs manager: the same prefixes, without `.scope`.
+        check(
+            &format!("/kubepods/burstable/pod{UID}/crio-{ID}"),
+            Runtime::CriO,
+            Some(UID),
+        );
+        check(
+            &format!("/libpod_parent/libpod-{ID}"),
+            Runtime::Podman,
+            None,
+        );
         // podman rootful (machine.slice), rootless (user@.service) and cgroup v2 split (`container`
         // leaf under the scope, podman 4 with crun).
         check(
