@@ -5,6 +5,9 @@ mod correlate;
 mod enrich;
 mod explain;
 mod filter;
+// Resolver for issue 11, wired into the event loop once the kernel events carry cgroup ids.
+#[allow(dead_code)]
+mod identity;
 mod kernel;
 mod owners;
 mod render;
