@@ -11,7 +11,7 @@
 //! a look-up whose pid is gone walks at most [`MAX_WALK_DIRS`] cgroup directories.
 
 mod cache;
-mod cgroupfs;
+pub mod cgroupfs;
 mod meta;
 mod path;
 #[cfg(test)]

@@ -11,9 +11,9 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::{Path, PathBuf},
 };
 
+use crate::identity::cgroupfs::Cgroup2;
 use anyhow::{Context as _, Result, bail};
 use rst_trace_common::Task;
 
@@ -28,58 +28,24 @@ struct Holder {
     cgroup: u64,
 }
 
-/// Where the cgroup v2 (unified) hierarchy is mounted, from /proc/self/mountinfo: the first
-/// `cgroup2` mount of its root (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    cgroup2_mount_in(&fs::read_to_string("/proc/self/mountinfo").ok()?)
-}
-
-fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let f: Vec<&str> = pre.split(' ').collect();
-        if post.split(' ').next() != Some("cgroup2") || f.get(3) != Some(&"/") {
-            return None;
-        }
-        f.get(4).map(|m| PathBuf::from(unescape_mount(m)))
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mount(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && let Some(Ok(v)) = b
-                .get(i + 1..i + 4)
-                .and_then(|o| std::str::from_utf8(o).ok())
-                .map(|o| u8::from_str_radix(o, 8))
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The cgroup v2 (unified) hierarchy, from /proc/self/mountinfo (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host).
+pub fn cgroup2_mount() -> Option<Cgroup2> {
+    Cgroup2::from_mountinfo(&fs::read_to_string("/proc/self/mountinfo").ok()?)
 }
 
 /// The cgroup v2 id of process `pid`: the inode number of its directory in the unified
 /// hierarchy (what `bpf_get_current_cgroup_id()` returns for its tasks), found through its
 /// `0::/PATH` line in /proc/PID/cgroup; 0 if unknown.
-pub fn cgroup_id(mount: Option<&Path>, pid: u32) -> u64 {
-    use std::os::unix::fs::MetadataExt as _;
-    let Some(mount) = mount else { return 0 };
+pub fn cgroup_id(cgroup2: Option<&Cgroup2>, pid: u32) -> u64 {
+    let Some(cgroup2) = cgroup2 else { return 0 };
     let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
         return 0;
     };
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .and_then(|p| fs::metadata(mount.join(p.trim_start_matches('/'))).ok())
-        .map_or(0, |m| m.ino())
+        .and_then(|p| cgroup2.id_of(p))
+        .unwrap_or(0)
 }
 
 /// Socket inode -> holder, and one pid per network namespace.
@@ -137,7 +103,7 @@ fn scan_proc() -> (HashMap<u32, Holder>, HashMap<u64, u32>) {
                             .and_then(|v| v.split_whitespace().next().and_then(|u| u.parse().ok()))
                     })
                     .unwrap_or(0);
-                let cgroup = cgroup_id(cgroup2.as_deref(), pid);
+                let cgroup = cgroup_id(cgroup2.as_ref(), pid);
                 Holder {
                     pid,
                     uid,
@@ -431,26 +397,11 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_unified_hierarchy() {
-        let hybrid = "25 30 0:23 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755\n\
-26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate\n\
-27 25 0:25 / /sys/fs/cgroup/systemd rw shared:11 - cgroup cgroup rw,name=systemd\n";
-        assert_eq!(
-            cgroup2_mount_in(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let v1 = "27 25 0:25 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu\n";
-        assert_eq!(cgroup2_mount_in(v1), None);
-        let spaced = "26 25 0:24 / /mnt/cg\\0402 rw - cgroup2 none rw\n";
-        assert_eq!(cgroup2_mount_in(spaced), Some(PathBuf::from("/mnt/cg 2")));
-    }
-
-    #[test]
     fn own_cgroup_id_is_a_directory_inode() {
-        // Hosts without cgroup v2 mounted have no id to find.
-        let Some(m) = cgroup2_mount() else { return };
+        // (mountinfo parsing itself is tested in identity::cgroupfs.)
+        let m = cgroup2_mount().expect("a cgroup2 mount on the build host");
         let id = cgroup_id(Some(&m), std::process::id());
-        assert_ne!(id, 0, "cgroup2 at {}", m.display());
+        assert_ne!(id, 0, "cgroup2 at {}", m.mount.display());
         assert_eq!(cgroup_id(None, std::process::id()), 0);
     }
 

@@ -59,6 +59,13 @@ impl Cgroup2 {
         Some(self.mount.join(rel))
     }
 
+    /// The id (directory inode) of the cgroup at `path`, as /proc/PID/cgroup writes it.
+    pub fn id_of(&self, path: &str) -> Option<u64> {
+        self.dir(path)
+            .and_then(|d| fs::metadata(d).ok())
+            .map(|m| m.ino())
+    }
+
     /// Whether `path` is the cgroup whose id is `id`: the pid may have moved, or died and had
     /// its number reused, since the event.
     pub fn matches(&self, path: &str, id: u64) -> bool {
