@@ -63,6 +63,35 @@ fn unread_close(addr: &str, port: u16, tag: &str) {
     unread_close_with(addr, port, tag, &[]);
 }
 
+/// rstt-server accepts on `bind` (after `before_accept`, e.g. a step that moves it to a named
+/// thread), waits for 256 bytes, reads 128 and closes: the kernel resets the connection of
+/// rstt-client, which sent them. Returns (server, client) once the client saw ECONNRESET.
+fn unread_close_peers(ns: &Netns, bind: &str, before_accept: &[&str]) -> (Peer, Peer) {
+    let listen = format!("listen={bind}");
+    let mut steps = vec![listen.as_str(), "say=listening"];
+    steps.extend_from_slice(before_accept);
+    steps.extend([
+        "accept",
+        "wait_unread=256",
+        "read=128",
+        "close",
+        "say=closed",
+        "hold",
+    ]);
+    let server = Peer::spawn(ns, "rstt-server", &steps);
+    server.expect("listening");
+    let connect = format!("connect={bind}");
+    let client = Peer::spawn(
+        ns,
+        "rstt-client",
+        &[&connect, "send=256", "say=sent", "read_err"],
+    );
+    client.expect("sent");
+    server.expect("closed");
+    client.expect("errno ECONNRESET");
+    (server, client)
+}
+
 fn unread_close_with(addr: &str, port: u16, tag: &str, env: &[(&str, &str)]) {
     let scenario = env
         .iter()
@@ -83,35 +112,7 @@ fn unread_close_with(addr: &str, port: u16, tag: &str, env: &[(&str, &str)]) {
         }),
         "{ready}"
     );
-    let bind = format!("{addr}:{port}");
-    let server = Peer::spawn(
-        &ns,
-        "rstt-server",
-        &[
-            &format!("listen={bind}"),
-            "say=listening",
-            "accept",
-            "wait_unread=256",
-            "read=128",
-            "close",
-            "say=closed",
-            "hold",
-        ],
-    );
-    server.expect("listening");
-    let client = Peer::spawn(
-        &ns,
-        "rstt-client",
-        &[
-            &format!("connect={bind}"),
-            "send=256",
-            "say=sent",
-            "read_err",
-        ],
-    );
-    client.expect("sent");
-    server.expect("closed");
-    client.expect("errno ECONNRESET");
+    let (server, client) = unread_close_peers(&ns, &format!("{addr}:{port}"), &[]);
     let inode = ns.inode();
     let sent = sent(&tracer, &ns, "close_with_unread_data");
     assert_eq!(s(&sent, "process.pid"), server.pid(), "{sent:#}");
@@ -341,36 +342,8 @@ fn worker_thread_reset_names_the_process() {
     let (ns, tracer) = Scenario::new("thread").port(port).tracer(&[]);
     let by_process = Tracer::start(&["--port", "20061", "--comm", "rstt-server"]);
     let by_thread = Tracer::start(&["--port", "20061", "--comm", "conn-worker-7"]);
-    let bind = format!("127.0.0.1:{port}");
-    let server = Peer::spawn(
-        &ns,
-        "rstt-server",
-        &[
-            &format!("listen={bind}"),
-            "say=listening",
-            "thread=conn-worker-7",
-            "accept",
-            "wait_unread=256",
-            "read=128",
-            "close",
-            "say=closed",
-            "hold",
-        ],
-    );
-    server.expect("listening");
-    let client = Peer::spawn(
-        &ns,
-        "rstt-client",
-        &[
-            &format!("connect={bind}"),
-            "send=256",
-            "say=sent",
-            "read_err",
-        ],
-    );
-    client.expect("sent");
-    server.expect("closed");
-    client.expect("errno ECONNRESET");
+    let (server, client) =
+        unread_close_peers(&ns, &format!("127.0.0.1:{port}"), &["thread=conn-worker-7"]);
     let snt = sent(&tracer, &ns, "close_with_unread_data");
     assert_eq!(s(&snt, "process.pid"), server.pid(), "{snt:#}");
     assert_eq!(s(&snt, "process.comm"), "rstt-server", "{snt:#}");
