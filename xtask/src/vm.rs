@@ -358,10 +358,24 @@ pub fn run_guest(kver: &str, bin: &Path, exes: &[PathBuf], filter: &[String]) ->
     // reopening a file there truncates it (a log the caller redirected into).
     let out = crate::tee_totals(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()))?;
     let _ = std::fs::remove_file(&script);
+    // A guest that failed without a failing test (boot, virtiofs, a crashed test binary), or
+    // that ran no test at all, counts as one failure: never as a silent pass.
+    let broken = (!out.success && out.failed == 0) || out.passed == 0;
+    if broken {
+        say(&format!(
+            "{kver}: the guest run {} (exit ok: {})",
+            if out.passed == 0 {
+                "ran no test"
+            } else {
+                "failed outside the tests"
+            },
+            out.success
+        ));
+    }
     Ok(Outcome {
         kernel: kver.to_owned(),
         passed: out.passed,
-        failed: out.failed + u64::from(!out.success && out.failed == 0),
+        failed: out.failed + u64::from(broken),
         wall: start.elapsed(),
     })
 }
