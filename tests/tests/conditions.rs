@@ -543,7 +543,9 @@ fn tcp_linger2_negative_close() {
     let client = Peer::spawn(
         &ns,
         "rstt-client",
-        &[&format!("connect={bind}"), "read_err"],
+        // Hold the socket open after EOF: a client that exits sends its own FIN, which can reach
+        // the listener after the abort and draw a second, real, RST (unexpected_ack_on_listener).
+        &[&format!("connect={bind}"), "read_err", "hold"],
     );
     server.expect("done");
     let v = sent(&t, &ns, "fin_wait2_abort");
