@@ -27,6 +27,11 @@ pub const MAP_INSERT_FAILED: &str = "INSERT_FAILED";
 pub const MAP_FILTER_PIDS: &str = "FILTER_PIDS";
 /// `--port` filter: ports to keep, host byte order (value unused).
 pub const MAP_FILTER_PORTS: &str = "FILTER_PORTS";
+/// `--container`/`--pod`: cgroup v2 ids userspace has resolved to a container the filters do
+/// not name; their received resets are dropped in the kernel (value unused). Ids not in it
+/// (new containers) go to userspace, which resolves them and adds the ones to hide.
+pub const MAP_HIDDEN_CGROUPS: &str = "HIDDEN_CGROUPS";
+pub const HIDDEN_CGROUPS_MAX_ENTRIES: u32 = 4096;
 /// The [`Config`] global, filled in by userspace before load.
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
@@ -86,6 +91,8 @@ pub const REASON_ARG: u8 = 1;
 /// `Config::filters` bits.
 pub const FILTER_PID: u32 = 1;
 pub const FILTER_PORT: u32 = 2;
+/// `--container` or `--pod`: see [`MAP_HIDDEN_CGROUPS`].
+pub const FILTER_CGROUP: u32 = 16;
 /// `--direction sent`: received resets are not needed at all.
 pub const FILTER_NO_RECEIVED: u32 = 8;
 

@@ -5,10 +5,14 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
 };
-use rst_trace_common::{ATTR_NONE, FILTER_PID, FILTER_PORT, KIND_RECEIVED, RstEvent};
+use rst_trace_common::{
+    ATTR_NONE, FILTER_CGROUP, FILTER_PID, FILTER_PORT, KIND_RECEIVED, RstEvent,
+};
 
 use crate::{
-    maps::{BUSY, COUNT_KEY, COUNTS, EVENTS, FILTER_PIDS, FILTER_PORTS, LOST, SCRATCH},
+    maps::{
+        BUSY, COUNT_KEY, COUNTS, EVENTS, FILTER_PIDS, FILTER_PORTS, HIDDEN_CGROUPS, LOST, SCRATCH,
+    },
     read::{copy_words, zero_words},
 };
 
@@ -23,6 +27,16 @@ pub fn wanted(ev: &RstEvent) -> bool {
             return false;
         }
         if FILTER_PIDS.get_ptr(&ev.owner.pid).is_none() {
+            return false;
+        }
+    }
+    // --container/--pod: received resets of cgroups userspace found hidden (sent ones go on, as
+    // for --pid).
+    if conf!(filters) & FILTER_CGROUP != 0 && ev.kind == KIND_RECEIVED {
+        if ev.attribution == ATTR_NONE {
+            return false;
+        }
+        if HIDDEN_CGROUPS.get_ptr(&ev.owner.cgroup).is_some() {
             return false;
         }
     }

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use rst_trace_common::{
-    COUNTS_MAX_ENTRIES, FILTER_MAX_ENTRIES, ListenerClose, RstEvent, SEED_MAX_ENTRIES,
-    SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, Task,
+    COUNTS_MAX_ENTRIES, FILTER_MAX_ENTRIES, HIDDEN_CGROUPS_MAX_ENTRIES, ListenerClose, RstEvent,
+    SEED_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, Task,
 };
 
 /// Slots of the per-program maps (`SCRATCH`, `WINDOW`, `TCP_WIN`, `SKB_WINDOW`, `BUSY`,
@@ -181,3 +181,8 @@ pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_MAX_
 
 #[map]
 pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
+
+/// LRU: an evicted id only costs its resets a trip to userspace, which adds it back.
+#[map]
+pub static HIDDEN_CGROUPS: LruHashMap<u64, u8> =
+    LruHashMap::with_max_entries(HIDDEN_CGROUPS_MAX_ENTRIES, 0);

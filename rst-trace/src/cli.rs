@@ -14,7 +14,10 @@ Examples:
   sudo rst-trace --pid 1234               resets of process 1234's sockets, whichever task ran
   sudo rst-trace --port 5432 --json       resets on port 5432 as NDJSON
   sudo rst-trace --condition close_with_unread_data --count 1
+  sudo rst-trace --container web         resets of docker/podman container `web`'s sockets
+  sudo rst-trace --pod shop/web-0         resets of a Kubernetes pod's sockets
   sudo rst-trace --summary --quiet --duration 60
+  sudo rst-trace --summary --by pod --quiet --duration 60
   sudo rst-trace --quiet --metrics 127.0.0.1:9464
 
 Exit status: 0 normal end (--count, --duration, SIGINT, SIGTERM, broken pipe),
@@ -55,6 +58,37 @@ fn parse_comm(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+fn parse_container(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains('/') {
+        return Err("give a container's name or the first digits of its id (docker ps)".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_pod(s: &str) -> Result<String, String> {
+    let name = match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.contains('/') => name,
+        Some(_) => return Err("a pod is NAME or NAMESPACE/NAME".into()),
+        None => s,
+    };
+    if name.is_empty() {
+        return Err("a pod is NAME or NAMESPACE/NAME".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// What `--summary` rows count by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ByArg {
+    /// pid and process name
+    #[default]
+    Process,
+    /// container name (or short id); `-` outside containers
+    Container,
+    /// NAMESPACE/POD; `-` outside Kubernetes pods
+    Pod,
+}
+
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if n < 4096 || !n.is_power_of_two() {
@@ -81,6 +115,17 @@ pub struct Cli {
     #[arg(long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
 
+    /// Only resets of processes in container NAME (docker's or podman's name, or the Kubernetes
+    /// container name) or whose id starts with ID-PREFIX (at least 4 hex digits). Containers
+    /// that start later are matched too. Repeatable.
+    #[arg(long = "container", value_name = "ID-PREFIX|NAME", value_parser = parse_container)]
+    pub containers: Vec<String>,
+
+    /// Only resets of processes in Kubernetes pod NAME (in any namespace) or NAMESPACE/NAME.
+    /// Repeatable.
+    #[arg(long = "pod", value_name = "[NAMESPACE/]NAME", value_parser = parse_pod)]
+    pub pods: Vec<String>,
+
     /// Which resets to show: sent by this host, received by a local socket, or both.
     #[arg(long, value_enum, default_value = "both")]
     pub direction: DirectionArg,
@@ -105,6 +150,16 @@ pub struct Cli {
     /// direction.
     #[arg(long)]
     pub summary: bool,
+
+    /// With --summary: what the rows count by.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "KEY",
+        default_value = "process",
+        requires = "summary"
+    )]
+    pub by: ByArg,
 
     /// With --summary: also print the summary every SECS seconds.
     #[arg(long, value_name = "SECS", requires = "summary")]
@@ -151,6 +206,7 @@ pub struct Settings {
     pub count: Option<u64>,
     pub duration: Option<u64>,
     pub summary: bool,
+    pub by: ByArg,
     pub interval: Option<u64>,
     pub quiet: bool,
     pub metrics: Option<std::net::SocketAddr>,
@@ -173,15 +229,23 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
         return Err("--quiet hides every event: add --summary or --metrics".into());
     }
     // A summary and nothing else: resets alike can be counted in the kernel, without a ring
-    // record each. (--count needs each match; metrics are per event.)
-    let count_in_kernel = cli.summary && cli.quiet && cli.metrics.is_none() && cli.count.is_none();
+    // record each. (--count needs each match; metrics are per event; containers and pods are
+    // known per event, in userspace.)
+    let filter = Filter::from_cli(&cli);
+    let count_in_kernel = cli.summary
+        && cli.quiet
+        && cli.metrics.is_none()
+        && cli.count.is_none()
+        && cli.by == ByArg::Process
+        && !filter.by_identity();
     Ok(Settings {
-        filter: Filter::from_cli(&cli),
+        filter,
         pids: cli.pids,
         json: cli.json,
         count: cli.count,
         duration: cli.duration,
         summary: cli.summary,
+        by: cli.by,
         interval: cli.interval,
         quiet: cli.quiet,
         metrics: cli.metrics,

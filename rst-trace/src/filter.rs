@@ -1,12 +1,14 @@
 //! Userspace filters. `--pid`, `--port` and `--direction` are also applied in the kernel (so a
 //! busy host does not pay for events nobody asked for); applying them here too keeps the result
-//! right whatever the kernel side could decide.
+//! right whatever the kernel side could decide. `--container` and `--pod` match the identity
+//! stage's answer; the kernel learns which cgroups they hide (`kernel::hide_cgroup`).
 
 use std::collections::HashSet;
 
 use crate::{
     cli::{Cli, DirectionArg},
     explain::{Direction, Report},
+    identity::Identity,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -17,6 +19,10 @@ pub struct Filter {
     pub ports: Vec<u16>,
     pub direction: Option<Direction>,
     pub conditions: HashSet<String>,
+    /// `--container`: names or id prefixes.
+    pub containers: Vec<String>,
+    /// `--pod`: `(namespace, name)`.
+    pub pods: Vec<(Option<String>, String)>,
 }
 
 impl Filter {
@@ -36,7 +42,41 @@ impl Filter {
                 DirectionArg::Both => None,
             },
             conditions: cli.conditions.iter().cloned().collect(),
+            containers: cli.containers.clone(),
+            pods: cli
+                .pods
+                .iter()
+                .map(|p| match p.split_once('/') {
+                    Some((ns, name)) => (Some(ns.to_owned()), name.to_owned()),
+                    None => (None, p.clone()),
+                })
+                .collect(),
         }
+    }
+
+    /// `--container` or `--pod` given: a reset matches by its process's identity.
+    pub fn by_identity(&self) -> bool {
+        !self.containers.is_empty() || !self.pods.is_empty()
+    }
+
+    /// Whether a process in `identity` passes `--container` and `--pod` (true without them).
+    pub fn identity_matches(&self, identity: Option<&Identity>) -> bool {
+        let container = identity.and_then(|i| i.container.as_ref());
+        if !self.containers.is_empty()
+            && !container.is_some_and(|c| self.containers.iter().any(|w| c.is_named(w)))
+        {
+            return false;
+        }
+        if !self.pods.is_empty()
+            && !container.is_some_and(|c| {
+                self.pods
+                    .iter()
+                    .any(|(ns, pod)| c.in_pod(ns.as_deref(), pod))
+            })
+        {
+            return false;
+        }
+        true
     }
 
     /// Filters combine with AND; the values of one filter with OR.
@@ -72,6 +112,11 @@ impl Filter {
         if self.direction.is_some_and(|d| d != r.direction) {
             return false;
         }
+        if self.by_identity()
+            && !self.identity_matches(r.process.as_ref().and_then(|p| p.identity.as_deref()))
+        {
+            return false;
+        }
         if !self.conditions.is_empty() && !self.conditions.contains(r.condition.as_str()) {
             return false;
         }
@@ -90,6 +135,17 @@ impl Filter {
         list("comm", self.comms.iter().cloned().collect());
         list("port", self.ports.iter().map(ToString::to_string).collect());
         list("condition", self.conditions.iter().cloned().collect());
+        list("container", self.containers.clone());
+        list(
+            "pod",
+            self.pods
+                .iter()
+                .map(|(ns, p)| {
+                    ns.as_ref()
+                        .map_or_else(|| p.clone(), |ns| format!("{ns}/{p}"))
+                })
+                .collect(),
+        );
         if let Some(d) = self.direction {
             parts.push(format!("direction={}", d.as_str()));
         }
@@ -127,6 +183,7 @@ pub mod tests_support {
                 thread: None,
                 uid: 0,
                 cgroup: 0,
+                identity: None,
             }),
             attribution: crate::explain::Attribution::SocketOwner,
             no_process_why: None,

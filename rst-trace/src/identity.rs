@@ -16,6 +16,7 @@ mod meta;
 mod path;
 #[cfg(test)]
 mod tests;
+pub mod wait;
 
 use std::{
     fs,
@@ -28,10 +29,11 @@ use std::{
     thread,
 };
 
+pub use self::wait::{Answer, Waiting};
 use self::{cache::Cache, cgroupfs::Cgroup2, path::ProcCgroup};
 
 /// Where a reset's owner runs.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     /// The cgroup v2 path of the event's cgroup id (`/system.slice/nginx.service`), relative to
     /// rst-trace's cgroup namespace; `None` if the cgroup is gone or cannot be found.
@@ -39,10 +41,13 @@ pub struct Identity {
     pub container: Option<Container>,
     /// The systemd service of a process outside containers (`nginx.service`).
     pub systemd_unit: Option<String>,
+    /// The answer came from the pid's cgroup v1 paths: the cgroup id alone does not tell it
+    /// (so the kernel cannot filter by that id).
+    pub per_pid: bool,
 }
 
 /// A container, from its cgroup's name and its runtime's state files.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Container {
     /// The full container id (64 hex digits for every runtime here).
     pub id: String,
@@ -67,6 +72,59 @@ impl Container {
             namespace: None,
             container_name: None,
             pod_uid: None,
+        }
+    }
+}
+
+impl Container {
+    /// The name to show: the Kubernetes container name when a kubelet started it, else the
+    /// runtime's own name.
+    pub fn display_name(&self) -> Option<&str> {
+        self.container_name.as_deref().or(self.name.as_deref())
+    }
+
+    /// Its label in text, summaries and metrics: the name, else the id's first 12 digits.
+    pub fn label(&self) -> String {
+        self.display_name()
+            .map_or_else(|| self.id.chars().take(12).collect(), str::to_owned)
+    }
+
+    /// `NAMESPACE/POD` (or `POD` when the namespace is unknown), for a Kubernetes container.
+    pub fn pod_label(&self) -> Option<String> {
+        let pod = self.pod.as_deref()?;
+        Some(match self.namespace.as_deref() {
+            Some(ns) => format!("{ns}/{pod}"),
+            None => pod.to_owned(),
+        })
+    }
+
+    /// Whether `--container WANT` names it: its runtime name, its Kubernetes container name,
+    /// or a prefix of its id (hex, as `docker ps` shows 12 digits of it).
+    pub fn is_named(&self, want: &str) -> bool {
+        self.name.as_deref() == Some(want)
+            || self.container_name.as_deref() == Some(want)
+            || (want.len() >= MIN_ID_PREFIX && self.id.starts_with(want))
+    }
+
+    /// Whether `--pod [NAMESPACE/]NAME` names its pod.
+    pub fn in_pod(&self, namespace: Option<&str>, pod: &str) -> bool {
+        self.pod.as_deref() == Some(pod)
+            && namespace.is_none_or(|ns| self.namespace.as_deref() == Some(ns))
+    }
+}
+
+/// The shortest container id prefix `--container` accepts as an id: shorter prefixes would
+/// match names and ids alike by accident.
+pub const MIN_ID_PREFIX: usize = 4;
+
+impl Runtime {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Docker => "docker",
+            Self::Containerd => "containerd",
+            Self::CriO => "cri-o",
+            Self::Podman => "podman",
+            Self::Unknown(_) => "unknown",
         }
     }
 }
@@ -202,7 +260,9 @@ impl Resolver {
         }
     }
 
-    /// Requests dropped because the queue was full, since the start.
+    /// Requests dropped because the queue was full, since the start (they end in
+    /// `Waiting::gave_up`, which is reported).
+    #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
@@ -269,6 +329,7 @@ fn resolve(roots: &Roots, cgroup2: Option<&Cgroup2>, cgroup_id: u64, pid: u32) -
         cgroup_path,
         container,
         systemd_unit,
+        per_pid,
     };
     (identity, per_pid)
 }

@@ -5,34 +5,37 @@ mod correlate;
 mod enrich;
 mod explain;
 mod filter;
-// The container resolver (issue 11): its cgroup v2 mount code serves the start-up seed now; the
-// rest is wired into the output in a later change.
-#[allow(dead_code)]
 mod identity;
 mod kernel;
 mod owners;
+mod pipeline;
 mod render;
 
 use std::{io, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::maps::{MapData, RingBuf};
 use clap::Parser as _;
-use rst_trace_common::{KIND_RECEIVED, RstEvent};
 use tokio::{
     signal::unix::{SignalKind, signal},
+    sync::mpsc::{UnboundedReceiver, unbounded_channel},
     time::{Instant, interval, sleep_until},
 };
 
 use crate::{
     cli::{Cli, Settings},
     correlate::{HOLD_RECEIVED_NS, Held, History},
-    enrich::{Answer, Enricher},
-    explain::{Report, Sentences, explain},
-    filter::Filter,
-    kernel::{KernelInfo, Ring, Tracer},
-    render::{Clock, Format, Out, Sink, metrics},
+    enrich::Enricher,
+    identity::{Roots, Waiting},
+    kernel::{Ring, Tracer},
+    pipeline::State,
+    render::{Format, Out, Sink, metrics},
 };
+
+/// The answers the event loop waits for besides the ring: flow owners and container identities.
+struct Answers {
+    owners: UnboundedReceiver<enrich::Answer>,
+    identities: UnboundedReceiver<identity::Answer>,
+}
 
 /// Exit codes (output.md): 0 normal end, 1 runtime error, 2 usage error (clap, or a command
 /// line `cli::validate` refuses).
@@ -87,123 +90,6 @@ fn note_unknown_pids(pids: &[u32]) {
                 "rst-trace: note: no process {pid} is running now; its resets will show if it starts"
             );
         }
-    }
-}
-
-/// The event loop's state: each stage's own, and the counts that end the run.
-struct State {
-    info: KernelInfo,
-    words: Sentences,
-    history: History,
-    held: Held,
-    enrich: Enricher,
-    filter: Filter,
-    sink: Sink,
-    matched: u64,
-    count: Option<u64>,
-    bad_records: u64,
-}
-
-impl State {
-    /// Takes one ring record; returns true when `--count` is reached.
-    fn ingest(&mut self, bytes: &[u8]) -> bool {
-        let ev = match RstEvent::decode(bytes) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.bad_records += 1;
-                if self.bad_records == 1 {
-                    eprintln!("rst-trace: warning: skipped a malformed ring record: {e}");
-                }
-                return false;
-            }
-        };
-        if ev.kind == KIND_RECEIVED {
-            self.held.hold(ev);
-            return false;
-        }
-        self.emit(&ev)
-    }
-
-    /// Takes every record the ring holds now; true when `--count` is reached.
-    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> bool {
-        let mut n = 0u32;
-        while let Some(item) = rb.next() {
-            if self.ingest(&item) {
-                return true;
-            }
-            n += 1;
-            // A full ring (8 MiB: 50k records) takes a while: explain the held received resets
-            // that are old enough on the way, while their senders are still in the link history.
-            if n.is_multiple_of(1024) && self.release(false) {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Explains held received resets once they are old enough (all of them if `force`).
-    fn release(&mut self, force: bool) -> bool {
-        let now = Clock::mono_now();
-        while let Some(ev) = self.held.next_due(now, force) {
-            if self.emit(&ev) {
-                return true;
-            }
-        }
-        false
-    }
-
-    fn emit(&mut self, ev: &RstEvent) -> bool {
-        let Some(report) = explain(ev, &self.info, self.words, &mut self.history) else {
-            self.bad_records += 1;
-            return false;
-        };
-        self.held.drop_self_abort(ev, report.condition);
-        match self.enrich.submit(report) {
-            Some(report) => self.finish(&report),
-            None => false,
-        }
-    }
-
-    /// The answer to a flow-owner look-up: finishes the event that waited for it.
-    fn owner_found(&mut self, answer: Answer) -> bool {
-        match self.enrich.answer(answer) {
-            Some(report) => self.finish(&report),
-            None => false,
-        }
-    }
-
-    /// Filters, counts and prints one explained reset; true when `--count` is reached.
-    fn finish(&mut self, report: &Report) -> bool {
-        if !self.filter.matches(report) {
-            return false;
-        }
-        self.matched += 1;
-        self.sink.event(report);
-        self.count.is_some_and(|c| self.matched >= c)
-    }
-
-    /// The summary as of now: what userspace counted from ring records, plus, with
-    /// `count_in_kernel`, what the kernel counted (each key explained once).
-    fn summary_now(&self, tracer: &Tracer, count_in_kernel: bool) -> Option<String> {
-        let s = self.sink.summary.as_ref()?;
-        let (clock, fmt) = (&self.sink.clock, self.sink.fmt);
-        if !count_in_kernel {
-            return Some(s.render(clock, fmt));
-        }
-        let mut s = s.clone();
-        match kernel::kernel_counts(&tracer.ebpf) {
-            Ok(counts) => {
-                for (key, n) in counts {
-                    if let Some(r) = explain(&key, &self.info, self.words, &mut History::default())
-                        && self.filter.matches_but_ports(&r)
-                    {
-                        s.add_n(&r, n);
-                    }
-                }
-            }
-            Err(e) => eprintln!("rst-trace: warning: cannot read the kernel's reset counts: {e:#}"),
-        }
-        Some(s.render(clock, fmt))
     }
 }
 
@@ -270,7 +156,9 @@ async fn run(settings: Settings) -> Result<()> {
     } else {
         Format::Text { color }
     };
-    let (owners_tx, mut owners_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (owners_tx, owners) = unbounded_channel();
+    let (identities_tx, identities) = unbounded_channel();
+    let mut answers = Answers { owners, identities };
     let out = Out::stdout().context("standard output")?;
     let mut st = State {
         info: tracer.info.clone(),
@@ -278,11 +166,19 @@ async fn run(settings: Settings) -> Result<()> {
         history: History::default(),
         held: Held::default(),
         enrich: Enricher::start(owners_tx),
+        identity: Waiting::start(Roots::default(), identities_tx),
         filter: settings.filter.clone(),
-        sink: Sink::new(fmt, settings.quiet, settings.summary, out),
+        sink: Sink::new(
+            fmt,
+            settings.quiet,
+            settings.summary.then_some(settings.by),
+            out,
+        ),
         matched: 0,
         count: settings.count,
         bad_records: 0,
+        ready: Vec::new(),
+        to_hide: Vec::new(),
     };
     if let Some(addr) = settings.metrics {
         let shared = metrics::Shared::default();
@@ -299,14 +195,14 @@ async fn run(settings: Settings) -> Result<()> {
         &mut ring,
         &settings,
         &mut stop,
-        &mut owners_rx,
+        &mut answers,
     )
     .await?;
     // Flush what the kernel already queued (SIGTERM in a storm loses nothing that was read).
     if !done {
         done = st.drain(ring.get_mut()) || st.release(true);
     }
-    finish_waiting(&mut st, &mut owners_rx, done).await;
+    finish_waiting(&mut st, &mut answers, done).await;
     st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
     if let Some(s) = st.summary_now(&tracer, count_in_kernel) {
         st.sink.out.line(&s);
@@ -332,7 +228,7 @@ async fn event_loop(
     ring: &mut Ring,
     settings: &Settings,
     stop: &mut Stop,
-    owners_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Answer>,
+    answers: &mut Answers,
 ) -> Result<bool> {
     let count_in_kernel = settings.hooks.count_in_kernel;
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
@@ -365,8 +261,17 @@ async fn event_loop(
                 done = st.drain(ring.get_mut()) || st.release(false);
                 st.sink.out.flush();
             }
-            Some(answer) = owners_rx.recv() => {
+            Some(answer) = answers.owners.recv() => {
                 done = st.owner_found(answer);
+                st.sink.out.flush();
+            }
+            Some(answer) = answers.identities.recv() => {
+                done = st.identity_found(answer);
+                st.hide_cgroups(tracer);
+                st.sink.out.flush();
+            }
+            () = sleep_until(st.identity.next_deadline().map_or(far, Instant::from_std)) => {
+                done = st.identity_overdue(false);
                 st.sink.out.flush();
             }
             _ = stop.sigint.recv() => break,
@@ -375,6 +280,7 @@ async fn event_loop(
             _ = lost_tick.tick() => {
                 st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
                 st.sink.insert_failures(kernel::insert_failures(&tracer.ebpf)?);
+                st.sink.unlabelled(st.identity.gave_up);
                 if let Err(e) = tracer.poll_reject() {
                     eprintln!("rst-trace: warning: cannot watch firewall resets: {e:#}");
                 }
@@ -391,16 +297,12 @@ async fn event_loop(
     Ok(done)
 }
 
-/// Firewall resets still waiting for their flow's owner: a moment for the answers, then
-/// they go out without one.
-async fn finish_waiting(
-    st: &mut State,
-    owners_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Answer>,
-    mut done: bool,
-) {
+/// Resets still waiting for their firewall flow's owner or their container: a moment for the
+/// answers, then they go out without.
+async fn finish_waiting(st: &mut State, answers: &mut Answers, mut done: bool) {
     let give_up = Instant::now() + Duration::from_secs(2);
     while !done && !st.sink.out.broken && st.enrich.is_waiting() {
-        match tokio::time::timeout_at(give_up, owners_rx.recv()).await {
+        match tokio::time::timeout_at(give_up, answers.owners.recv()).await {
             Ok(Some(answer)) => done = st.owner_found(answer),
             _ => break,
         }
@@ -411,4 +313,15 @@ async fn finish_waiting(
         }
         done = st.owner_found((token, None));
     }
+    let give_up = Instant::now() + identity::wait::MAX_WAIT;
+    while !done && !st.sink.out.broken && !st.identity.is_empty() {
+        match tokio::time::timeout_at(give_up, answers.identities.recv()).await {
+            Ok(Some(answer)) => done = st.identity_found(answer),
+            _ => break,
+        }
+    }
+    if !done {
+        st.identity_overdue(true);
+    }
+    st.sink.unlabelled(st.identity.gave_up);
 }

@@ -179,6 +179,8 @@ pub struct Process {
     pub uid: u32,
     /// cgroup v2 id, 0 when unknown.
     pub cgroup: u64,
+    /// Its cgroup path and container, once the identity stage has resolved them.
+    pub identity: Option<std::sync::Arc<crate::identity::Identity>>,
 }
 
 /// A NUL-padded kernel comm as a string.
@@ -198,6 +200,7 @@ impl Process {
             comm,
             uid: t.uid,
             cgroup: t.cgroup,
+            identity: None,
         }
     }
 }

@@ -52,6 +52,7 @@ impl Cache {
         self.young.insert(key, identity);
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.young.len() + self.old.len()
     }

@@ -247,3 +247,86 @@ fn full_queue_drops_and_counts() {
         "room again once the thread caught up"
     );
 }
+
+/// The identity stage: a report waits for its container and keeps its place behind a waiting
+/// one; a cached identity passes at once.
+#[test]
+fn waiting_reports_keep_order() {
+    use crate::{explain::Direction, filter::tests_support::report};
+
+    let t = TempRoots::new("wait");
+    let path = format!("/system.slice/docker-{DOCKER_ID}.scope");
+    let id = t.cgroup(&path);
+    t.process(77, &format!("0::{path}\n"));
+    t.put(
+        &t.roots.docker.join(DOCKER_ID).join("config.v2.json"),
+        "docker-config.v2.json",
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut w = Waiting::start(t.roots.clone(), tx);
+    let mut out = Vec::new();
+    let mut in_container = report(Some(77), "nginx", 80, 4000, Direction::Sent);
+    in_container.process.as_mut().unwrap().cgroup = id;
+    // No cgroup id: nothing to resolve, but it must not overtake the report before it.
+    let unknown = report(Some(78), "curl", 4000, 80, Direction::Received);
+    w.submit(in_container.clone(), &mut out);
+    w.submit(unknown, &mut out);
+    assert!(out.is_empty());
+    let answer = rx.blocking_recv().unwrap();
+    w.answered(answer, &mut out);
+    assert_eq!(out.len(), 2);
+    let p = out[0].process.as_ref().unwrap();
+    let c = p.identity.as_ref().unwrap().container.as_ref().unwrap();
+    assert_eq!((c.id.as_str(), c.runtime.as_str()), (DOCKER_ID, "docker"));
+    assert_eq!(out[1].process.as_ref().unwrap().pid, 78);
+    // Cached now: the next one passes at once.
+    out.clear();
+    w.submit(in_container, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(w.is_empty());
+}
+
+/// `--container` matches a name, the Kubernetes container name or an id prefix; `--pod` a
+/// pod, with or without its namespace.
+#[test]
+fn container_and_pod_filters() {
+    use crate::filter::Filter;
+
+    let mut c = Container::new(DOCKER_ID, Runtime::Docker);
+    c.name = Some("k8s_web_web-0_shop_uid_0".into());
+    c.container_name = Some("web".into());
+    c.pod = Some("web-0".into());
+    c.namespace = Some("shop".into());
+    let identity = Identity {
+        container: Some(c),
+        ..Identity::default()
+    };
+    let filter = |containers: &[&str], pods: &[(Option<&str>, &str)]| Filter {
+        containers: containers.iter().map(|s| (*s).to_owned()).collect(),
+        pods: pods
+            .iter()
+            .map(|(ns, p)| (ns.map(str::to_owned), (*p).to_owned()))
+            .collect(),
+        ..Filter::default()
+    };
+    for yes in [
+        &["web"][..],
+        &["3f1c9a5e7b2d"],
+        &["k8s_web_web-0_shop_uid_0"],
+        &["x", "web"],
+    ] {
+        assert!(
+            filter(yes, &[]).identity_matches(Some(&identity)),
+            "{yes:?}"
+        );
+    }
+    for no in [&["db"][..], &["3f1"], &["3f1c9a5e7b2e"]] {
+        assert!(!filter(no, &[]).identity_matches(Some(&identity)), "{no:?}");
+    }
+    assert!(filter(&[], &[(None, "web-0")]).identity_matches(Some(&identity)));
+    assert!(filter(&[], &[(Some("shop"), "web-0")]).identity_matches(Some(&identity)));
+    assert!(!filter(&[], &[(Some("dev"), "web-0")]).identity_matches(Some(&identity)));
+    assert!(!filter(&["web"], &[]).identity_matches(Some(&Identity::default())));
+    assert!(!filter(&["web"], &[]).identity_matches(None));
+    assert!(filter(&[], &[]).identity_matches(None));
+}

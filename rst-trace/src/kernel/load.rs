@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, maps::MapType};
 use rst_trace_common::{
-    Config, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, GLOBAL_CONFIG, MAP_EVENTS, PROG_DEV_QUEUE,
-    PROG_NETIF_RECEIVE, PROG_TCP_PROBE,
+    Config, FILTER_CGROUP, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, GLOBAL_CONFIG, MAP_EVENTS,
+    PROG_DEV_QUEUE, PROG_NETIF_RECEIVE, PROG_TCP_PROBE,
 };
 
 use super::{
@@ -202,6 +202,9 @@ fn filter_config(filter: &Filter, cfg: &mut Config) {
     }
     if !filter.ports.is_empty() {
         cfg.filters |= FILTER_PORT;
+    }
+    if filter.by_identity() {
+        cfg.filters |= FILTER_CGROUP;
     }
     // --direction is applied in userspace only: a received reset is explained with the sent
     // one it answers (linking, and the data_after_close self-reset), so both must arrive.

@@ -7,9 +7,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use rst_trace_common::{
-    MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_INSERT_FAILED, MAP_LOST,
-    MAP_SEED_OWNERS, PROG_RECEIVE_RESET, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET,
-    PROG_SEND_RESET_BTF, RstEvent, SEED_MAX_ENTRIES, Task,
+    MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_HIDDEN_CGROUPS,
+    MAP_INSERT_FAILED, MAP_LOST, MAP_SEED_OWNERS, PROG_RECEIVE_RESET, PROG_RECEIVE_RESET_BTF,
+    PROG_SEND_RESET, PROG_SEND_RESET_BTF, RstEvent, SEED_MAX_ENTRIES, Task,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -28,6 +28,16 @@ pub(super) fn fill_filters(ebpf: &mut Ebpf, filter: &Filter) -> Result<()> {
     for &p in &filter.ports {
         ports.insert(&p, &1, 0)?;
     }
+    Ok(())
+}
+
+/// `--container`/`--pod`: the kernel drops the received resets of cgroup `id` from now on.
+pub fn hide_cgroup(ebpf: &mut Ebpf, id: u64) -> Result<()> {
+    let mut hidden: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(
+        ebpf.map_mut(MAP_HIDDEN_CGROUPS)
+            .context("hidden cgroup map")?,
+    )?;
+    hidden.insert(&id, &1, 0)?;
     Ok(())
 }
 

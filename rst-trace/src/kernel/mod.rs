@@ -14,4 +14,4 @@ pub use errors::{LoadFailure, Notes, first_line, print_details};
 pub use host::{check_privileges, raise_memlock};
 pub use layout::KernelInfo;
 pub use load::{DRAIN_INTERVAL, Hooks, Tracer, load};
-pub use maps::{Ring, event_ring, insert_failures, kernel_counts, lost_total};
+pub use maps::{Ring, event_ring, hide_cgroup, insert_failures, kernel_counts, lost_total};

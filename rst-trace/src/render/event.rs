@@ -47,6 +47,46 @@ fn json_process(out: &mut String, p: &Option<Process>) {
     }
 }
 
+/// `"cgroup":{...}`: the id, and the path and systemd unit once resolved; `null` when the id
+/// is unknown.
+fn json_cgroup(out: &mut String, p: Option<&Process>) {
+    out.push_str(",\"cgroup\":");
+    let Some(p) = p.filter(|p| p.cgroup != 0) else {
+        out.push_str("null");
+        return;
+    };
+    let identity = p.identity.as_deref();
+    out.push_str("{\"id\":");
+    push_u64(out, p.cgroup);
+    out.push_str(",\"path\":");
+    json_opt_str(out, identity.and_then(|i| i.cgroup_path.as_deref()));
+    out.push_str(",\"unit\":");
+    json_opt_str(out, identity.and_then(|i| i.systemd_unit.as_deref()));
+    out.push('}');
+}
+
+/// The process's container, or `null` outside containers (or while unresolved).
+fn json_container(out: &mut String, p: Option<&Process>) {
+    let c = p
+        .and_then(|p| p.identity.as_deref())
+        .and_then(|i| i.container.as_ref());
+    let Some(c) = c else {
+        out.push_str("null");
+        return;
+    };
+    out.push_str("{\"id\":");
+    json_str(out, &c.id);
+    out.push_str(",\"runtime\":");
+    json_str(out, c.runtime.as_str());
+    out.push_str(",\"name\":");
+    json_opt_str(out, c.display_name());
+    out.push_str(",\"pod\":");
+    json_opt_str(out, c.pod.as_deref());
+    out.push_str(",\"namespace\":");
+    json_opt_str(out, c.namespace.as_deref());
+    out.push('}');
+}
+
 /// Appends one reset as a JSON object (one NDJSON line without the newline). Written directly,
 /// not through a `serde_json::Value` tree: in a reset storm this is the hot path.
 pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
@@ -74,15 +114,9 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     json_endpoint(out, &r.remote);
     out.push_str(",\"process\":");
     json_process(out, &r.process);
-    out.push_str(",\"cgroup\":");
-    match r.process.as_ref().map(|p| p.cgroup) {
-        Some(id) if id != 0 => {
-            out.push_str("{\"id\":");
-            push_u64(out, id);
-            out.push('}');
-        }
-        _ => out.push_str("null"),
-    }
+    json_cgroup(out, r.process.as_ref());
+    out.push_str(",\"container\":");
+    json_container(out, r.process.as_ref());
     out.push_str(",\"attribution\":");
     json_str(out, r.attribution.as_str());
     out.push_str(",\"netns\":");
@@ -110,6 +144,8 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
         json_str(out, l.condition.as_str());
         out.push_str(",\"process\":");
         json_process(out, &l.process);
+        out.push_str(",\"container\":");
+        json_container(out, l.process.as_ref());
         let _ = write!(out, ",\"mono_ns\":{}}}", l.mono_ns);
     }
     out.push('}');
@@ -128,6 +164,15 @@ fn endpoint_text(a: &SocketAddr) -> String {
     a.to_string()
 }
 
+/// `comm[pid]`, then `@NAMESPACE/POD` or `@CONTAINER` when it runs in one.
+fn process_text(p: &Process) -> String {
+    let container = p.identity.as_ref().and_then(|i| i.container.as_ref());
+    match container {
+        Some(c) => format!("{p}@{}", c.pod_label().unwrap_or_else(|| c.label())),
+        None => p.to_string(),
+    }
+}
+
 /// One aligned line per reset.
 pub fn report_text(r: &Report, clock: &Clock, color: bool) -> String {
     let time = rfc3339(clock.wall_ns(r.mono_ns), 6);
@@ -136,7 +181,7 @@ pub fn report_text(r: &Report, clock: &Clock, color: bool) -> String {
         crate::explain::Direction::Received => "RECV",
     };
     let process = match (&r.process, r.no_process_why) {
-        (Some(p), _) => p.to_string(),
+        (Some(p), _) => process_text(p),
         (None, Some(why)) => format!("-({why})"),
         (None, None) => "-".to_owned(),
     };
@@ -198,185 +243,5 @@ pub fn lost(count: u64, total: u64, clock: &Clock, fmt: Format) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use rst_trace_common::{ATTR_OWNER_CURRENT, FACT_PACKET, FACT_TCP_SOCK, KIND_SENT, RstEvent};
-
-    use super::*;
-    use crate::{
-        correlate::History,
-        explain::{Sentences, explain},
-    };
-
-    fn reasons() -> crate::kernel::KernelInfo {
-        crate::kernel::KernelInfo {
-            reasons: [(1, "NO_SOCKET"), (11, "TCP_ABORT_ON_CLOSE")]
-                .into_iter()
-                .map(|(k, v)| (k, v.to_string()))
-                .collect(),
-            jiffy_ns: 4_000_000,
-        }
-    }
-
-    fn close_event() -> RstEvent {
-        let mut e = RstEvent {
-            mono_ns: 81_234_567_890_123,
-            kind: KIND_SENT,
-            reason: 11,
-            family: 2,
-            skaddr: 0xffff_0000_1111_2222,
-            cookie: 862_063,
-            state: 7,
-            prev_state: 1,
-            attribution: ATTR_OWNER_CURRENT,
-            facts: FACT_TCP_SOCK,
-            unread: 128,
-            local_port: 8888,
-            remote_port: 43210,
-            netns: 4_026_531_840,
-            ..Default::default()
-        };
-        e.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        e.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        e.owner.pid = 1234;
-        e.owner.tid = 1234;
-        e.owner.comm[..6].copy_from_slice(b"server");
-        e
-    }
-
-    // Wall clock so that mono 81234567890123 is 2026-11-24T12:00:01.123456789Z.
-    fn clock() -> Clock {
-        Clock::fixed(1_795_521_601_123_456_789i128 - 81_234_567_890_123)
-    }
-
-    #[test]
-    fn golden_json() {
-        let r = explain(
-            &close_event(),
-            &reasons(),
-            Sentences::Write,
-            &mut History::default(),
-        )
-        .unwrap();
-        let got = render(&r, &clock(), Format::Json);
-        let want = r#"{"type":"rst","time":"2026-11-24T12:00:01.123456789Z","mono_ns":81234567890123,"direction":"sent","origin":"tcp","condition":"close_with_unread_data","explanation":"server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN","kernel_reason":"TCP_ABORT_ON_CLOSE","state":"ESTABLISHED","family":"ipv4","local":{"addr":"127.0.0.1","port":8888},"remote":{"addr":"127.0.0.1","port":43210},"process":{"pid":1234,"tid":1234,"comm":"server","uid":0},"cgroup":null,"attribution":"socket_owner","netns":4026531840,"socket_cookie":862063,"detail":{"unread_bytes":128},"inferred":false}"#;
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn golden_text() {
-        let r = explain(
-            &close_event(),
-            &reasons(),
-            Sentences::Write,
-            &mut History::default(),
-        )
-        .unwrap();
-        let got = render(&r, &clock(), Format::Text { color: false });
-        let want = "2026-11-24T12:00:01.123456Z SENT server[1234]             127.0.0.1:8888 > 127.0.0.1:43210              ESTABLISHED  close_with_unread_data      server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN";
-        assert_eq!(got, want);
-    }
-
-    /// The process is named by its thread-group leader; the acting thread's own name is
-    /// `process.thread` when it differs; the cgroup id rides along.
-    #[test]
-    fn worker_thread_and_cgroup() {
-        let mut e = close_event();
-        e.owner.tid = 1240;
-        e.owner.thread[..13].copy_from_slice(b"conn-worker-7");
-        e.owner.cgroup = 7_421;
-        let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
-        let j = report_json(&r, &clock());
-        assert_eq!(j["process"]["comm"], "server");
-        assert_eq!(j["process"]["thread"], "conn-worker-7");
-        assert_eq!(j["process"]["tid"], 1240);
-        assert_eq!(j["cgroup"]["id"], 7_421);
-        let text = render(&r, &clock(), Format::Text { color: false });
-        assert!(text.contains(" SENT server[1234] "), "{text}");
-        // The same name on the thread: no `thread` key.
-        e.owner.thread = e.owner.comm;
-        let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
-        let j = report_json(&r, &clock());
-        assert!(j["process"].get("thread").is_none(), "{j}");
-        assert_eq!(j["cgroup"]["id"], 7_421);
-    }
-
-    #[test]
-    fn golden_text_no_socket_ipv6() {
-        let mut e = RstEvent {
-            mono_ns: 81_234_567_890_123,
-            kind: KIND_SENT,
-            reason: 1,
-            family: 10,
-            skbaddr: 1,
-            facts: FACT_PACKET,
-            tcp_flags: 0x02,
-            local_port: 9,
-            remote_port: 50000,
-            ..Default::default()
-        };
-        e.local_addr[15] = 1;
-        e.remote_addr[15] = 1;
-        let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
-        let got = render(&r, &clock(), Format::Text { color: false });
-        let want = "2026-11-24T12:00:01.123456Z SENT -(no socket)             [::1]:9 > [::1]:50000                         -            port_not_listening          nothing listens on [::1]:9: the kernel refused the connection attempt (SYN) from [::1]:50000 with RST; the client sees ECONNREFUSED";
-        assert_eq!(got, want);
-        let j = report_json(&r, &clock());
-        assert_eq!(j["process"], Value::Null);
-        assert_eq!(j["cgroup"], Value::Null);
-        assert_eq!(j["attribution"], "none");
-        assert_eq!(j["state"], Value::Null);
-        assert_eq!(j["socket_cookie"], Value::Null);
-        assert_eq!(j["family"], "ipv6");
-        assert_eq!(j["detail"]["incoming_flags"], "SYN");
-    }
-
-    /// Property test: arbitrary ring records, of any length and content, are either rejected
-    /// by decoding or explained and rendered as valid JSON and text; nothing panics.
-    #[test]
-    fn arbitrary_records_never_panic() {
-        use rst_trace_common::RST_EVENT_SIZE;
-        let mut next = crate::explain::xorshift(0x9e37_79b9_7f4a_7c15);
-        let info = reasons();
-        let mut history = History::default();
-        let (mut rejected, mut explained) = (0, 0);
-        for i in 0..20_000 {
-            let len = if i % 4 == 0 {
-                (next() % (2 * RST_EVENT_SIZE as u64)) as usize
-            } else {
-                RST_EVENT_SIZE
-            };
-            let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if len == RST_EVENT_SIZE && i % 2 == 0 {
-                // Plausible kinds and families, so explain() goes deep.
-                buf[std::mem::offset_of!(RstEvent, kind)] = 1 + (next() % 2) as u8;
-                buf[std::mem::offset_of!(RstEvent, family)] =
-                    if next().is_multiple_of(2) { 2 } else { 10 };
-            }
-            let Ok(ev) = RstEvent::decode(&buf) else {
-                assert_ne!(len, RST_EVENT_SIZE);
-                rejected += 1;
-                continue;
-            };
-            let Some(r) = explain(&ev, &info, Sentences::Write, &mut history) else {
-                continue;
-            };
-            explained += 1;
-            let j = render(&r, &clock(), Format::Json);
-            serde_json::from_str::<Value>(&j).unwrap_or_else(|e| panic!("{e}: {j}"));
-            let _ = render(&r, &clock(), Format::Text { color: true });
-        }
-        assert!(
-            rejected > 1000 && explained > 1000,
-            "{rejected} {explained}"
-        );
-    }
-
-    #[test]
-    fn lost_record_json() {
-        let s = lost(5, 7, &clock(), Format::Json);
-        let v: Value = serde_json::from_str(&s).unwrap();
-        assert_eq!(v["type"], "lost");
-        assert_eq!(v["count"], 5);
-        assert_eq!(v["total"], 7);
-    }
-}
+#[path = "event_tests.rs"]
+mod tests;

@@ -2,7 +2,7 @@
 //! and the lost-event records.
 
 use super::{Clock, Format, Out, Summary, event, metrics};
-use crate::explain::Report;
+use crate::{cli::ByArg, explain::Report};
 
 pub struct Sink {
     pub fmt: Format,
@@ -17,20 +17,22 @@ pub struct Sink {
     line: String,
     lost_seen: u64,
     insert_failed_seen: u64,
+    unlabelled_seen: u64,
 }
 
 impl Sink {
-    pub fn new(fmt: Format, quiet: bool, summary: bool, out: Out) -> Self {
+    pub fn new(fmt: Format, quiet: bool, summary: Option<ByArg>, out: Out) -> Self {
         Self {
             fmt,
             clock: Clock::now(),
             quiet,
-            summary: summary.then(Summary::default),
+            summary: summary.map(Summary::by),
             metrics: None,
             out,
             line: String::with_capacity(1024),
             lost_seen: 0,
             insert_failed_seen: 0,
+            unlabelled_seen: 0,
         }
     }
 
@@ -61,6 +63,19 @@ impl Sink {
                 total - self.insert_failed_seen
             );
             self.insert_failed_seen = total;
+        }
+    }
+
+    /// Resets printed before their container was resolved (`identity::wait::MAX_WAIT`), given
+    /// the running `total`: warned on stderr, never silently.
+    pub fn unlabelled(&mut self, total: u64) {
+        if total > self.unlabelled_seen {
+            eprintln!(
+                "rst-trace: warning: {} resets printed without their cgroup path and container ({total} in all): resolving them took over {} ms",
+                total - self.unlabelled_seen,
+                crate::identity::wait::MAX_WAIT.as_millis()
+            );
+            self.unlabelled_seen = total;
         }
     }
 

@@ -1,10 +1,12 @@
-//! `--summary`: counts of resets by process, condition and direction.
+//! `--summary`: counts of resets by process (or `--by` container or pod), condition and
+//! direction.
 
 use std::collections::HashMap;
 
 use serde_json::json;
 
 use crate::{
+    cli::ByArg,
     explain::Report,
     render::{Clock, Format, fast::rfc3339},
 };
@@ -12,11 +14,14 @@ use crate::{
 /// Distinct rows kept; the rest fold into one `other` row so memory stays bounded in a storm.
 const MAX_ROWS: usize = 10_000;
 
-/// Whom a row counts: kept without allocating, since every event of a storm is counted.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// Whom a row counts: by process kept without allocating, since every event of a storm is
+/// counted.
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum Who {
     /// pid and comm (the kernel's, at most 15 bytes, zero-padded).
     Process(u32, [u8; 16]),
+    /// `--by container` or `--by pod`: its label.
+    Group(String),
     NoProcess,
     /// The fold-over row once `MAX_ROWS` are in use.
     Other,
@@ -29,6 +34,7 @@ impl Who {
                 let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
                 format!("{}[{pid}]", String::from_utf8_lossy(&comm[..len]))
             }
+            Self::Group(g) => g.clone(),
             Self::NoProcess => "-".to_owned(),
             Self::Other => "other".to_owned(),
         }
@@ -39,21 +45,43 @@ impl Who {
 pub struct Summary {
     rows: HashMap<(Who, &'static str, &'static str), u64>,
     pub lost: u64,
+    by: ByArg,
 }
 
 impl Summary {
+    pub fn by(by: ByArg) -> Self {
+        Self {
+            by,
+            ..Self::default()
+        }
+    }
+
+    fn who(&self, r: &Report) -> Who {
+        let Some(p) = r.process.as_ref() else {
+            return Who::NoProcess;
+        };
+        let container = p.identity.as_ref().and_then(|i| i.container.as_ref());
+        match self.by {
+            ByArg::Process => {
+                let mut comm = [0u8; 16];
+                let n = p.comm.len().min(16);
+                comm[..n].copy_from_slice(&p.comm.as_bytes()[..n]);
+                Who::Process(p.pid, comm)
+            }
+            ByArg::Container => container.map_or(Who::NoProcess, |c| Who::Group(c.label())),
+            ByArg::Pod => container
+                .and_then(|c| c.pod_label())
+                .map_or(Who::NoProcess, Who::Group),
+        }
+    }
+
     pub fn add(&mut self, r: &Report) {
         self.add_n(r, 1);
     }
 
     /// Counts `n` resets like `r` (the kernel counts resets alike under one key).
     pub fn add_n(&mut self, r: &Report, n: u64) {
-        let who = r.process.as_ref().map_or(Who::NoProcess, |p| {
-            let mut comm = [0u8; 16];
-            let n = p.comm.len().min(16);
-            comm[..n].copy_from_slice(&p.comm.as_bytes()[..n]);
-            Who::Process(p.pid, comm)
-        });
+        let who = self.who(r);
         let mut key = (who, r.condition.as_str(), r.direction.as_str());
         if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
             key = (Who::Other, "other", "other");
@@ -69,6 +97,11 @@ impl Summary {
             .collect();
         rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let total: u64 = self.rows.values().sum();
+        let by = match self.by {
+            ByArg::Process => "process",
+            ByArg::Container => "container",
+            ByArg::Pod => "pod",
+        };
         let now = Clock::mono_now();
         match fmt {
             Format::Json => json!({
@@ -77,7 +110,7 @@ impl Summary {
                 "total": total,
                 "lost": self.lost,
                 "rows": rows.iter().map(|((p, c, d), n)| json!({
-                    "process": p, "condition": c, "direction": d, "count": n
+                    by: p, "condition": c, "direction": d, "count": n
                 })).collect::<Vec<_>>(),
             })
             .to_string(),
@@ -89,7 +122,7 @@ impl Summary {
                     "COUNT",
                     "DIRECTION",
                     "CONDITION",
-                    "PROCESS"
+                    by.to_uppercase()
                 );
                 for ((p, c, d), n) in rows {
                     s.push_str(&format!("\n{n:>8}  {d:<9} {c:<28} {p}"));

@@ -1,0 +1,186 @@
+//! The pipeline from a ring record to a printed line, one stage after another:
+//! decode → hold received resets for their sender (`correlate`) → `explain` → firewall flow
+//! owners (`enrich`) → container identity (`identity::wait`) → `filter` → the sink (event lines,
+//! summary, metrics).
+
+use aya::maps::{MapData, RingBuf};
+use rst_trace_common::{KIND_RECEIVED, RstEvent};
+
+use crate::{
+    correlate::{Held, History},
+    enrich::{Answer, Enricher},
+    explain::{Report, Sentences, explain},
+    filter::Filter,
+    identity::{self, Waiting},
+    kernel::{self, KernelInfo, Tracer},
+    render::{Clock, Sink},
+};
+
+/// The event loop's state: each stage's own, and the counts that end the run.
+pub struct State {
+    pub info: KernelInfo,
+    pub words: Sentences,
+    pub history: History,
+    pub held: Held,
+    pub enrich: Enricher,
+    pub identity: Waiting,
+    pub filter: Filter,
+    pub sink: Sink,
+    pub matched: u64,
+    pub count: Option<u64>,
+    pub bad_records: u64,
+    /// Reports the identity stage released, waiting for the filter and the sink.
+    pub ready: Vec<Report>,
+    /// Cgroup ids written to the kernel's hidden set (`--container`/`--pod`), to hide later.
+    pub to_hide: Vec<u64>,
+}
+
+impl State {
+    /// Takes one ring record; returns true when `--count` is reached.
+    fn ingest(&mut self, bytes: &[u8]) -> bool {
+        let ev = match RstEvent::decode(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.bad_records += 1;
+                if self.bad_records == 1 {
+                    eprintln!("rst-trace: warning: skipped a malformed ring record: {e}");
+                }
+                return false;
+            }
+        };
+        if ev.kind == KIND_RECEIVED {
+            self.held.hold(ev);
+            return false;
+        }
+        self.emit(&ev)
+    }
+
+    /// Takes every record the ring holds now; true when `--count` is reached.
+    pub fn drain(&mut self, rb: &mut RingBuf<MapData>) -> bool {
+        let mut n = 0u32;
+        while let Some(item) = rb.next() {
+            if self.ingest(&item) {
+                return true;
+            }
+            n += 1;
+            // A full ring (8 MiB: 50k records) takes a while: explain the held received resets
+            // that are old enough on the way, while their senders are still in the link history.
+            if n.is_multiple_of(1024) && self.release(false) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Explains held received resets once they are old enough (all of them if `force`).
+    pub fn release(&mut self, force: bool) -> bool {
+        let now = Clock::mono_now();
+        while let Some(ev) = self.held.next_due(now, force) {
+            if self.emit(&ev) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn emit(&mut self, ev: &RstEvent) -> bool {
+        let Some(report) = explain(ev, &self.info, self.words, &mut self.history) else {
+            self.bad_records += 1;
+            return false;
+        };
+        self.held.drop_self_abort(ev, report.condition);
+        match self.enrich.submit(report) {
+            Some(report) => self.identify(report),
+            None => false,
+        }
+    }
+
+    /// The identity stage: the report goes on once its container is known.
+    fn identify(&mut self, report: Report) -> bool {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.identity.submit(report, &mut ready);
+        self.finish_ready(ready)
+    }
+
+    /// A container resolver answer: the reports it completes go on.
+    pub fn identity_found(&mut self, answer: identity::Answer) -> bool {
+        let (cgroup, _, found) = &answer;
+        if self.filter.by_identity() && !found.per_pid && !self.filter.identity_matches(Some(found))
+        {
+            self.to_hide.push(*cgroup);
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        self.identity.answered(answer, &mut ready);
+        self.finish_ready(ready)
+    }
+
+    /// Reports overdue for their identity (all of them if `force`) go on without it.
+    pub fn identity_overdue(&mut self, force: bool) -> bool {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.identity
+            .release(std::time::Instant::now(), force, &mut ready);
+        self.finish_ready(ready)
+    }
+
+    fn finish_ready(&mut self, mut ready: Vec<Report>) -> bool {
+        let mut done = false;
+        for report in ready.drain(..) {
+            if !done {
+                done = self.finish(&report);
+            }
+        }
+        self.ready = ready;
+        done
+    }
+
+    /// Cgroups found to hold only hidden containers: the kernel drops their received resets.
+    pub fn hide_cgroups(&mut self, tracer: &mut Tracer) {
+        for id in self.to_hide.drain(..) {
+            if let Err(e) = kernel::hide_cgroup(&mut tracer.ebpf, id) {
+                eprintln!("rst-trace: warning: cannot filter cgroup {id} in the kernel: {e:#}");
+            }
+        }
+    }
+
+    /// The answer to a flow-owner look-up: finishes the event that waited for it.
+    pub fn owner_found(&mut self, answer: Answer) -> bool {
+        match self.enrich.answer(answer) {
+            Some(report) => self.identify(report),
+            None => false,
+        }
+    }
+
+    /// Filters, counts and prints one explained reset; true when `--count` is reached.
+    fn finish(&mut self, report: &Report) -> bool {
+        if !self.filter.matches(report) {
+            return false;
+        }
+        self.matched += 1;
+        self.sink.event(report);
+        self.count.is_some_and(|c| self.matched >= c)
+    }
+
+    /// The summary as of now: what userspace counted from ring records, plus, with
+    /// `count_in_kernel`, what the kernel counted (each key explained once).
+    pub fn summary_now(&self, tracer: &Tracer, count_in_kernel: bool) -> Option<String> {
+        let s = self.sink.summary.as_ref()?;
+        let (clock, fmt) = (&self.sink.clock, self.sink.fmt);
+        if !count_in_kernel {
+            return Some(s.render(clock, fmt));
+        }
+        let mut s = s.clone();
+        match kernel::kernel_counts(&tracer.ebpf) {
+            Ok(counts) => {
+                for (key, n) in counts {
+                    if let Some(r) = explain(&key, &self.info, self.words, &mut History::default())
+                        && self.filter.matches_but_ports(&r)
+                    {
+                        s.add_n(&r, n);
+                    }
+                }
+            }
+            Err(e) => eprintln!("rst-trace: warning: cannot read the kernel's reset counts: {e:#}"),
+        }
+        Some(s.render(clock, fmt))
+    }
+}
