@@ -447,6 +447,15 @@ pub fn cgroup_v2_id(pid: u32) -> u64 {
         .ino()
 }
 
+/// The cgroup v2 path of process `pid` (the `0::/PATH` line of /proc/PID/cgroup).
+pub fn cgroup_v2_path(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("/proc/PID/cgroup");
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line in /proc/{pid}/cgroup: {text}"))
+        .to_owned()
+}
+
 fn cgroup2_mount() -> Option<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|l| {

@@ -4,8 +4,9 @@
 use std::process::Command;
 
 use rst_trace_tests::{
-    Netns, Peer, Scenario, Tracer, assert_only, assert_reason, cgroup_v2_id, is_rst,
-    kernel_generates_cookies, received, require_root, rst_trace_bin, s, sent, spawn_attached,
+    Netns, Peer, Scenario, Tracer, assert_only, assert_reason, cgroup_v2_id, cgroup_v2_path,
+    is_rst, kernel_generates_cookies, received, require_root, rst_trace_bin, s, sent,
+    spawn_attached,
 };
 
 /// Scenario (a): connect to a closed port.
@@ -339,6 +340,8 @@ fn socket_opened_before_start_is_owned() {
 #[test]
 fn worker_thread_reset_names_the_process() {
     let port = 20061;
+    // Mounts cgroup v2 first where it is not (a bare VM), so that rst-trace finds it.
+    cgroup_v2_id(std::process::id());
     let (ns, tracer) = Scenario::new("thread").port(port).tracer(&[]);
     let by_process = Tracer::start(&["--port", "20061", "--comm", "rstt-server"]);
     let by_thread = Tracer::start(&["--port", "20061", "--comm", "conn-worker-7"]);
@@ -351,6 +354,13 @@ fn worker_thread_reset_names_the_process() {
     assert_ne!(s(&snt, "process.tid"), server.pid(), "{snt:#}");
     let server_cgroup = cgroup_v2_id(server.pid());
     assert_eq!(s(&snt, "cgroup.id"), server_cgroup, "{snt:#}");
+    // Resolved in userspace: the path of that cgroup; not a container.
+    assert_eq!(
+        s(&snt, "cgroup.path"),
+        &cgroup_v2_path(server.pid()),
+        "{snt:#}"
+    );
+    assert_eq!(snt["container"], serde_json::Value::Null, "{snt:#}");
     // The client's main thread: no thread name apart; its own cgroup.
     let recv = received(&tracer, &ns, "peer_reset");
     assert_eq!(s(&recv, "process.comm"), "rstt-client", "{recv:#}");
