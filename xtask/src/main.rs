@@ -413,6 +413,11 @@ fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
     for (t, why) in vm::GUEST_SKIPS {
         say(&format!("in the guests, not run: {t} ({why})"));
     }
+    for (f, why) in vm::GUEST_SKIP_FILES {
+        say(&format!(
+            "in the guests, not run: tests/tests/{f}.rs ({why})"
+        ));
+    }
     let mut outcomes = Vec::new();
     for kver in &kvers {
         say(&format!("booting {kver}"));
