@@ -73,10 +73,16 @@ pub fn require_docker() {
         if out.status.success() {
             return Ok(());
         }
+        // `docker info`'s own error is a template's; `docker version` says what is wrong.
+        let why = Command::new(DOCKER)
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+            .unwrap_or_default();
         Err(format!(
-            "dockerd does not answer `{DOCKER} info` ({}): the container tests need a running \
-             dockerd (`./x docker` starts one; its log is {DOCKERD_LOG})",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "dockerd does not answer `{DOCKER} info` ({why}): the container tests need a \
+             running dockerd (`./x docker` starts one; its log is {DOCKERD_LOG})"
         ))
     });
     if let Err(why) = ok {
