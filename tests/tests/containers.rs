@@ -7,7 +7,7 @@
 //! They need a running dockerd (`./x test` starts one) and fail, saying so, without it. The
 //! kernel-matrix guests have no docker: this file's binary is not run there (xtask/src/vm.rs).
 //!
-//! Ports 23001-23012.
+//! Ports 23001-23010 (in namespaces of their own), and a free port of the host's.
 
 use std::time::Duration;
 
@@ -162,7 +162,11 @@ fn docker_bridge_container_without_labels() {
 /// apart; it is still named.
 #[test]
 fn docker_host_network_container_is_named() {
-    let port = 23003;
+    // The host's namespace is shared with whatever else runs here: a port free right now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let tracer = Tracer::start(&["--port", &port.to_string()]);
     let web = DockerRun::new("webhost").host_network().run(
         "rstt-web",
