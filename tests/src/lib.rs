@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod container;
 mod netns;
 mod scenario;
 
@@ -318,8 +319,22 @@ pub struct Peer {
 impl Peer {
     /// Starts `rstt-peer --netns NS --name COMM STEPS...` and reads its `pid N` line.
     pub fn spawn(ns: &Netns, comm: &str, steps: &[&str]) -> Self {
-        let mut child = Command::new(peer_bin())
-            .args(["--netns", &ns.name, "--name", comm])
+        Self::start(Some(&ns.name), comm, steps)
+    }
+
+    /// A peer in the test's own (the host's) network namespace, e.g. a client of a container on
+    /// docker's bridge.
+    pub fn spawn_host(comm: &str, steps: &[&str]) -> Self {
+        Self::start(None, comm, steps)
+    }
+
+    fn start(netns: Option<&str>, comm: &str, steps: &[&str]) -> Self {
+        let mut cmd = Command::new(peer_bin());
+        if let Some(ns) = netns {
+            cmd.args(["--netns", ns]);
+        }
+        let mut child = cmd
+            .args(["--name", comm])
             .args(steps)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

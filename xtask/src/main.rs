@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod docker;
 mod vm;
 use clap::{Parser, Subcommand};
 
@@ -71,6 +72,9 @@ enum Cmd {
     },
     /// clippy with -D warnings and rustfmt --check only.
     Check,
+    /// Install Debian's docker.io and start dockerd unless one answers (as root): what the
+    /// container tests need; `./x test` does it too.
+    Docker,
     /// Build the static (musl) release binary into dist/, with the systemd unit and the
     /// DaemonSet, and check that it runs from a clean directory with an empty environment.
     Dist,
@@ -409,6 +413,11 @@ fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
     for (t, why) in vm::GUEST_SKIPS {
         say(&format!("in the guests, not run: {t} ({why})"));
     }
+    for (f, why) in vm::GUEST_SKIP_FILES {
+        say(&format!(
+            "in the guests, not run: tests/tests/{f}.rs ({why})"
+        ));
+    }
     let mut outcomes = Vec::new();
     for kver in &kvers {
         say(&format!("booting {kver}"));
@@ -509,6 +518,8 @@ fn main() -> Result<()> {
             if !is_root() {
                 bail!("the end-to-end tests load eBPF programs: run `./x test` as root");
             }
+            // The container tests (tests/tests/containers.rs) need a real runtime.
+            docker::setup()?;
             // Lints first, so the run ends with the test totals.
             check()?;
             say("cargo test --release --workspace --exclude rst-trace-ebpf");
@@ -531,6 +542,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Check => check(),
+        Cmd::Docker => {
+            if !is_root() {
+                bail!(
+                    "installing docker.io and starting dockerd needs root: run `./x docker` as root"
+                );
+            }
+            docker::setup()
+        }
         Cmd::Dist => dist(),
         Cmd::Bench {
             seconds,
