@@ -368,6 +368,8 @@ fn test(args: &[String], host_only: bool) -> Result<()> {
                 "--workspace",
                 "--exclude",
                 "rst-trace-ebpf",
+                // Every test binary runs, so one failing binary cannot hide the others'.
+                "--no-fail-fast",
             ])
             .args(args)
             .env("RST_TRACE_BIN", root().join("target/release/rst-trace"))
