@@ -7,14 +7,14 @@
 //! They need a running dockerd (`./x test` starts one) and fail, saying so, without it. The
 //! kernel-matrix guests have no docker: this file's binary is not run there (xtask/src/vm.rs).
 //!
-//! Ports 23001-23010 (in namespaces of their own), and a free port of the host's.
+//! Ports 23001-23011 (in namespaces of their own), and a free port of the host's.
 
 use std::time::Duration;
 
 use rst_trace_tests::{
     Netns, Peer, Tracer, Value, cgroup_v2_id,
     container::{CriPod, DockerContainer, DockerRun, Output, RuncContainer},
-    is_rst, s,
+    is_rst, s, spawn_attached,
 };
 
 /// The server's steps: on `bind`, accept, wait for 256 bytes, read 128, close (the kernel
@@ -335,4 +335,75 @@ fn pod_filter() {
         assert_eq!(s(&snt, "container.pod"), "web-1", "{snt:#}");
         assert_only_container(t, &web, &host);
     }
+}
+
+/// `--summary --by container` and `--by pod` count the container's reset under its name and
+/// pod, the host client's under `-`; the text line shows `comm[pid]@namespace/pod`.
+#[test]
+fn summary_by_container_and_pod_and_text_column() {
+    let port = 23011;
+    let p = port.to_string();
+    let by_container = Tracer::start(&["--port", &p, "--quiet", "--summary", "--by", "container"]);
+    let by_pod = Tracer::start(&["--port", &p, "--quiet", "--summary", "--by", "pod"]);
+    let (text, _) = spawn_attached(&["--port", &p]);
+    let (tracer, web, client) =
+        docker_bridge(port, DockerRun::new("sum").k8s("sum-0", "shop", "api"));
+    // The per-event tracer saw both resets, so the summaries must count them.
+    sent_by(&tracer, web.pid);
+    received_by(&tracer, client.pid());
+    let table = |t: Tracer| {
+        let (status, events) = t.stop();
+        assert!(status.success(), "rst-trace exit {status:?}");
+        events
+            .into_iter()
+            .find(|v| v["type"] == "summary")
+            .expect("a summary record")
+    };
+    let rows = |v: &Value, key: &str| -> Vec<(String, String, u64)> {
+        let mut r: Vec<_> = v["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| {
+                (
+                    r[key].as_str().unwrap_or_default().to_owned(),
+                    r["condition"].as_str().unwrap_or_default().to_owned(),
+                    r["count"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        r.sort();
+        r
+    };
+    let c = table(by_container);
+    assert_eq!(
+        rows(&c, "container"),
+        [
+            ("-".to_owned(), "peer_reset".to_owned(), 1),
+            ("api".to_owned(), "close_with_unread_data".to_owned(), 1)
+        ],
+        "{c:#}"
+    );
+    let p = table(by_pod);
+    assert_eq!(
+        rows(&p, "pod"),
+        [
+            ("-".to_owned(), "peer_reset".to_owned(), 1),
+            (
+                "shop/sum-0".to_owned(),
+                "close_with_unread_data".to_owned(),
+                1
+            )
+        ],
+        "{p:#}"
+    );
+    // The text line: the container's process with its pod.
+    let mut text = text;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(text.id() as i32, libc::SIGINT) };
+    let out = text.wait_with_output().expect("rst-trace text output");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let want = format!(" SENT rstt-web[{}]@shop/sum-0 ", web.pid);
+    assert!(out.contains(&want), "{want:?} not in:\n{out}");
+    drop(tracer);
 }
