@@ -398,7 +398,6 @@ fn summary_by_container_and_pod_and_text_column() {
         "{p:#}"
     );
     // The text line: the container's process with its pod.
-    let mut text = text;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(text.id() as i32, libc::SIGINT) };
     let out = text.wait_with_output().expect("rst-trace text output");
