@@ -6,7 +6,7 @@
 //! asks the resolver's thread and parks the report; the answer comes back through the event
 //! loop ([`Waiting::answered`]). A report never waits longer than [`MAX_WAIT`]: it then goes
 //! out without the missing identity, and the miss is counted ([`Waiting::gave_up`]) and
-//! reported on stderr.
+//! reported on stderr; so does the oldest when more than [`MAX_QUEUED`] wait.
 
 use std::{
     collections::VecDeque,
@@ -20,6 +20,10 @@ use crate::explain::{Process, Report};
 /// The longest a report waits for its identity. A docker container resolves in well under a
 /// millisecond (two small files); a pid that is gone costs a walk of the cgroup tree.
 pub const MAX_WAIT: Duration = Duration::from_millis(500);
+
+/// Reports waiting at most: in a storm behind a slow look-up, the oldest then goes on without
+/// its identity (counted in `gave_up`), so memory stays bounded.
+pub const MAX_QUEUED: usize = 16_384;
 
 /// A resolver answer, as the event loop receives it.
 pub type Answer = (u64, u32, Arc<Identity>);
@@ -58,6 +62,14 @@ impl Waiting {
             return;
         }
         self.queue.push_back((report, Instant::now() + MAX_WAIT));
+        if self.queue.len() > MAX_QUEUED
+            && let Some((report, _)) = self.queue.pop_front()
+        {
+            // The head goes on as it is; those behind it follow as soon as they are complete.
+            self.gave_up += u64::from(!is_labelled(&report));
+            out.push(report);
+            self.release(Instant::now(), false, out);
+        }
     }
 
     /// A resolver answer came (it is cached now): the reports it completes go to `out`.

@@ -66,14 +66,15 @@ impl Sink {
         }
     }
 
-    /// Resets printed before their container was resolved (`identity::wait::MAX_WAIT`), given
+    /// Resets printed before their container was resolved (`identity::wait`), given
     /// the running `total`: warned on stderr, never silently.
     pub fn unlabelled(&mut self, total: u64) {
         if total > self.unlabelled_seen {
             eprintln!(
-                "rst-trace: warning: {} resets printed without their cgroup path and container ({total} in all): resolving them took over {} ms",
+                "rst-trace: warning: {} resets printed without their cgroup path and container ({total} in all): resolving them took over {} ms, or over {} resets waited",
                 total - self.unlabelled_seen,
-                crate::identity::wait::MAX_WAIT.as_millis()
+                crate::identity::wait::MAX_WAIT.as_millis(),
+                crate::identity::wait::MAX_QUEUED
             );
             self.unlabelled_seen = total;
         }
