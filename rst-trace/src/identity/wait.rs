@@ -39,6 +39,16 @@ pub struct Waiting {
 impl Waiting {
     /// Starts the resolver; its answers come back on `answers`, for [`Self::answered`].
     pub fn start(roots: Roots, answers: tokio::sync::mpsc::UnboundedSender<Answer>) -> Self {
+        if roots.cgroup2.is_none()
+            && std::fs::read_to_string(roots.proc.join("self/mountinfo"))
+                .ok()
+                .and_then(|m| super::cgroupfs::Cgroup2::from_mountinfo(&m))
+                .is_none()
+        {
+            eprintln!(
+                "rst-trace: note: no cgroup v2 mount: cgroup paths and containers come from /proc/PID/cgroup alone, so a process that is gone is not named"
+            );
+        }
         let resolver = Resolver::start(roots, move |cgroup, pid, identity| {
             // The event loop is gone: nothing is waiting any more.
             let _ = answers.send((cgroup, pid, identity));
