@@ -406,3 +406,60 @@ fn summary_by_container_and_pod_and_text_column() {
     assert!(out.contains(&want), "{want:?} not in:\n{out}");
     drop(tracer);
 }
+
+/// The other side: a client in a container receives the reset a host server sends. The received
+/// event names the client's container; the linked sender (on the host) has none.
+#[test]
+fn docker_client_container_receives_the_reset() {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output()
+        .expect("ip addr show docker0");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let gateway = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv4 address on docker0: {text}"))
+        .to_owned();
+    let port = std::net::TcpListener::bind(format!("{gateway}:0"))
+        .and_then(|l| l.local_addr())
+        .expect("a free port on docker0")
+        .port();
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let server = Peer::spawn_host(
+        "rstt-server",
+        &strs(&server_steps(&format!("{gateway}:{port}"))),
+    );
+    server.expect("listening");
+    let connect = format!("connect={gateway}:{port}");
+    let client = DockerRun::new("client").run(
+        "rstt-client",
+        &[&connect, "send=256", "say=sent", "read_err", "hold"],
+    );
+    client.expect("sent");
+    server.expect("closed");
+    client.expect("errno ECONNRESET");
+    let recv = received_by(&tracer, client.pid);
+    assert_container(
+        &recv,
+        &Want {
+            id: &client.id,
+            runtime: "docker",
+            name: &client.name,
+            pod: None,
+            namespace: None,
+        },
+    );
+    assert_eq!(
+        s(&recv, "linked_sent.process.pid"),
+        server.pid(),
+        "{recv:#}"
+    );
+    assert_eq!(s(&recv, "linked_sent.container"), &Value::Null, "{recv:#}");
+    let snt = sent_by(&tracer, server.pid());
+    assert_eq!(snt["container"], Value::Null, "{snt:#}");
+    let (status, _) = tracer.stop();
+    assert!(status.success(), "rst-trace exit {status:?}");
+}
