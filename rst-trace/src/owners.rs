@@ -9,12 +9,23 @@
 use std::{
     collections::HashMap,
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    net::SocketAddr,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
 };
 
 use crate::identity::cgroupfs::Cgroup2;
 use anyhow::{Context as _, Result, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
+use procfs::process::Process;
 use rst_trace_common::Task;
 
 /// A process that holds a socket.
@@ -22,7 +33,7 @@ use rst_trace_common::Task;
 struct Holder {
     pid: u32,
     uid: u32,
-    /// /proc/PID/comm: the thread-group leader's, i.e. the process's name.
+    /// The thread-group leader's name, i.e. the process's name.
     comm: [u8; 16],
     /// cgroup v2 id (0: unknown).
     cgroup: u64,
@@ -39,78 +50,71 @@ pub fn cgroup2_mount() -> Option<Cgroup2> {
 /// `0::/PATH` line in /proc/PID/cgroup; 0 if unknown.
 pub fn cgroup_id(cgroup2: Option<&Cgroup2>, pid: u32) -> u64 {
     let Some(cgroup2) = cgroup2 else { return 0 };
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+    let Ok(groups) = Process::new(pid as i32).and_then(|p| p.cgroups()) else {
         return 0;
     };
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .and_then(|p| cgroup2.id_of(p))
+    groups
+        .into_iter()
+        .find(|g| g.hierarchy == 0)
+        .and_then(|g| cgroup2.id_of(&g.pathname))
         .unwrap_or(0)
 }
 
-/// Socket inode -> holder, and one pid per network namespace.
-fn scan_proc() -> (HashMap<u32, Holder>, HashMap<u64, u32>) {
+// The two /proc links the seed reads for every process and every descriptor, read by hand:
+// procfs's `Process::namespaces()` stats each of a process's namespaces, and `Process::fd()`
+// opens and stats each descriptor, which made the seed slower (README, "Benchmark").
+
+/// The network namespace of process `pid`: its inode, and the file to setns() through.
+fn net_ns(pid: i32) -> Option<(u64, PathBuf)> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let ino = fs::metadata(&path).ok()?.ino();
+    Some((ino, path))
+}
+
+/// The inodes of the sockets among process `pid`'s open files (`socket:[INODE]` links).
+fn socket_inodes(pid: i32) -> impl Iterator<Item = u64> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"));
+    fds.into_iter().flatten().flatten().filter_map(|fd| {
+        let link = fs::read_link(fd.path()).ok()?;
+        link.to_str()?
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
+    })
+}
+
+fn holder(p: &Process, cgroup2: Option<&Cgroup2>) -> Holder {
+    let pid = p.pid() as u32;
+    // /proc/PID/stat's comm, as /proc/PID/comm: the thread-group leader's.
+    let name = p.stat().map(|s| s.comm).unwrap_or_default();
+    let mut comm = [0u8; 16];
+    let n = name.len().min(15);
+    comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+    Holder {
+        pid,
+        // The real uid, as bpf_get_current_uid_gid() reports it.
+        uid: p.status().map(|s| s.ruid).unwrap_or(0),
+        comm,
+        cgroup: cgroup_id(cgroup2, pid),
+    }
+}
+
+/// Socket inode -> holder, and one setns() path per network namespace (by inode).
+fn scan_proc() -> (HashMap<u64, Holder>, HashMap<u64, PathBuf>) {
     let mut by_inode = HashMap::new();
-    let cgroup2 = cgroup2_mount();
     let mut netns = HashMap::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
+    let cgroup2 = cgroup2_mount();
+    let Ok(procs) = procfs::process::all_processes() else {
         return (by_inode, netns);
     };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let base = entry.path();
-        if let Ok(link) = fs::read_link(base.join("ns/net"))
-            && let Some(ino) = link
-                .to_str()
-                .and_then(|s| s.strip_prefix("net:["))
-                .and_then(|s| s.strip_suffix(']'))
-                .and_then(|s| s.parse::<u64>().ok())
-        {
-            netns.entry(ino).or_insert(pid);
+    for p in procs.flatten() {
+        if let Some((ino, path)) = net_ns(p.pid()) {
+            netns.entry(ino).or_insert(path);
         }
-        let Ok(fds) = fs::read_dir(base.join("fd")) else {
-            continue;
-        };
-        let mut holder: Option<Holder> = None;
-        for fd in fds.flatten() {
-            let Ok(link) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = link
-                .to_str()
-                .and_then(|s| s.strip_prefix("socket:["))
-                .and_then(|s| s.strip_suffix(']'))
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let h = holder.get_or_insert_with(|| {
-                let name = fs::read_to_string(base.join("comm")).unwrap_or_default();
-                let mut comm = [0u8; 16];
-                let n = name.trim_end().len().min(15);
-                comm[..n].copy_from_slice(&name.trim_end().as_bytes()[..n]);
-                let uid = fs::read_to_string(base.join("status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("Uid:"))
-                            .and_then(|v| v.split_whitespace().next().and_then(|u| u.parse().ok()))
-                    })
-                    .unwrap_or(0);
-                let cgroup = cgroup_id(cgroup2.as_ref(), pid);
-                Holder {
-                    pid,
-                    uid,
-                    comm,
-                    cgroup,
-                }
-            });
+        let mut h: Option<Holder> = None;
+        for inode in socket_inodes(p.pid()) {
+            let h = h.get_or_insert_with(|| holder(&p, cgroup2.as_ref()));
             // The first process found keeps it (usually the one that created it).
             by_inode.entry(inode).or_insert_with(|| h.clone());
         }
@@ -118,39 +122,33 @@ fn scan_proc() -> (HashMap<u32, Holder>, HashMap<u64, u32>) {
     (by_inode, netns)
 }
 
-const NETLINK_SOCK_DIAG: i32 = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_HDRLEN: usize = 16;
-/// struct inet_diag_msg: family, state, timer, retrans, id (48 bytes), expires, rqueue, wqueue,
-/// uid, inode.
-const INET_DIAG_MSG_LEN: usize = 72;
-
-/// The request: struct nlmsghdr + struct inet_diag_req_v2 for every TCP state.
+/// The request: a sock_diag dump of every TCP socket of `family`, in every state.
 fn diag_request(family: u8, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + 56;
-    let mut b = Vec::with_capacity(len);
-    b.extend_from_slice(&(len as u32).to_ne_bytes());
-    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    b.push(family);
-    b.push(libc::IPPROTO_TCP as u8);
-    b.push(0); // idiag_ext
-    b.push(0); // pad
-    b.extend_from_slice(&u32::MAX.to_ne_bytes()); // idiag_states: all
-    b.resize(len, 0); // inet_diag_sockid: all zero (dump)
-    b
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let request = InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::from_bits_retain(u32::MAX),
+        socket_id: if family == AF_INET6 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        },
+    };
+    let mut msg = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
 }
 
 /// One socket from a sock_diag dump.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct DiagSock {
-    inode: u32,
+    inode: u64,
     cookie: u64,
     local: SocketAddr,
     remote: SocketAddr,
@@ -160,90 +158,49 @@ struct DiagSock {
 /// dump.
 fn parse_diag(buf: &[u8], out: &mut Vec<DiagSock>) -> Result<bool> {
     let mut off = 0;
-    while off + NLMSG_HDRLEN <= buf.len() {
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into()?) as usize;
-        let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into()?);
-        if len < NLMSG_HDRLEN || off + len > buf.len() {
-            bail!("malformed sock_diag message (length {len})");
-        }
-        match ty {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let errno = i32::from_ne_bytes(
-                    buf.get(off + 16..off + 20)
-                        .context("short error")?
-                        .try_into()?,
-                );
-                bail!(
-                    "sock_diag error {}",
-                    std::io::Error::from_raw_os_error(-errno)
-                );
-            }
-            SOCK_DIAG_BY_FAMILY => {
-                let m = buf
-                    .get(off + NLMSG_HDRLEN..off + NLMSG_HDRLEN + INET_DIAG_MSG_LEN)
-                    .context("short inet_diag_msg")?;
-                let cookie = u64::from(u32::from_ne_bytes(m[44..48].try_into()?))
-                    | (u64::from(u32::from_ne_bytes(m[48..52].try_into()?)) << 32);
-                let inode = u32::from_ne_bytes(m[68..72].try_into()?);
-                // inet_diag_sockid: sport, dport (network order), src[4], dst[4] (u32s).
-                let addr = |at: usize| -> IpAddr {
-                    if u16::from(m[0]) == libc::AF_INET6 as u16 {
-                        let b: [u8; 16] = m[at..at + 16].try_into().unwrap_or([0; 16]);
-                        IpAddr::V6(Ipv6Addr::from(b))
-                    } else {
-                        IpAddr::V4(Ipv4Addr::new(m[at], m[at + 1], m[at + 2], m[at + 3]))
-                    }
-                };
-                let local = SocketAddr::new(addr(8), u16::from_be_bytes([m[4], m[5]]));
-                let remote = SocketAddr::new(addr(24), u16::from_be_bytes([m[6], m[7]]));
+    while off < buf.len() {
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[off..])
+            .map_err(|e| anyhow::anyhow!("malformed sock_diag message: {e}"))?;
+        match msg.payload {
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => bail!("sock_diag error {}", e.to_io()),
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                let (id, inode) = (&r.header.socket_id, r.header.inode);
+                // idiag_cookie is two u32s, the low one first.
+                let c = id.cookie;
+                let cookie = u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                    | (u64::from(u32::from_ne_bytes([c[4], c[5], c[6], c[7]])) << 32);
                 if inode != 0 {
                     out.push(DiagSock {
-                        inode,
+                        inode: u64::from(inode),
                         cookie,
-                        local,
-                        remote,
+                        local: SocketAddr::new(id.source_address, id.source_port),
+                        remote: SocketAddr::new(id.destination_address, id.destination_port),
                     });
                 }
             }
             _ => {}
         }
-        off += (len + 3) & !3;
+        // NLMSG_ALIGN; deserialize() checked that the length covers at least the header.
+        off += (msg.header.length as usize).next_multiple_of(4);
     }
     Ok(false)
 }
 
 /// Every TCP socket in the calling thread's network namespace.
 fn dump_tcp() -> Result<Vec<DiagSock>> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        bail!("sock_diag socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = Socket::new(NETLINK_SOCK_DIAG).context("sock_diag socket")?;
     let mut out = Vec::new();
-    for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        let req = diag_request(family, seq);
-        // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-        if n < 0 {
-            bail!("sock_diag send: {}", std::io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
+    for (seq, family) in [(1u32, AF_INET), (2, AF_INET6)] {
+        socket
+            .send(&diag_request(family, seq), 0)
+            .context("sock_diag send")?;
         loop {
-            // SAFETY: valid fd and buffer.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                bail!("sock_diag recv: {}", std::io::Error::last_os_error());
-            }
-            if n == 0 || parse_diag(&buf[..n as usize], &mut out)? {
+            let n = socket
+                .recv(&mut &mut buf[..], 0)
+                .context("sock_diag recv")?;
+            if n == 0 || parse_diag(&buf[..n.min(buf.len())], &mut out)? {
                 break;
             }
         }
@@ -251,11 +208,10 @@ fn dump_tcp() -> Result<Vec<DiagSock>> {
     Ok(out)
 }
 
-/// Dumps TCP sockets inside the network namespace of `pid`, from a thread of its own (setns()
-/// changes only the calling thread's namespace).
-fn dump_in_netns_of(pid: u32) -> Result<Vec<DiagSock>> {
-    let path = format!("/proc/{pid}/ns/net");
-    let ns = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+/// Dumps TCP sockets inside the network namespace `ns` (a /proc/PID/ns/net), from a thread of
+/// its own (setns() changes only the calling thread's namespace).
+fn dump_in_netns(ns: &Path) -> Result<Vec<DiagSock>> {
+    let ns = fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
     std::thread::spawn(move || -> Result<Vec<DiagSock>> {
         // SAFETY: a valid namespace fd; affects this short-lived thread only.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -267,20 +223,22 @@ fn dump_in_netns_of(pid: u32) -> Result<Vec<DiagSock>> {
     .map_err(|_| anyhow::anyhow!("sock_diag thread panicked"))?
 }
 
+/// Our own network namespace's inode.
+fn own_netns() -> Option<u64> {
+    net_ns(std::process::id() as i32).map(|(ino, _)| ino)
+}
+
 /// Socket cookie -> owner, for every TCP socket some process holds now.
 pub fn existing() -> HashMap<u64, Task> {
     let (by_inode, netns) = scan_proc();
-    let own = fs::read_link("/proc/self/ns/net")
-        .ok()
-        .and_then(|l| l.to_str().map(str::to_owned));
+    let own = own_netns();
     let mut out = HashMap::new();
-    for (ino, pid) in &netns {
+    for (ino, path) in &netns {
         // Our own namespace needs no setns() (nor the CAP_SYS_ADMIN it takes).
-        let mine = own.as_deref() == Some(format!("net:[{ino}]").as_str());
-        let socks = if mine {
+        let socks = if own == Some(*ino) {
             dump_tcp()
         } else {
-            dump_in_netns_of(*pid)
+            dump_in_netns(path)
         };
         // A process may exit meanwhile, or setns() may be refused: skip that namespace.
         let Ok(socks) = socks else {
@@ -298,14 +256,13 @@ pub fn existing() -> HashMap<u64, Task> {
     out
 }
 
-/// A process in network namespace `netns` (by inode), to setns() through.
-fn netns_pid(netns: u64) -> Option<u32> {
-    let want = format!("net:[{netns}]");
-    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-        let link = fs::read_link(e.path().join("ns/net")).ok()?;
-        (link.to_str() == Some(want.as_str())).then_some(pid)
-    })
+/// The setns() path of network namespace `netns` (by inode), through some process in it.
+fn netns_path(netns: u64) -> Option<PathBuf> {
+    procfs::process::all_processes()
+        .ok()?
+        .flatten()
+        .find_map(|p| net_ns(p.pid()).filter(|(ino, _)| *ino == netns))
+        .map(|(_, path)| path)
 }
 
 fn to_task(h: &Holder) -> Task {
@@ -326,14 +283,11 @@ fn to_task(h: &Holder) -> Task {
 /// `enrich::FlowOwners`, which runs it off the event loop.
 pub fn flow_owner(netns: u64, a: SocketAddr, b: SocketAddr) -> Option<Task> {
     // sock_diag first (cheap); the /proc fd walk only once a socket is found.
-    let own = fs::read_link("/proc/self/ns/net")
-        .ok()
-        .is_some_and(|l| l.to_str() == Some(format!("net:[{netns}]").as_str()));
-    let socks = if own {
+    let socks = if own_netns() == Some(netns) {
         // No setns() (and no CAP_SYS_ADMIN) for our own namespace.
         dump_tcp().ok()?
     } else {
-        dump_in_netns_of(netns_pid(netns)?).ok()?
+        dump_in_netns(&netns_path(netns)?).ok()?
     };
     // An IPv4 flow on a dual-stack socket shows as ::ffff:a.b.c.d.
     let canon = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
@@ -348,6 +302,14 @@ pub fn flow_owner(netns: u64, a: SocketAddr, b: SocketAddr) -> Option<Task> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::{NLMSG_DONE, NLMSG_ERROR};
+    use netlink_packet_sock_diag::SOCK_DIAG_BY_FAMILY;
+
+    /// struct nlmsghdr.
+    const NLMSG_HDRLEN: usize = 16;
+    /// struct inet_diag_msg: family, state, timer, retrans, id (48 bytes), expires, rqueue,
+    /// wqueue, uid, inode.
+    const INET_DIAG_MSG_LEN: usize = 72;
 
     fn msg(ty: u16, body: &[u8]) -> Vec<u8> {
         let len = NLMSG_HDRLEN + body.len();

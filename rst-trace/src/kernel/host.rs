@@ -35,13 +35,10 @@ pub fn check_privileges() -> Result<()> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+    let caps = procfs::process::Process::myself()
+        .and_then(|p| p.status())
+        .context("reading /proc/self/status")?
+        .capeff;
     let has = |bit: u32| caps & (1u64 << bit) != 0;
     if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
         return Err(anyhow!(NEEDS_ROOT));

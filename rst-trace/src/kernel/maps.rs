@@ -101,6 +101,7 @@ pub fn kernel_counts(ebpf: &Ebpf) -> Result<Vec<(RstEvent, u64)>> {
 }
 
 /// `recursion_misses` of a loaded program, from its fdinfo (5.12+; None before, or unloaded).
+/// Read by hand: procfs parses no fdinfo keys of BPF programs.
 fn recursion_misses(ebpf: &Ebpf, prog: &str) -> Option<u64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let fd = ebpf.program(prog)?.fd().ok()?.as_fd().as_raw_fd();

@@ -104,9 +104,12 @@ fn date_time(secs: i64) -> String {
 
 /// Appends the low `width` decimal digits of `n`, zero-padded.
 pub(super) fn push_fixed(out: &mut String, n: u64, width: u32) {
-    for k in (0..width).rev() {
-        out.push(char::from(b'0' + (n / 10u64.pow(k) % 10) as u8));
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n % 10u64.pow(width));
+    for _ in digits.len()..width as usize {
+        out.push('0');
     }
+    out.push_str(digits);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,31 +173,9 @@ fn needs_escape8(x: u64) -> bool {
         != 0
 }
 
-/// Appends a decimal number without going through `core::fmt`, two digits at a time.
-pub fn push_u64(out: &mut String, mut n: u64) {
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    while n >= 100 {
-        let p = (n % 100) as usize * 2;
-        n /= 100;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
-    }
-    if n >= 10 {
-        let p = n as usize * 2;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[p..p + 2]);
-    } else {
-        i -= 1;
-        buf[i] = b'0' + n as u8;
-    }
-    // SAFETY: ASCII digits only, which are valid UTF-8.
-    out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) });
+/// Appends a decimal number (itoa: no `core::fmt` per event).
+pub fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Appends an IP address: IPv4 by hand (the common case), IPv6 through `Display`.

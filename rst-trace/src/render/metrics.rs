@@ -1,13 +1,13 @@
-//! `--metrics ADDR`: Prometheus text format at `/metrics`, served by hyper.
+//! `--metrics ADDR`: Prometheus text format at `/metrics`, served by hyper and written by
+//! prometheus-client (the Prometheus project's crate).
 //!
 //! `rst_trace_resets_total{direction,condition,comm}` and `rst_trace_lost_events_total`, plus
 //! process metrics. Label cardinality stays bounded: at most [`MAX_COMMS`] distinct `comm`
 //! values, the rest fold into `other`.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     convert::Infallible,
-    fmt::Write as _,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
@@ -16,92 +16,142 @@ use anyhow::{Context as _, Result};
 use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, prometheus_text},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+    },
+    registry::Registry,
+};
 
 use crate::explain::Report;
 
 pub const MAX_COMMS: usize = 100;
 
-#[derive(Default)]
+/// The labels of `rst_trace_resets_total`, in the order they are written. Another label (e.g.
+/// `container`, `pod`) is one more field here and one more [`Bounded`] in [`Metrics`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResetLabels {
+    direction: &'static str,
+    condition: &'static str,
+    comm: String,
+}
+
+/// The values one label may take: the first `max` seen, then `other`.
+#[derive(Debug)]
+struct Bounded {
+    seen: HashSet<String>,
+    max: usize,
+}
+
+impl Bounded {
+    fn new(max: usize) -> Self {
+        Self {
+            seen: HashSet::new(),
+            max,
+        }
+    }
+
+    fn value(&mut self, v: &str) -> String {
+        if self.seen.contains(v) {
+            v.to_owned()
+        } else if self.seen.len() < self.max {
+            self.seen.insert(v.to_owned());
+            v.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+}
+
 pub struct Metrics {
-    resets: BTreeMap<(&'static str, &'static str, String), u64>,
-    comms: HashSet<String>,
-    pub lost: u64,
+    registry: Registry,
+    resets: Family<ResetLabels, Counter>,
+    comms: Bounded,
+    lost: Counter,
 }
 
 pub type Shared = Arc<Mutex<Metrics>>;
 
-/// Prometheus label value escaping: backslash, double quote, newline.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let resets = Family::<ResetLabels, Counter>::default();
+        let lost = Counter::default();
+        // prometheus-client adds the `_total` of a counter and the final period of its help.
+        registry.register(
+            "rst_trace_resets",
+            "TCP resets, by direction, condition id and process name",
+            resets.clone(),
+        );
+        registry.register(
+            "rst_trace_lost_events",
+            "Reset events dropped because the ring buffer was full",
+            lost.clone(),
+        );
+        registry.register_collector(Box::new(ProcessMetrics));
+        Self {
+            registry,
+            resets,
+            comms: Bounded::new(MAX_COMMS),
+            lost,
+        }
+    }
 }
 
 impl Metrics {
     pub fn record(&mut self, r: &Report) {
         let comm = r.process.as_ref().map_or("-", |p| p.comm.as_str());
-        let comm = if self.comms.contains(comm) {
-            comm.to_owned()
-        } else if self.comms.len() < MAX_COMMS {
-            self.comms.insert(comm.to_owned());
-            comm.to_owned()
-        } else {
-            "other".to_owned()
+        let labels = ResetLabels {
+            direction: r.direction.as_str(),
+            condition: r.condition.as_str(),
+            comm: self.comms.value(comm),
         };
-        *self
-            .resets
-            .entry((r.direction.as_str(), r.condition.as_str(), comm))
-            .or_default() += 1;
+        self.resets.get_or_create(&labels).inc();
+    }
+
+    /// The ring buffer's lost-event count, `total` since start-up.
+    pub fn set_lost(&mut self, total: u64) {
+        self.lost.inc_by(total.saturating_sub(self.lost.get()));
     }
 
     pub fn render(&self) -> String {
         let mut s = String::new();
-        s.push_str("# HELP rst_trace_resets_total TCP resets, by direction, condition id and process name.\n");
-        s.push_str("# TYPE rst_trace_resets_total counter\n");
-        for ((d, c, comm), n) in &self.resets {
-            let _ = writeln!(
-                s,
-                "rst_trace_resets_total{{direction=\"{d}\",condition=\"{c}\",comm=\"{}\"}} {n}",
-                escape(comm)
-            );
-        }
-        s.push_str("# HELP rst_trace_lost_events_total Reset events dropped because the ring buffer was full.\n");
-        s.push_str("# TYPE rst_trace_lost_events_total counter\n");
-        let _ = writeln!(s, "rst_trace_lost_events_total {}", self.lost);
-        process_metrics(&mut s);
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut s, &self.registry);
         s
     }
 }
 
-/// The standard process metrics, from /proc/self.
-fn process_metrics(s: &mut String) {
-    // SAFETY: sysconf has no preconditions.
-    let (tck, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
-            libc::sysconf(libc::_SC_PAGESIZE).max(1) as u64,
-        )
-    };
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
-        && let Some(rest) = stat.rsplit(')').next()
-    {
-        // Fields after the comm: state is field 3, utime 14, stime 15, rss 24.
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| {
-            f.get(i - 3)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
+/// The standard process metrics, read from /proc/self at each scrape.
+#[derive(Debug)]
+struct ProcessMetrics;
+
+impl Collector for ProcessMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use procfs::WithCurrentSystemInfo as _;
+        let Ok(stat) = procfs::process::Process::myself().and_then(|p| p.stat()) else {
+            return Ok(());
         };
-        let cpu = (num(14) + num(15)) as f64 / tck;
-        let _ = writeln!(
-            s,
-            "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}"
+        let cpu = ConstCounter::new(
+            (stat.utime + stat.stime) as f64 / procfs::ticks_per_second().max(1) as f64,
         );
-        let _ = writeln!(
-            s,
-            "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
-            num(24) * page
-        );
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time.",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let rss = ConstGauge::new(stat.rss_bytes().get());
+        rss.encode(encoder.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory.",
+            None,
+            rss.metric_type(),
+        )?)
     }
 }
 
@@ -134,7 +184,7 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> Result<SocketAddr> {
                         let resp = if req.uri().path() == "/metrics" {
                             let body = shared.lock().map(|m| m.render()).unwrap_or_default();
                             Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4")
+                                .header("content-type", prometheus_text::CONTENT_TYPE)
                                 .body(Full::new(Bytes::from(body)))
                         } else {
                             Response::builder()

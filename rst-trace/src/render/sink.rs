@@ -90,7 +90,7 @@ impl Sink {
             if let Some(m) = &self.metrics
                 && let Ok(mut m) = m.lock()
             {
-                m.lost = total;
+                m.set_lost(total);
             }
             match self.fmt {
                 Format::Json => self.out.line(&line),

@@ -1,0 +1,123 @@
+//! The rules for a sent reset that answers a segment that arrived: for no socket, a closed one,
+//! a listener, or one whose checks the segment failed.
+
+use rst_trace_common::FACT_BACKLOG;
+
+use super::Sent;
+use crate::explain::{
+    model::{DetailValue, Report, cond},
+    tcp::{ACK, SYN},
+};
+
+pub(super) fn no_socket(s: &Sent, r: &mut Report) {
+    let (local, remote, incoming, flags) = (r.local, r.remote, &s.incoming, s.flags);
+    r.state = None;
+    r.socket_cookie = None;
+    r.no_process_why = Some("no socket");
+    s.push_incoming(r);
+    if s.packet && flags & SYN != 0 && flags & ACK == 0 {
+        r.condition = cond::PORT_NOT_LISTENING;
+        say!(
+            s.words,
+            r,
+            "nothing listens on {local}: the kernel refused the connection attempt (SYN) from {remote} with RST; the client sees ECONNREFUSED"
+        );
+    } else if s.packet && flags & SYN != 0 {
+        r.condition = cond::STALE_SYNACK;
+        say!(
+            s.words,
+            r,
+            "a SYN-ACK from {remote} arrived for a connection attempt that no longer exists on {local} (the client gave up, e.g. a connect timeout), so the kernel answered with RST"
+        );
+    } else {
+        r.condition = cond::NO_CONNECTION;
+        say!(
+            s.words,
+            r,
+            "a segment ({incoming}) from {remote} arrived for a connection {local} no longer has (closed, or state lost), so the kernel answered with RST; the peer sees ECONNRESET"
+        );
+    }
+}
+
+pub(super) fn time_wait_segment(s: &Sent, r: &mut Report) {
+    let (local, remote, incoming) = (r.local, r.remote, &s.incoming);
+    r.condition = cond::TIME_WAIT_SEGMENT;
+    r.no_process_why = Some("closed, in TIME_WAIT");
+    s.push_incoming(r);
+    say!(
+        s.words,
+        r,
+        "a segment ({incoming}) from {remote} hit a connection already closed and waiting in TIME_WAIT on {local}, so the kernel answered with RST"
+    );
+}
+
+pub(super) fn accept_queue_overflow(s: &Sent, r: &mut Report) {
+    let (local, remote, proc_, ev) = (r.local, r.remote, &s.proc_, s.ev);
+    r.condition = cond::ACCEPT_QUEUE_OVERFLOW;
+    if ev.facts & FACT_BACKLOG != 0 {
+        r.detail
+            .push(("accept_queue", DetailValue::Num(u64::from(ev.ack_backlog))));
+        r.detail.push((
+            "accept_queue_max",
+            DetailValue::Num(u64::from(ev.max_ack_backlog)),
+        ));
+    }
+    say!(
+        s.words,
+        r,
+        "{proc_}'s accept queue on {local} was full (it is not calling accept() fast enough) and net.ipv4.tcp_abort_on_overflow=1, so the kernel reset the connection from {remote}"
+    );
+}
+
+pub(super) fn unexpected_ack_on_listener(s: &Sent, r: &mut Report) {
+    let (local, remote, proc_, incoming) = (r.local, r.remote, &s.proc_, &s.incoming);
+    r.condition = cond::UNEXPECTED_ACK_ON_LISTENER;
+    say!(
+        s.words,
+        r,
+        "an ACK ({incoming}) from {remote} reached listener {proc_} on {local} for a connection it does not have (handshake state lost, or a stray segment), so the kernel answered with RST"
+    );
+}
+
+pub(super) fn invalid_ack_in_syn_sent(s: &Sent, r: &mut Report) {
+    let (local, remote) = (r.local, r.remote);
+    // tcp_rcv_synsent_state_process() resets both a wrong ACK number and a TSecr
+    // failing PAWS through reset_and_undo; only the 6.10+ reason tells them apart.
+    r.condition = cond::INVALID_ACK;
+    say!(
+        s.words,
+        r,
+        "a SYN-ACK from {remote} failed {local}'s checks in SYN_SENT: it acknowledged a sequence number never sent, or its timestamp failed the PAWS check (this kernel does not say which), so the kernel answered with RST"
+    );
+}
+
+pub(super) fn invalid_ack(s: &Sent, r: &mut Report) {
+    let (local, remote, state_name) = (r.local, r.remote, &s.state_name);
+    r.condition = cond::INVALID_ACK;
+    say!(
+        s.words,
+        r,
+        "a segment from {remote} acknowledged data {local} never sent or long acknowledged (state {state_name}), so the kernel answered with RST"
+    );
+}
+
+pub(super) fn paws_reject(s: &Sent, r: &mut Report) {
+    let (remote, state_name) = (r.remote, &s.state_name);
+    r.condition = cond::PAWS_REJECT;
+    say!(
+        s.words,
+        r,
+        "a segment from {remote} failed the PAWS timestamp check (RFC 7323) in state {state_name}, so the kernel answered with RST"
+    );
+}
+
+pub(super) fn other(s: &Sent, r: &mut Report) {
+    let (remote, state_name) = (r.remote, &s.state_name);
+    r.condition = cond::OTHER;
+    let why = s.reported.as_deref().unwrap_or("no reason reported");
+    say!(
+        s.words,
+        r,
+        "the kernel sent RST to {remote} (reason {why}, state {state_name})"
+    );
+}
