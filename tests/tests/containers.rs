@@ -338,14 +338,21 @@ fn pod_filter() {
 }
 
 /// `--summary --by container` and `--by pod` count the container's reset under its name and
-/// pod, the host client's under `-`; the text line shows `comm[pid]@namespace/pod`.
+/// pod, the host client's under `-`; the metrics label it; the text line shows
+/// `comm[pid]@namespace/pod`.
 #[test]
-fn summary_by_container_and_pod_and_text_column() {
+fn summary_metrics_and_text_by_container_and_pod() {
     let port = 23011;
     let p = port.to_string();
     let by_container = Tracer::start(&["--port", &p, "--quiet", "--summary", "--by", "container"]);
     let by_pod = Tracer::start(&["--port", &p, "--quiet", "--summary", "--by", "pod"]);
     let (text, _) = spawn_attached(&["--port", &p]);
+    let metrics = Tracer::start(&["--port", &p, "--quiet", "--metrics", "127.0.0.1:0"]);
+    let url = metrics
+        .stderr()
+        .iter()
+        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
+        .expect("metrics address line");
     let (tracer, web, client) =
         docker_bridge(port, DockerRun::new("sum").k8s("sum-0", "shop", "api"));
     // The per-event tracer saw both resets, so the summaries must count them.
@@ -397,6 +404,23 @@ fn summary_by_container_and_pod_and_text_column() {
         ],
         "{p:#}"
     );
+    // Metrics: the container and pod labels.
+    let want = r#"rst_trace_resets_total{direction="sent",condition="close_with_unread_data",comm="rstt-web",container="api",pod="shop/sum-0"} 1"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let body = ureq::get(&url)
+            .call()
+            .expect("scrape")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if body.contains(want) || std::time::Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains(want), "{want} not in:\n{body}");
+    drop(metrics);
     // The text line: the container's process with its pod.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(text.id() as i32, libc::SIGINT) };

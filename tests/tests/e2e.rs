@@ -443,7 +443,7 @@ fn metrics_are_served_and_count_resets() {
         let c = Peer::spawn(&ns, "rstt-metrics", &["connect=127.0.0.1:20041"]);
         c.expect("errno ECONNREFUSED");
     }
-    let want = r#"rst_trace_resets_total{direction="received",condition="connection_refused",comm="rstt-metrics"} 2"#;
+    let want = r#"rst_trace_resets_total{direction="received",condition="connection_refused",comm="rstt-metrics",container="-",pod="-"} 2"#;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let body = loop {
         let body = ureq::get(&url)
@@ -460,7 +460,7 @@ fn metrics_are_served_and_count_resets() {
     assert!(body.contains(want), "{body}");
     assert!(
         body.contains(
-            r#"rst_trace_resets_total{direction="sent",condition="port_not_listening",comm="-"} 2"#
+            r#"rst_trace_resets_total{direction="sent",condition="port_not_listening",comm="-",container="-",pod="-"} 2"#
         ),
         "{body}"
     );

@@ -1,9 +1,9 @@
 //! `--metrics ADDR`: Prometheus text format at `/metrics`, served by hyper and written by
 //! prometheus-client (the Prometheus project's crate).
 //!
-//! `rst_trace_resets_total{direction,condition,comm}` and `rst_trace_lost_events_total`, plus
-//! process metrics. Label cardinality stays bounded: at most [`MAX_COMMS`] distinct `comm`
-//! values, the rest fold into `other`.
+//! `rst_trace_resets_total{direction,condition,comm,container,pod}` and
+//! `rst_trace_lost_events_total`, plus process metrics. Label cardinality stays bounded: at most
+//! [`MAX_COMMS`] distinct `comm`, `container` and `pod` values each, the rest fold into `other`.
 
 use std::{
     collections::HashSet,
@@ -31,13 +31,17 @@ use crate::explain::Report;
 
 pub const MAX_COMMS: usize = 100;
 
-/// The labels of `rst_trace_resets_total`, in the order they are written. Another label (e.g.
-/// `container`, `pod`) is one more field here and one more [`Bounded`] in [`Metrics`].
+/// The labels of `rst_trace_resets_total`, in the order they are written. Another label is one
+/// more field here and one more [`Bounded`] in [`Metrics`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResetLabels {
     direction: &'static str,
     condition: &'static str,
     comm: String,
+    /// The container's name (or short id), `-` outside containers.
+    container: String,
+    /// `namespace/pod`, `-` outside Kubernetes pods.
+    pod: String,
 }
 
 /// The values one label may take: the first `max` seen, then `other`.
@@ -71,6 +75,8 @@ pub struct Metrics {
     registry: Registry,
     resets: Family<ResetLabels, Counter>,
     comms: Bounded,
+    containers: Bounded,
+    pods: Bounded,
     lost: Counter,
 }
 
@@ -84,7 +90,7 @@ impl Default for Metrics {
         // prometheus-client adds the `_total` of a counter and the final period of its help.
         registry.register(
             "rst_trace_resets",
-            "TCP resets, by direction, condition id and process name",
+            "TCP resets, by direction, condition id, process name, container and pod",
             resets.clone(),
         );
         registry.register(
@@ -97,6 +103,8 @@ impl Default for Metrics {
             registry,
             resets,
             comms: Bounded::new(MAX_COMMS),
+            containers: Bounded::new(MAX_COMMS),
+            pods: Bounded::new(MAX_COMMS),
             lost,
         }
     }
@@ -105,10 +113,21 @@ impl Default for Metrics {
 impl Metrics {
     pub fn record(&mut self, r: &Report) {
         let comm = r.process.as_ref().map_or("-", |p| p.comm.as_str());
+        let container = r
+            .process
+            .as_ref()
+            .and_then(|p| p.identity.as_ref())
+            .and_then(|i| i.container.as_ref());
+        let name = container.map_or_else(|| "-".to_owned(), |c| c.label());
+        let pod = container
+            .and_then(|c| c.pod_label())
+            .unwrap_or_else(|| "-".to_owned());
         let labels = ResetLabels {
             direction: r.direction.as_str(),
             condition: r.condition.as_str(),
             comm: self.comms.value(comm),
+            container: self.containers.value(&name),
+            pod: self.pods.value(&pod),
         };
         self.resets.get_or_create(&labels).inc();
     }
@@ -236,9 +255,52 @@ mod tests {
             .filter(|l| l.starts_with("rst_trace_resets_total{"))
             .count();
         assert_eq!(comms, MAX_COMMS + 1, "{out}");
-        assert!(out.contains(r#"comm="other"} 11"#), "{out}");
+        assert!(
+            out.contains(r#"comm="other",container="-",pod="-"} 11"#),
+            "{out}"
+        );
         assert!(out.contains("rst_trace_lost_events_total 0"));
         assert!(out.contains("process_resident_memory_bytes"));
+    }
+
+    /// A container's resets carry its name and pod; containers are bounded like comms.
+    #[test]
+    fn container_and_pod_labels() {
+        use crate::identity::{Container, Identity, Runtime};
+
+        let mut m = Metrics::default();
+        for i in 0..(MAX_COMMS + 5) {
+            let mut r = crate::filter::tests_support::report(
+                Some(1),
+                "nginx",
+                1,
+                2,
+                crate::explain::Direction::Sent,
+            );
+            let mut c = Container {
+                id: format!("{i:064x}"),
+                runtime: Runtime::Containerd,
+                name: None,
+                pod: Some(format!("web-{i}")),
+                namespace: Some("shop".into()),
+                container_name: Some("web".into()),
+                pod_uid: None,
+            };
+            if i > 0 {
+                c.container_name = Some(format!("c{i}"));
+            }
+            r.process.as_mut().unwrap().identity = Some(Arc::new(Identity {
+                container: Some(c),
+                ..Identity::default()
+            }));
+            m.record(&r);
+        }
+        let out = m.render();
+        assert!(
+            out.contains(r#"comm="nginx",container="web",pod="shop/web-0"} 1"#),
+            "{out}"
+        );
+        assert!(out.contains(r#"container="other",pod="other"} 5"#), "{out}");
     }
 
     #[test]
