@@ -93,6 +93,10 @@ enum Cmd {
         /// Only the rows whose configuration name contains this text (e.g. "refused").
         #[arg(long, value_name = "TEXT")]
         only: Option<String>,
+        /// Measure this rst-trace binary instead of the tree's release build (before/after
+        /// comparisons of two versions; it must take the same options).
+        #[arg(long, value_name = "PATH")]
+        bin: Option<PathBuf>,
     },
 }
 
@@ -558,13 +562,14 @@ fn main() -> Result<()> {
             rounds,
             soak,
             only,
+            bin,
         } => {
             build()?;
             if !is_root() {
                 bail!("the benchmark loads eBPF programs: run `./x bench` as root");
             }
             bench::run(
-                &root().join("target/release/rst-trace"),
+                &bin.unwrap_or_else(|| root().join("target/release/rst-trace")),
                 &bench::Opts {
                     seconds,
                     rounds,
