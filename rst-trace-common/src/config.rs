@@ -108,7 +108,10 @@ pub struct Config {
     /// 1 where `tcp_send_reset` does not fire for resets sent without a full socket (before
     /// 6.10, commit 19822a980e19): the transmit hook reports those.
     pub xmit_socketless: u8,
-    pub _pad2: u16,
+    /// 1 with `--stacks`: process-context aborts capture their user and kernel stacks
+    /// ([`FACT_STACKS`](crate::FACT_STACKS)).
+    pub stacks: u8,
+    pub _pad2: u8,
 }
 
 impl Config {
@@ -178,6 +181,7 @@ impl Config {
             skb_ip_summed: OFF_NONE,
             ip_summed_shift: 0,
             xmit_socketless: 0,
+            stacks: 0,
             _pad2: 0,
         }
     }

@@ -41,6 +41,10 @@ pub const FACT_RST_TTL: u32 = 256;
 /// [`FACT_PACKET`] the segment it answers was found; without, endpoints and `tcp_flags` are the
 /// RST's own (local = its source).
 pub const FACT_XMIT: u32 = 512;
+/// `--stacks`: the reset was sent in its owner's own system call (a process-context abort,
+/// [`ATTR_OWNER_CURRENT`]) and `user_stack`/`kernel_stack` hold what `bpf_get_stackid()`
+/// returned for it: an id in [`MAP_STACKS`](crate::MAP_STACKS), or `-errno`.
+pub const FACT_STACKS: u32 = 1024;
 
 /// One reset, as the kernel side saw it. Explaining it is userspace's job.
 #[repr(C)]
@@ -98,6 +102,12 @@ pub struct RstEvent {
     /// Jiffies since the connection last received anything (`rcv_tstamp`, `lrcvtime`), with
     /// [`FACT_IDLE`]: what a middlebox's idle timer counts (our own write resets `lsndtime`).
     pub recv_idle_jiffies: u32,
+    /// With [`FACT_STACKS`]: the user stack's id in [`MAP_STACKS`](crate::MAP_STACKS), or
+    /// `-errno` (e.g. `-EFAULT`: no user stack, as in a process's exit; `-EEXIST`: another
+    /// stack holds the id's bucket).
+    pub user_stack: i32,
+    /// With [`FACT_STACKS`]: the kernel stack's id, or `-errno`.
+    pub kernel_stack: i32,
     pub _pad1: u32,
 }
 
@@ -108,7 +118,7 @@ const _: () = assert!(core::mem::offset_of!(RstEvent, remote_addr) % 8 == 0);
 const _: () = assert!(core::mem::align_of::<RstEvent>() == 8);
 
 /// Size of one record in the ring buffer.
-pub const RST_EVENT_SIZE: usize = 184;
+pub const RST_EVENT_SIZE: usize = 192;
 const _: () = assert!(core::mem::size_of::<RstEvent>() == RST_EVENT_SIZE);
 
 /// Why a ring buffer record could not be decoded.
@@ -194,6 +204,10 @@ impl RstEvent {
         let full = self.ack_backlog > self.max_ack_backlog;
         self.ack_backlog = u32::from(full);
         self.max_ack_backlog = 0;
+        // Stacks are never counted (`--stacks` goes with event lines, not `--quiet`).
+        self.facts &= !FACT_STACKS;
+        self.user_stack = 0;
+        self.kernel_stack = 0;
         self._pad1 = 0;
     }
 

@@ -1,0 +1,145 @@
+//! `--stacks`: the user and kernel stacks of a process-context abort, read from the kernel's
+//! stack map and symbolized when the event is read, while the process most likely still runs
+//! (its mappings are needed to name user addresses; a process that exited first gets
+//! addresses and, where the binary was already parsed, names).
+//!
+//! Ids are deleted from the map once read, at the end of each drain of the ring: the map then
+//! only holds the stacks of events not read yet, and stays far from full (a full bucket makes
+//! `bpf_get_stackid()` fail with `-EEXIST`). The kernel gives identical stacks one id, so an
+//! id may come again in an event captured before the delete: the frames last read for each id
+//! are kept for that.
+
+mod symbolize;
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, StackTraceMap};
+use rst_trace_common::{FACT_STACKS, MAP_STACKS, RstEvent};
+
+use self::symbolize::Symbols;
+
+/// One frame, innermost first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    pub addr: u64,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// The binary or shared object (user), or the kernel module (kernel), when known.
+    pub module: Option<String>,
+    /// The address's offset in `module`, given when no function is known.
+    pub offset: Option<u64>,
+}
+
+/// A stack: its frames, or why there are none (`EFAULT: ...`).
+pub type Stack = Result<Vec<Frame>, String>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stacks {
+    pub user: Stack,
+    pub kernel: Stack,
+}
+
+/// Why `bpf_get_stackid()` failed, by errno.
+fn stackid_error(errno: i32) -> String {
+    match errno {
+        libc::EFAULT => "EFAULT: no stack to walk (user: the task had no user memory left, as \
+                         when a process's exit closes its sockets)"
+            .into(),
+        libc::EEXIST => {
+            "EEXIST: the stack map's bucket for this stack held another one (rst-trace was \
+             behind reading them)"
+                .into()
+        }
+        libc::ENOMEM => "ENOMEM: the stack map had no free entry".into(),
+        libc::EINVAL => "EINVAL: the kernel refused the request".into(),
+        n => format!("errno {n}"),
+    }
+}
+
+/// Reads, symbolizes and deletes the stacks events refer to; counts the failures.
+pub struct StackReader {
+    map: StackTraceMap<MapData>,
+    symbols: Symbols,
+    /// The frames (raw addresses) last read for each id: ids are < the map's bucket count.
+    read: HashMap<u32, Vec<u64>>,
+    /// Ids read since the last [`StackReader::flush`].
+    to_delete: Vec<u32>,
+    /// Stacks that could not be captured or read, by reason, for the warning line.
+    pub failed: HashMap<(&'static str, String), u64>,
+}
+
+impl StackReader {
+    /// Takes the stack map out of the loaded object.
+    pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self> {
+        let map = ebpf
+            .take_map(MAP_STACKS)
+            .context("stack map missing from the eBPF object")?;
+        Ok(Self {
+            map: StackTraceMap::try_from(map)?,
+            symbols: Symbols::new(),
+            read: HashMap::new(),
+            to_delete: Vec::new(),
+            failed: HashMap::new(),
+        })
+    }
+
+    /// The symbolized stacks of `ev`, if it carries stack ids.
+    pub fn resolve(&mut self, ev: &RstEvent) -> Option<Box<Stacks>> {
+        if ev.facts & FACT_STACKS == 0 {
+            return None;
+        }
+        let user = self
+            .raw(ev.user_stack)
+            .and_then(|ips| self.symbols.user(ev.owner.pid, &ips));
+        let kernel = self
+            .raw(ev.kernel_stack)
+            .and_then(|ips| self.symbols.kernel(&ips));
+        for (which, st) in [("user", &user), ("kernel", &kernel)] {
+            if let Err(why) = st {
+                let short = why.split(':').next().unwrap_or(why).to_owned();
+                *self.failed.entry((which, short)).or_default() += 1;
+            }
+        }
+        Some(Box::new(Stacks { user, kernel }))
+    }
+
+    /// The addresses of stack `id`, or why there are none.
+    fn raw(&mut self, id: i32) -> Result<Vec<u64>, String> {
+        if id < 0 {
+            Err(stackid_error(-id))
+        } else {
+            let id = id as u32;
+            match self.map.get(&id, 0) {
+                Ok(st) => {
+                    let ips: Vec<u64> = st.frames().iter().map(|f| f.ip).collect();
+                    self.to_delete.push(id);
+                    self.read.insert(id, ips.clone());
+                    Ok(ips)
+                }
+                Err(e) => self
+                    .read
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| format!("stack {id} not in the map: {e}")),
+            }
+        }
+    }
+
+    /// Deletes the ids read so far (called once the ring is drained).
+    pub fn flush(&mut self) {
+        for id in self.to_delete.drain(..) {
+            // Already gone when an earlier event of this drain had the same id.
+            let _ = self.map.remove(&id);
+        }
+    }
+
+    /// Deletes every id: after events were lost, their stacks would never be read.
+    pub fn sweep(&mut self) {
+        let ids: Vec<u32> = self.map.stack_ids().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = self.map.remove(&id);
+        }
+    }
+}
