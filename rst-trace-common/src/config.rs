@@ -112,6 +112,13 @@ pub struct Config {
     /// ([`FACT_STACKS`](crate::FACT_STACKS)).
     pub stacks: u8,
     pub _pad2: u8,
+    /// `task_struct.stack` (x86_64 only, else [`OFF_NONE`]): the kernel stack, whose top holds
+    /// the registers of the task's system call entry (`task_pt_regs()`), for the word at the
+    /// user stack pointer ([`RstEvent::user_sp_word`](crate::RstEvent::user_sp_word)).
+    pub task_stack: u16,
+    pub _pad3: u16,
+    /// `THREAD_SIZE`: the kernel stack's size (16 KiB on x86_64, 32 KiB with KASAN).
+    pub thread_size: u32,
 }
 
 impl Config {
@@ -183,8 +190,11 @@ impl Config {
             xmit_socketless: 0,
             stacks: 0,
             _pad2: 0,
+            task_stack: OFF_NONE,
+            _pad3: 0,
+            thread_size: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 128);
+const _: () = assert!(core::mem::size_of::<Config>() == 136);

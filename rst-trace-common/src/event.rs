@@ -109,6 +109,10 @@ pub struct RstEvent {
     /// With [`FACT_STACKS`]: the kernel stack's id, or `-errno`.
     pub kernel_stack: i32,
     pub _pad1: u32,
+    /// With [`FACT_STACKS`]: the word at the user stack pointer when the task entered the
+    /// kernel, 0 if unknown. A frame-pointer walk misses the caller of a function that keeps no
+    /// frame, as libc's system call wrappers (close()) do: their return address is this word.
+    pub user_sp_word: u64,
 }
 
 const _: () = assert!(!self_abort_state(TCP_ESTABLISHED) && !self_abort_state(TCP_SYN_SENT));
@@ -118,7 +122,7 @@ const _: () = assert!(core::mem::offset_of!(RstEvent, remote_addr) % 8 == 0);
 const _: () = assert!(core::mem::align_of::<RstEvent>() == 8);
 
 /// Size of one record in the ring buffer.
-pub const RST_EVENT_SIZE: usize = 192;
+pub const RST_EVENT_SIZE: usize = 200;
 const _: () = assert!(core::mem::size_of::<RstEvent>() == RST_EVENT_SIZE);
 
 /// Why a ring buffer record could not be decoded.
@@ -208,6 +212,7 @@ impl RstEvent {
         self.facts &= !FACT_STACKS;
         self.user_stack = 0;
         self.kernel_stack = 0;
+        self.user_sp_word = 0;
         self._pad1 = 0;
     }
 

@@ -90,9 +90,10 @@ fn send_reset_event<C: StackIdContext>(ctx: &C, sk: u64, skb: u64, reason: u32, 
         if ev.attribution == ATTR_OWNER_CURRENT {
             // The call that aborted the connection (close(), shutdown() then close(), exit,
             // connect(AF_UNSPEC)): its stacks are the current task's.
-            if let Some([user, kernel]) = stacks::capture(ctx) {
-                ev.user_stack = user;
-                ev.kernel_stack = kernel;
+            if let Some(c) = stacks::capture(ctx) {
+                ev.user_stack = c.user;
+                ev.kernel_stack = c.kernel;
+                ev.user_sp_word = c.sp_word;
                 ev.facts |= FACT_STACKS;
             }
         }
