@@ -4,7 +4,11 @@
 //! otherwise, module and file offset when no symbol covers the address; kernel addresses by
 //! `/proc/kallsyms`.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
 use blazesym::{
     MaybeDefault, Pid,
@@ -15,14 +19,95 @@ use blazesym::{
     },
 };
 
-use super::Frame;
+use super::{Frame, Stack};
 
 /// blazesym keeps every binary it parsed (mapped, with its DWARF index) by file identity, so a
 /// fork-per-connection server costs one parse; a long run would keep stale binaries (upgraded,
 /// deleted) forever, so the whole cache is dropped this often.
 const REBUILD_AFTER: Duration = Duration::from_secs(600);
 
-pub struct Symbols {
+/// Symbolized stacks kept, keyed by process and addresses (user) or addresses (kernel): a storm
+/// of aborts from one code path is symbolized once. Emptied when full.
+const MEMO_MAX: usize = 4096;
+
+enum Job {
+    User(u32, Vec<u64>),
+    Kernel(Vec<u64>),
+}
+
+/// The symbolizer on a thread of its own (blazesym's `Symbolizer` cannot move between
+/// threads): it parses /proc/kallsyms at start-up (~60 ms here) instead of in the event loop at
+/// the first stack. The event loop still waits for each answer, because the process must be
+/// alive while its addresses are looked up: a new binary's symbols and debug info are parsed
+/// then (tens of ms for libc with its detached debug info), a known one's cost ~0.3 ms, and a
+/// stack seen before nothing (`memo`).
+pub struct Worker {
+    jobs: mpsc::Sender<Job>,
+    answers: mpsc::Receiver<Stack>,
+    memo: HashMap<(u32, Vec<u64>), Vec<Frame>>,
+}
+
+impl Worker {
+    pub fn start() -> Self {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (answer_tx, answers) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("symbolize".into())
+            .spawn(move || {
+                let mut s = Symbols::new();
+                // Any kernel address: kallsyms is read whatever the answer.
+                let _ = s.kernel(&[0xffff_ffff_8100_0000]);
+                for job in job_rx {
+                    let answer = match job {
+                        Job::User(pid, ips) => s.user(pid, &ips),
+                        Job::Kernel(ips) => s.kernel(&ips),
+                    };
+                    if answer_tx.send(answer).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("rst-trace: warning: cannot start the symbolizer thread: {e}");
+        }
+        Self {
+            jobs,
+            answers,
+            memo: HashMap::new(),
+        }
+    }
+
+    /// The frames of a user stack of process `pid`.
+    pub fn user(&mut self, pid: u32, ips: Vec<u64>) -> Stack {
+        self.ask(pid, ips, Job::User)
+    }
+
+    /// The frames of a kernel stack.
+    pub fn kernel(&mut self, ips: Vec<u64>) -> Stack {
+        self.ask(0, ips, |_, ips| Job::Kernel(ips))
+    }
+
+    fn ask(&mut self, pid: u32, ips: Vec<u64>, job: fn(u32, Vec<u64>) -> Job) -> Stack {
+        let key = (pid, ips);
+        if let Some(frames) = self.memo.get(&key) {
+            return Ok(frames.clone());
+        }
+        self.jobs
+            .send(job(pid, key.1.clone()))
+            .map_err(|_| "the symbolizer thread is gone".to_owned())?;
+        let frames = self
+            .answers
+            .recv()
+            .map_err(|_| "the symbolizer thread is gone".to_owned())??;
+        if self.memo.len() >= MEMO_MAX {
+            self.memo.clear();
+        }
+        self.memo.insert(key, frames.clone());
+        Ok(frames)
+    }
+}
+
+struct Symbols {
     symbolizer: Symbolizer,
     normalizer: Normalizer,
     built: Instant,
@@ -39,7 +124,7 @@ fn new_symbolizer() -> Symbolizer {
 }
 
 impl Symbols {
-    pub fn new() -> Self {
+    fn new() -> Self {
         Self {
             symbolizer: new_symbolizer(),
             normalizer: Normalizer::new(),
@@ -56,7 +141,7 @@ impl Symbols {
     /// The frames of a user stack of process `pid`, innermost first. Frames past the first are
     /// return addresses: they are looked up one byte earlier, in the call instruction, so
     /// that the line is the call's (the reported `addr` stays the return address).
-    pub fn user(&mut self, pid: u32, ips: &[u64]) -> Result<Vec<Frame>, String> {
+    fn user(&mut self, pid: u32, ips: &[u64]) -> Stack {
         self.refresh();
         let lookup = call_sites(ips);
         let mut src = Process::new(Pid::from(pid));
@@ -86,7 +171,7 @@ impl Symbols {
     }
 
     /// The frames of a kernel stack, by /proc/kallsyms (function names; no file:line).
-    pub fn kernel(&mut self, ips: &[u64]) -> Result<Vec<Frame>, String> {
+    fn kernel(&mut self, ips: &[u64]) -> Stack {
         self.refresh();
         let lookup = call_sites(ips);
         let src = Kernel {
