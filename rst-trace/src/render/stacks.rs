@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use super::fast::{json_str, push_u64};
 use crate::stacks::{Frame, Stack, Stacks};
 
-/// `,"stacks":{"user":[...],"kernel":[...]}`; a stack that could not be had is `[]` with
-/// `"user_error"`/`"kernel_error"` saying why.
+/// `,"stacks":{"user":[...],"kernel":[...]}`; `"user_error"`/`"kernel_error"` say why a stack
+/// is empty (not captured) or has bare addresses (not symbolized).
 pub fn json_stacks(out: &mut String, s: &Stacks) {
     out.push_str(",\"stacks\":{");
     json_stack(out, "user", &s.user);
@@ -18,20 +18,16 @@ pub fn json_stacks(out: &mut String, s: &Stacks) {
 
 fn json_stack(out: &mut String, which: &str, st: &Stack) {
     let _ = write!(out, "\"{which}\":[");
-    match st {
-        Ok(frames) => {
-            for (i, f) in frames.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                json_frame(out, f);
-            }
-            out.push(']');
+    for (i, f) in st.frames.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
         }
-        Err(why) => {
-            let _ = write!(out, "],\"{which}_error\":");
-            json_str(out, why);
-        }
+        json_frame(out, f);
+    }
+    out.push(']');
+    if let Some(why) = &st.error {
+        let _ = write!(out, ",\"{which}_error\":");
+        json_str(out, why);
     }
 }
 
@@ -62,16 +58,18 @@ fn json_frame(out: &mut String, f: &Frame) {
 /// The text lines after the event line: `    user stack:` then one `      #N ...` per frame.
 pub fn text_stacks(out: &mut String, s: &Stacks) {
     for (which, st) in [("user", &s.user), ("kernel", &s.kernel)] {
-        match st {
-            Ok(frames) => {
-                let _ = write!(out, "\n    {which} stack:");
-                for (i, f) in frames.iter().enumerate() {
-                    let _ = write!(out, "\n      #{i:<2} {:#018x} {}", f.addr, text_frame(f));
-                }
+        let _ = write!(out, "\n    {which} stack:");
+        match (&st.error, st.frames.is_empty()) {
+            (Some(why), true) => {
+                let _ = write!(out, " none ({why})");
             }
-            Err(why) => {
-                let _ = write!(out, "\n    {which} stack: none ({why})");
+            (Some(why), false) => {
+                let _ = write!(out, " ({why})");
             }
+            (None, _) => {}
+        }
+        for (i, f) in st.frames.iter().enumerate() {
+            let _ = write!(out, "\n      #{i:<2} {:#018x} {}", f.addr, text_frame(f));
         }
     }
 }

@@ -18,7 +18,10 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, StackTraceMap};
 use rst_trace_common::{FACT_STACKS, MAP_STACKS, RstEvent};
 
-use self::{frameless::add_frameless_caller, symbolize::Worker};
+use self::{
+    frameless::add_frameless_caller,
+    symbolize::{Frames, Worker},
+};
 
 /// One frame, innermost first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,8 +36,42 @@ pub struct Frame {
     pub offset: Option<u64>,
 }
 
-/// A stack: its frames, or why there are none (`EFAULT: ...`).
-pub type Stack = Result<Vec<Frame>, String>;
+/// A stack: its frames (addresses only when they could not be named), and why it has none or
+/// no names (`EFAULT: ...`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stack {
+    pub frames: Vec<Frame>,
+    pub error: Option<String>,
+}
+
+impl Stack {
+    /// `ips` named, or as bare addresses with the reason they could not be.
+    fn named(ips: &[u64], named: Frames) -> Self {
+        match named {
+            Ok(frames) => Self {
+                frames,
+                error: None,
+            },
+            Err(e) => Self {
+                frames: ips
+                    .iter()
+                    .map(|&addr| Frame {
+                        addr,
+                        ..Frame::default()
+                    })
+                    .collect(),
+                error: Some(format!("not symbolized: {e}")),
+            },
+        }
+    }
+
+    fn none(why: String) -> Self {
+        Self {
+            frames: Vec::new(),
+            error: Some(why),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stacks {
@@ -45,8 +82,8 @@ pub struct Stacks {
 /// Why `bpf_get_stackid()` failed, by errno.
 fn stackid_error(errno: i32) -> String {
     match errno {
-        libc::EFAULT => "EFAULT: no stack to walk (user: the task had no user memory left, as \
-                         when a process's exit closes its sockets)"
+        libc::EFAULT => "EFAULT: no stack to walk (for a user stack: the task had no user \
+                         memory left, as when a process's exit closes its sockets)"
             .into(),
         libc::EEXIST => {
             "EEXIST: the stack map's bucket for this stack held another one (rst-trace was \
@@ -92,15 +129,23 @@ impl StackReader {
         if ev.facts & FACT_STACKS == 0 {
             return None;
         }
-        let user = self.raw(ev.user_stack).and_then(|mut ips| {
-            add_frameless_caller(ev.owner.pid, ev.user_sp_word, &mut ips);
-            self.symbols.user(ev.owner.pid, ips)
-        });
-        let kernel = self
-            .raw(ev.kernel_stack)
-            .and_then(|ips| self.symbols.kernel(ips));
+        let user = match self.raw(ev.user_stack) {
+            Ok(mut ips) => {
+                add_frameless_caller(ev.owner.pid, ev.user_sp_word, &mut ips);
+                let named = self.symbols.user(ev.owner.pid, ips.clone());
+                Stack::named(&ips, named)
+            }
+            Err(why) => Stack::none(why),
+        };
+        let kernel = match self.raw(ev.kernel_stack) {
+            Ok(ips) => {
+                let named = self.symbols.kernel(ips.clone());
+                Stack::named(&ips, named)
+            }
+            Err(why) => Stack::none(why),
+        };
         for (which, st) in [("user", &user), ("kernel", &kernel)] {
-            if let Err(why) = st {
+            if let Some(why) = &st.error {
                 let short = why.split(':').next().unwrap_or(why).to_owned();
                 *self.failed.entry((which, short)).or_default() += 1;
             }

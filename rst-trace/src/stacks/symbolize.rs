@@ -19,7 +19,10 @@ use blazesym::{
     },
 };
 
-use super::{Frame, Stack};
+use super::Frame;
+
+/// A stack's frames, or why they could not be named.
+pub type Frames = Result<Vec<Frame>, String>;
 
 /// blazesym keeps every binary it parsed (mapped, with its DWARF index) by file identity, so a
 /// fork-per-connection server costs one parse; a long run would keep stale binaries (upgraded,
@@ -43,7 +46,7 @@ enum Job {
 /// stack seen before nothing (`memo`).
 pub struct Worker {
     jobs: mpsc::Sender<Job>,
-    answers: mpsc::Receiver<Stack>,
+    answers: mpsc::Receiver<Frames>,
     memo: HashMap<(u32, Vec<u64>), Vec<Frame>>,
 }
 
@@ -78,16 +81,16 @@ impl Worker {
     }
 
     /// The frames of a user stack of process `pid`.
-    pub fn user(&mut self, pid: u32, ips: Vec<u64>) -> Stack {
+    pub fn user(&mut self, pid: u32, ips: Vec<u64>) -> Frames {
         self.ask(pid, ips, Job::User)
     }
 
     /// The frames of a kernel stack.
-    pub fn kernel(&mut self, ips: Vec<u64>) -> Stack {
+    pub fn kernel(&mut self, ips: Vec<u64>) -> Frames {
         self.ask(0, ips, |_, ips| Job::Kernel(ips))
     }
 
-    fn ask(&mut self, pid: u32, ips: Vec<u64>, job: fn(u32, Vec<u64>) -> Job) -> Stack {
+    fn ask(&mut self, pid: u32, ips: Vec<u64>, job: fn(u32, Vec<u64>) -> Job) -> Frames {
         let key = (pid, ips);
         if let Some(frames) = self.memo.get(&key) {
             return Ok(frames.clone());
@@ -141,7 +144,7 @@ impl Symbols {
     /// The frames of a user stack of process `pid`, innermost first. Frames past the first are
     /// return addresses: they are looked up one byte earlier, in the call instruction, so
     /// that the line is the call's (the reported `addr` stays the return address).
-    fn user(&mut self, pid: u32, ips: &[u64]) -> Stack {
+    fn user(&mut self, pid: u32, ips: &[u64]) -> Frames {
         self.refresh();
         let lookup = call_sites(ips);
         let mut src = Process::new(Pid::from(pid));
@@ -171,7 +174,7 @@ impl Symbols {
     }
 
     /// The frames of a kernel stack, by /proc/kallsyms (function names; no file:line).
-    fn kernel(&mut self, ips: &[u64]) -> Stack {
+    fn kernel(&mut self, ips: &[u64]) -> Frames {
         self.refresh();
         let lookup = call_sites(ips);
         let src = Kernel {
