@@ -102,18 +102,30 @@ pub struct RstEvent {
     /// Jiffies since the connection last received anything (`rcv_tstamp`, `lrcvtime`), with
     /// [`FACT_IDLE`]: what a middlebox's idle timer counts (our own write resets `lsndtime`).
     pub recv_idle_jiffies: u32,
-    /// With [`FACT_STACKS`]: the user stack's id in [`MAP_STACKS`](crate::MAP_STACKS), or
-    /// `-errno` (e.g. `-EFAULT`: no user stack, as in a process's exit; `-EEXIST`: another
-    /// stack holds the id's bucket).
-    pub user_stack: i32,
-    /// With [`FACT_STACKS`]: the kernel stack's id, or `-errno`.
-    pub kernel_stack: i32,
     pub _pad1: u32,
-    /// With [`FACT_STACKS`]: the word at the user stack pointer when the task entered the
-    /// kernel, 0 if unknown. A frame-pointer walk misses the caller of a function that keeps no
-    /// frame, as libc's system call wrappers (close()) do: their return address is this word.
+    /// With [`FACT_STACKS`]: the stacks of the system call that made the reset.
+    pub stacks: StackIds,
+}
+
+/// `--stacks`: the user and kernel stacks of the current task's system call, as the eBPF side's
+/// `stacks::capture()` takes them. Any record can carry one; userspace's `StackReader` resolves
+/// it (and deletes the ids from [`MAP_STACKS`](crate::MAP_STACKS)).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackIds {
+    /// The user stack's id in [`MAP_STACKS`](crate::MAP_STACKS), or `-errno` (e.g. `-EFAULT`:
+    /// no user stack, as in a process's exit; `-EEXIST`: another stack holds the id's bucket).
+    pub user: i32,
+    /// The kernel stack's id, or `-errno`.
+    pub kernel: i32,
+    /// The word at the user stack pointer when the task entered the kernel, 0 if unknown. A
+    /// frame-pointer walk misses the caller of a function that keeps no frame, as libc's system
+    /// call wrappers (close()) do: their return address is this word.
     pub user_sp_word: u64,
 }
+
+const _: () = assert!(core::mem::size_of::<StackIds>() == 16);
+const _: () = assert!(core::mem::offset_of!(RstEvent, stacks) % 8 == 0);
 
 const _: () = assert!(!self_abort_state(TCP_ESTABLISHED) && !self_abort_state(TCP_SYN_SENT));
 
@@ -210,9 +222,7 @@ impl RstEvent {
         self.max_ack_backlog = 0;
         // Stacks are never counted (`--stacks` goes with event lines, not `--quiet`).
         self.facts &= !FACT_STACKS;
-        self.user_stack = 0;
-        self.kernel_stack = 0;
-        self.user_sp_word = 0;
+        self.stacks = StackIds::default();
         self._pad1 = 0;
     }
 

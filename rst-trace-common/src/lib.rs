@@ -191,4 +191,5 @@ mod user {
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::RstEvent {}
     unsafe impl aya::Pod for super::ListenerClose {}
+    unsafe impl aya::Pod for super::StackIds {}
 }

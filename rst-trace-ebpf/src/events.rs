@@ -90,10 +90,8 @@ fn send_reset_event<C: StackIdContext>(ctx: &C, sk: u64, skb: u64, reason: u32, 
         if ev.attribution == ATTR_OWNER_CURRENT {
             // The call that aborted the connection (close(), shutdown() then close(), exit,
             // connect(AF_UNSPEC)): its stacks are the current task's.
-            if let Some(c) = stacks::capture(ctx) {
-                ev.user_stack = c.user;
-                ev.kernel_stack = c.kernel;
-                ev.user_sp_word = c.sp_word;
+            if let Some(ids) = stacks::capture(ctx) {
+                ev.stacks = ids;
                 ev.facts |= FACT_STACKS;
             }
         }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_user},
     programs::tracing::StackIdContext,
 };
-use rst_trace_common::OFF_NONE;
+use rst_trace_common::{OFF_NONE, StackIds};
 
 use crate::{
     maps::STACKS,
@@ -23,19 +23,11 @@ use crate::{
 const USER_CS: u64 = 0x33;
 const USER_DS: u64 = 0x2b;
 
-/// What [`capture`] took.
-pub struct Captured {
-    pub user: i32,
-    pub kernel: i32,
-    /// The word at the user stack pointer ([`user_sp_word`]).
-    pub sp_word: u64,
-}
-
 /// The user and kernel stack ids of the current call, each an id in `STACKS` or `-errno`
 /// (`-EFAULT`: no such stack, e.g. no user memory left in an exiting process; `-EEXIST`: the id's
 /// bucket holds another stack). Nothing is captured, and `None` returned, without `--stacks`.
 #[inline(always)]
-pub fn capture<C: StackIdContext>(ctx: &C) -> Option<Captured> {
+pub fn capture<C: StackIdContext>(ctx: &C) -> Option<StackIds> {
     if conf!(stacks) == 0 {
         return None;
     }
@@ -43,10 +35,10 @@ pub fn capture<C: StackIdContext>(ctx: &C) -> Option<Captured> {
         Ok(id) => id as i32,
         Err(errno) => errno,
     };
-    Some(Captured {
+    Some(StackIds {
         user: id(BPF_F_USER_STACK),
         kernel: id(0),
-        sp_word: user_sp_word(),
+        user_sp_word: user_sp_word(),
     })
 }
 

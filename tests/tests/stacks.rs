@@ -85,7 +85,7 @@ fn functions(stack: &Value) -> Vec<&str> {
 }
 
 #[test]
-fn close_with_unread_data_names_the_function_and_line() {
+fn stacks_of_close_with_unread_data_name_the_function_and_line() {
     let bin = build("close");
     let port = 20601;
     let (ns, tracer) = Scenario::new("stackclose").port(port).tracer(&["--stacks"]);
@@ -129,7 +129,7 @@ fn close_with_unread_data_names_the_function_and_line() {
 /// A process's exit closes its sockets after its memory is gone: the kernel stack says so, the
 /// user stack says why it has no frames.
 #[test]
-fn exit_with_unread_data_has_a_kernel_stack() {
+fn stacks_of_exit_with_unread_data_have_the_kernel_one() {
     let bin = build("exit");
     let port = 20602;
     let (ns, tracer) = Scenario::new("stackexit").port(port).tracer(&["--stacks"]);

@@ -397,7 +397,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
         "reset ns",
         "all ns/ev"
     );
-    let configs: [(&str, Mode, usize, &[&str]); 8] = [
+    let configs: [(&str, Mode, usize, &[&str]); 10] = [
         ("echo (no resets), all hooks", Mode::Echo, 1, &["--json"]),
         (
             "echo, --no-firewall --no-ttl",
@@ -440,6 +440,19 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             Mode::Unread,
             2,
             &["--json"],
+        ),
+        // Every one of these resets is a process-context abort: each gets its two stacks.
+        (
+            "unread close, 1 thread, --stacks",
+            Mode::Unread,
+            1,
+            &["--json", "--stacks"],
+        ),
+        (
+            "unread close, 2 threads, --stacks",
+            Mode::Unread,
+            2,
+            &["--json", "--stacks"],
         ),
     ];
     for (name, mode, threads, args) in configs {

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, StackTraceMap};
-use rst_trace_common::{FACT_STACKS, MAP_STACKS, RstEvent};
+use rst_trace_common::{FACT_STACKS, MAP_STACKS, RstEvent, StackIds};
 
 use self::{
     frameless::add_frameless_caller,
@@ -129,15 +129,22 @@ impl StackReader {
         if ev.facts & FACT_STACKS == 0 {
             return None;
         }
-        let user = match self.raw(ev.user_stack) {
+        Some(Box::new(self.resolve_ids(ev.owner.pid, &ev.stacks)))
+    }
+
+    /// The stacks `ids` of a system call of process `pid` (what the eBPF side's
+    /// `stacks::capture()` took), symbolized. Call it as soon as the record is read: the
+    /// process's mappings name its addresses; the ids are deleted at the next [`Self::flush`].
+    pub fn resolve_ids(&mut self, pid: u32, ids: &StackIds) -> Stacks {
+        let user = match self.raw(ids.user) {
             Ok(mut ips) => {
-                add_frameless_caller(ev.owner.pid, ev.user_sp_word, &mut ips);
-                let named = self.symbols.user(ev.owner.pid, ips.clone());
+                add_frameless_caller(pid, ids.user_sp_word, &mut ips);
+                let named = self.symbols.user(pid, ips.clone());
                 Stack::named(&ips, named)
             }
             Err(why) => Stack::none(why),
         };
-        let kernel = match self.raw(ev.kernel_stack) {
+        let kernel = match self.raw(ids.kernel) {
             Ok(ips) => {
                 let named = self.symbols.kernel(ips.clone());
                 Stack::named(&ips, named)
@@ -150,7 +157,7 @@ impl StackReader {
                 *self.failed.entry((which, short)).or_default() += 1;
             }
         }
-        Some(Box::new(Stacks { user, kernel }))
+        Stacks { user, kernel }
     }
 
     /// The addresses of stack `id`, or why there are none.
