@@ -322,6 +322,12 @@ mod tests {
         assert!(!s.hooks.count_in_kernel);
         let s = settings(&["--summary"]).unwrap();
         assert!(!s.hooks.count_in_kernel);
+        let e = settings(&["--quiet", "--summary", "--stacks"])
+            .err()
+            .unwrap();
+        assert!(e.starts_with("--stacks shows stacks on event lines"), "{e}");
+        assert!(settings(&["--stacks"]).unwrap().hooks.stacks);
+        assert!(!settings(&[]).unwrap().hooks.stacks);
         assert_eq!(s.words, Sentences::Write);
     }
 

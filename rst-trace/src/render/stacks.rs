@@ -97,3 +97,74 @@ fn text_frame(f: &Frame) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stacks() -> Stacks {
+        Stacks {
+            user: Stack {
+                frames: vec![
+                    Frame {
+                        addr: 0x7f00_0000_1000,
+                        function: Some("close".into()),
+                        module: Some("/lib/libc.so.6".into()),
+                        ..Frame::default()
+                    },
+                    Frame {
+                        addr: 0x5500_0000_1234,
+                        function: Some("abort_with_unread_data".into()),
+                        file: Some("/src/a \"b\".c".into()),
+                        line: Some(17),
+                        module: Some("/usr/bin/server".into()),
+                        offset: None,
+                    },
+                    Frame {
+                        addr: 0x5500_0000_9999,
+                        module: Some("/usr/bin/server".into()),
+                        offset: Some(0x9999),
+                        ..Frame::default()
+                    },
+                ],
+                error: None,
+            },
+            kernel: Stack {
+                frames: Vec::new(),
+                error: Some("EEXIST: taken".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn json_has_the_frames_and_the_reason_a_stack_is_empty() {
+        let mut out = String::from("{\"x\":1");
+        json_stacks(&mut out, &stacks());
+        out.push('}');
+        let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+        let user = &v["stacks"]["user"];
+        assert_eq!(user[0]["addr"], "0x7f0000001000");
+        assert_eq!(user[0]["function"], "close");
+        assert_eq!(user[0].get("line"), None);
+        assert_eq!(user[1]["file"], "/src/a \"b\".c");
+        assert_eq!(user[1]["line"], 17);
+        assert_eq!(user[2]["offset"], "0x9999");
+        assert_eq!(user[2].get("function"), None);
+        assert_eq!(v["stacks"].get("user_error"), None);
+        assert_eq!(v["stacks"]["kernel"], serde_json::json!([]));
+        assert_eq!(v["stacks"]["kernel_error"], "EEXIST: taken");
+    }
+
+    #[test]
+    fn text_indents_one_line_per_frame() {
+        let mut out = String::from("EVENT");
+        text_stacks(&mut out, &stacks());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[1], "    user stack:");
+        assert!(lines[2].starts_with("      #0  0x00007f0000001000 close [/lib/libc.so.6]"));
+        assert!(lines[3].ends_with("abort_with_unread_data (/src/a \"b\".c:17) [/usr/bin/server]"));
+        assert!(lines[4].ends_with("/usr/bin/server+0x9999"), "{}", lines[4]);
+        assert_eq!(lines[5], "    kernel stack: none (EEXIST: taken)");
+        assert_eq!(lines.len(), 6);
+    }
+}
