@@ -31,7 +31,7 @@ const REBUILD_AFTER: Duration = Duration::from_secs(600);
 
 /// Symbolized stacks kept, keyed by process and addresses (user) or addresses (kernel): a storm
 /// of aborts from one code path is symbolized once. Emptied when full.
-const MEMO_MAX: usize = 4096;
+const MEMO_MAX: usize = 256;
 
 enum Job {
     User(u32, Vec<u64>),
