@@ -222,7 +222,15 @@ impl RstEvent {
         self.max_ack_backlog = 0;
         // Stacks are never counted (`--stacks` goes with event lines, not `--quiet`).
         self.facts &= !FACT_STACKS;
-        self.stacks = StackIds::default();
+        // Field by field, volatile: merged with the neighbouring 4-byte stores into one range,
+        // these become a call to the eBPF target's byte-loop memset.
+        let st = &raw mut self.stacks;
+        // SAFETY: in-place writes of plain integers to fields of `self`.
+        unsafe {
+            (&raw mut (*st).user).write_volatile(0);
+            (&raw mut (*st).kernel).write_volatile(0);
+            (&raw mut (*st).user_sp_word).write_volatile(0);
+        }
         self._pad1 = 0;
     }
 

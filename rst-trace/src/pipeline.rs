@@ -58,8 +58,17 @@ impl State {
             return false;
         }
         // Now, not later in the pipeline: the process whose mappings name its user addresses
-        // may exit any moment.
-        let stacks = self.stacks.as_mut().and_then(|s| s.resolve(&ev));
+        // may exit any moment. (Not for a process --pid filters out: only its ids are read.)
+        let stacks = match &mut self.stacks {
+            Some(s) if self.filter.pids.is_empty() || self.filter.pids.contains(&ev.owner.pid) => {
+                s.resolve(&ev)
+            }
+            Some(s) => {
+                s.discard(&ev);
+                None
+            }
+            None => None,
+        };
         self.emit(&ev, stacks)
     }
 

@@ -160,6 +160,16 @@ impl StackReader {
         Stacks { user, kernel }
     }
 
+    /// Reads `ev`'s stack ids without symbolizing them (an event that will not be shown): they
+    /// leave the map at the next [`Self::flush`], and a later event sharing an id still finds
+    /// its addresses.
+    pub fn discard(&mut self, ev: &RstEvent) {
+        if ev.facts & FACT_STACKS != 0 {
+            let _ = self.raw(ev.stacks.user);
+            let _ = self.raw(ev.stacks.kernel);
+        }
+    }
+
     /// The addresses of stack `id`, or why there are none.
     fn raw(&mut self, id: i32) -> Result<Vec<u64>, String> {
         if id < 0 {
