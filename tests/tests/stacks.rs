@@ -86,9 +86,30 @@ fn functions(stack: &Value) -> Vec<&str> {
 
 #[test]
 fn stacks_of_close_with_unread_data_name_the_function_and_line() {
-    let bin = build("close");
-    let port = 20601;
-    let (ns, tracer) = Scenario::new("stackclose").port(port).tracer(&["--stacks"]);
+    close_with_unread_data("close", 20601, &[]);
+}
+
+/// The record-based `tcp_send_reset` program (where no BTF tracepoint loads) captures the same.
+#[test]
+fn stacks_with_record_tracepoints() {
+    close_with_unread_data("record", 20603, &[("RST_TRACE_RECORD_TRACEPOINTS", "1")]);
+}
+
+fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
+    let bin = build(tag);
+    let scenario = env.iter().fold(
+        Scenario::new(&format!("stack{tag}")).port(port),
+        |sc, (k, v)| sc.env(k, v),
+    );
+    let (ns, tracer) = scenario.tracer(&["--stacks"]);
+    let ready = tracer.ready_line();
+    assert!(
+        ready.contains("; stacks of process-context aborts;"),
+        "{ready}"
+    );
+    if !env.is_empty() {
+        assert!(ready.contains("; record tracepoints;"), "{ready}");
+    }
     let plain = Tracer::start(&["--port", &port.to_string()]);
     let (mut srv, _out) = server(&ns, &bin, port, "close");
     let client = client(&ns, port);
