@@ -108,7 +108,17 @@ pub struct Config {
     /// 1 where `tcp_send_reset` does not fire for resets sent without a full socket (before
     /// 6.10, commit 19822a980e19): the transmit hook reports those.
     pub xmit_socketless: u8,
-    pub _pad2: u16,
+    /// 1 with `--stacks`: process-context aborts capture their user and kernel stacks
+    /// ([`FACT_STACKS`](crate::FACT_STACKS)).
+    pub stacks: u8,
+    pub _pad2: u8,
+    /// `task_struct.stack` (x86_64 only, else [`OFF_NONE`]): the kernel stack, whose top holds
+    /// the registers of the task's system call entry (`task_pt_regs()`), for the word at the
+    /// user stack pointer ([`RstEvent::user_sp_word`](crate::RstEvent::user_sp_word)).
+    pub task_stack: u16,
+    pub _pad3: u16,
+    /// `THREAD_SIZE`: the kernel stack's size (16 KiB on x86_64, 32 KiB with KASAN).
+    pub thread_size: u32,
 }
 
 impl Config {
@@ -178,9 +188,13 @@ impl Config {
             skb_ip_summed: OFF_NONE,
             ip_summed_shift: 0,
             xmit_socketless: 0,
+            stacks: 0,
             _pad2: 0,
+            task_stack: OFF_NONE,
+            _pad3: 0,
+            thread_size: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 128);
+const _: () = assert!(core::mem::size_of::<Config>() == 136);

@@ -41,6 +41,10 @@ pub const FACT_RST_TTL: u32 = 256;
 /// [`FACT_PACKET`] the segment it answers was found; without, endpoints and `tcp_flags` are the
 /// RST's own (local = its source).
 pub const FACT_XMIT: u32 = 512;
+/// `--stacks`: the reset was sent in its owner's own system call (a process-context abort,
+/// [`ATTR_OWNER_CURRENT`]) and `user_stack`/`kernel_stack` hold what `bpf_get_stackid()`
+/// returned for it: an id in [`MAP_STACKS`](crate::MAP_STACKS), or `-errno`.
+pub const FACT_STACKS: u32 = 1024;
 
 /// One reset, as the kernel side saw it. Explaining it is userspace's job.
 #[repr(C)]
@@ -99,7 +103,29 @@ pub struct RstEvent {
     /// [`FACT_IDLE`]: what a middlebox's idle timer counts (our own write resets `lsndtime`).
     pub recv_idle_jiffies: u32,
     pub _pad1: u32,
+    /// With [`FACT_STACKS`]: the stacks of the system call that made the reset.
+    pub stacks: StackIds,
 }
+
+/// `--stacks`: the user and kernel stacks of the current task's system call, as the eBPF side's
+/// `stacks::capture()` takes them. Any record can carry one; userspace's `StackReader` resolves
+/// it (and deletes the ids from [`MAP_STACKS`](crate::MAP_STACKS)).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackIds {
+    /// The user stack's id in [`MAP_STACKS`](crate::MAP_STACKS), or `-errno` (e.g. `-EFAULT`:
+    /// no user stack, as in a process's exit; `-EEXIST`: another stack holds the id's bucket).
+    pub user: i32,
+    /// The kernel stack's id, or `-errno`.
+    pub kernel: i32,
+    /// The word at the user stack pointer when the task entered the kernel, 0 if unknown. A
+    /// frame-pointer walk misses the caller of a function that keeps no frame, as libc's system
+    /// call wrappers (close()) do: their return address is this word.
+    pub user_sp_word: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<StackIds>() == 16);
+const _: () = assert!(core::mem::offset_of!(RstEvent, stacks) % 8 == 0);
 
 const _: () = assert!(!self_abort_state(TCP_ESTABLISHED) && !self_abort_state(TCP_SYN_SENT));
 
@@ -108,7 +134,7 @@ const _: () = assert!(core::mem::offset_of!(RstEvent, remote_addr) % 8 == 0);
 const _: () = assert!(core::mem::align_of::<RstEvent>() == 8);
 
 /// Size of one record in the ring buffer.
-pub const RST_EVENT_SIZE: usize = 184;
+pub const RST_EVENT_SIZE: usize = 200;
 const _: () = assert!(core::mem::size_of::<RstEvent>() == RST_EVENT_SIZE);
 
 /// Why a ring buffer record could not be decoded.
@@ -194,6 +220,17 @@ impl RstEvent {
         let full = self.ack_backlog > self.max_ack_backlog;
         self.ack_backlog = u32::from(full);
         self.max_ack_backlog = 0;
+        // Stacks are never counted (`--stacks` goes with event lines, not `--quiet`).
+        self.facts &= !FACT_STACKS;
+        // Field by field, volatile: merged with the neighbouring 4-byte stores into one range,
+        // these become a call to the eBPF target's byte-loop memset.
+        let st = &raw mut self.stacks;
+        // SAFETY: in-place writes of plain integers to fields of `self`.
+        unsafe {
+            (&raw mut (*st).user).write_volatile(0);
+            (&raw mut (*st).kernel).write_volatile(0);
+            (&raw mut (*st).user_sp_word).write_volatile(0);
+        }
         self._pad1 = 0;
     }
 

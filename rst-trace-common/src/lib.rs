@@ -32,6 +32,16 @@ pub const MAP_FILTER_PORTS: &str = "FILTER_PORTS";
 /// (new containers) go to userspace, which resolves them and adds the ones to hide.
 pub const MAP_HIDDEN_CGROUPS: &str = "HIDDEN_CGROUPS";
 pub const HIDDEN_CGROUPS_MAX_ENTRIES: u32 = 4096;
+/// `--stacks`: `BPF_MAP_TYPE_STACK_TRACE` holding the user and kernel stacks of process-context
+/// aborts ([`FACT_STACKS`]). Userspace deletes each id once it has read it, so it holds only the
+/// stacks of events not yet read (at most a drain interval's worth); see [`STACKS_MAX_ENTRIES`].
+pub const MAP_STACKS: &str = "STACKS";
+/// Entries of [`MAP_STACKS`] with `--stacks` (1 without, set at load). Each entry is
+/// preallocated kernel memory of ~1 KiB (127 frames of 8 bytes), so 2 MiB in all. The kernel
+/// hashes a stack to a bucket and fails with `-EEXIST` when another stack holds it, so the map
+/// is kept far emptier than its size: with k distinct stacks waiting to be read, a new one
+/// collides with probability k/2048 (a storm of one code path's aborts is 2 stacks, shared).
+pub const STACKS_MAX_ENTRIES: u32 = 2048;
 /// The [`Config`] global, filled in by userspace before load.
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
@@ -181,4 +191,5 @@ mod user {
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::RstEvent {}
     unsafe impl aya::Pod for super::ListenerClose {}
+    unsafe impl aya::Pod for super::StackIds {}
 }

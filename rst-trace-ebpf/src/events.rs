@@ -1,9 +1,9 @@
 //! The events of the two reset tracepoints: a reset TCP sends, a reset a socket receives.
 
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::tracing::StackIdContext};
 use rst_trace_common::{
     ATTR_OWNER_CURRENT, FACT_BACKLOG, FACT_LISTENER_CLOSING, FACT_PACKET, FACT_RST_TTL,
-    FILTER_NO_RECEIVED, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent, TCP_CLOSE,
+    FACT_STACKS, FILTER_NO_RECEIVED, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent, TCP_CLOSE,
     TCP_ESTABLISHED, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_RST, TCP_SYN_SENT, TCP_TIME_WAIT,
 };
 
@@ -19,6 +19,7 @@ use crate::{
         cookie_or_sock, read_idle, read_tcp_sock, skb_netns, skc, sock_endpoints, sock_netns,
         sock_window,
     },
+    stacks,
 };
 
 /// How long after a listener's close() the resets of its unaccepted children may come: they are
@@ -30,15 +31,15 @@ const LISTENER_CLOSE_NS: u64 = 1_000_000_000;
 /// A reset TCP sends: `sk` may be 0 (no socket: closed port), `skb` is 0 for an active reset
 /// (tcp_send_active_reset(): close, disconnect, abort, keepalive timeout).
 #[inline(always)]
-pub fn on_send_reset(sk: u64, skb: u64, reason: u32, cookie: u64) {
+pub fn on_send_reset<C: StackIdContext>(ctx: &C, sk: u64, skb: u64, reason: u32, cookie: u64) {
     if let Some(busy) = claim(SLOT_SEND) {
-        send_reset_event(sk, skb, reason, cookie);
+        send_reset_event(ctx, sk, skb, reason, cookie);
         unclaim(busy);
     }
 }
 
 #[inline(always)]
-fn send_reset_event(sk: u64, skb: u64, reason: u32, cookie: u64) {
+fn send_reset_event<C: StackIdContext>(ctx: &C, sk: u64, skb: u64, reason: u32, cookie: u64) {
     let Some(ev) = scratch_event(SLOT_SEND) else {
         return;
     };
@@ -85,6 +86,15 @@ fn send_reset_event(sk: u64, skb: u64, reason: u32, cookie: u64) {
         closed_by_current(ev);
     }
     if wanted(ev) {
+        // Only for an event that goes to userspace: it deletes the ids it reads.
+        if ev.attribution == ATTR_OWNER_CURRENT {
+            // The call that aborted the connection (close(), shutdown() then close(), exit,
+            // connect(AF_UNSPEC)): its stacks are the current task's.
+            if let Some(ids) = stacks::capture(ctx) {
+                ev.stacks = ids;
+                ev.facts |= FACT_STACKS;
+            }
+        }
         deliver(SLOT_SEND, ev);
     }
 }

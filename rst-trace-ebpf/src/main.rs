@@ -12,6 +12,7 @@
 //! - `owners`: socket owners, state history, TIME_WAIT hand-overs, peer TTL samples;
 //! - `events`: the sent and received reset events;
 //! - `transmit`: the transmit hook's events (netfilter, socketless resets before 6.10);
+//! - `stacks`: `--stacks`, the user and kernel stacks of a process-context abort;
 //! - `deliver`: slots, in-kernel filters and counts, the ring buffer.
 #![no_std]
 #![no_main]
@@ -47,6 +48,7 @@ mod maps;
 mod owners;
 mod read;
 mod sock;
+mod stacks;
 mod transmit;
 
 use events::{on_receive_reset, on_send_reset};
@@ -59,7 +61,7 @@ use sock::btf_sock_cookie;
 pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
     // Reading the third slot is harmless where there is none (before 6.10): it is then ignored.
     let [sk, skb, reason] = btf_args::<3>(&ctx);
-    on_send_reset(sk, skb, send_reason(reason), btf_sock_cookie(&ctx));
+    on_send_reset(&ctx, sk, skb, send_reason(reason), btf_sock_cookie(&ctx));
     0
 }
 
@@ -91,7 +93,7 @@ pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset_btf_nocookie(ctx: BtfTracePointContext) -> i32 {
     let [sk, skb, reason] = btf_args::<3>(&ctx);
-    on_send_reset(sk, skb, send_reason(reason), 0);
+    on_send_reset(&ctx, sk, skb, send_reason(reason), 0);
     0
 }
 
@@ -101,7 +103,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let sk = tp::<u64>(&ctx, conf!(send_skaddr)).unwrap_or(0);
     let skb = tp::<u64>(&ctx, conf!(send_skbaddr)).unwrap_or(0);
     let reason = tp::<u32>(&ctx, conf!(send_reason)).unwrap_or(REASON_NONE);
-    on_send_reset(sk, skb, reason, 0);
+    on_send_reset(&ctx, sk, skb, reason, 0);
     0
 }
 

@@ -2,11 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use rst_trace_common::{
     COUNTS_MAX_ENTRIES, FILTER_MAX_ENTRIES, HIDDEN_CGROUPS_MAX_ENTRIES, ListenerClose, RstEvent,
-    SEED_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, Task,
+    SEED_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES, STACKS_MAX_ENTRIES, SockInfo, TCP_WINDOW,
+    Task,
 };
 
 /// Slots of the per-program maps (`SCRATCH`, `WINDOW`, `TCP_WIN`, `SKB_WINDOW`, `BUSY`,
@@ -48,6 +49,11 @@ pub fn bump_generation() {
         unsafe { *g = (*g).wrapping_add(1) };
     }
 }
+
+/// `--stacks`: user and kernel stacks by id (see `stacks::capture`). Userspace loads it with 1
+/// entry without `--stacks`, so that nothing is paid then.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_MAX_ENTRIES, 0);
 
 /// Per-CPU: [sk, pid] of the last socket I/O seen by `sock_io`.
 #[map]

@@ -19,6 +19,8 @@ Examples:
   sudo rst-trace --summary --quiet --duration 60
   sudo rst-trace --summary --by pod --quiet --duration 60
   sudo rst-trace --quiet --metrics 127.0.0.1:9464
+  sudo rst-trace --stacks --condition close_with_unread_data
+                                          where in the program each aborting close() was
 
 Exit status: 0 normal end (--count, --duration, SIGINT, SIGTERM, broken pipe),
 1 runtime error (not privileged, kernel lacks a needed hook or feature, tracefs unavailable),
@@ -186,6 +188,13 @@ pub struct Cli {
     #[arg(long)]
     pub no_ttl: bool,
 
+    /// On sent resets a process made in its own system call (close() with unread data,
+    /// SO_LINGER 0, shutdown() then close(), exit, connect(AF_UNSPEC)): the user-space and
+    /// kernel stacks of that call, symbolized (function, file:line with debug info, else module
+    /// and offset). User stacks need frame pointers in the program's code (see the README).
+    #[arg(long)]
+    pub stacks: bool,
+
     /// Details on stderr: the verifier log of a program the kernel rejected (whether rst-trace
     /// fell back to another one or gave up).
     #[arg(short = 'v', long)]
@@ -228,6 +237,9 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
     if cli.quiet && !cli.summary && cli.metrics.is_none() {
         return Err("--quiet hides every event: add --summary or --metrics".into());
     }
+    if cli.quiet && cli.stacks {
+        return Err("--stacks shows stacks on event lines, which --quiet hides: drop one".into());
+    }
     // A summary and nothing else: resets alike can be counted in the kernel, without a ring
     // record each. (--count needs each match; metrics are per event; containers and pods are
     // known per event, in userspace.)
@@ -253,6 +265,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
             ttl: !cli.no_ttl,
             firewall: !cli.no_firewall,
             count_in_kernel,
+            stacks: cli.stacks,
         },
         verbose: cli.verbose,
         ring_size: cli.ring_size,
@@ -309,6 +322,12 @@ mod tests {
         assert!(!s.hooks.count_in_kernel);
         let s = settings(&["--summary"]).unwrap();
         assert!(!s.hooks.count_in_kernel);
+        let e = settings(&["--quiet", "--summary", "--stacks"])
+            .err()
+            .unwrap();
+        assert!(e.starts_with("--stacks shows stacks on event lines"), "{e}");
+        assert!(settings(&["--stacks"]).unwrap().hooks.stacks);
+        assert!(!settings(&[]).unwrap().hooks.stacks);
         assert_eq!(s.words, Sentences::Write);
     }
 

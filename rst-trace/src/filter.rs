@@ -192,6 +192,7 @@ pub mod tests_support {
             detail: vec![],
             linked: None,
             inferred: false,
+            stacks: None,
         }
     }
 }

@@ -10,6 +10,7 @@ mod kernel;
 mod owners;
 mod pipeline;
 mod render;
+mod stacks;
 
 use std::{io, process::ExitCode, time::Duration};
 
@@ -119,11 +120,16 @@ fn start(settings: &Settings) -> Result<(Tracer, Ring)> {
 /// The readiness line on stderr: tracing has begun, with what.
 fn announce(st: &State, tracer: &Tracer, count_in_kernel: bool, started: std::time::Instant) {
     eprintln!(
-        "rst-trace: tracing TCP resets ({}; {} tracepoints{}; kernel reasons: {}; {}; {}; {} existing sockets owned; attached in {} ms)",
+        "rst-trace: tracing TCP resets ({}; {} tracepoints{}{}; kernel reasons: {}; {}; {}; {} existing sockets owned; attached in {} ms)",
         st.filter.describe(),
         tracer.resets.describe(),
         if count_in_kernel {
             "; counting in the kernel"
+        } else {
+            ""
+        },
+        if st.stacks.is_some() {
+            "; stacks of process-context aborts"
         } else {
             ""
         },
@@ -179,6 +185,12 @@ async fn run(settings: Settings) -> Result<()> {
         bad_records: 0,
         ready: Vec::new(),
         to_hide: Vec::new(),
+        lost_swept: 0,
+        stacks: if settings.hooks.stacks {
+            Some(stacks::StackReader::new(&mut tracer.ebpf)?)
+        } else {
+            None
+        },
     };
     if let Some(addr) = settings.metrics {
         let shared = metrics::Shared::default();
@@ -203,7 +215,9 @@ async fn run(settings: Settings) -> Result<()> {
         done = st.drain(ring.get_mut()) || st.release(true);
     }
     finish_waiting(&mut st, &mut answers, done).await;
-    st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
+    let lost = kernel::lost_total(&tracer.ebpf)?;
+    st.stacks_tick(lost);
+    st.sink.lost(lost);
     if let Some(s) = st.summary_now(&tracer, count_in_kernel) {
         st.sink.out.line(&s);
     }
@@ -278,7 +292,9 @@ async fn event_loop(
             _ = stop.sigterm.recv() => break,
             () = sleep_until(deadline) => break,
             _ = lost_tick.tick() => {
-                st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
+                let lost = kernel::lost_total(&tracer.ebpf)?;
+                st.stacks_tick(lost);
+                st.sink.lost(lost);
                 st.sink.insert_failures(kernel::insert_failures(&tracer.ebpf)?);
                 st.sink.unlabelled(st.identity.gave_up);
                 if let Err(e) = tracer.poll_reject() {

@@ -14,6 +14,7 @@ use crate::{
     identity::{self, Waiting},
     kernel::{self, KernelInfo, Tracer},
     render::{Clock, Sink},
+    stacks::{StackReader, Stacks},
 };
 
 /// The event loop's state: each stage's own, and the counts that end the run.
@@ -33,6 +34,10 @@ pub struct State {
     pub ready: Vec<Report>,
     /// Cgroup ids written to the kernel's hidden set (`--container`/`--pod`), to hide later.
     pub to_hide: Vec<u64>,
+    /// `--stacks`: reads and symbolizes the stacks of process-context aborts.
+    pub stacks: Option<StackReader>,
+    /// The lost-event total when the stack map was last swept.
+    pub lost_swept: u64,
 }
 
 impl State {
@@ -52,7 +57,19 @@ impl State {
             self.held.hold(ev);
             return false;
         }
-        self.emit(&ev)
+        // Now, not later in the pipeline: the process whose mappings name its user addresses
+        // may exit any moment. (Not for a process --pid filters out: only its ids are read.)
+        let stacks = match &mut self.stacks {
+            Some(s) if self.filter.pids.is_empty() || self.filter.pids.contains(&ev.owner.pid) => {
+                s.resolve(&ev)
+            }
+            Some(s) => {
+                s.discard(&ev);
+                None
+            }
+            None => None,
+        };
+        self.emit(&ev, stacks)
     }
 
     /// Takes every record the ring holds now; true when `--count` is reached.
@@ -60,34 +77,45 @@ impl State {
         let mut n = 0u32;
         while let Some(item) = rb.next() {
             if self.ingest(&item) {
+                self.flush_stacks();
                 return true;
             }
             n += 1;
             // A full ring (8 MiB: 50k records) takes a while: explain the held received resets
             // that are old enough on the way, while their senders are still in the link history.
             if n.is_multiple_of(1024) && self.release(false) {
+                self.flush_stacks();
                 return true;
             }
         }
+        self.flush_stacks();
         false
+    }
+
+    /// The stack ids read in this drain leave the kernel's map (see `stacks`).
+    fn flush_stacks(&mut self) {
+        if let Some(s) = &mut self.stacks {
+            s.flush();
+        }
     }
 
     /// Explains held received resets once they are old enough (all of them if `force`).
     pub fn release(&mut self, force: bool) -> bool {
         let now = Clock::mono_now();
         while let Some(ev) = self.held.next_due(now, force) {
-            if self.emit(&ev) {
+            if self.emit(&ev, None) {
                 return true;
             }
         }
         false
     }
 
-    fn emit(&mut self, ev: &RstEvent) -> bool {
-        let Some(report) = explain(ev, &self.info, self.words, &mut self.history) else {
+    fn emit(&mut self, ev: &RstEvent, stacks: Option<Box<Stacks>>) -> bool {
+        let Some(mut report) = explain(ev, &self.info, self.words, &mut self.history) else {
             self.bad_records += 1;
             return false;
         };
+        report.stacks = stacks;
         self.held.drop_self_abort(ev, report.condition);
         match self.enrich.submit(report) {
             Some(report) => self.identify(report),
@@ -131,6 +159,23 @@ impl State {
         }
         self.ready = ready;
         done
+    }
+
+    /// Once a second (and at the end): stacks that could not be had are warned about, and after
+    /// lost events (`lost`: the running total) the stacks they referred to leave the map.
+    pub fn stacks_tick(&mut self, lost: u64) {
+        let Some(s) = &mut self.stacks else {
+            return;
+        };
+        if lost > self.lost_swept {
+            self.lost_swept = lost;
+            s.sweep();
+        }
+        for ((which, errno), n) in s.failed.drain() {
+            eprintln!(
+                "rst-trace: warning: {n} {which} stacks not shown ({errno}; the events' `{which}_error` says why)"
+            );
+        }
     }
 
     /// Cgroups found to hold only hidden containers: the kernel drops their received resets.

@@ -164,8 +164,17 @@ fn generate(ns: &Netns, mode: Mode, threads: usize, secs: f64) -> Result<u64> {
                         }
                     }
                     Mode::Unread => {
-                        let mut s = TcpStream::connect(addr)?;
-                        s.write_all(b"x")?;
+                        // At the end of the round the server may be gone, its accept queue
+                        // reset: not an error then.
+                        let conn = TcpStream::connect(addr).and_then(|mut s| {
+                            s.write_all(b"x")?;
+                            Ok(s)
+                        });
+                        let mut s = match conn {
+                            Ok(s) => s,
+                            Err(_) if stop.load(Ordering::Relaxed) => break,
+                            Err(e) => return Err(e.into()),
+                        };
                         let mut b = [0u8; 1];
                         // The server's close resets the connection.
                         if s.read(&mut b).is_err() {
@@ -327,13 +336,15 @@ fn traced_round(
     let (mut rst_events, mut lost) = (0u64, 0u64);
     let text = std::fs::read_to_string(&out_path)?;
     let _ = std::fs::remove_file(&out_path);
+    let netns = ns.inode();
     for l in text.lines() {
         // A line cut short (rst-trace stopped mid-write) is no record.
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
             continue;
         };
         match v["type"].as_str() {
-            Some("rst") => rst_events += 1,
+            // Only this bench's namespace: another checkout's bench may run on the same port.
+            Some("rst") if v["netns"] == netns => rst_events += 1,
             Some("lost") => lost += v["count"].as_u64().unwrap_or(0),
             // --summary --quiet: the events counted in the kernel.
             Some("summary") => rst_events = v["total"].as_u64().unwrap_or(0),
@@ -397,7 +408,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
         "reset ns",
         "all ns/ev"
     );
-    let configs: [(&str, Mode, usize, &[&str]); 8] = [
+    let configs: [(&str, Mode, usize, &[&str]); 10] = [
         ("echo (no resets), all hooks", Mode::Echo, 1, &["--json"]),
         (
             "echo, --no-firewall --no-ttl",
@@ -440,6 +451,19 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             Mode::Unread,
             2,
             &["--json"],
+        ),
+        // Every one of these resets is a process-context abort: each gets its two stacks.
+        (
+            "unread close, 1 thread, --stacks",
+            Mode::Unread,
+            1,
+            &["--json", "--stacks"],
+        ),
+        (
+            "unread close, 2 threads, --stacks",
+            Mode::Unread,
+            2,
+            &["--json", "--stacks"],
         ),
     ];
     for (name, mode, threads, args) in configs {

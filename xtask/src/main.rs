@@ -30,6 +30,10 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "conntrack",
     "python3-scapy",
+    // tests/tests/stacks.rs builds a C program with frame pointers and debug info (and the Rust
+    // toolchain links with cc); libc6-dev is only recommended by gcc, which is not installed.
+    "gcc",
+    "libc6-dev",
 ];
 
 #[derive(Parser)]

@@ -119,6 +119,7 @@ fn blank_report(ev: &RstEvent, direction: Direction) -> Report {
         detail: Vec::new(),
         linked: None,
         inferred: false,
+        stacks: None,
     }
 }
 

@@ -250,6 +250,8 @@ pub struct Report {
     pub linked: Option<Linked>,
     /// The condition was inferred without a kernel reason (kernels before 6.10).
     pub inferred: bool,
+    /// `--stacks`: the user and kernel stacks of the call that made a process-context abort.
+    pub stacks: Option<Box<crate::stacks::Stacks>>,
 }
 
 impl Report {

@@ -97,6 +97,22 @@ fn btf_off_any(btf: &Btf, root: &str, paths: &[&str]) -> Result<u16> {
     Err(last.unwrap_or_else(|| anyhow!("no path given for {root}")))
 }
 
+/// `--stacks`: where the system call entry's registers are (x86_64: the top of the task's
+/// kernel stack, `THREAD_SIZE` bytes, 32 KiB with KASAN). Without it (another architecture, a
+/// kernel without the field) stacks lack only the caller of a frameless function.
+fn stack_top_config(btf: &Btf, cfg: &mut Config) {
+    if cfg!(target_arch = "x86_64")
+        && let Ok(off) = btf_off(btf, "task_struct", "stack")
+    {
+        cfg.task_stack = off;
+        cfg.thread_size = if btf.has_function("kasan_report") {
+            32 << 10
+        } else {
+            16 << 10
+        };
+    }
+}
+
 /// Fills in the kernel struct offsets from BTF.
 pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     cfg.sk_daddr = btf_off(btf, "sock", "__sk_common.skc_daddr")?;
@@ -143,6 +159,7 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     // The process's name: current->group_leader->comm.
     cfg.task_group_leader = btf_off(btf, "task_struct", "group_leader")?;
     cfg.task_comm = btf_off(btf, "task_struct", "comm")?;
+    stack_top_config(btf, cfg);
     cfg.sock_linger_bit = u16::try_from(btf.enum_value("sock_flags", "SOCK_LINGER")?)
         .context("SOCK_LINGER out of range")?;
     // The reset programs read these from one copy of the socket's first bytes.

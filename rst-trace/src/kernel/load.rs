@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, maps::MapType};
 use rst_trace_common::{
     Config, FILTER_CGROUP, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, GLOBAL_CONFIG, MAP_EVENTS,
-    PROG_DEV_QUEUE, PROG_NETIF_RECEIVE, PROG_TCP_PROBE,
+    MAP_STACKS, PROG_DEV_QUEUE, PROG_NETIF_RECEIVE, PROG_TCP_PROBE, STACKS_MAX_ENTRIES,
 };
 
 use super::{
@@ -165,6 +165,8 @@ pub struct Hooks {
     pub firewall: bool,
     /// Count resets in the kernel (`MAP_COUNTS`) rather than send each: `--summary --quiet`.
     pub count_in_kernel: bool,
+    /// `--stacks`: capture the stacks of process-context aborts (`MAP_STACKS`).
+    pub stacks: bool,
 }
 
 /// The BPF ring buffer (BPF_MAP_TYPE_RINGBUF, 5.8, commit 457f44363a88) carries every event:
@@ -230,6 +232,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     };
     cfg.wake_bytes = ring_size / WAKE_FRACTION;
     cfg.count_in_kernel = u8::from(hooks.count_in_kernel);
+    cfg.stacks = u8::from(hooks.stacks);
     filter_config(filter, &mut cfg);
 
     // aya's own BTF parse, done once: the loader and the BTF tracepoints both need it. Without
@@ -246,6 +249,11 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     let mut ebpf = loader
         .override_global(GLOBAL_CONFIG, &cfg, true)
         .map_max_entries(MAP_EVENTS, ring_size)
+        // Without --stacks the stack map is never written: 1 entry (~1 KiB), not 2 MiB.
+        .map_max_entries(
+            MAP_STACKS,
+            if hooks.stacks { STACKS_MAX_ENTRIES } else { 1 },
+        )
         .load(EBPF_OBJECT)
         .context(
             "loading the eBPF object (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)",

@@ -139,6 +139,9 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
         }
     }
     let _ = write!(out, "}},\"inferred\":{}", r.inferred);
+    if let Some(s) = &r.stacks {
+        super::stacks::json_stacks(out, s);
+    }
     if let Some(l) = &r.linked {
         out.push_str(",\"linked_sent\":{\"condition\":");
         json_str(out, l.condition.as_str());
@@ -220,7 +223,12 @@ pub fn render_into(out: &mut String, r: &Report, clock: &Clock, fmt: Format) {
     out.clear();
     match fmt {
         Format::Json => report_json_into(out, r, clock),
-        Format::Text { color } => out.push_str(&report_text(r, clock, color)),
+        Format::Text { color } => {
+            out.push_str(&report_text(r, clock, color));
+            if let Some(s) = &r.stacks {
+                super::stacks::text_stacks(out, s);
+            }
+        }
     }
 }
 

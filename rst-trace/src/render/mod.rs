@@ -6,6 +6,7 @@ mod fast;
 pub mod metrics;
 mod out;
 mod sink;
+mod stacks;
 mod summary;
 
 pub use fast::{Clock, Format};
