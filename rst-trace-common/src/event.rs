@@ -41,6 +41,9 @@ pub const FACT_RST_TTL: u32 = 256;
 /// [`FACT_PACKET`] the segment it answers was found; without, endpoints and `tcp_flags` are the
 /// RST's own (local = its source).
 pub const FACT_XMIT: u32 = 512;
+/// Received resets: the socket was already orphaned (`SOCK_DEAD`: its process closed it), so no
+/// application call will ever fail because of this reset.
+pub const FACT_ORPHAN: u32 = 1024;
 
 /// One reset, as the kernel side saw it. Explaining it is userspace's job.
 #[repr(C)]

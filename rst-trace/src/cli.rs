@@ -186,6 +186,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_ttl: bool,
 
+    /// Do not report the application calls that fail because of a reset or a timeout (the
+    /// `app_error` object and records; saves a compare per system call on the host).
+    #[arg(long)]
+    pub no_app_errors: bool,
+
     /// Details on stderr: the verifier log of a program the kernel rejected (whether rst-trace
     /// fell back to another one or gave up).
     #[arg(short = 'v', long)]
@@ -253,6 +258,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
             ttl: !cli.no_ttl,
             firewall: !cli.no_firewall,
             count_in_kernel,
+            app_errors: !cli.no_app_errors,
         },
         verbose: cli.verbose,
         ring_size: cli.ring_size,

@@ -1,5 +1,6 @@
 //! rst-trace: for every TCP reset, which process and which condition caused it.
 
+mod apperr;
 mod cli;
 mod correlate;
 mod enrich;
@@ -119,7 +120,7 @@ fn start(settings: &Settings) -> Result<(Tracer, Ring)> {
 /// The readiness line on stderr: tracing has begun, with what.
 fn announce(st: &State, tracer: &Tracer, count_in_kernel: bool, started: std::time::Instant) {
     eprintln!(
-        "rst-trace: tracing TCP resets ({}; {} tracepoints{}; kernel reasons: {}; {}; {}; {} existing sockets owned; attached in {} ms)",
+        "rst-trace: tracing TCP resets ({}; {} tracepoints{}; kernel reasons: {}; {}; {}; {}; {} existing sockets owned; attached in {} ms)",
         st.filter.describe(),
         tracer.resets.describe(),
         if count_in_kernel {
@@ -134,6 +135,7 @@ fn announce(st: &State, tracer: &Tracer, count_in_kernel: bool, started: std::ti
         },
         tracer.reject.describe(),
         tracer.socketless.describe(),
+        tracer.app.describe(),
         tracer.seeded,
         started.elapsed().as_millis()
     );
@@ -179,6 +181,7 @@ async fn run(settings: Settings) -> Result<()> {
         bad_records: 0,
         ready: Vec::new(),
         to_hide: Vec::new(),
+        noticing: apperr::Noticing::default(),
     };
     if let Some(addr) = settings.metrics {
         let shared = metrics::Shared::default();
@@ -203,7 +206,12 @@ async fn run(settings: Settings) -> Result<()> {
         done = st.drain(ring.get_mut()) || st.release(true);
     }
     finish_waiting(&mut st, &mut answers, done).await;
+    if !st.sink.out.broken {
+        st.app_tick(true);
+    }
     st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
+    st.sink
+        .app_losses(kernel::app_lost_total(&tracer.ebpf)?, st.noticing.evicted);
     if let Some(s) = st.summary_now(&tracer, count_in_kernel) {
         st.sink.out.line(&s);
     }
@@ -254,6 +262,7 @@ async fn event_loop(
             }
             _ = drain_tick.tick() => {
                 done = st.drain(ring.get_mut()) || st.release(false);
+                st.app_tick(false);
                 st.sink.out.flush();
             }
             () = tokio::time::sleep(Duration::from_nanos(HOLD_RECEIVED_NS)), if !st.held.is_empty() => {
@@ -279,6 +288,8 @@ async fn event_loop(
             () = sleep_until(deadline) => break,
             _ = lost_tick.tick() => {
                 st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
+                st.sink
+                    .app_losses(kernel::app_lost_total(&tracer.ebpf)?, st.noticing.evicted);
                 st.sink.insert_failures(kernel::insert_failures(&tracer.ebpf)?);
                 st.sink.unlabelled(st.identity.gave_up);
                 if let Err(e) = tracer.poll_reject() {

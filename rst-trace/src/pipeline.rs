@@ -4,9 +4,10 @@
 //! summary, metrics).
 
 use aya::maps::{MapData, RingBuf};
-use rst_trace_common::{KIND_RECEIVED, RstEvent};
+use rst_trace_common::{APP_ERROR_SIZE, AppErrorEvent, KIND_RECEIVED, RstEvent};
 
 use crate::{
+    apperr::{AppError, Noticing, Outcome},
     correlate::{Held, History},
     enrich::{Answer, Enricher},
     explain::{Report, Sentences, explain},
@@ -33,11 +34,19 @@ pub struct State {
     pub ready: Vec<Report>,
     /// Cgroup ids written to the kernel's hidden set (`--container`/`--pod`), to hide later.
     pub to_hide: Vec<u64>,
+    /// Failing application calls and the resets they join.
+    pub noticing: Noticing,
 }
 
 impl State {
     /// Takes one ring record; returns true when `--count` is reached.
     fn ingest(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() == APP_ERROR_SIZE {
+            if let Some(ev) = AppErrorEvent::decode(bytes) {
+                self.app_error(AppError::decode(&ev));
+            }
+            return false;
+        }
         let ev = match RstEvent::decode(bytes) {
             Ok(ev) => ev,
             Err(e) => {
@@ -70,6 +79,34 @@ impl State {
             }
         }
         false
+    }
+
+    /// A failing application call: joined to its reset, or on its own.
+    fn app_error(&mut self, e: AppError) {
+        let mut out = Vec::new();
+        self.noticing.app_error(e, &mut out);
+        self.app_outcomes(out);
+    }
+
+    /// Calls that waited long enough for a reset, resets not noticed in time (all of them if
+    /// `force`, at the end of the run).
+    pub fn app_tick(&mut self, force: bool) {
+        let mut out = Vec::new();
+        self.noticing.tick(Clock::mono_now(), force, &mut out);
+        self.app_outcomes(out);
+    }
+
+    fn app_outcomes(&mut self, out: Vec<Outcome>) {
+        for o in out {
+            // Joined ones and not_noticed follow a reset the filters let through; a call alone
+            // has its own test.
+            if let Outcome::Alone(e) = &o
+                && !self.filter.matches_app(e)
+            {
+                continue;
+            }
+            self.sink.outcome(&o);
+        }
     }
 
     /// Explains held received resets once they are old enough (all of them if `force`).
@@ -124,9 +161,9 @@ impl State {
 
     fn finish_ready(&mut self, mut ready: Vec<Report>) -> bool {
         let mut done = false;
-        for report in ready.drain(..) {
+        for mut report in ready.drain(..) {
             if !done {
-                done = self.finish(&report);
+                done = self.finish(&mut report);
             }
         }
         self.ready = ready;
@@ -151,10 +188,11 @@ impl State {
     }
 
     /// Filters, counts and prints one explained reset; true when `--count` is reached.
-    fn finish(&mut self, report: &Report) -> bool {
+    fn finish(&mut self, report: &mut Report) -> bool {
         if !self.filter.matches(report) {
             return false;
         }
+        self.noticing.reset_printed(report);
         self.matched += 1;
         self.sink.event(report);
         self.count.is_some_and(|c| self.matched >= c)

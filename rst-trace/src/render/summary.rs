@@ -45,6 +45,8 @@ impl Who {
 pub struct Summary {
     rows: HashMap<(Who, &'static str, &'static str), u64>,
     pub lost: u64,
+    /// Resets no application call noticed within the notice window (or before the run ended).
+    pub not_noticed: u64,
     by: ByArg,
 }
 
@@ -109,6 +111,7 @@ impl Summary {
                 "time": rfc3339(clock.wall_ns(now), 9),
                 "total": total,
                 "lost": self.lost,
+                "not_noticed": self.not_noticed,
                 "rows": rows.iter().map(|((p, c, d), n)| json!({
                     by: p, "condition": c, "direction": d, "count": n
                 })).collect::<Vec<_>>(),
@@ -116,9 +119,11 @@ impl Summary {
             .to_string(),
             Format::Text { .. } => {
                 let mut s = format!(
-                    "--- summary at {}: {total} resets, {} lost\n{:>8}  {:<9} {:<28} {}",
+                    "--- summary at {}: {total} resets, {} lost, {} not noticed by their application within {} s\n{:>8}  {:<9} {:<28} {}",
                     rfc3339(clock.wall_ns(now), 6),
                     self.lost,
+                    self.not_noticed,
+                    super::app::notice_window_s(),
                     "COUNT",
                     "DIRECTION",
                     "CONDITION",
