@@ -181,7 +181,7 @@ async fn run(settings: Settings) -> Result<()> {
         bad_records: 0,
         ready: Vec::new(),
         to_hide: Vec::new(),
-        noticing: apperr::Noticing::default(),
+        noticing: apperr::Noticing::new(tracer.app.is_on()),
     };
     if let Some(addr) = settings.metrics {
         let shared = metrics::Shared::default();

@@ -74,6 +74,9 @@ pub struct Noticing {
     late: VecDeque<(u64, u64)>,
     /// Resets forgotten before a call noticed them, [`PENDING_MAX`] being reached.
     pub evicted: u64,
+    /// Failing calls are traced (not `--no-app-errors`, and the kernel has the hook): else no
+    /// reset waits to be noticed.
+    pub enabled: bool,
 }
 
 /// Whether a call on a socket with cookie `call` can be about the reset of one with `reset`
@@ -102,6 +105,13 @@ pub fn awaits_app(r: &Report) -> bool {
 }
 
 impl Noticing {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            ..Self::default()
+        }
+    }
+
     /// A failing call arrived.
     pub fn app_error(&mut self, e: AppError, out: &mut Vec<Outcome>) {
         if let Some(p) = self.pending.get(&e.skaddr)
@@ -129,7 +139,7 @@ impl Noticing {
     /// A reset is about to be printed: the call that already noticed it (attached to its
     /// report), else it waits for one.
     pub fn reset_printed(&mut self, r: &mut Report) {
-        if !awaits_app(r) {
+        if !self.enabled || !awaits_app(r) {
             return;
         }
         if let Some(e) = self.early.remove(&r.skaddr) {

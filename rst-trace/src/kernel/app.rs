@@ -57,6 +57,10 @@ impl AppErrors {
             Self::Unavailable(why) => format!("application errors: no ({why})"),
         }
     }
+
+    pub fn is_on(&self) -> bool {
+        matches!(self, Self::On { .. })
+    }
 }
 
 /// Fills in the offsets and numbers the hooks need. `Err` says why they cannot run here.
