@@ -116,12 +116,12 @@ fn read_after_reset(lang: Lang, port: u16, tag: &str, late: bool) {
 }
 
 #[test]
-fn c_read_after_reset_econnreset() {
+fn apperr_c_read_after_reset_econnreset() {
     read_after_reset(Lang::C, 24001, "aerc", false);
 }
 
 #[test]
-fn python_read_after_reset_econnreset_noticed_later() {
+fn apperr_python_read_after_reset_econnreset_noticed_later() {
     read_after_reset(Lang::Python, 24002, "aerpy", true);
 }
 
@@ -160,19 +160,19 @@ fn write_after_reset(lang: Lang, port: u16, tag: &str) {
 }
 
 #[test]
-fn c_write_after_reset_epipe() {
+fn apperr_c_write_after_reset_epipe() {
     write_after_reset(Lang::C, 24003, "aewc");
 }
 
 #[test]
-fn python_write_after_reset_epipe() {
+fn apperr_python_write_after_reset_epipe() {
     write_after_reset(Lang::Python, 24004, "aewpy");
 }
 
 /// ECONNREFUSED: a blocking connect fails with it; a non-blocking one reads it back through
 /// getsockopt(SO_ERROR), which returns 0.
 #[test]
-fn connect_refused_blocking_and_nonblocking() {
+fn apperr_connect_refused_blocking_and_nonblocking() {
     let cases = [
         (Lang::C, "connect", "connect", "127.0.0.1", 24011),
         (
@@ -216,7 +216,7 @@ fn connect_refused_blocking_and_nonblocking() {
 /// Keepalive: the kernel resets the connection (keepalive_timeout, sent) and leaves ETIMEDOUT;
 /// the application reads only a second later.
 #[test]
-fn keepalive_timeout_noticed_later() {
+fn apperr_keepalive_timeout_noticed_later() {
     let (ns, t) = Scenario::new("aeka").port(24021).tracer(&[]);
     let bind = "127.0.0.1:24021";
     let server = Peer::spawn(
@@ -248,7 +248,7 @@ fn keepalive_timeout_noticed_later() {
 /// A retransmission timeout (TCP_USER_TIMEOUT 1 s, the peer's ACKs dropped): ETIMEDOUT with no
 /// reset at all, reported alone, with its endpoints, process and why.
 #[test]
-fn retransmission_timeout_without_reset() {
+fn apperr_retransmission_timeout_without_reset() {
     let (ns, t) = Scenario::new("aerto").port(24031).tracer(&[]);
     let bind = "127.0.0.1:24031";
     let server = Peer::spawn(
@@ -290,7 +290,7 @@ fn retransmission_timeout_without_reset() {
 /// A reset nobody notices within the window is said so (`not_noticed`) and counted by
 /// `--summary`; a call after that is still joined to it, with its delay.
 #[test]
-fn reset_not_noticed_is_said_and_counted() {
+fn apperr_reset_not_noticed_is_said_and_counted() {
     let (ns, t) = Scenario::new("aenn").port(24041).tracer(&["--summary"]);
     let bind = "127.0.0.1:24041";
     let server = Peer::spawn(
@@ -337,7 +337,7 @@ fn reset_not_noticed_is_said_and_counted() {
 
 /// `--no-app-errors` turns the hook off, and the readiness line says so.
 #[test]
-fn no_app_errors_flag() {
+fn apperr_no_app_errors_flag() {
     let t = Tracer::start(&["--port", "24051", "--no-app-errors"]);
     assert!(
         t.ready_line()
