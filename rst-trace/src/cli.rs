@@ -12,7 +12,8 @@ const EXAMPLES: &str = "\
 Examples:
   sudo rst-trace                          every TCP reset on this host, one line each
   sudo rst-trace --pid 1234               resets of process 1234's sockets, whichever task ran
-  sudo rst-trace --port 5432 --json       resets on port 5432 as NDJSON
+  sudo rst-trace --port 5432 --json       resets on port 5432 as NDJSON, each with the application's
+                                          failing call (app_error: call, fd, thread, errno, delay)
   sudo rst-trace --condition close_with_unread_data --count 1
   sudo rst-trace --container web         resets of docker/podman container `web`'s sockets
   sudo rst-trace --pod shop/web-0         resets of a Kubernetes pod's sockets
