@@ -206,7 +206,9 @@ async fn run(settings: Settings) -> Result<()> {
         done = st.drain(ring.get_mut()) || st.release(true);
     }
     finish_waiting(&mut st, &mut answers, done).await;
-    if !st.sink.out.broken {
+    // Calls still waiting for a reset, and resets still waiting for a call, go out as they are
+    // (not after --count: it asked for that many resets, and got them).
+    if !done && !st.sink.out.broken {
         st.app_tick(true);
     }
     st.sink.lost(kernel::lost_total(&tracer.ebpf)?);
