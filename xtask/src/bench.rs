@@ -30,6 +30,9 @@ pub enum Mode {
     /// No resets at all: 1-byte request/response on one connection per thread, to show what
     /// the per-packet and per-syscall hooks cost ordinary traffic.
     Echo,
+    /// No sockets at all: getppid() in a loop, the cheapest system call, to show what the
+    /// `sys_exit` hook (failing application calls) adds to every system call on the host.
+    Syscalls,
 }
 
 pub struct Opts {
@@ -162,6 +165,13 @@ fn generate(ns: &Netns, mode: Mode, threads: usize, secs: f64) -> Result<u64> {
                         if TcpStream::connect(addr).is_err() {
                             n += 1;
                         }
+                    }
+                    Mode::Syscalls => {
+                        for _ in 0..1000 {
+                            // SAFETY: no preconditions.
+                            unsafe { libc::getppid() };
+                        }
+                        n += 1000;
                     }
                     Mode::Unread => {
                         let mut s = TcpStream::connect(addr)?;
@@ -459,7 +469,19 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
         "all ns/ev",
         "app ns"
     );
-    let configs: [(&str, Mode, usize, &[&str]); 10] = [
+    let configs: [(&str, Mode, usize, &[&str]); 12] = [
+        (
+            "syscalls (getppid), all hooks",
+            Mode::Syscalls,
+            1,
+            &["--json"],
+        ),
+        (
+            "syscalls, --no-app-errors",
+            Mode::Syscalls,
+            1,
+            &["--json", "--no-app-errors"],
+        ),
         ("echo (no resets), all hooks", Mode::Echo, 1, &["--json"]),
         (
             "echo, --no-app-errors",
@@ -529,7 +551,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             let t = traced_round(bin, &ns, mode, threads, opts.seconds, args, false)?;
             tr.push(t.generated as f64 / opts.seconds);
             // Each reset is seen twice: sent by one socket (or none), received by another.
-            if mode != Mode::Echo {
+            if !matches!(mode, Mode::Echo | Mode::Syscalls) {
                 generated_events += 2 * t.generated;
             }
             captured += t.rst_events;

@@ -26,6 +26,15 @@ const PENDING_MAX: usize = 65_536;
 const EARLY_WAIT_NS: u64 = 1_000_000_000;
 const EARLY_MAX: usize = 16_384;
 
+/// A socket: its address and cookie (0 if the kernel never generated one). The address alone
+/// is reused within microseconds in a connection storm (the slab hands a freed socket's memory
+/// to the next one).
+type Sock = (u64, u64);
+
+fn key(skaddr: u64, cookie: Option<u64>) -> Sock {
+    (skaddr, cookie.unwrap_or(0))
+}
+
 /// A printed reset whose application has not noticed it yet.
 #[derive(Clone, Debug)]
 pub struct Pending {
@@ -64,28 +73,20 @@ pub enum Outcome {
 
 #[derive(Default)]
 pub struct Noticing {
-    /// Calls waiting for their reset, by socket address, with their arrival order.
-    early: HashMap<u64, AppError>,
-    early_order: VecDeque<(u64, u64)>,
-    /// Resets waiting for their call, by socket address; `order` in reset time, `late` those
-    /// announced as not noticed.
-    pending: HashMap<u64, Pending>,
-    order: VecDeque<(u64, u64)>,
-    late: VecDeque<(u64, u64)>,
+    /// Calls waiting for their reset, by socket, with their arrival order.
+    early: HashMap<Sock, AppError>,
+    early_order: VecDeque<(Sock, u64)>,
+    /// Resets waiting for their call, by socket; `order` in reset time, `late` those announced
+    /// as not noticed. (The queues may hold entries already joined: they are skipped, and
+    /// compacted once they outgrow the maps.)
+    pending: HashMap<Sock, Pending>,
+    order: VecDeque<(Sock, u64)>,
+    late: VecDeque<(Sock, u64)>,
     /// Resets forgotten before a call noticed them, [`PENDING_MAX`] being reached.
     pub evicted: u64,
     /// Failing calls are traced (not `--no-app-errors`, and the kernel has the hook): else no
     /// reset waits to be noticed.
     pub enabled: bool,
-}
-
-/// Whether a call on a socket with cookie `call` can be about the reset of one with `reset`
-/// (the same address may be a new socket: the cookies then differ).
-fn same_socket(reset: Option<u64>, call: Option<u64>) -> bool {
-    match (reset, call) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-    }
 }
 
 /// Whether a reset leaves an error for its application to notice: a received reset on a socket
@@ -114,10 +115,12 @@ impl Noticing {
 
     /// A failing call arrived.
     pub fn app_error(&mut self, e: AppError, out: &mut Vec<Outcome>) {
-        if let Some(p) = self.pending.get(&e.skaddr)
-            && same_socket(p.cookie, e.cookie)
-            && e.mono_ns >= p.reset_mono_ns
-            && let Some(reset) = self.pending.remove(&e.skaddr)
+        let k = key(e.skaddr, e.cookie);
+        if self
+            .pending
+            .get(&k)
+            .is_some_and(|p| e.mono_ns >= p.reset_mono_ns)
+            && let Some(reset) = self.pending.remove(&k)
         {
             let delay_ns = e.mono_ns - reset.reset_mono_ns;
             out.push(Outcome::Joined(Joined {
@@ -128,12 +131,17 @@ impl Noticing {
             return;
         }
         // Its reset may still be on its way.
-        if self.early.len() >= EARLY_MAX || self.early.contains_key(&e.skaddr) {
+        if self.early.len() >= EARLY_MAX || self.early.contains_key(&k) {
             out.push(Outcome::Alone(e));
             return;
         }
-        self.early_order.push_back((e.skaddr, e.mono_ns));
-        self.early.insert(e.skaddr, e);
+        self.early_order.push_back((k, e.mono_ns));
+        self.early.insert(k, e);
+        if self.early_order.len() > 2 * EARLY_MAX {
+            let early = &self.early;
+            self.early_order
+                .retain(|(k, t)| early.get(k).is_some_and(|e| e.mono_ns == *t));
+        }
     }
 
     /// A reset is about to be printed: the call that already noticed it (attached to its
@@ -142,27 +150,28 @@ impl Noticing {
         if !self.enabled || !awaits_app(r) {
             return;
         }
-        if let Some(e) = self.early.remove(&r.skaddr) {
+        let k = key(r.skaddr, r.socket_cookie);
+        if let Some(e) = self.early.remove(&k) {
             // A call before the reset is not its consequence (an earlier failure on the
             // socket): it stays on its own, and the delay is never negative.
-            if same_socket(r.socket_cookie, e.cookie) && e.mono_ns >= r.mono_ns {
+            if e.mono_ns >= r.mono_ns {
                 let delay_ns = e.mono_ns - r.mono_ns;
                 r.app_notice = Some(Box::new(AppNotice { error: e, delay_ns }));
                 return;
             }
-            self.early.insert(r.skaddr, e);
+            self.early.insert(k, e);
         }
         while self.pending.len() >= PENDING_MAX {
-            let Some((sk, t)) = self.order.pop_front().or_else(|| self.late.pop_front()) else {
+            let Some((k, t)) = self.order.pop_front().or_else(|| self.late.pop_front()) else {
                 break;
             };
-            if self.forget(sk, t) {
+            if self.forget(k, t) {
                 self.evicted += 1;
             }
         }
-        self.order.push_back((r.skaddr, r.mono_ns));
+        self.order.push_back((k, r.mono_ns));
         self.pending.insert(
-            r.skaddr,
+            k,
             Pending {
                 cookie: r.socket_cookie,
                 reset_mono_ns: r.mono_ns,
@@ -177,12 +186,18 @@ impl Noticing {
                 announced: false,
             },
         );
+        if self.order.len() + self.late.len() > 2 * PENDING_MAX {
+            let pending = &self.pending;
+            let live = |(k, t): &(Sock, u64)| pending.get(k).is_some_and(|p| p.reset_mono_ns == *t);
+            self.order.retain(live);
+            self.late.retain(live);
+        }
     }
 
-    /// Removes `sk`'s pending reset if it is the one of time `t`; true if it was.
-    fn forget(&mut self, sk: u64, t: u64) -> bool {
-        if self.pending.get(&sk).is_some_and(|p| p.reset_mono_ns == t) {
-            self.pending.remove(&sk);
+    /// Removes `k`'s pending reset if it is the one of time `t`; true if it was.
+    fn forget(&mut self, k: Sock, t: u64) -> bool {
+        if self.pending.get(&k).is_some_and(|p| p.reset_mono_ns == t) {
+            self.pending.remove(&k);
             return true;
         }
         false
@@ -192,37 +207,37 @@ impl Noticing {
     /// resets not noticed within the window are announced, old ones forgotten. With `force`
     /// (the end of the run) every call and every unannounced reset goes out now.
     pub fn tick(&mut self, now: u64, force: bool, out: &mut Vec<Outcome>) {
-        while let Some(&(sk, t)) = self.early_order.front() {
+        while let Some(&(k, t)) = self.early_order.front() {
             if !force && now.saturating_sub(t) < EARLY_WAIT_NS {
                 break;
             }
             self.early_order.pop_front();
-            if self.early.get(&sk).is_some_and(|e| e.mono_ns == t)
-                && let Some(e) = self.early.remove(&sk)
+            if self.early.get(&k).is_some_and(|e| e.mono_ns == t)
+                && let Some(e) = self.early.remove(&k)
             {
                 out.push(Outcome::Alone(e));
             }
         }
-        while let Some(&(sk, t)) = self.order.front() {
+        while let Some(&(k, t)) = self.order.front() {
             if !force && now.saturating_sub(t) < NOTICE_WINDOW_NS {
                 break;
             }
             self.order.pop_front();
-            if let Some(p) = self.pending.get_mut(&sk)
+            if let Some(p) = self.pending.get_mut(&k)
                 && p.reset_mono_ns == t
                 && !p.announced
             {
                 p.announced = true;
                 out.push(Outcome::NotNoticed(p.clone(), now.saturating_sub(t)));
-                self.late.push_back((sk, t));
+                self.late.push_back((k, t));
             }
         }
-        while let Some(&(sk, t)) = self.late.front() {
+        while let Some(&(k, t)) = self.late.front() {
             if now.saturating_sub(t) < FORGET_NS {
                 break;
             }
             self.late.pop_front();
-            self.forget(sk, t);
+            self.forget(k, t);
         }
     }
 }

@@ -186,3 +186,27 @@ fn only_resets_that_leave_an_error_wait() {
     n.tick(100 * S, true, &mut out);
     assert!(out.is_empty());
 }
+
+/// A connection storm reuses a socket's address within microseconds (the slab hands the freed
+/// memory to the next socket): each socket's call still joins its own reset, by cookie.
+#[test]
+fn a_reused_address_keeps_each_sockets_call() {
+    let mut n = Noticing::new(true);
+    let mut out = Vec::new();
+    for cookie in 1..=3u64 {
+        let mut e = call(7, cookie * S + 1);
+        e.cookie = Some(cookie);
+        n.app_error(e, &mut out);
+    }
+    assert!(out.is_empty(), "{out:?}");
+    for cookie in 1..=3u64 {
+        let mut r = reset(7, cookie * S);
+        r.socket_cookie = Some(cookie);
+        n.reset_printed(&mut r);
+        let a = r.app_notice.expect("its own call");
+        assert_eq!(a.error.cookie, Some(cookie));
+        assert_eq!(a.delay_ns, 1);
+    }
+    n.tick(100 * S, true, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+}
