@@ -28,7 +28,7 @@ use crate::{
     enrich::Enricher,
     identity::{Roots, Waiting},
     kernel::{Ring, Tracer},
-    pipeline::State,
+    pipeline::{Drained, State},
     render::{Format, Out, Sink, metrics},
 };
 
@@ -257,19 +257,22 @@ async fn event_loop(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                done = st.drain(guard.get_inner_mut());
-                guard.clear_ready();
-                done = done || st.release(false);
+                let drained = st.drain_some(guard.get_inner_mut());
+                // Records left: stay ready, so the loop comes back after its other work.
+                if drained != Drained::More {
+                    guard.clear_ready();
+                }
+                done = drained == Drained::Done || st.release(false);
                 st.sink.out.flush();
             }
             _ = drain_tick.tick() => {
-                done = st.drain(ring.get_mut()) || st.release(false);
+                done = st.drain_some(ring.get_mut()) == Drained::Done || st.release(false);
                 st.app_tick(false);
                 st.sink.out.flush();
             }
             () = tokio::time::sleep(Duration::from_nanos(HOLD_RECEIVED_NS)), if !st.held.is_empty() => {
                 // The sent reset a held one waits for may sit in the ring without a wakeup.
-                done = st.drain(ring.get_mut()) || st.release(false);
+                done = st.drain_some(ring.get_mut()) == Drained::Done || st.release(false);
                 st.sink.out.flush();
             }
             Some(answer) = answers.owners.recv() => {

@@ -17,6 +17,20 @@ use crate::{
     render::{Clock, Sink},
 };
 
+/// Records taken from the ring per turn of the event loop.
+const DRAIN_BATCH: u32 = 16_384;
+
+/// What [`State::drain_some`] left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// `--count` reached.
+    Done,
+    /// The ring is empty.
+    Empty,
+    /// Records are left: come back after the other work.
+    More,
+}
+
 /// The event loop's state: each stage's own, and the counts that end the run.
 pub struct State {
     pub info: KernelInfo,
@@ -66,19 +80,35 @@ impl State {
 
     /// Takes every record the ring holds now; true when `--count` is reached.
     pub fn drain(&mut self, rb: &mut RingBuf<MapData>) -> bool {
+        loop {
+            match self.drain_some(rb) {
+                Drained::Done => return true,
+                Drained::Empty => return false,
+                Drained::More => {}
+            }
+        }
+    }
+
+    /// Takes at most [`DRAIN_BATCH`] records: in a storm that outpaces userspace the ring never
+    /// empties, and the event loop must still get to the identity answers and deadlines
+    /// (reports wait there for their container; unanswered, they would pile up).
+    pub fn drain_some(&mut self, rb: &mut RingBuf<MapData>) -> Drained {
         let mut n = 0u32;
         while let Some(item) = rb.next() {
             if self.ingest(&item) {
-                return true;
+                return Drained::Done;
             }
             n += 1;
             // A full ring (8 MiB: 50k records) takes a while: explain the held received resets
             // that are old enough on the way, while their senders are still in the link history.
             if n.is_multiple_of(1024) && self.release(false) {
-                return true;
+                return Drained::Done;
+            }
+            if n >= DRAIN_BATCH {
+                return Drained::More;
             }
         }
-        false
+        Drained::Empty
     }
 
     /// A failing application call: joined to its reset, or on its own.

@@ -19,12 +19,12 @@ pub const NOTICE_WINDOW_NS: u64 = 10_000_000_000;
 /// late call still says which reset it was and how long after.
 pub const FORGET_NS: u64 = 600_000_000_000;
 /// Resets remembered at most; beyond, the oldest are forgotten (counted in `evicted`). Each
-/// costs about 200 bytes.
-const PENDING_MAX: usize = 65_536;
+/// costs about 300 bytes: 5 MiB at most.
+const PENDING_MAX: usize = 16_384;
 /// A call whose reset has not been printed yet waits this long for it: received resets are held
 /// 25 ms for their sender, and a reset waits up to 500 ms for its container's identity.
 const EARLY_WAIT_NS: u64 = 1_000_000_000;
-const EARLY_MAX: usize = 16_384;
+const EARLY_MAX: usize = 8_192;
 
 /// A socket: its address and cookie (0 if the kernel never generated one). The address alone
 /// is reused within microseconds in a connection storm (the slab hands a freed socket's memory
