@@ -183,6 +183,9 @@ async fn run(settings: Settings) -> Result<()> {
         to_hide: Vec::new(),
         noticing: apperr::Noticing::new(tracer.app.is_on()),
     };
+    if let Some(s) = &mut st.sink.summary {
+        s.app_errors = tracer.app.is_on();
+    }
     if let Some(addr) = settings.metrics {
         let shared = metrics::Shared::default();
         let bound = metrics::serve(addr, shared.clone()).await?;
