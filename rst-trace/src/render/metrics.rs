@@ -1,7 +1,8 @@
 //! `--metrics ADDR`: Prometheus text format at `/metrics`, served by hyper.
 //!
-//! `rst_trace_resets_total{direction,condition,comm}` and `rst_trace_lost_events_total`, plus
-//! process metrics. Label cardinality stays bounded: at most [`MAX_COMMS`] distinct `comm`
+//! `rst_trace_resets_total{direction,condition,comm}`, `rst_trace_lost_events_total`,
+//! `rst_trace_app_errors_total{errno}` and `rst_trace_resets_not_noticed_total`, plus process
+//! metrics. Label cardinality stays bounded: at most [`MAX_COMMS`] distinct `comm`
 //! values, the rest fold into `other`.
 
 use std::{
@@ -26,6 +27,10 @@ pub struct Metrics {
     resets: BTreeMap<(&'static str, &'static str, String), u64>,
     comms: HashSet<String>,
     pub lost: u64,
+    /// Failing application calls by errno name (a handful of values), and resets no call
+    /// noticed in time.
+    app_errors: BTreeMap<String, u64>,
+    not_noticed: u64,
 }
 
 pub type Shared = Arc<Mutex<Metrics>>;
@@ -54,6 +59,15 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// A failing application call (joined to a reset or not).
+    pub fn app_error(&mut self, errno: String) {
+        *self.app_errors.entry(errno).or_default() += 1;
+    }
+
+    pub fn not_noticed(&mut self) {
+        self.not_noticed += 1;
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
         s.push_str("# HELP rst_trace_resets_total TCP resets, by direction, condition id and process name.\n");
@@ -68,6 +82,14 @@ impl Metrics {
         s.push_str("# HELP rst_trace_lost_events_total Reset events dropped because the ring buffer was full.\n");
         s.push_str("# TYPE rst_trace_lost_events_total counter\n");
         let _ = writeln!(s, "rst_trace_lost_events_total {}", self.lost);
+        s.push_str("# HELP rst_trace_app_errors_total First failing socket calls of applications (ECONNRESET, EPIPE, ECONNREFUSED, ETIMEDOUT), by errno.\n");
+        s.push_str("# TYPE rst_trace_app_errors_total counter\n");
+        for (e, n) in &self.app_errors {
+            let _ = writeln!(s, "rst_trace_app_errors_total{{errno=\"{e}\"}} {n}");
+        }
+        s.push_str("# HELP rst_trace_resets_not_noticed_total Resets no application call noticed within 10 s.\n");
+        s.push_str("# TYPE rst_trace_resets_not_noticed_total counter\n");
+        let _ = writeln!(s, "rst_trace_resets_not_noticed_total {}", self.not_noticed);
         process_metrics(&mut s);
         s
     }

@@ -49,6 +49,9 @@ impl Sink {
             && let Ok(mut m) = m.lock()
         {
             m.record(report);
+            if let Some(n) = &report.app_notice {
+                m.app_error(n.error.errno.name());
+            }
         }
         if !self.quiet {
             event::render_into(&mut self.line, report, &self.clock, self.fmt);
@@ -63,6 +66,15 @@ impl Sink {
             && let Some(s) = &mut self.summary
         {
             s.not_noticed += 1;
+        }
+        if let Some(m) = &self.metrics
+            && let Ok(mut m) = m.lock()
+        {
+            match o {
+                Outcome::Joined(j) => m.app_error(j.error.errno.name()),
+                Outcome::Alone(e) => m.app_error(e.errno.name()),
+                Outcome::NotNoticed(..) => m.not_noticed(),
+            }
         }
         if !self.quiet {
             let line = app::outcome(o, &self.clock, self.fmt);
