@@ -188,7 +188,8 @@ pub struct Cli {
     pub no_ttl: bool,
 
     /// Do not report the application calls that fail because of a reset or a timeout (the
-    /// `app_error` object and records; saves a compare per system call on the host).
+    /// `app_error` object and records; saves ~13 ns per system call on the host, and ~0.7 us
+    /// per failing call).
     #[arg(long)]
     pub no_app_errors: bool,
 

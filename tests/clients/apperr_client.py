@@ -3,6 +3,8 @@ timeouts). Process name "rstt-pyapp" (prctl); one thread.
 
 Usage: apperr_client.py MODE ADDR PORT
   recv         connect, send 256 bytes, print "sent", wait for a line on stdin, recv()
+  splice       as recv, then splice() from a pipe into the socket (its fd is splice's third
+               argument, fd_out)
   write        connect, read until EOF (CLOSE_WAIT), print "eof", wait for a line, send()
   connect      blocking connect()
   nbconnect    non-blocking connect_ex(), select() for writability, getsockopt(SO_ERROR)
@@ -37,7 +39,7 @@ def main():
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     say(f"pid {os.getpid()}")
     s = socket.socket(family, socket.SOCK_STREAM)
-    if mode in ("recv", "write", "keepalive", "usertimeout"):
+    if mode in ("recv", "splice", "write", "keepalive", "usertimeout"):
         s.connect((host, port))
     if mode == "recv":
         s.sendall(b"x" * 256)
@@ -46,6 +48,18 @@ def main():
         call = "recvfrom"
         try:
             s.recv(100)
+            err = 0
+        except OSError as e:
+            err = e.errno
+    elif mode == "splice":
+        s.sendall(b"x" * 256)
+        say("sent")
+        sys.stdin.readline()
+        r, w = os.pipe()
+        os.write(w, b"y" * 100)
+        call = "splice"
+        try:
+            os.splice(r, s.fileno(), 100)
             err = 0
         except OSError as e:
             err = e.errno

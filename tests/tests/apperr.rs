@@ -68,6 +68,13 @@ fn failed(client: &Peer, errno: &str) -> Failed {
 /// ECONNRESET on a read after the peer closed with unread data. `late`: the client reads only
 /// after the reset was printed (an `app_error` record), else at once (usually the object).
 fn read_after_reset(lang: Lang, port: u16, tag: &str, late: bool) {
+    let call = if lang == Lang::C { "read" } else { "recvfrom" };
+    fail_after_reset(lang, "recv", call, port, tag, late);
+}
+
+/// The client (`mode`: `recv` or `splice`) makes `call` fail with ECONNRESET after the peer
+/// closed with unread data.
+fn fail_after_reset(lang: Lang, mode: &str, call: &str, port: u16, tag: &str, late: bool) {
     let (ns, t) = Scenario::new(tag).port(port).tracer(&[]);
     let bind = format!("127.0.0.1:{port}");
     let server = Peer::spawn(
@@ -85,7 +92,7 @@ fn read_after_reset(lang: Lang, port: u16, tag: &str, late: bool) {
         ],
     );
     server.expect("listening");
-    let mut client = spawn_client(&ns, lang, "recv", "127.0.0.1", port);
+    let mut client = spawn_client(&ns, lang, mode, "127.0.0.1", port);
     client.expect("sent");
     server.expect("closed");
     let rst = received(&t, &ns, "peer_reset");
@@ -95,7 +102,6 @@ fn read_after_reset(lang: Lang, port: u16, tag: &str, late: bool) {
     client.go();
     let f = failed(&client, "ECONNRESET");
     let a = app_error_of(&t, &rst);
-    let call = if lang == Lang::C { "read" } else { "recvfrom" };
     assert_call(&a, lang, &client, call, &f);
     if late {
         assert_eq!(a["type"], "app_error", "{a:#}");
@@ -123,6 +129,12 @@ fn apperr_c_read_after_reset_econnreset() {
 #[test]
 fn apperr_python_read_after_reset_econnreset_noticed_later() {
     read_after_reset(Lang::Python, 24002, "aerpy", true);
+}
+
+/// splice(pipe, NULL, socket, ...): the socket is the third argument.
+#[test]
+fn apperr_python_splice_into_reset_socket() {
+    fail_after_reset(Lang::Python, "splice", "splice", 24005, "aespl", false);
 }
 
 /// EPIPE on a write: the peer sent FIN (the client read EOF: CLOSE_WAIT), then reset the
