@@ -47,7 +47,9 @@ pub fn on_failed_syscall(regs: u64, errno: u32) {
     } else {
         OFF_NONE
     };
-    // connect(fd, addr, len): the address asked for, read only if the socket forgot it.
+    // connect(fd, addr, len): the address asked for, read only if the socket forgot it (the
+    // error path of __inet_stream_connect() calls tcp_disconnect(), which zeroes inet_dport
+    // and releases the local port before the call returns).
     let addr = if nr16 == conf!(sys_connect) {
         kread::<u64>(regs, conf!(regs_si)).unwrap_or(0)
     } else {
