@@ -119,6 +119,37 @@ pub struct Config {
     pub _pad3: u16,
     /// `THREAD_SIZE`: the kernel stack's size (16 KiB on x86_64, 32 KiB with KASAN).
     pub thread_size: u32,
+    // Failing socket calls (`sys_exit`): x86_64 `struct pt_regs` (the syscall number, and the
+    // first three arguments as the syscall ABI passes them: di, si, dx).
+    pub regs_orig_ax: u16,
+    pub regs_di: u16,
+    pub regs_si: u16,
+    pub regs_dx: u16,
+    /// `socket.file`: a socket's back-pointer to its file, which tells a socket's
+    /// `file.private_data` from another file's.
+    pub socket_file: u16,
+    /// `inet_connection_sock.icsk_user_timeout` (`TCP_USER_TIMEOUT`, ms).
+    pub icsk_user_timeout: u16,
+    /// Bit number of `SOCK_DEAD` in `enum sock_flags`.
+    pub sock_dead_bit: u16,
+    // syscalls:sys_enter_getsockopt / sys_exit_getsockopt records
+    pub gs_fd: u16,
+    pub gs_level: u16,
+    pub gs_optname: u16,
+    pub gs_optval: u16,
+    pub gs_ret: u16,
+    pub gs_nr: u16,
+    /// Syscall numbers whose second (`sendfile`: in_fd) or third (`splice`: fd_out) argument
+    /// may be the socket, [`OFF_NONE`] if none.
+    pub sys_sendfile: u16,
+    pub sys_splice: u16,
+    /// connect(): a failed connect has disconnected its socket (tcp_disconnect() zeroes the
+    /// ports) by the time it returns; the address it asked for is still its second argument.
+    pub sys_connect: u16,
+    /// One bit per syscall number ([`SOCK_CALLS_BITS`](crate::SOCK_CALLS_BITS)): the calls on
+    /// a socket whose first argument is its fd (read, write, send*, recv*, connect, ...),
+    /// filled in by userspace from libc's numbers.
+    pub sock_calls: [u64; 8],
 }
 
 impl Config {
@@ -193,8 +224,27 @@ impl Config {
             task_stack: OFF_NONE,
             _pad3: 0,
             thread_size: 0,
+            regs_orig_ax: OFF_NONE,
+            regs_di: OFF_NONE,
+            regs_si: OFF_NONE,
+            regs_dx: OFF_NONE,
+            socket_file: OFF_NONE,
+            icsk_user_timeout: OFF_NONE,
+            sock_dead_bit: OFF_NONE,
+            gs_fd: OFF_NONE,
+            gs_level: OFF_NONE,
+            gs_optname: OFF_NONE,
+            gs_optval: OFF_NONE,
+            gs_ret: OFF_NONE,
+            gs_nr: OFF_NONE,
+            sys_sendfile: OFF_NONE,
+            sys_splice: OFF_NONE,
+            sys_connect: OFF_NONE,
+            sock_calls: [0; 8],
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 136);
+const _: () = assert!(core::mem::size_of::<Config>() == 232);
+const _: () = assert!(core::mem::offset_of!(Config, sock_calls) % 8 == 0);
+const _: () = assert!(crate::SOCK_CALLS_BITS == 64 * 8);

@@ -45,6 +45,9 @@ pub const FACT_XMIT: u32 = 512;
 /// [`ATTR_OWNER_CURRENT`]) and `user_stack`/`kernel_stack` hold what `bpf_get_stackid()`
 /// returned for it: an id in [`MAP_STACKS`](crate::MAP_STACKS), or `-errno`.
 pub const FACT_STACKS: u32 = 1024;
+/// Received resets: the socket was already orphaned (`SOCK_DEAD`: its process closed it), so no
+/// application call will ever fail because of this reset.
+pub const FACT_ORPHAN: u32 = 2048;
 
 /// One reset, as the kernel side saw it. Explaining it is userspace's job.
 #[repr(C)]

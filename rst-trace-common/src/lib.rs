@@ -4,18 +4,22 @@
 //! (bpfel and x86_64) agree on every byte. No `bool`: flags are bits in integers.
 #![no_std]
 
+mod app_error;
 mod config;
 mod event;
 mod kernel;
 
+pub use app_error::*;
 pub use config::Config;
 pub use event::*;
 pub use kernel::*;
 
-/// Ring buffer carrying [`RstEvent`]s to userspace.
+/// Ring buffer carrying [`RstEvent`]s and [`AppErrorEvent`]s to userspace (told apart by length).
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Per-CPU count of events dropped because the ring buffer was full.
 pub const MAP_LOST: &str = "LOST";
+/// Per-CPU count of [`AppErrorEvent`]s dropped because the ring buffer was full.
+pub const MAP_APP_LOST: &str = "APP_LOST";
 /// `--summary --quiet`: per-CPU counts of resets, keyed by the event reduced to what decides its
 /// process, condition and direction ([`RstEvent::count_key`]), instead of one ring record each.
 pub const MAP_COUNTS: &str = "COUNTS";
@@ -60,6 +64,12 @@ pub const PROG_DESTROY_SOCK_RAW: &str = "tcp_destroy_sock_raw";
 /// Raw tracepoints `sock_send_length` and `sock_recv_length`: owners of sockets in use.
 pub const PROG_SOCK_IO: &str = "sock_io";
 pub const PROG_EXIT_ACCEPT: &str = "sys_exit_accept";
+/// Raw tracepoint `sys_exit`: system calls failing with the errors a dead connection leaves.
+pub const PROG_SYS_EXIT_APP: &str = "sys_exit_app";
+/// `syscalls:sys_enter_getsockopt` / `sys_exit_getsockopt`: a non-blocking connect's outcome
+/// read back through `SO_ERROR`.
+pub const PROG_ENTER_GETSOCKOPT: &str = "sys_enter_getsockopt";
+pub const PROG_EXIT_GETSOCKOPT: &str = "sys_exit_getsockopt";
 /// `net:net_dev_queue`: sees RSTs that netfilter's REJECT builds (no TCP tracepoint fires).
 pub const PROG_DEV_QUEUE: &str = "net_dev_queue";
 /// raw tracepoint `tcp_probe` (every segment tcp_rcv_established() handles): TTL evidence.
@@ -160,6 +170,9 @@ const _: () = assert!(core::mem::size_of::<SockInfo>() == 80);
 /// `SockInfo::flags`: the socket sent or received a reset (so its move to CLOSE was an abort,
 /// not a hand-over to a TIME_WAIT mini-socket).
 pub const SOCK_RESET_SEEN: u16 = 1;
+/// `SockInfo::flags`: an application call on the socket already failed and was reported (only
+/// the first one is: a loop of failing writes must not flood the ring).
+pub const SOCK_APP_ERROR_SEEN: u16 = 2;
 
 /// How long the copy of a destroyed socket's [`SockInfo`] still counts.
 ///
@@ -192,4 +205,5 @@ mod user {
     unsafe impl aya::Pod for super::RstEvent {}
     unsafe impl aya::Pod for super::ListenerClose {}
     unsafe impl aya::Pod for super::StackIds {}
+    unsafe impl aya::Pod for super::AppErrorEvent {}
 }

@@ -11,7 +11,8 @@ use rst_trace_common::{
 
 use crate::{
     maps::{
-        BUSY, COUNT_KEY, COUNTS, EVENTS, FILTER_PIDS, FILTER_PORTS, HIDDEN_CGROUPS, LOST, SCRATCH,
+        APP_LOST, BUSY, COUNT_KEY, COUNTS, EVENTS, FILTER_PIDS, FILTER_PORTS, HIDDEN_CGROUPS, LOST,
+        SCRATCH,
     },
     read::{copy_words, zero_words},
 };
@@ -131,6 +132,18 @@ pub fn deliver(slot: u32, ev: &mut RstEvent) {
 
 #[inline(always)]
 fn submit(ev: &RstEvent) {
+    if EVENTS
+        .output(ev, wake_flags(core::mem::size_of::<RstEvent>() as u64))
+        .is_err()
+    {
+        // Never lose an event silently: userspace reports this count.
+        count_lost();
+    }
+}
+
+/// The ring buffer flags for a record of `size` bytes.
+#[inline(always)]
+pub fn wake_flags(size: u64) -> u64 {
     // Do not wake userspace for every event (a reset storm would cost a wakeup each): wake it
     // once the ring holds `wake_bytes`; userspace also drains on a short timer, so a lone event
     // still shows promptly.
@@ -140,14 +153,18 @@ fn submit(ev: &RstEvent) {
     // behind it is awake and draining anyway.
     let wake = u64::from(conf!(wake_bytes));
     let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    let flags =
-        if wake == 0 || (avail < wake && avail + core::mem::size_of::<RstEvent>() as u64 >= wake) {
-            u64::from(BPF_RB_FORCE_WAKEUP)
-        } else {
-            u64::from(BPF_RB_NO_WAKEUP)
-        };
-    if EVENTS.output(ev, flags).is_err() {
-        // Never lose an event silently: userspace reports this count.
-        count_lost();
+    if wake == 0 || (avail < wake && avail + size >= wake) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
+
+/// Counts an application error record the ring had no room for (userspace reports it).
+#[inline(always)]
+pub fn count_app_lost() {
+    if let Some(n) = APP_LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; a preempted increment (syscall context) may at worst lose one.
+        unsafe { *n += 1 };
     }
 }

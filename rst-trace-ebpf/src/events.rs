@@ -2,8 +2,9 @@
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::tracing::StackIdContext};
 use rst_trace_common::{
-    ATTR_OWNER_CURRENT, FACT_BACKLOG, FACT_LISTENER_CLOSING, FACT_PACKET, FACT_RST_TTL,
-    FACT_STACKS, FILTER_NO_RECEIVED, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent, TCP_CLOSE,
+    ATTR_OWNER_CURRENT, FACT_BACKLOG, FACT_LISTENER_CLOSING, FACT_ORPHAN, FACT_PACKET,
+    FACT_RST_TTL, FACT_STACKS, FILTER_NO_RECEIVED, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent,
+    TCP_CLOSE,
     TCP_ESTABLISHED, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_RST, TCP_SYN_SENT, TCP_TIME_WAIT,
 };
 
@@ -16,8 +17,8 @@ use crate::{
     owners::{fill_current_task, owner_from_map},
     read::kread,
     sock::{
-        cookie_or_sock, read_idle, read_tcp_sock, skb_netns, skc, sock_endpoints, sock_netns,
-        sock_window,
+        cookie_or_sock, read_idle, read_tcp_sock, skb_netns, skc, sock_dead, sock_endpoints,
+        sock_netns, sock_window,
     },
     stacks,
 };
@@ -176,6 +177,9 @@ fn receive_reset_event(sk: u64, cookie: u64) {
         read_idle(sk, ev);
     }
     owner_from_map(sk, ev);
+    if sock_dead(w, sk) {
+        ev.facts |= FACT_ORPHAN;
+    }
     // An established socket handles the RST in tcp_rcv_established(), whose tcp_probe noted
     // the segment just before: its TTL is the RST's. (Other states never pass there, so a stale
     // note for the socket is never read.)

@@ -11,6 +11,7 @@
 //! - `headers`: the IP/TCP header parser;
 //! - `owners`: socket owners, state history, TIME_WAIT hand-overs, peer TTL samples;
 //! - `events`: the sent and received reset events;
+//! - `app`: application calls that failed because their connection died;
 //! - `transmit`: the transmit hook's events (netfilter, socketless resets before 6.10);
 //! - `stacks`: `--stacks`, the user and kernel stacks of a process-context abort;
 //! - `deliver`: slots, in-kernel filters and counts, the ring buffer.
@@ -22,7 +23,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
-use rst_trace_common::{Config, IPPROTO_TCP, REASON_ARG, REASON_NONE};
+use rst_trace_common::{Config, IPPROTO_TCP, REASON_ARG, REASON_NONE, failing_ret};
 
 #[unsafe(no_mangle)]
 static CONFIG: Global<Config> = Global::new(Config::empty());
@@ -41,6 +42,7 @@ macro_rules! conf {
     };
 }
 
+mod app;
 mod deliver;
 mod events;
 mod headers;
@@ -185,6 +187,39 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     if let Some(fd) = tp::<i64>(&ctx, conf!(exit_ret)) {
         owners::on_accept(fd);
     }
+    0
+}
+
+/// Raw tracepoint `sys_exit(regs, ret)` (raw_syscalls, on every kernel since 3.x): every
+/// system call's exit, so the success path is one compare chain on `ret` and a return.
+/// Raw, so the kernel formats no trace record per call.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_app(ctx: RawTracePointContext) -> i32 {
+    let ret = ctx.arg::<u64>(1) as i64;
+    if failing_ret(ret) {
+        app::on_failed_syscall(ctx.arg(0), ret.unsigned_abs() as u32);
+    }
+    0
+}
+
+/// `syscalls:sys_enter_getsockopt`: fires for getsockopt only; notes `SO_ERROR` reads.
+#[tracepoint]
+pub fn sys_enter_getsockopt(ctx: TracePointContext) -> u32 {
+    let f = |off: u16| tp::<u64>(&ctx, off).unwrap_or(0);
+    app::on_enter_getsockopt(
+        f(conf!(gs_fd)),
+        f(conf!(gs_level)),
+        f(conf!(gs_optname)),
+        f(conf!(gs_optval)),
+    );
+    0
+}
+
+/// `syscalls:sys_exit_getsockopt`: the error a non-blocking connect left, read back.
+#[tracepoint]
+pub fn sys_exit_getsockopt(ctx: TracePointContext) -> u32 {
+    let nr = tp::<i32>(&ctx, conf!(gs_nr)).unwrap_or(-1) as u32;
+    app::on_exit_getsockopt(nr, tp::<i64>(&ctx, conf!(gs_ret)).unwrap_or(-1));
     0
 }
 

@@ -135,6 +135,15 @@ pub static SKB_WINDOW: PerCpuArray<[u64; SKB_HDR_WINDOW / 8]> =
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU count of application error records the ring had no room for.
+#[map]
+pub static APP_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// getsockopt(SOL_SOCKET, SO_ERROR) calls in progress, by thread id: [fd, optval], from the
+/// call's entry to its exit. LRU: a thread that dies inside the call leaves an entry to evict.
+#[map]
+pub static SO_ERROR_CALLS: LruHashMap<u32, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
+
 /// Per-CPU count of failed inserts into `SOCKS`, `TIMEWAIT` and `CLOSING_LISTENERS` (see
 /// [`count_insert`]); userspace reads it as `MAP_INSERT_FAILED`.
 #[map]

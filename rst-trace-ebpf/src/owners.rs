@@ -166,7 +166,7 @@ fn new_owner(sk: u64) {
 
 /// Inserts a zeroed entry for `sk`, filled in by `fill`.
 #[inline(always)]
-fn insert_fresh(sk: u64, fill: impl FnOnce(&mut SockInfo)) {
+pub fn insert_fresh(sk: u64, fill: impl FnOnce(&mut SockInfo)) {
     let mut info = core::mem::MaybeUninit::<SockInfo>::uninit();
     // SAFETY: SockInfo is plain integers, 8-aligned, a multiple of 8 bytes; zeroed, then filled.
     let info = unsafe {
@@ -323,9 +323,11 @@ pub fn on_sock_io(sk: u64) {
 }
 
 /// The socket of the current task's file descriptor `fd`:
-/// current->files->fdt->fd[fd]->private_data (struct socket)->sk.
+/// current->files->fdt->fd[fd]->private_data (struct socket)->sk, if `fd` is a socket: a
+/// socket's `file` points back at its file (sock_alloc_file()); another file's private_data
+/// (a pipe's pipe_inode_info, ...) holds something else there.
 #[inline(always)]
-fn fd_sock(fd: i64) -> Option<u64> {
+pub fn fd_sock(fd: i64) -> Option<u64> {
     if fd < 0 {
         return None;
     }
@@ -340,6 +342,9 @@ fn fd_sock(fd: i64) -> Option<u64> {
     let fds = kread::<u64>(fdt, conf!(fdt_fd))?;
     let file = kread_at::<u64>(fds + (fd as u64) * 8)?;
     let sock = kread::<u64>(file, conf!(file_private_data))?;
+    if kread::<u64>(sock, conf!(socket_file)) != Some(file) {
+        return None;
+    }
     kread::<u64>(sock, conf!(socket_sk))
 }
 

@@ -217,14 +217,8 @@ pub fn read_tcp_sock(w: &Window, sk: u64, ev: &mut RstEvent) {
 #[inline(always)]
 fn read_linger(w: &Window, sk: u64, ev: &mut RstEvent) {
     let bit = conf!(sock_linger_bit);
-    // sk_flags sits in sock_common since 6.18 (skc_flags): then the socket window has it.
-    let flags = if usize::from(conf!(sk_flags)) + 8 <= SKC_WINDOW {
-        Some(skc::<u64>(w, conf!(sk_flags)))
-    } else {
-        kread::<u64>(sk, conf!(sk_flags))
-    };
     if bit < 64
-        && let Some(flags) = flags
+        && let Some(flags) = sk_flags(w, sk)
         && flags & (1u64 << bit) != 0
     {
         ev.facts |= FACT_LINGER_ON;
@@ -232,4 +226,23 @@ fn read_linger(w: &Window, sk: u64, ev: &mut RstEvent) {
             ev.facts |= FACT_LINGER_ZERO;
         }
     }
+}
+
+/// `sk_flags` (`enum sock_flags` bits).
+#[inline(always)]
+fn sk_flags(w: &Window, sk: u64) -> Option<u64> {
+    // sk_flags sits in sock_common since 6.18 (skc_flags): then the socket window has it.
+    if usize::from(conf!(sk_flags)) + 8 <= SKC_WINDOW {
+        Some(skc::<u64>(w, conf!(sk_flags)))
+    } else {
+        kread::<u64>(sk, conf!(sk_flags))
+    }
+}
+
+/// Whether the socket is orphaned (`SOCK_DEAD`, set by sock_orphan() when its process closed
+/// it): no application call can fail on it any more.
+#[inline(always)]
+pub fn sock_dead(w: &Window, sk: u64) -> bool {
+    let bit = conf!(sock_dead_bit);
+    bit < 64 && sk_flags(w, sk).is_some_and(|f| f & (1u64 << bit) != 0)
 }

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use crate::{
+    apperr::AppError,
     cli::{Cli, DirectionArg},
     explain::{Direction, Report},
     identity::Identity,
@@ -123,6 +124,24 @@ impl Filter {
         true
     }
 
+    /// Whether a failing call with no reset behind it is shown: `--condition`, `--direction`,
+    /// `--container` and `--pod` select resets (or need a resolved identity), so with any of
+    /// them only calls joined to a shown reset are; `--pid`, `--comm` and `--port` apply to the
+    /// call itself.
+    pub fn matches_app(&self, e: &AppError) -> bool {
+        if !self.conditions.is_empty() || self.direction.is_some() || self.by_identity() {
+            return false;
+        }
+        if !self.ports.is_empty()
+            && self.ports.binary_search(&e.local.port()).is_err()
+            && self.ports.binary_search(&e.remote.port()).is_err()
+        {
+            return false;
+        }
+        (self.pids.is_empty() || self.pids.contains(&e.process.pid))
+            && (self.comms.is_empty() || self.comms.contains(&e.process.comm))
+    }
+
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         let mut list = |name: &str, mut v: Vec<String>| {
@@ -193,6 +212,9 @@ pub mod tests_support {
             linked: None,
             inferred: false,
             stacks: None,
+            skaddr: 0,
+            orphan: false,
+            app_notice: None,
         }
     }
 }

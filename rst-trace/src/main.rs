@@ -1,5 +1,6 @@
 //! rst-trace: for every TCP reset, which process and which condition caused it.
 
+mod apperr;
 mod cli;
 mod correlate;
 mod enrich;
@@ -28,7 +29,7 @@ use crate::{
     enrich::Enricher,
     identity::{Roots, Waiting},
     kernel::{Ring, Tracer},
-    pipeline::State,
+    pipeline::{Drained, State},
     render::{Format, Out, Sink, metrics},
 };
 
@@ -120,7 +121,7 @@ fn start(settings: &Settings) -> Result<(Tracer, Ring)> {
 /// The readiness line on stderr: tracing has begun, with what.
 fn announce(st: &State, tracer: &Tracer, count_in_kernel: bool, started: std::time::Instant) {
     eprintln!(
-        "rst-trace: tracing TCP resets ({}; {} tracepoints{}{}; kernel reasons: {}; {}; {}; {} existing sockets owned; attached in {} ms)",
+        "rst-trace: tracing TCP resets ({}; {} tracepoints{}{}; kernel reasons: {}; {}; {}; {}; {} existing sockets owned; attached in {} ms)",
         st.filter.describe(),
         tracer.resets.describe(),
         if count_in_kernel {
@@ -140,6 +141,7 @@ fn announce(st: &State, tracer: &Tracer, count_in_kernel: bool, started: std::ti
         },
         tracer.reject.describe(),
         tracer.socketless.describe(),
+        tracer.app.describe(),
         tracer.seeded,
         started.elapsed().as_millis()
     );
@@ -191,7 +193,11 @@ async fn run(settings: Settings) -> Result<()> {
         } else {
             None
         },
+        noticing: apperr::Noticing::new(tracer.app.is_on()),
     };
+    if let Some(s) = &mut st.sink.summary {
+        s.app_errors = tracer.app.is_on();
+    }
     if let Some(addr) = settings.metrics {
         let shared = metrics::Shared::default();
         let bound = metrics::serve(addr, shared.clone()).await?;
@@ -215,9 +221,16 @@ async fn run(settings: Settings) -> Result<()> {
         done = st.drain(ring.get_mut()) || st.release(true);
     }
     finish_waiting(&mut st, &mut answers, done).await;
+    // Calls still waiting for a reset, and resets still waiting for a call, go out as they are
+    // (not after --count: it asked for that many resets, and got them).
+    if !done && !st.sink.out.broken {
+        st.app_tick(true);
+    }
     let lost = kernel::lost_total(&tracer.ebpf)?;
     st.stacks_tick(lost);
     st.sink.lost(lost);
+    st.sink
+        .app_losses(kernel::app_lost_total(&tracer.ebpf)?, st.noticing.evicted);
     if let Some(s) = st.summary_now(&tracer, count_in_kernel) {
         st.sink.out.line(&s);
     }
@@ -261,18 +274,22 @@ async fn event_loop(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                done = st.drain(guard.get_inner_mut());
-                guard.clear_ready();
-                done = done || st.release(false);
+                let drained = st.drain_some(guard.get_inner_mut());
+                // Records left: stay ready, so the loop comes back after its other work.
+                if drained != Drained::More {
+                    guard.clear_ready();
+                }
+                done = drained == Drained::Done || st.release(false);
                 st.sink.out.flush();
             }
             _ = drain_tick.tick() => {
-                done = st.drain(ring.get_mut()) || st.release(false);
+                done = st.drain_some(ring.get_mut()) == Drained::Done || st.release(false);
+                st.app_tick(false);
                 st.sink.out.flush();
             }
             () = tokio::time::sleep(Duration::from_nanos(HOLD_RECEIVED_NS)), if !st.held.is_empty() => {
                 // The sent reset a held one waits for may sit in the ring without a wakeup.
-                done = st.drain(ring.get_mut()) || st.release(false);
+                done = st.drain_some(ring.get_mut()) == Drained::Done || st.release(false);
                 st.sink.out.flush();
             }
             Some(answer) = answers.owners.recv() => {
@@ -295,6 +312,8 @@ async fn event_loop(
                 let lost = kernel::lost_total(&tracer.ebpf)?;
                 st.stacks_tick(lost);
                 st.sink.lost(lost);
+                st.sink
+                    .app_losses(kernel::app_lost_total(&tracer.ebpf)?, st.noticing.evicted);
                 st.sink.insert_failures(kernel::insert_failures(&tracer.ebpf)?);
                 st.sink.unlabelled(st.identity.gave_up);
                 if let Err(e) = tracer.poll_reject() {

@@ -4,9 +4,10 @@
 //! summary, metrics).
 
 use aya::maps::{MapData, RingBuf};
-use rst_trace_common::{KIND_RECEIVED, RstEvent};
+use rst_trace_common::{APP_ERROR_SIZE, AppErrorEvent, KIND_RECEIVED, RstEvent};
 
 use crate::{
+    apperr::{AppError, Noticing, Outcome},
     correlate::{Held, History},
     enrich::{Answer, Enricher},
     explain::{Report, Sentences, explain},
@@ -16,6 +17,20 @@ use crate::{
     render::{Clock, Sink},
     stacks::{StackReader, Stacks},
 };
+
+/// Records taken from the ring per turn of the event loop.
+const DRAIN_BATCH: u32 = 16_384;
+
+/// What [`State::drain_some`] left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// `--count` reached.
+    Done,
+    /// The ring is empty.
+    Empty,
+    /// Records are left: come back after the other work.
+    More,
+}
 
 /// The event loop's state: each stage's own, and the counts that end the run.
 pub struct State {
@@ -38,11 +53,19 @@ pub struct State {
     pub stacks: Option<StackReader>,
     /// The lost-event total when the stack map was last swept.
     pub lost_swept: u64,
+    /// Failing application calls and the resets they join.
+    pub noticing: Noticing,
 }
 
 impl State {
     /// Takes one ring record; returns true when `--count` is reached.
     fn ingest(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() == APP_ERROR_SIZE {
+            if let Some(ev) = AppErrorEvent::decode(bytes) {
+                self.app_error(AppError::decode(&ev));
+            }
+            return false;
+        }
         let ev = match RstEvent::decode(bytes) {
             Ok(ev) => ev,
             Err(e) => {
@@ -74,22 +97,67 @@ impl State {
 
     /// Takes every record the ring holds now; true when `--count` is reached.
     pub fn drain(&mut self, rb: &mut RingBuf<MapData>) -> bool {
+        loop {
+            match self.drain_some(rb) {
+                Drained::Done => return true,
+                Drained::Empty => return false,
+                Drained::More => {}
+            }
+        }
+    }
+
+    /// Takes at most [`DRAIN_BATCH`] records: in a storm that outpaces userspace the ring never
+    /// empties, and the event loop must still get to the identity answers and deadlines
+    /// (reports wait there for their container; unanswered, they would pile up).
+    pub fn drain_some(&mut self, rb: &mut RingBuf<MapData>) -> Drained {
         let mut n = 0u32;
         while let Some(item) = rb.next() {
             if self.ingest(&item) {
                 self.flush_stacks();
-                return true;
+                return Drained::Done;
             }
             n += 1;
             // A full ring (8 MiB: 50k records) takes a while: explain the held received resets
             // that are old enough on the way, while their senders are still in the link history.
             if n.is_multiple_of(1024) && self.release(false) {
                 self.flush_stacks();
-                return true;
+                return Drained::Done;
+            }
+            if n >= DRAIN_BATCH {
+                self.flush_stacks();
+                return Drained::More;
             }
         }
         self.flush_stacks();
-        false
+        Drained::Empty
+    }
+
+    /// A failing application call: joined to its reset, or on its own.
+    fn app_error(&mut self, e: AppError) {
+        let mut out = Vec::new();
+        self.noticing.app_error(e, &mut out);
+        self.app_outcomes(out);
+    }
+
+    /// Calls that waited long enough for a reset, resets not noticed in time (all of them if
+    /// `force`, at the end of the run).
+    pub fn app_tick(&mut self, force: bool) {
+        let mut out = Vec::new();
+        self.noticing.tick(Clock::mono_now(), force, &mut out);
+        self.app_outcomes(out);
+    }
+
+    fn app_outcomes(&mut self, out: Vec<Outcome>) {
+        for o in out {
+            // Joined ones and not_noticed follow a reset the filters let through; a call alone
+            // has its own test.
+            if let Outcome::Alone(e) = &o
+                && !self.filter.matches_app(e)
+            {
+                continue;
+            }
+            self.sink.outcome(&o);
+        }
     }
 
     /// The stack ids read in this drain leave the kernel's map (see `stacks`).
@@ -152,9 +220,9 @@ impl State {
 
     fn finish_ready(&mut self, mut ready: Vec<Report>) -> bool {
         let mut done = false;
-        for report in ready.drain(..) {
+        for mut report in ready.drain(..) {
             if !done {
-                done = self.finish(&report);
+                done = self.finish(&mut report);
             }
         }
         self.ready = ready;
@@ -196,10 +264,11 @@ impl State {
     }
 
     /// Filters, counts and prints one explained reset; true when `--count` is reached.
-    fn finish(&mut self, report: &Report) -> bool {
+    fn finish(&mut self, report: &mut Report) -> bool {
         if !self.filter.matches(report) {
             return false;
         }
+        self.noticing.reset_printed(report);
         self.matched += 1;
         self.sink.event(report);
         self.count.is_some_and(|c| self.matched >= c)

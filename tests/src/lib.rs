@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod clients;
 pub mod container;
 mod netns;
 mod scenario;
@@ -275,14 +276,19 @@ impl Tracer {
 
     /// Waits up to 10 s for an event matching `pred`, and returns it.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_for_within(what, 10, pred)
+    }
+
+    /// [`Tracer::wait_for`] with a deadline of `secs` seconds.
+    pub fn wait_for_within(&self, what: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(v) = self.events().into_iter().find(|v| pred(v)) {
                 return v;
             }
             if Instant::now() > deadline {
                 panic!(
-                    "no event for {what} within 10 s; events seen: {:#?}; stderr: {:?}",
+                    "no event for {what} within {secs} s; events seen: {:#?}; stderr: {:?}",
                     self.events(),
                     self.stderr()
                 );
@@ -333,9 +339,14 @@ impl Peer {
         if let Some(ns) = netns {
             cmd.args(["--netns", ns]);
         }
+        cmd.args(["--name", comm]).args(steps);
+        Self::from_command(cmd)
+    }
+
+    /// Any program that speaks the peer's protocol: `pid N` first (its own pid: an `ip netns
+    /// exec` wrapper execs it), then lines; `go` lines on stdin.
+    pub fn from_command(mut cmd: Command) -> Self {
         let mut child = cmd
-            .args(["--name", comm])
-            .args(steps)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

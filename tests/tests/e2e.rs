@@ -144,7 +144,10 @@ fn unread_close_with(addr: &str, port: u16, tag: &str, env: &[(&str, &str)]) {
     let (status, events) = tracer.stop();
     assert!(status.success());
     // Exactly one reset each way for this connection.
-    let ours: Vec<_> = events.iter().filter(|v| v["netns"] == inode).collect();
+    let ours: Vec<_> = events
+        .iter()
+        .filter(|v| v["type"] == "rst" && v["netns"] == inode)
+        .collect();
     assert_eq!(ours.len(), 2, "{ours:#?}");
 }
 

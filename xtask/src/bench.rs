@@ -30,6 +30,9 @@ pub enum Mode {
     /// No resets at all: 1-byte request/response on one connection per thread, to show what
     /// the per-packet and per-syscall hooks cost ordinary traffic.
     Echo,
+    /// No sockets at all: getppid() in a loop, the cheapest system call, to show what the
+    /// `sys_exit` hook (failing application calls) adds to every system call on the host.
+    Syscalls,
 }
 
 pub struct Opts {
@@ -163,6 +166,13 @@ fn generate(ns: &Netns, mode: Mode, threads: usize, secs: f64) -> Result<u64> {
                             n += 1;
                         }
                     }
+                    Mode::Syscalls => {
+                        for _ in 0..1000 {
+                            // SAFETY: no preconditions.
+                            unsafe { libc::getppid() };
+                        }
+                        n += 1000;
+                    }
                     Mode::Unread => {
                         // At the end of the round the server may be gone, its accept queue
                         // reset: not an error then.
@@ -206,6 +216,52 @@ struct BpfStats {
     /// record-based tracepoint.
     reset_ns: u64,
     reset_cnt: u64,
+    /// run_time_ns and run_cnt of the `sys_exit` hook (failing application calls): one run per
+    /// system call on the host.
+    app_ns: u64,
+    app_cnt: u64,
+}
+
+/// A loaded BPF program's name (`bpf_prog_info.name`, 16 bytes at offset 64 of the uapi
+/// struct), by id: the fdinfo of a program fd has no name.
+fn prog_name(id: u32) -> Option<String> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    // SAFETY: bpf(2) with a zeroed attribute union holding the id; the result is an fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut info = [0u8; 256];
+    let mut attr = [0u64; 16];
+    attr[0] = (fd as u64) | ((info.len() as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: bpf(2) filling `info` (its length given); then the fd we opened is closed.
+    let rc = unsafe {
+        let rc = libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        );
+        libc::close(fd as i32);
+        rc
+    };
+    if rc != 0 {
+        return None;
+    }
+    let name = &info[64..80];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(16);
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
 }
 
 fn bpf_stats(pid: u32) -> BpfStats {
@@ -236,6 +292,12 @@ fn bpf_stats(pid: u32) -> BpfStats {
         if field("prog_type:") == 26 {
             st.reset_ns += ns;
             st.reset_cnt += field("run_cnt:");
+        }
+        if field("prog_type:") == 17
+            && prog_name(field("prog_id:") as u32).as_deref() == Some("sys_exit_app")
+        {
+            st.app_ns += ns;
+            st.app_cnt += field("run_cnt:");
         }
     }
     st
@@ -271,6 +333,8 @@ struct Traced {
     /// measured in rounds with `stats` (the accounting itself costs two clock reads per run).
     all_ns_per_event: f64,
     reset_ns_per_run: f64,
+    /// BPF run time of the `sys_exit` hook per system call (0 when it is off).
+    app_ns_per_call: f64,
 }
 
 /// One traced round: start rst-trace, wait until attached, generate, stop it with SIGTERM.
@@ -362,6 +426,12 @@ fn traced_round(
     } else {
         0.0
     };
+    let app_runs = s1.app_cnt.saturating_sub(s0.app_cnt);
+    let app_ns_per_call = if app_runs > 0 {
+        s1.app_ns.saturating_sub(s0.app_ns) as f64 / app_runs as f64
+    } else {
+        0.0
+    };
     Ok(Traced {
         generated,
         rst_events,
@@ -373,6 +443,7 @@ fn traced_round(
         attach_ms,
         all_ns_per_event,
         reset_ns_per_run,
+        app_ns_per_call,
     })
 }
 
@@ -392,7 +463,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
         opts.seconds, opts.rounds, opts.rounds
     );
     println!(
-        "{:<34} {:>10} {:>10} {:>6} {:>11} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8} {:>9}",
+        "{:<34} {:>10} {:>10} {:>6} {:>11} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8} {:>9} {:>6}",
         "configuration",
         "untraced/s",
         "traced/s",
@@ -406,10 +477,29 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
         "peak",
         "attach ms",
         "reset ns",
-        "all ns/ev"
+        "all ns/ev",
+        "app ns"
     );
-    let configs: [(&str, Mode, usize, &[&str]); 10] = [
+    let configs: [(&str, Mode, usize, &[&str]); 14] = [
+        (
+            "syscalls (getppid), all hooks",
+            Mode::Syscalls,
+            1,
+            &["--json"],
+        ),
+        (
+            "syscalls, --no-app-errors",
+            Mode::Syscalls,
+            1,
+            &["--json", "--no-app-errors"],
+        ),
         ("echo (no resets), all hooks", Mode::Echo, 1, &["--json"]),
+        (
+            "echo, --no-app-errors",
+            Mode::Echo,
+            1,
+            &["--json", "--no-app-errors"],
+        ),
         (
             "echo, --no-firewall --no-ttl",
             Mode::Echo,
@@ -421,6 +511,12 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             Mode::Refused,
             1,
             &["--json"],
+        ),
+        (
+            "refused, 1 thr, --no-app-errors",
+            Mode::Refused,
+            1,
+            &["--json", "--no-app-errors"],
         ),
         (
             "refused, 2 threads, --json file",
@@ -479,7 +575,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             let t = traced_round(bin, &ns, mode, threads, opts.seconds, args, false)?;
             tr.push(t.generated as f64 / opts.seconds);
             // Each reset is seen twice: sent by one socket (or none), received by another.
-            if mode != Mode::Echo {
+            if !matches!(mode, Mode::Echo | Mode::Syscalls) {
                 generated_events += 2 * t.generated;
             }
             captured += t.rst_events;
@@ -495,7 +591,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
         let k = traced_round(bin, &ns, mode, threads, opts.seconds, args, true)?;
         let (u, t) = (median(&mut un), median(&mut tr));
         println!(
-            "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6} {:>9} {:>6.1} {:>6.1} {:>6.1} {:>9.1} {:>8} {:>9}",
+            "{:<34} {:>10.0} {:>10.0} {:>6.3} {:>5}/{:<5} {:>8} {:>6} {:>9} {:>6.1} {:>6.1} {:>6.1} {:>9.1} {:>8} {:>9} {:>6}",
             name,
             u,
             t,
@@ -530,10 +626,15 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             } else {
                 format!("{:.0}", k.all_ns_per_event)
             },
+            if k.app_ns_per_call > 0.0 {
+                format!("{:.1}", k.app_ns_per_call)
+            } else {
+                "-".to_owned()
+            },
         );
     }
     println!(
-        "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss0/rss1/peak = MiB of RSS once attached, after the storm, and at\nits peak (VmHWM: BTF parsing at start-up); attach = spawn to readiness line; reset ns = BPF run time per run of\na reset program; all ns/ev = run time of all rst-trace BPF programs (owner tracking, transmit hook)\nper captured event. Both from kernel.bpf_stats_enabled, in one extra traced round with it on."
+        "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss0/rss1/peak = MiB of RSS once attached, after the storm, and at\nits peak (VmHWM: BTF parsing at start-up); attach = spawn to readiness line; reset ns = BPF run time per run of\na reset program; all ns/ev = run time of all rst-trace BPF programs (owner tracking, transmit hook)\nper captured event; app ns = run time of the sys_exit hook (failing application calls) per system\ncall. All from kernel.bpf_stats_enabled, in one extra traced round with it on."
     );
     if opts
         .only

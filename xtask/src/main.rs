@@ -21,8 +21,10 @@ use clap::{Parser, Subcommand};
 const EBPF_TOOLCHAIN: &str = include_str!("../../rust-toolchain-ebpf").trim_ascii();
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// Debian packages: LLVM 22 for bpf-linker; iproute2, iptables, conntrack and scapy for the tests.
+/// Debian packages: LLVM 22 for bpf-linker; iproute2, iptables, conntrack, scapy and a C
+/// compiler (the application-error tests build a real C client with `cc`) for the tests.
 const APT_PACKAGES: &[&str] = &[
+    "build-essential",
     "llvm-22-dev",
     "zlib1g-dev",
     "libzstd-dev",

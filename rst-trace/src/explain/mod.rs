@@ -27,7 +27,9 @@ mod tests_transmit;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-pub use model::{Attribution, Condition, DetailValue, Linked, Origin, Process, Report, cond};
+pub use model::{
+    AppNotice, Attribution, Condition, DetailValue, Linked, Origin, Process, Report, cond,
+};
 use rst_trace_common::{ATTR_NONE, FACT_IDLE, RstEvent};
 pub use tcp::{Direction, TcpState};
 
@@ -42,7 +44,7 @@ pub enum Sentences {
 }
 
 /// Decodes addresses from the event (IPv4 in the first four bytes).
-fn endpoint(ipv6: bool, addr: &[u8; 16], port: u16) -> SocketAddr {
+pub fn endpoint(ipv6: bool, addr: &[u8; 16], port: u16) -> SocketAddr {
     let ip = if ipv6 {
         let v6 = Ipv6Addr::from(*addr);
         // An IPv4-mapped address on a dual-stack socket is really IPv4: show it that way.
@@ -120,6 +122,9 @@ fn blank_report(ev: &RstEvent, direction: Direction) -> Report {
         linked: None,
         inferred: false,
         stacks: None,
+        skaddr: ev.skaddr,
+        orphan: ev.facts & rst_trace_common::FACT_ORPHAN != 0,
+        app_notice: None,
     }
 }
 

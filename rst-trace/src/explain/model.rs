@@ -226,6 +226,15 @@ pub struct Linked {
     pub mono_ns: u64,
 }
 
+/// The application call that noticed a reset: its first failing call on the socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppNotice {
+    pub error: crate::apperr::AppError,
+    /// From the reset to the call's return, never negative (a call before the reset is not
+    /// joined to it).
+    pub delay_ns: u64,
+}
+
 /// One explained reset; `render` renders it as text or JSON.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
@@ -252,6 +261,12 @@ pub struct Report {
     pub inferred: bool,
     /// `--stacks`: the user and kernel stacks of the call that made a process-context abort.
     pub stacks: Option<Box<crate::stacks::Stacks>>,
+    /// The socket (`struct sock *`), 0 without one: joins the application's failing call.
+    pub skaddr: u64,
+    /// Received resets: the socket was already orphaned (closed by its process).
+    pub orphan: bool,
+    /// The application's failing call, when it came before the reset was printed.
+    pub app_notice: Option<Box<AppNotice>>,
 }
 
 impl Report {

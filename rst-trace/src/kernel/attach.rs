@@ -206,7 +206,7 @@ where
 }
 
 /// Loads (once) and attaches program `prog` to tracepoint `cat:name`.
-fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
+pub(super) fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
     let p: &mut TracePoint = program(ebpf, prog)?;
     if p.fd().is_err() {
         p.load().map_err(|e| load_failure(prog, e))?;

@@ -156,12 +156,15 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     cfg.fdt_fd = btf_off(btf, "fdtable", "fd")?;
     cfg.file_private_data = btf_off(btf, "file", "private_data")?;
     cfg.socket_sk = btf_off(btf, "socket", "sk")?;
+    cfg.socket_file = btf_off(btf, "socket", "file")?;
     // The process's name: current->group_leader->comm.
     cfg.task_group_leader = btf_off(btf, "task_struct", "group_leader")?;
     cfg.task_comm = btf_off(btf, "task_struct", "comm")?;
     stack_top_config(btf, cfg);
     cfg.sock_linger_bit = u16::try_from(btf.enum_value("sock_flags", "SOCK_LINGER")?)
         .context("SOCK_LINGER out of range")?;
+    cfg.sock_dead_bit = u16::try_from(btf.enum_value("sock_flags", "SOCK_DEAD")?)
+        .context("SOCK_DEAD out of range")?;
     // The reset programs read these from one copy of the socket's first bytes.
     for (name, off, size) in [
         ("skc_daddr", cfg.sk_daddr, 4),

@@ -11,6 +11,7 @@ use rst_trace_common::{
 };
 
 use super::{
+    app::{self, AppErrors},
     attach::{attach_owner_hooks, attach_raw, attach_resets},
     btf::Btf,
     errors::Notes,
@@ -41,6 +42,8 @@ pub struct Tracer {
     pub socketless: Socketless,
     /// The reset programs in use.
     pub resets: Resets,
+    /// Whether failing application calls are traced.
+    pub app: AppErrors,
 }
 
 /// Which pair of reset programs runs.
@@ -167,6 +170,8 @@ pub struct Hooks {
     pub count_in_kernel: bool,
     /// `--stacks`: capture the stacks of process-context aborts (`MAP_STACKS`).
     pub stacks: bool,
+    /// `sys_exit`: failing application calls (not `--no-app-errors`).
+    pub app_errors: bool,
 }
 
 /// The BPF ring buffer (BPF_MAP_TYPE_RINGBUF, 5.8, commit 457f44363a88) carries every event:
@@ -230,6 +235,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
         reasons: layout::reason_names(&tps.send_reset, Some(&btf)),
         jiffy_ns: layout::jiffy_ns(),
     };
+    let app_plan = app_plan(&btf, &tracefs, &mut cfg, hooks, notes);
     cfg.wake_bytes = ring_size / WAKE_FRACTION;
     cfg.count_in_kernel = u8::from(hooks.count_in_kernel);
     cfg.stacks = u8::from(hooks.stacks);
@@ -280,6 +286,10 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     drop(aya_btf);
     let (reject, socketless, reject_attached) =
         attach_transmit_hooks(&mut ebpf, &cfg, &tps, &btf, hooks, notes)?;
+    let app = match app_plan {
+        Ok(so_error) => app::attach_app_hooks(&mut ebpf, so_error, notes),
+        Err(off) => off,
+    };
     Ok(Tracer {
         ebpf,
         info,
@@ -288,7 +298,32 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
         reject_attached,
         socketless,
         resets,
+        app,
     })
+}
+
+/// Whether to trace failing application calls (`Ok(so_error)`: yes, and `SO_ERROR` reads too),
+/// with the config they need filled in; else what the readiness line says instead.
+fn app_plan(
+    btf: &Btf,
+    tracefs: &Path,
+    cfg: &mut Config,
+    hooks: Hooks,
+    notes: Notes,
+) -> std::result::Result<bool, AppErrors> {
+    if !hooks.app_errors {
+        return Err(AppErrors::Off);
+    }
+    if hooks.count_in_kernel {
+        let why = "--summary --quiet counts resets in the kernel, without the records they join";
+        notes.note(&format!("application errors are not traced: {why}"));
+        return Err(AppErrors::Unavailable(why.into()));
+    }
+    if let Err(why) = app::app_config(btf, cfg) {
+        notes.note(&format!("application errors are not traced: {why}"));
+        return Err(AppErrors::Unavailable(why));
+    }
+    Ok(app::so_error_config(tracefs, cfg, notes))
 }
 
 /// The per-packet transmit hook (netfilter REJECT resets, and before 6.10 the resets TCP sends

@@ -7,7 +7,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use rst_trace_common::{
-    MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_HIDDEN_CGROUPS,
+    MAP_APP_LOST, MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_HIDDEN_CGROUPS,
     MAP_INSERT_FAILED, MAP_LOST, MAP_SEED_OWNERS, PROG_RECEIVE_RESET, PROG_RECEIVE_RESET_BTF,
     PROG_SEND_RESET, PROG_SEND_RESET_BTF, RstEvent, SEED_MAX_ENTRIES, Task,
 };
@@ -85,6 +85,15 @@ pub fn lost_total(ebpf: &Ebpf) -> Result<u64> {
     .filter_map(|name| recursion_misses(ebpf, name))
     .sum();
     Ok(ring_full + skipped)
+}
+
+/// Application error records lost so far (ring buffer full), over all CPUs.
+pub fn app_lost_total(ebpf: &Ebpf) -> Result<u64> {
+    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
+        ebpf.map(MAP_APP_LOST)
+            .context("app error lost counter map")?,
+    )?;
+    Ok(map.get(&0, 0)?.iter().sum())
 }
 
 /// The resets counted in the kernel so far (`--summary --quiet`): each key (an event reduced by

@@ -1,6 +1,7 @@
 //! Everything that talks to the kernel: tracefs formats, vmlinux BTF, the record and struct
 //! layouts handed to the eBPF programs, loading, attaching and the maps.
 
+mod app;
 mod attach;
 mod btf;
 mod errors;
@@ -14,4 +15,6 @@ pub use errors::{LoadFailure, Notes, first_line, print_details};
 pub use host::{check_privileges, raise_memlock};
 pub use layout::KernelInfo;
 pub use load::{DRAIN_INTERVAL, Hooks, Tracer, load};
-pub use maps::{Ring, event_ring, hide_cgroup, insert_failures, kernel_counts, lost_total};
+pub use maps::{
+    Ring, app_lost_total, event_ring, hide_cgroup, insert_failures, kernel_counts, lost_total,
+};

@@ -10,14 +10,14 @@ use serde_json::json;
 use super::fast::{Clock, Format, json_str, push_ip, push_u64, rfc3339};
 use crate::explain::{DetailValue, Origin, Process, Report};
 
-fn json_opt_str(out: &mut String, v: Option<&str>) {
+pub(super) fn json_opt_str(out: &mut String, v: Option<&str>) {
     match v {
         Some(v) => json_str(out, v),
         None => out.push_str("null"),
     }
 }
 
-fn json_endpoint(out: &mut String, a: &SocketAddr) {
+pub(super) fn json_endpoint(out: &mut String, a: &SocketAddr) {
     // An address never needs escaping.
     out.push_str("{\"addr\":\"");
     push_ip(out, &a.ip());
@@ -26,7 +26,7 @@ fn json_endpoint(out: &mut String, a: &SocketAddr) {
     out.push('}');
 }
 
-fn json_process(out: &mut String, p: &Option<Process>) {
+pub(super) fn json_process(out: &mut String, p: &Option<Process>) {
     match p {
         Some(p) => {
             out.push_str("{\"pid\":");
@@ -151,6 +151,9 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
         json_container(out, l.process.as_ref());
         let _ = write!(out, ",\"mono_ns\":{}}}", l.mono_ns);
     }
+    if let Some(n) = &r.app_notice {
+        super::app::json_notice(out, n, clock);
+    }
     out.push('}');
 }
 
@@ -168,7 +171,7 @@ fn endpoint_text(a: &SocketAddr) -> String {
 }
 
 /// `comm[pid]`, then `@NAMESPACE/POD` or `@CONTAINER` when it runs in one.
-fn process_text(p: &Process) -> String {
+pub(super) fn process_text(p: &Process) -> String {
     let container = p.identity.as_ref().and_then(|i| i.container.as_ref());
     match container {
         Some(c) => format!("{p}@{}", c.pod_label().unwrap_or_else(|| c.label())),
@@ -227,6 +230,10 @@ pub fn render_into(out: &mut String, r: &Report, clock: &Clock, fmt: Format) {
             out.push_str(&report_text(r, clock, color));
             if let Some(s) = &r.stacks {
                 super::stacks::text_stacks(out, s);
+            }
+            if let Some(n) = &r.app_notice {
+                out.push('\n');
+                out.push_str(&super::app::notice_text(n, r.condition.as_str(), clock));
             }
         }
     }

@@ -232,3 +232,66 @@ fn lost_record_json() {
     assert_eq!(v["count"], 5);
     assert_eq!(v["total"], 7);
 }
+
+/// The application's failing call: an `app_error` object at the end of the reset's JSON (with
+/// its delay), a follow-up `APP` line in text.
+#[test]
+fn app_error_object_and_follow_up_line() {
+    use crate::{apperr::AppError, explain::AppNotice};
+    let mut r = explain(
+        &close_event(),
+        &reasons(),
+        Sentences::Write,
+        &mut History::default(),
+    )
+    .unwrap();
+    let mut ev = rst_trace_common::AppErrorEvent {
+        mono_ns: r.mono_ns + 1_500_000,
+        skaddr: r.skaddr,
+        cookie: 862_063,
+        task: rst_trace_common::Task::default(),
+        stack_id: rst_trace_common::STACK_NONE,
+        local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        remote_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        local_port: 43210,
+        remote_port: 8888,
+        netns: 1,
+        nr: libc::SYS_read as u32,
+        errno: rst_trace_common::ECONNRESET,
+        fd: 3,
+        user_timeout_ms: 0,
+        flags: 0,
+        family: 2,
+        state: 7,
+        prev_state: 0,
+        _pad0: 0,
+    };
+    ev.task.pid = 10;
+    ev.task.tid = 11;
+    ev.task.comm[..6].copy_from_slice(b"client");
+    ev.task.thread[..6].copy_from_slice(b"worker");
+    r.app_notice = Some(Box::new(AppNotice {
+        error: AppError::decode(&ev),
+        delay_ns: 1_500_000,
+    }));
+    let clock = Clock::fixed(0);
+    let v = report_json(&r, &clock);
+    let a = &v["app_error"];
+    assert_eq!(a["call"], "read");
+    assert_eq!(a["fd"], 3);
+    assert_eq!(a["errno"], "ECONNRESET");
+    assert_eq!(a["process"]["tid"], 11);
+    assert_eq!(a["process"]["thread"], "worker");
+    assert_eq!(a["delay_ns"], 1_500_000);
+    // Last key of the object: fields are only ever added.
+    let json = render(&r, &clock, Format::Json);
+    assert!(json.ends_with("\"delay_ns\":1500000}}"), "{json}");
+    let text = render(&r, &clock, Format::Text { color: false });
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[1].contains(" APP  client[10] "), "{text}");
+    assert!(
+        lines[1].contains("thread worker (tid 11) noticed the reset (close_with_unread_data): read(fd 3) failed with ECONNRESET 1.500 ms after it"),
+        "{text}"
+    );
+}

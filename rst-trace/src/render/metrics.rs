@@ -1,9 +1,11 @@
 //! `--metrics ADDR`: Prometheus text format at `/metrics`, served by hyper and written by
 //! prometheus-client (the Prometheus project's crate).
 //!
-//! `rst_trace_resets_total{direction,condition,comm,container,pod}` and
-//! `rst_trace_lost_events_total`, plus process metrics. Label cardinality stays bounded: at most
-//! [`MAX_COMMS`] distinct `comm`, `container` and `pod` values each, the rest fold into `other`.
+//! `rst_trace_resets_total{direction,condition,comm,container,pod}`,
+//! `rst_trace_lost_events_total`, `rst_trace_app_errors_total{errno}` and
+//! `rst_trace_resets_not_noticed_total`, plus process metrics. Label cardinality stays bounded:
+//! at most [`MAX_COMMS`] distinct `comm`, `container` and `pod` values each, the rest fold into
+//! `other`; `errno` takes four values.
 
 use std::{
     collections::HashSet,
@@ -44,6 +46,12 @@ struct ResetLabels {
     pod: String,
 }
 
+/// The label of `rst_trace_app_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrnoLabel {
+    errno: String,
+}
+
 /// The values one label may take: the first `max` seen, then `other`.
 #[derive(Debug)]
 struct Bounded {
@@ -78,6 +86,10 @@ pub struct Metrics {
     containers: Bounded,
     pods: Bounded,
     lost: Counter,
+    /// Failing application calls by errno name (a handful of values), and resets no call
+    /// noticed in time.
+    app_errors: Family<ErrnoLabel, Counter>,
+    not_noticed: Counter,
 }
 
 pub type Shared = Arc<Mutex<Metrics>>;
@@ -98,6 +110,18 @@ impl Default for Metrics {
             "Reset events dropped because the ring buffer was full",
             lost.clone(),
         );
+        let app_errors = Family::<ErrnoLabel, Counter>::default();
+        let not_noticed = Counter::default();
+        registry.register(
+            "rst_trace_app_errors",
+            "First failing socket calls of applications (ECONNRESET, EPIPE, ECONNREFUSED, ETIMEDOUT), by errno",
+            app_errors.clone(),
+        );
+        registry.register(
+            "rst_trace_resets_not_noticed",
+            "Resets no application call noticed within 10 s",
+            not_noticed.clone(),
+        );
         registry.register_collector(Box::new(ProcessMetrics));
         Self {
             registry,
@@ -106,6 +130,8 @@ impl Default for Metrics {
             containers: Bounded::new(MAX_COMMS),
             pods: Bounded::new(MAX_COMMS),
             lost,
+            app_errors,
+            not_noticed,
         }
     }
 }
@@ -135,6 +161,15 @@ impl Metrics {
     /// The ring buffer's lost-event count, `total` since start-up.
     pub fn set_lost(&mut self, total: u64) {
         self.lost.inc_by(total.saturating_sub(self.lost.get()));
+    }
+
+    /// A failing application call (joined to a reset or not).
+    pub fn app_error(&mut self, errno: String) {
+        self.app_errors.get_or_create(&ErrnoLabel { errno }).inc();
+    }
+
+    pub fn not_noticed(&mut self) {
+        self.not_noticed.inc();
     }
 
     pub fn render(&self) -> String {

@@ -1,6 +1,7 @@
 //! Every format rst-trace prints: events as text or JSON, the summary, the metrics page, and
 //! the fast formatting helpers they share.
 
+mod app;
 mod event;
 mod fast;
 pub mod metrics;

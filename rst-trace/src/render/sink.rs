@@ -1,8 +1,8 @@
 //! Where explained resets go: the event lines (unless `--quiet`), the summary and the metrics,
 //! and the lost-event records.
 
-use super::{Clock, Format, Out, Summary, event, metrics};
-use crate::{cli::ByArg, explain::Report};
+use super::{Clock, Format, Out, Summary, app, event, metrics};
+use crate::{apperr::Outcome, cli::ByArg, explain::Report};
 
 pub struct Sink {
     pub fmt: Format,
@@ -18,6 +18,8 @@ pub struct Sink {
     lost_seen: u64,
     insert_failed_seen: u64,
     unlabelled_seen: u64,
+    app_lost_seen: u64,
+    evicted_seen: u64,
 }
 
 impl Sink {
@@ -33,6 +35,8 @@ impl Sink {
             lost_seen: 0,
             insert_failed_seen: 0,
             unlabelled_seen: 0,
+            app_lost_seen: 0,
+            evicted_seen: 0,
         }
     }
 
@@ -45,10 +49,56 @@ impl Sink {
             && let Ok(mut m) = m.lock()
         {
             m.record(report);
+            if let Some(n) = &report.app_notice {
+                m.app_error(n.error.errno.name());
+            }
         }
         if !self.quiet {
             event::render_into(&mut self.line, report, &self.clock, self.fmt);
             self.out.line(&self.line);
+        }
+    }
+
+    /// Prints an application record (`app_error`, `not_noticed`); counts the resets not
+    /// noticed for the summary.
+    pub fn outcome(&mut self, o: &Outcome) {
+        if let Outcome::NotNoticed(..) = o
+            && let Some(s) = &mut self.summary
+        {
+            s.not_noticed += 1;
+        }
+        if let Some(m) = &self.metrics
+            && let Ok(mut m) = m.lock()
+        {
+            match o {
+                Outcome::Joined(j) => m.app_error(j.error.errno.name()),
+                Outcome::Alone(e) => m.app_error(e.errno.name()),
+                Outcome::NotNoticed(..) => m.not_noticed(),
+            }
+        }
+        if !self.quiet {
+            let line = app::outcome(o, &self.clock, self.fmt);
+            self.out.line(&line);
+        }
+    }
+
+    /// Application error records the kernel side could not queue, and resets forgotten before
+    /// their application noticed them (the pending table is bounded), given the running totals:
+    /// warned on stderr, never silently.
+    pub fn app_losses(&mut self, lost: u64, evicted: u64) {
+        if lost > self.app_lost_seen {
+            eprintln!(
+                "rst-trace: warning: {} application error events lost ({lost} in total; ring buffer full): raise --ring-size or filter with --pid/--port",
+                lost - self.app_lost_seen
+            );
+            self.app_lost_seen = lost;
+        }
+        if evicted > self.evicted_seen {
+            eprintln!(
+                "rst-trace: warning: {} resets forgotten before their application noticed them ({evicted} in all; too many waiting)",
+                evicted - self.evicted_seen
+            );
+            self.evicted_seen = evicted;
         }
     }
 

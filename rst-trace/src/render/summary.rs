@@ -45,6 +45,10 @@ impl Who {
 pub struct Summary {
     rows: HashMap<(Who, &'static str, &'static str), u64>,
     pub lost: u64,
+    /// Resets no application call noticed within the notice window (or before the run ended).
+    pub not_noticed: u64,
+    /// Failing application calls are traced: else `not_noticed` means nothing (`null`).
+    pub app_errors: bool,
     by: ByArg,
 }
 
@@ -109,14 +113,24 @@ impl Summary {
                 "time": rfc3339(clock.wall_ns(now), 9),
                 "total": total,
                 "lost": self.lost,
+                "not_noticed": self.app_errors.then_some(self.not_noticed),
                 "rows": rows.iter().map(|((p, c, d), n)| json!({
                     by: p, "condition": c, "direction": d, "count": n
                 })).collect::<Vec<_>>(),
             })
             .to_string(),
             Format::Text { .. } => {
+                let noticed = if self.app_errors {
+                    format!(
+                        ", {} not noticed by their application within {} s",
+                        self.not_noticed,
+                        super::app::notice_window_s()
+                    )
+                } else {
+                    String::new()
+                };
                 let mut s = format!(
-                    "--- summary at {}: {total} resets, {} lost\n{:>8}  {:<9} {:<28} {}",
+                    "--- summary at {}: {total} resets, {} lost{noticed}\n{:>8}  {:<9} {:<28} {}",
                     rfc3339(clock.wall_ns(now), 6),
                     self.lost,
                     "COUNT",

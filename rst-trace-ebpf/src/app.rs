@@ -1,0 +1,299 @@
+//! Application calls that fail because their connection died: the first socket call that
+//! returned (or, for a non-blocking connect, read back through `SO_ERROR`) ECONNRESET, EPIPE,
+//! ECONNREFUSED or ETIMEDOUT. Facts only: which call, fd, task, socket; userspace joins it to
+//! the reset by socket address and says what it means.
+//!
+//! These run in the caller's own system call, where (since 6.14) syscall tracepoints may be
+//! preempted: so no per-CPU scratch space; the record is built in place in the ring.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user};
+use rst_trace_common::{
+    AF_INET, AF_INET6, APP_PREV_STATE, APP_SO_ERROR, APP_USER_TIMEOUT, AppErrorEvent, ETIMEDOUT,
+    FILTER_CGROUP, FILTER_PID, FILTER_PORT, IPPROTO_TCP, OFF_NONE, SOCK_APP_ERROR_SEEN,
+    SOCK_CALLS_BITS, STACK_NONE, failing_ret,
+};
+
+use crate::{
+    deliver::{count_app_lost, wake_flags},
+    maps::{EVENTS, FILTER_PIDS, FILTER_PORTS, HIDDEN_CGROUPS, SO_ERROR_CALLS, SOCKS},
+    owners::{fd_sock, fill_current_task, insert_fresh},
+    read::{kread, zero_words},
+};
+
+/// `SOCK_STREAM` (uapi): with `IPPROTO_TCP` a TCP socket (a raw socket may carry IPPROTO_TCP).
+const SOCK_STREAM: u16 = 1;
+
+/// Raw `sys_exit(regs, ret)` after `failing_ret(ret)`: which call, on which fd.
+#[inline(always)]
+pub fn on_failed_syscall(regs: u64, errno: u32) {
+    // The syscall number is orig_ax (syscall_get_nr() on x86_64); its arguments di, si, dx.
+    let Some(nr) = kread::<u64>(regs, conf!(regs_orig_ax)) else {
+        return;
+    };
+    if !sock_call(nr) {
+        return;
+    }
+    let arg = |off: u16| kread::<u64>(regs, off).map(|v| i64::from(v as i32));
+    let Some(fd) = arg(conf!(regs_di)) else {
+        return;
+    };
+    // sendfile(out_fd, in_fd, ...) and splice(fd_in, off_in, fd_out, ...) may fail on a socket
+    // in another argument.
+    let nr16 = nr as u16;
+    let other = if nr16 == conf!(sys_sendfile) {
+        conf!(regs_si)
+    } else if nr16 == conf!(sys_splice) {
+        conf!(regs_dx)
+    } else {
+        OFF_NONE
+    };
+    // connect(fd, addr, len): the address asked for, read only if the socket forgot it (the
+    // error path of __inet_stream_connect() calls tcp_disconnect(), which zeroes inet_dport
+    // and releases the local port before the call returns).
+    let addr = if nr16 == conf!(sys_connect) {
+        kread::<u64>(regs, conf!(regs_si)).unwrap_or(0)
+    } else {
+        0
+    };
+    if let Some(sk) = tcp_fd(fd) {
+        report(sk, fd, nr as u32, errno, 0, addr);
+    } else if other != OFF_NONE
+        && let Some(fd) = arg(other)
+        && let Some(sk) = tcp_fd(fd)
+    {
+        report(sk, fd, nr as u32, errno, 0, 0);
+    }
+}
+
+/// Whether syscall `nr` is one whose first argument is a socket's fd (userspace's bitmap).
+#[inline(always)]
+fn sock_call(nr: u64) -> bool {
+    if nr >= SOCK_CALLS_BITS as u64 {
+        return false;
+    }
+    // SAFETY: the global is always initialised; the index is masked into the 8-word array.
+    let word = unsafe {
+        core::ptr::read_volatile(
+            core::ptr::addr_of!(
+                (*(core::ptr::addr_of!(crate::CONFIG).cast::<rst_trace_common::Config>()))
+                    .sock_calls
+            )
+            .cast::<u64>()
+            .add((nr / 64) as usize & 7),
+        )
+    };
+    (word >> (nr % 64)) & 1 != 0
+}
+
+/// The TCP socket behind the caller's `fd`, if it is one.
+#[inline(always)]
+fn tcp_fd(fd: i64) -> Option<u64> {
+    let sk = fd_sock(fd)?;
+    let ok = if conf!(sk_type) != OFF_NONE {
+        // sk_type and sk_protocol side by side (userspace checked): one read.
+        kread::<[u16; 2]>(sk, conf!(sk_type)) == Some([SOCK_STREAM, IPPROTO_TCP])
+    } else {
+        kread::<u16>(sk, conf!(sk_protocol)) == Some(IPPROTO_TCP)
+    };
+    ok.then_some(sk)
+}
+
+/// `syscalls:sys_enter_getsockopt`: remembers a `SO_ERROR` read for its exit (by thread).
+#[inline(always)]
+pub fn on_enter_getsockopt(fd: u64, level: u64, optname: u64, optval: u64) {
+    use rst_trace_common::{SO_ERROR, SOL_SOCKET};
+    if level as u32 as u64 != SOL_SOCKET || optname as u32 as u64 != SO_ERROR {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // An LRU map: a thread killed inside the call leaves an entry that ages out.
+    let _ = SO_ERROR_CALLS.insert(&tid, &[fd, optval], 0);
+}
+
+/// `syscalls:sys_exit_getsockopt`: a `SO_ERROR` read that returned one of the errors.
+#[inline(always)]
+pub fn on_exit_getsockopt(nr: u32, ret: i64) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(&[fd, optval]) = (unsafe { SO_ERROR_CALLS.get(&tid) }) else {
+        return;
+    };
+    let _ = SO_ERROR_CALLS.remove(&tid);
+    if ret != 0 {
+        return;
+    }
+    // SAFETY: the helper checks the user address; a fault is an error, not a crash.
+    let Ok(err) = (unsafe { bpf_probe_read_user(optval as *const i32) }) else {
+        return;
+    };
+    if !failing_ret(-i64::from(err)) {
+        return;
+    }
+    let fd = i64::from(fd as i32);
+    if let Some(sk) = tcp_fd(fd) {
+        report(sk, fd, nr, err as u32, APP_SO_ERROR, 0);
+    }
+}
+
+/// Reports the first failing call on `sk` (a socket map flag makes it the only one: a loop of
+/// failing writes must not flood the ring). `connect_addr`: connect()'s user sockaddr, or 0.
+#[inline(always)]
+fn report(sk: u64, fd: i64, nr: u32, errno: u32, flags: u32, connect_addr: u64) {
+    if !caller_wanted() || !first_failure(sk) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<AppErrorEvent>(0) else {
+        count_app_lost();
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: an exclusive, 8-aligned reservation of the record's size; zeroed (every field is
+    // an integer), then filled.
+    let ev = unsafe {
+        zero_words(ev);
+        &mut *ev
+    };
+    // SAFETY: helper without preconditions.
+    ev.mono_ns = unsafe { bpf_ktime_get_ns() };
+    ev.skaddr = sk;
+    ev.nr = nr;
+    ev.errno = errno;
+    ev.fd = fd as i32;
+    ev.flags = flags;
+    ev.stack_id = STACK_NONE;
+    fill_current_task(&mut ev.task);
+    socket_facts(sk, ev);
+    if ev.remote_port == 0 && connect_addr != 0 {
+        asked_address(connect_addr, ev);
+    }
+    // --port: a socket that has forgotten both ports goes to userspace, which joins it to its
+    // reset (and filters it alone).
+    let ports = (ev.local_port, ev.remote_port);
+    if conf!(filters) & FILTER_PORT != 0
+        && ports != (0, 0)
+        && FILTER_PORTS.get_ptr(&ports.0).is_none()
+        && FILTER_PORTS.get_ptr(&ports.1).is_none()
+    {
+        entry.discard(0);
+        return;
+    }
+    entry.submit(wake_flags(core::mem::size_of::<AppErrorEvent>() as u64));
+}
+
+/// The remote endpoint from connect()'s `struct sockaddr_in`/`sockaddr_in6` (family, port in
+/// network order, then the IPv4 address at 4 or the IPv6 one at 8).
+#[inline(always)]
+fn asked_address(uaddr: u64, ev: &mut AppErrorEvent) {
+    // SAFETY: the helper checks the user address.
+    let Ok(w) = (unsafe { bpf_probe_read_user(uaddr as *const [u64; 3]) }) else {
+        return;
+    };
+    let family = w[0] as u16;
+    ev.remote_port = u16::from_be((w[0] >> 16) as u16);
+    if family == AF_INET6 {
+        ev.family = family as u8;
+        put16(&mut ev.remote_addr, [w[1], w[2]]);
+    } else if family == AF_INET {
+        ev.family = family as u8;
+        ev.remote_addr[..4].copy_from_slice(&((w[0] >> 32) as u32).to_ne_bytes());
+    }
+}
+
+/// Marks `sk` as having had its failure reported; false if it already had.
+#[inline(always)]
+fn first_failure(sk: u64) -> bool {
+    match SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a map value pointer, valid for this program run.
+        Some(info) => unsafe {
+            if (*info).flags & SOCK_APP_ERROR_SEEN != 0 {
+                return false;
+            }
+            (*info).flags |= SOCK_APP_ERROR_SEEN;
+            true
+        },
+        None => {
+            insert_fresh(sk, |info| info.flags = SOCK_APP_ERROR_SEEN);
+            true
+        }
+    }
+}
+
+/// The in-kernel filters on the caller (`--pid`: its process; `--container`/`--pod`: its
+/// cgroup, when userspace found it hidden).
+#[inline(always)]
+fn caller_wanted() -> bool {
+    let filters = conf!(filters);
+    if filters & FILTER_PID != 0 {
+        let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if FILTER_PIDS.get_ptr(&pid).is_none() {
+            return false;
+        }
+    }
+    if filters & FILTER_CGROUP != 0 {
+        // SAFETY: helper without preconditions.
+        let cg = unsafe { aya_ebpf::helpers::generated::bpf_get_current_cgroup_id() };
+        if HIDDEN_CGROUPS.get_ptr(&cg).is_some() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Local and remote port, host order. A dead socket has released its port (skc_num 0):
+/// inet_sport keeps it.
+#[inline(always)]
+fn ports(sk: u64) -> (u16, u16) {
+    let mut local = kread::<u16>(sk, conf!(sk_num)).unwrap_or(0);
+    if local == 0 {
+        local = u16::from_be(kread::<u16>(sk, conf!(inet_sport)).unwrap_or(0));
+    }
+    let remote = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
+    (local, remote)
+}
+
+/// Endpoints, state, cookie, netns, the state it left for CLOSE and the user timeout. Read
+/// field by field: this runs only for a failing call.
+#[inline(always)]
+fn socket_facts(sk: u64, ev: &mut AppErrorEvent) {
+    (ev.local_port, ev.remote_port) = ports(sk);
+    let family = kread::<u16>(sk, conf!(sk_family)).unwrap_or(0);
+    ev.family = family as u8;
+    if family == AF_INET6 {
+        if let Some(a) = kread::<[u64; 2]>(sk, conf!(sk_v6_rcv_saddr)) {
+            put16(&mut ev.local_addr, a);
+        }
+        if let Some(a) = kread::<[u64; 2]>(sk, conf!(sk_v6_daddr)) {
+            put16(&mut ev.remote_addr, a);
+        }
+    } else {
+        let l = kread::<u32>(sk, conf!(sk_rcv_saddr)).unwrap_or(0);
+        let r = kread::<u32>(sk, conf!(sk_daddr)).unwrap_or(0);
+        ev.local_addr[..4].copy_from_slice(&l.to_ne_bytes());
+        ev.remote_addr[..4].copy_from_slice(&r.to_ne_bytes());
+    }
+    ev.state = kread::<u8>(sk, conf!(sk_state)).unwrap_or(0);
+    ev.cookie = kread::<u64>(sk, conf!(sk_cookie)).unwrap_or(0);
+    ev.netns = kread::<u64>(sk, conf!(sk_net))
+        .and_then(|net| kread::<u32>(net, conf!(net_inum)))
+        .unwrap_or(0);
+    // SAFETY: the value is copied out at once.
+    if let Some(info) = unsafe { SOCKS.get(&sk) }
+        && info.close_prev_state != 0
+    {
+        ev.prev_state = info.close_prev_state;
+        ev.flags |= APP_PREV_STATE;
+    }
+    if ev.errno == ETIMEDOUT
+        && let Some(ms) = kread::<u32>(sk, conf!(icsk_user_timeout))
+    {
+        ev.user_timeout_ms = ms;
+        ev.flags |= APP_USER_TIMEOUT;
+    }
+}
+
+/// An address read as two words, stored as its 16 bytes (native order: a raw byte copy).
+#[inline(always)]
+fn put16(dst: &mut [u8; 16], a: [u64; 2]) {
+    dst[..8].copy_from_slice(&a[0].to_ne_bytes());
+    dst[8..].copy_from_slice(&a[1].to_ne_bytes());
+}

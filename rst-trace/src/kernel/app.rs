@@ -1,0 +1,164 @@
+//! The application-error hooks (failing socket calls): what they need from the running kernel
+//! (x86_64 `struct pt_regs`, the socket's file back-pointer, the getsockopt records, syscall
+//! numbers) and attaching them.
+
+use anyhow::Result;
+use aya::Ebpf;
+use rst_trace_common::{
+    Config, OFF_NONE, PROG_ENTER_GETSOCKOPT, PROG_EXIT_GETSOCKOPT, PROG_SYS_EXIT_APP,
+    SOCK_CALLS_BITS,
+};
+
+use super::{
+    attach::{attach, attach_raw},
+    btf::Btf,
+    errors::Notes,
+    tracefs::{self, Format},
+};
+
+/// The calls on a socket whose first argument is its fd and that return the error of a dead
+/// connection (sock_error() in their receive or send path, or connect's sk_err). Numbers are
+/// the running architecture's, from libc (x86_64: the only one whose `pt_regs` rst-trace reads).
+pub const SOCK_CALLS: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmmsg,
+    libc::SYS_sendmmsg,
+    libc::SYS_connect,
+    libc::SYS_sendfile,
+    libc::SYS_splice,
+];
+
+/// Whether application errors are traced, for the readiness line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppErrors {
+    /// The `sys_exit` hook, and `SO_ERROR` reads if the getsockopt tracepoints exist.
+    On { so_error: bool },
+    /// `--no-app-errors`.
+    Off,
+    /// Not on this kernel or in this mode: why.
+    Unavailable(String),
+}
+
+impl AppErrors {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::On { so_error: true } => "application errors: yes".into(),
+            Self::On { so_error: false } => "application errors: yes (not SO_ERROR)".into(),
+            Self::Off => "application errors: off (--no-app-errors)".into(),
+            Self::Unavailable(why) => format!("application errors: no ({why})"),
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        matches!(self, Self::On { .. })
+    }
+}
+
+/// Fills in the offsets and numbers the hooks need. `Err` says why they cannot run here.
+pub fn app_config(btf: &Btf, cfg: &mut Config) -> Result<(), String> {
+    let off = |root: &str, path: &str| -> Result<u16, String> {
+        btf.offset_of(root, path)
+            .ok()
+            .and_then(|o| u16::try_from(o).ok())
+            .ok_or_else(|| format!("no {root}.{path} in vmlinux BTF"))
+    };
+    // x86_64's syscall ABI: syscall_get_nr() is orig_ax, the arguments di, si, dx, r10, ...
+    cfg.regs_orig_ax = off("pt_regs", "orig_ax").map_err(|e| format!("{e}: not x86_64"))?;
+    cfg.regs_di = off("pt_regs", "di")?;
+    cfg.regs_si = off("pt_regs", "si")?;
+    cfg.regs_dx = off("pt_regs", "dx")?;
+    cfg.icsk_user_timeout = off("inet_connection_sock", "icsk_user_timeout")?;
+    cfg.sys_sendfile = libc::SYS_sendfile as u16;
+    cfg.sys_splice = libc::SYS_splice as u16;
+    cfg.sys_connect = libc::SYS_connect as u16;
+    for &nr in SOCK_CALLS {
+        let nr = nr as usize;
+        assert!(
+            nr < SOCK_CALLS_BITS,
+            "syscall number {nr} beyond the bitmap"
+        );
+        cfg.sock_calls[nr / 64] |= 1 << (nr % 64);
+    }
+    Ok(())
+}
+
+/// The getsockopt records' fields (all syscall records store arguments as 8-byte longs).
+fn getsockopt_config(enter: &Format, exit: &Format, cfg: &mut Config) -> Result<()> {
+    cfg.gs_fd = enter.require("fd", 8)?;
+    cfg.gs_level = enter.require("level", 8)?;
+    cfg.gs_optname = enter.require("optname", 8)?;
+    cfg.gs_optval = enter.require("optval", 8)?;
+    cfg.gs_ret = exit.require("ret", 8)?;
+    cfg.gs_nr = exit.require("__syscall_nr", 4)?;
+    Ok(())
+}
+
+/// Reads the getsockopt tracepoints' formats into `cfg`; false (with a note) where they are
+/// missing (CONFIG_FTRACE_SYSCALLS off) or unusable.
+pub fn so_error_config(tracefs: &std::path::Path, cfg: &mut Config, notes: Notes) -> bool {
+    let read = |name| tracefs::read_format(tracefs, "syscalls", name);
+    let r = match (read("sys_enter_getsockopt"), read("sys_exit_getsockopt")) {
+        (Ok(Some(enter)), Ok(Some(exit))) => getsockopt_config(&enter, &exit, cfg),
+        (Ok(None), _) | (_, Ok(None)) => Err(anyhow::anyhow!(
+            "no syscalls:sys_enter_getsockopt/sys_exit_getsockopt (CONFIG_FTRACE_SYSCALLS off)"
+        )),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            notes.failed(
+                "a non-blocking connect's error read back through SO_ERROR is not seen",
+                &e,
+            );
+            cfg.gs_nr = OFF_NONE;
+            false
+        }
+    }
+}
+
+/// Attaches the hooks: `sys_exit` (required for the feature), the getsockopt pair if
+/// `so_error`.
+pub fn attach_app_hooks(ebpf: &mut Ebpf, so_error: bool, notes: Notes) -> AppErrors {
+    if let Err(e) = attach_raw(ebpf, PROG_SYS_EXIT_APP, "sys_exit") {
+        notes.failed(
+            "application errors are not traced (raw tracepoint sys_exit)",
+            &e,
+        );
+        return AppErrors::Unavailable("raw tracepoint sys_exit failed".into());
+    }
+    let so_error = so_error
+        && match attach(
+            ebpf,
+            PROG_ENTER_GETSOCKOPT,
+            "syscalls",
+            "sys_enter_getsockopt",
+        )
+        .and_then(|()| {
+            attach(
+                ebpf,
+                PROG_EXIT_GETSOCKOPT,
+                "syscalls",
+                "sys_exit_getsockopt",
+            )
+        }) {
+            Ok(()) => true,
+            Err(e) => {
+                notes.failed(
+                    "a non-blocking connect's error read back through SO_ERROR is not seen",
+                    &e,
+                );
+                false
+            }
+        };
+    AppErrors::On { so_error }
+}
