@@ -2,7 +2,7 @@
 //! reset (or a timeout) leaves on its socket. Ring records are told apart by their length:
 //! [`RST_EVENT_SIZE`](crate::RST_EVENT_SIZE) or [`APP_ERROR_SIZE`] (asserted different).
 
-use crate::{RST_EVENT_SIZE, Task};
+use crate::{RST_EVENT_SIZE, StackIds, Task};
 
 /// The errors a dead TCP connection leaves for its application (uapi asm-generic/errno.h, the
 /// same numbers on x86_64 and arm64): tcp_reset() sets ECONNRESET, EPIPE (in CLOSE_WAIT) or
@@ -36,8 +36,8 @@ pub const APP_USER_TIMEOUT: u32 = 2;
 /// `prev_state` came from the socket map (the state the connection left for CLOSE).
 pub const APP_PREV_STATE: u32 = 4;
 
-/// `AppErrorEvent::stack_id` when no stack was taken: the place for a `--stacks` stack id.
-pub const STACK_NONE: i64 = -1;
+/// `stacks` holds the user and kernel stack ids of the failing call (`--stacks`).
+pub const APP_STACKS: u32 = 8;
 
 /// How many syscall numbers `Config::sock_calls` covers (a bit each).
 pub const SOCK_CALLS_BITS: usize = 512;
@@ -54,8 +54,8 @@ pub struct AppErrorEvent {
     pub cookie: u64,
     /// The calling task (process, thread, cgroup).
     pub task: Task,
-    /// [`STACK_NONE`]: reserved for the stack of the failing call (`--stacks`).
-    pub stack_id: i64,
+    /// The failing call's stacks, with [`APP_STACKS`] (`--stacks`), as on a sent `RstEvent`.
+    pub stacks: StackIds,
     /// Endpoints as in `RstEvent` (IPv4 in the first 4 bytes, network order).
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
@@ -83,12 +83,13 @@ pub struct AppErrorEvent {
 }
 
 /// Size of one application error record in the ring buffer.
-pub const APP_ERROR_SIZE: usize = 152;
+pub const APP_ERROR_SIZE: usize = 160;
 const _: () = assert!(core::mem::size_of::<AppErrorEvent>() == APP_ERROR_SIZE);
 const _: () = assert!(APP_ERROR_SIZE != RST_EVENT_SIZE);
 const _: () = assert!(core::mem::align_of::<AppErrorEvent>() == 8);
 const _: () = assert!(core::mem::offset_of!(AppErrorEvent, task) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(AppErrorEvent, local_addr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(AppErrorEvent, stacks) % 8 == 0);
 
 impl AppErrorEvent {
     /// Decodes one ring record of [`APP_ERROR_SIZE`] bytes (`None` for any other length).
@@ -119,7 +120,11 @@ mod tests {
             skaddr: 0xffff_8880_0000_2000,
             cookie: 7,
             task: Task::default(),
-            stack_id: STACK_NONE,
+            stacks: StackIds {
+                user: 1,
+                kernel: -14,
+                user_sp_word: 0x5500_0000_1234,
+            },
             local_addr: [0; 16],
             remote_addr: [0; 16],
             local_port: 1,
@@ -129,7 +134,7 @@ mod tests {
             errno: ECONNRESET,
             fd: 3,
             user_timeout_ms: 0,
-            flags: 0,
+            flags: APP_STACKS,
             family: 2,
             state: 7,
             prev_state: 1,

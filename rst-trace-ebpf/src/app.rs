@@ -6,11 +6,14 @@
 //! These run in the caller's own system call, where (since 6.14) syscall tracepoints may be
 //! preempted: so no per-CPU scratch space; the record is built in place in the ring.
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    programs::tracing::StackIdContext,
+};
 use rst_trace_common::{
-    AF_INET, AF_INET6, APP_PREV_STATE, APP_SO_ERROR, APP_USER_TIMEOUT, AppErrorEvent, ETIMEDOUT,
-    FILTER_CGROUP, FILTER_PID, FILTER_PORT, IPPROTO_TCP, OFF_NONE, SOCK_APP_ERROR_SEEN,
-    SOCK_CALLS_BITS, STACK_NONE, failing_ret,
+    AF_INET, AF_INET6, APP_PREV_STATE, APP_SO_ERROR, APP_STACKS, APP_USER_TIMEOUT, AppErrorEvent,
+    ETIMEDOUT, FILTER_CGROUP, FILTER_PID, FILTER_PORT, IPPROTO_TCP, OFF_NONE, SOCK_APP_ERROR_SEEN,
+    SOCK_CALLS_BITS, failing_ret,
 };
 
 use crate::{
@@ -18,6 +21,7 @@ use crate::{
     maps::{EVENTS, FILTER_PIDS, FILTER_PORTS, HIDDEN_CGROUPS, SO_ERROR_CALLS, SOCKS},
     owners::{fd_sock, fill_current_task, insert_fresh},
     read::{kread, zero_words},
+    stacks,
 };
 
 /// `SOCK_STREAM` (uapi): with `IPPROTO_TCP` a TCP socket (a raw socket may carry IPPROTO_TCP).
@@ -25,7 +29,7 @@ const SOCK_STREAM: u16 = 1;
 
 /// Raw `sys_exit(regs, ret)` after `failing_ret(ret)`: which call, on which fd.
 #[inline(always)]
-pub fn on_failed_syscall(regs: u64, errno: u32) {
+pub fn on_failed_syscall<C: StackIdContext>(ctx: &C, regs: u64, errno: u32) {
     // The syscall number is orig_ax (syscall_get_nr() on x86_64); its arguments di, si, dx.
     let Some(nr) = kread::<u64>(regs, conf!(regs_orig_ax)) else {
         return;
@@ -56,12 +60,12 @@ pub fn on_failed_syscall(regs: u64, errno: u32) {
         0
     };
     if let Some(sk) = tcp_fd(fd) {
-        report(sk, fd, nr as u32, errno, 0, addr);
+        report(ctx, sk, fd, nr as u32, errno, 0, addr);
     } else if other != OFF_NONE
         && let Some(fd) = arg(other)
         && let Some(sk) = tcp_fd(fd)
     {
-        report(sk, fd, nr as u32, errno, 0, 0);
+        report(ctx, sk, fd, nr as u32, errno, 0, 0);
     }
 }
 
@@ -112,7 +116,7 @@ pub fn on_enter_getsockopt(fd: u64, level: u64, optname: u64, optval: u64) {
 
 /// `syscalls:sys_exit_getsockopt`: a `SO_ERROR` read that returned one of the errors.
 #[inline(always)]
-pub fn on_exit_getsockopt(nr: u32, ret: i64) {
+pub fn on_exit_getsockopt<C: StackIdContext>(ctx: &C, nr: u32, ret: i64) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: the value is copied out at once.
     let Some(&[fd, optval]) = (unsafe { SO_ERROR_CALLS.get(&tid) }) else {
@@ -131,14 +135,23 @@ pub fn on_exit_getsockopt(nr: u32, ret: i64) {
     }
     let fd = i64::from(fd as i32);
     if let Some(sk) = tcp_fd(fd) {
-        report(sk, fd, nr, err as u32, APP_SO_ERROR, 0);
+        report(ctx, sk, fd, nr, err as u32, APP_SO_ERROR, 0);
     }
 }
 
 /// Reports the first failing call on `sk` (a socket map flag makes it the only one: a loop of
 /// failing writes must not flood the ring). `connect_addr`: connect()'s user sockaddr, or 0.
+/// With `--stacks`, the call's stacks (taken at its exit, in its own task).
 #[inline(always)]
-fn report(sk: u64, fd: i64, nr: u32, errno: u32, flags: u32, connect_addr: u64) {
+fn report<C: StackIdContext>(
+    ctx: &C,
+    sk: u64,
+    fd: i64,
+    nr: u32,
+    errno: u32,
+    flags: u32,
+    connect_addr: u64,
+) {
     if !caller_wanted() || !first_failure(sk) {
         return;
     }
@@ -160,7 +173,6 @@ fn report(sk: u64, fd: i64, nr: u32, errno: u32, flags: u32, connect_addr: u64) 
     ev.errno = errno;
     ev.fd = fd as i32;
     ev.flags = flags;
-    ev.stack_id = STACK_NONE;
     fill_current_task(&mut ev.task);
     socket_facts(sk, ev);
     if ev.remote_port == 0 && connect_addr != 0 {
@@ -176,6 +188,11 @@ fn report(sk: u64, fd: i64, nr: u32, errno: u32, flags: u32, connect_addr: u64) 
     {
         entry.discard(0);
         return;
+    }
+    // Only for a record that goes to userspace: it deletes the ids it reads.
+    if let Some(ids) = stacks::capture(ctx) {
+        ev.stacks = ids;
+        ev.flags |= APP_STACKS;
     }
     entry.submit(wake_flags(core::mem::size_of::<AppErrorEvent>() as u64));
 }

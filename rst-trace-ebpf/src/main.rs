@@ -13,7 +13,8 @@
 //! - `events`: the sent and received reset events;
 //! - `app`: application calls that failed because their connection died;
 //! - `transmit`: the transmit hook's events (netfilter, socketless resets before 6.10);
-//! - `stacks`: `--stacks`, the user and kernel stacks of a process-context abort;
+//! - `stacks`: `--stacks`, the user and kernel stacks of a process-context abort or a failing
+//!   application call;
 //! - `deliver`: slots, in-kernel filters and counts, the ring buffer.
 #![no_std]
 #![no_main]
@@ -197,7 +198,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_app(ctx: RawTracePointContext) -> i32 {
     let ret = ctx.arg::<u64>(1) as i64;
     if failing_ret(ret) {
-        app::on_failed_syscall(ctx.arg(0), ret.unsigned_abs() as u32);
+        app::on_failed_syscall(&ctx, ctx.arg(0), ret.unsigned_abs() as u32);
     }
     0
 }
@@ -219,7 +220,7 @@ pub fn sys_enter_getsockopt(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_getsockopt(ctx: TracePointContext) -> u32 {
     let nr = tp::<i32>(&ctx, conf!(gs_nr)).unwrap_or(-1) as u32;
-    app::on_exit_getsockopt(nr, tp::<i64>(&ctx, conf!(gs_ret)).unwrap_or(-1));
+    app::on_exit_getsockopt(&ctx, nr, tp::<i64>(&ctx, conf!(gs_ret)).unwrap_or(-1));
     0
 }
 

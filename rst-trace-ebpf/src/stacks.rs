@@ -1,5 +1,6 @@
-//! `--stacks`: the user and kernel stacks of the call that made a reset, as ids into the
-//! `STACKS` map (userspace reads, symbolizes and deletes them).
+//! `--stacks`: the user and kernel stacks of the call that made a reset, or of an application's
+//! call that failed because of one, as ids into the `STACKS` map (userspace reads, symbolizes
+//! and deletes them).
 //!
 //! Any hook that runs in the acting task's own system call can call [`capture`] with its
 //! context and store the two ids in its record: the user stack is the current task's

@@ -22,6 +22,7 @@ Examples:
   sudo rst-trace --quiet --metrics 127.0.0.1:9464
   sudo rst-trace --stacks --condition close_with_unread_data
                                           where in the program each aborting close() was
+  sudo rst-trace --stacks --pid 4242      also where in process 4242 each read or write failed
 
 Exit status: 0 normal end (--count, --duration, SIGINT, SIGTERM, broken pipe),
 1 runtime error (not privileged, kernel lacks a needed hook or feature, tracefs unavailable),
@@ -192,7 +193,9 @@ pub struct Cli {
     /// On sent resets a process made in its own system call (close() with unread data,
     /// SO_LINGER 0, shutdown() then close(), exit, connect(AF_UNSPEC)): the user-space and
     /// kernel stacks of that call, symbolized (function, file:line with debug info, else module
-    /// and offset). User stacks need frame pointers in the program's code (see the README).
+    /// and offset); and those of each application call that failed because of a reset or a
+    /// timeout (`app_error`). User stacks need frame pointers in the program's code (see the
+    /// README).
     #[arg(long)]
     pub stacks: bool,
     /// Do not report the application calls that fail because of a reset or a timeout (the

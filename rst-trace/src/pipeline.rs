@@ -49,7 +49,7 @@ pub struct State {
     pub ready: Vec<Report>,
     /// Cgroup ids written to the kernel's hidden set (`--container`/`--pod`), to hide later.
     pub to_hide: Vec<u64>,
-    /// `--stacks`: reads and symbolizes the stacks of process-context aborts.
+    /// `--stacks`: reads and symbolizes the stacks of process-context aborts and failing calls.
     pub stacks: Option<StackReader>,
     /// The lost-event total when the stack map was last swept.
     pub lost_swept: u64,
@@ -62,7 +62,10 @@ impl State {
     fn ingest(&mut self, bytes: &[u8]) -> bool {
         if bytes.len() == APP_ERROR_SIZE {
             if let Some(ev) = AppErrorEvent::decode(bytes) {
-                self.app_error(AppError::decode(&ev));
+                let mut e = AppError::decode(&ev);
+                // Now, as for a sent reset: the caller may exit any moment.
+                e.stacks = self.stacks.as_mut().and_then(|s| s.resolve_app(&ev));
+                self.app_error(e);
             }
             return false;
         }

@@ -1,6 +1,8 @@
 //! `--stacks`: a C program built here with frame pointers and debug info aborts a connection
 //! from a function the test names; the sent reset's user stack must name that function and the
-//! line of its close(), and its kernel stack the close() system call.
+//! line of its close(), and its kernel stack the close() system call. The same program is the
+//! client, whose read fails with ECONNRESET in another named function: the `app_error`'s user
+//! stack must name it and the line of its read().
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -8,7 +10,7 @@ use std::{
     process::{Child, ChildStdout, Command, Stdio},
 };
 
-use rst_trace_tests::{Netns, Peer, Scenario, Tracer, Value, s, sent};
+use rst_trace_tests::{Netns, Peer, Scenario, Tracer, Value, received, s, sent};
 
 const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/c/abort_unread.c");
 
@@ -74,6 +76,49 @@ fn client(ns: &Netns, port: u16) -> Peer {
     client
 }
 
+/// The C program as the client: it sends 256 bytes the server never reads, then reads in
+/// `read_after_reset()`: ECONNRESET.
+fn c_client(ns: &Netns, bin: &Path, port: u16) -> Peer {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
+        .arg(bin)
+        .args([&port.to_string(), "client"]);
+    let client = Peer::from_command(cmd);
+    client.expect("sent");
+    client
+}
+
+/// The failing call joined to received reset `rst`: its `app_error` object (the call came while
+/// the reset was held), else the `app_error` record joined by cookie and the reset's time.
+fn app_error_of(t: &Tracer, rst: &Value) -> Value {
+    if let Some(a) = rst.get("app_error") {
+        return a.clone();
+    }
+    let (mono, cookie) = (rst["mono_ns"].clone(), rst["socket_cookie"].clone());
+    t.wait_for("the app_error record of the reset", |v| {
+        v["type"] == "app_error" && v["reset"]["mono_ns"] == mono && v["socket_cookie"] == cookie
+    })
+}
+
+/// The frame of `function` in user stack `user`, at the line of `marker`, in `bin`, called from
+/// `caller`.
+fn assert_frame(user: &Value, [function, caller]: [&str; 2], marker: &str, bin: &Path, ev: &Value) {
+    let frame = user
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["function"] == function))
+        .unwrap_or_else(|| panic!("no {function} in the user stack: {ev:#}"));
+    assert_eq!(frame["line"], line_of(marker), "{ev:#}");
+    assert!(
+        frame["file"].as_str().unwrap().ends_with("abort_unread.c"),
+        "{frame}"
+    );
+    assert_eq!(frame["module"], bin.to_str().unwrap(), "{frame}");
+    assert!(frame["addr"].as_str().unwrap().starts_with("0x"), "{frame}");
+    let names = functions(user);
+    let at = names.iter().position(|f| *f == function);
+    assert_eq!(names.get(at.unwrap() + 1), Some(&caller), "{names:?}");
+}
+
 /// The functions of a stack's frames.
 fn functions(stack: &Value) -> Vec<&str> {
     stack
@@ -112,28 +157,19 @@ fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
     }
     let plain = Tracer::start(&["--port", &port.to_string()]);
     let (mut srv, _out) = server(&ns, &bin, port, "close");
-    let client = client(&ns, port);
+    let client = c_client(&ns, &bin, port);
     client.expect("errno ECONNRESET");
     let ev = sent(&tracer, &ns, "close_with_unread_data");
     assert_eq!(s(&ev, "process.pid"), srv.id(), "{ev:#}");
-    let user = &ev["stacks"]["user"];
     // The function that called close(), at the line that called it: the frame a frame-pointer
     // walk skips (libc's close() keeps no frame), from the word at the stack pointer.
-    let frame = user
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["function"] == "abort_with_unread_data"))
-        .unwrap_or_else(|| panic!("no abort_with_unread_data in the user stack: {ev:#}"));
-    assert_eq!(frame["line"], line_of("/* ABORT */"), "{ev:#}");
-    assert!(
-        frame["file"].as_str().unwrap().ends_with("abort_unread.c"),
-        "{frame}"
+    assert_frame(
+        &ev["stacks"]["user"],
+        ["abort_with_unread_data", "main"],
+        "/* ABORT */",
+        &bin,
+        &ev,
     );
-    assert_eq!(frame["module"], bin.to_str().unwrap(), "{frame}");
-    assert!(frame["addr"].as_str().unwrap().starts_with("0x"), "{frame}");
-    // ... called from main.
-    let names = functions(user);
-    let at = names.iter().position(|f| *f == "abort_with_unread_data");
-    assert_eq!(names.get(at.unwrap() + 1), Some(&"main"), "{names:?}");
     assert_eq!(ev["stacks"].get("user_error"), None, "{ev:#}");
     // Newer kernels release the socket inside close() (__fput_sync()); older ones (5.10 here)
     // queue the final fput for the return to user space (task_work_run()).
@@ -143,9 +179,39 @@ fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
             && (kernel.contains(&"__x64_sys_close") || kernel.contains(&"task_work_run")),
         "kernel stack: {kernel:?}"
     );
+    // The client's failing read, in read_after_reset() (libc's single-threaded read() keeps no
+    // frame either), taken at the system call's exit.
+    let rst = received(&tracer, &ns, "peer_reset");
+    let app = app_error_of(&tracer, &rst);
+    assert_eq!(s(&app, "process.pid"), client.pid(), "{app:#}");
+    assert_eq!(
+        (&app["call"], &app["errno"]),
+        (&"read".into(), &"ECONNRESET".into()),
+        "{app:#}"
+    );
+    assert_frame(
+        &app["stacks"]["user"],
+        ["read_after_reset", "client"],
+        "/* READ */",
+        &bin,
+        &app,
+    );
+    assert_eq!(app["stacks"].get("user_error"), None, "{app:#}");
+    // The kernel stack is the exit path: the sys_exit tracepoint, from the system call's entry
+    // (5.10's do_syscall_64() tail-calls syscall_exit_to_user_mode(): not in its stack).
+    let kernel = functions(&app["stacks"]["kernel"]);
+    assert!(
+        kernel.contains(&"__traceiter_sys_exit")
+            && kernel.iter().any(|f| f.starts_with("entry_SYSCALL_64")),
+        "kernel stack: {kernel:?}"
+    );
     // Nothing of the kind without --stacks.
     let ev = sent(&plain, &ns, "close_with_unread_data");
     assert_eq!(ev.get("stacks"), None, "{ev:#}");
+    let rst = received(&plain, &ns, "peer_reset");
+    let app = app_error_of(&plain, &rst);
+    assert_eq!(app["call"], "read", "{app:#}");
+    assert_eq!(app.get("stacks"), None, "{app:#}");
     let _ = srv.wait();
     let _ = std::fs::remove_dir_all(bin.parent().unwrap());
 }

@@ -15,7 +15,10 @@ use rst_trace_common::{
 
 pub use join::{Joined, NOTICE_WINDOW_NS, Noticing, Outcome};
 
-use crate::explain::{Process, TcpState, endpoint};
+use crate::{
+    explain::{Process, TcpState, endpoint},
+    stacks::Stacks,
+};
 
 /// The system call that failed. Numbers are the running architecture's (x86_64), from libc, as
 /// the kernel side's bitmap (`kernel::SOCK_CALLS`).
@@ -151,6 +154,8 @@ pub struct AppError {
     pub prev_state: Option<TcpState>,
     /// `TCP_USER_TIMEOUT` in ms (ETIMEDOUT only; 0: not set).
     pub user_timeout_ms: Option<u32>,
+    /// `--stacks`: the call's user and kernel stacks, symbolized when the record was read.
+    pub stacks: Option<Box<Stacks>>,
 }
 
 impl AppError {
@@ -175,6 +180,7 @@ impl AppError {
                 .then(|| TcpState::decode(ev.prev_state))
                 .flatten(),
             user_timeout_ms: (ev.flags & APP_USER_TIMEOUT != 0).then_some(ev.user_timeout_ms),
+            stacks: None,
         }
     }
 

@@ -1,4 +1,4 @@
-use rst_trace_common::{APP_SO_ERROR, AppErrorEvent, ECONNRESET, ETIMEDOUT, STACK_NONE, Task};
+use rst_trace_common::{APP_SO_ERROR, AppErrorEvent, ECONNRESET, ETIMEDOUT, StackIds, Task};
 
 use super::{join::awaits_app, *};
 use crate::{
@@ -14,7 +14,7 @@ fn event(nr: i64, errno: u32, flags: u32) -> AppErrorEvent {
         skaddr: 0,
         cookie: 0,
         task: Task::default(),
-        stack_id: STACK_NONE,
+        stacks: StackIds::default(),
         local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         remote_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         local_port: 40000,

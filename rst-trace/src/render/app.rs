@@ -1,11 +1,13 @@
 //! The application's side, rendered: the `app_error` object on a reset, the `app_error` and
-//! `not_noticed` records (docs/output.md), and their text lines.
+//! `not_noticed` records (docs/output.md), and their text lines; with `--stacks`, the failing
+//! call's stacks (`"stacks"`, indented lines), as on a sent reset.
 
 use std::net::SocketAddr;
 
 use super::{
     event::{json_endpoint, json_opt_str, json_process, process_text},
     fast::{Clock, Format, json_str, push_u64, rfc3339},
+    stacks::{json_stacks, text_stacks},
 };
 use crate::{
     apperr::{AppError, Joined, NOTICE_WINDOW_NS, Outcome},
@@ -45,6 +47,9 @@ pub fn json_notice(out: &mut String, n: &AppNotice, clock: &Clock) {
     json_call(out, &n.error, clock);
     out.push_str(",\"delay_ns\":");
     push_u64(out, n.delay_ns);
+    if let Some(st) = &n.error.stacks {
+        json_stacks(out, st);
+    }
     out.push('}');
 }
 
@@ -121,6 +126,9 @@ fn app_record_json(e: &AppError, joined: Option<&Joined>, clock: &Clock) -> Stri
         None => e.explain_alone(),
     };
     json_str(&mut out, &why);
+    if let Some(st) = &e.stacks {
+        json_stacks(&mut out, st);
+    }
     out.push('}');
     out
 }
@@ -142,18 +150,29 @@ fn text_line(
     format!("{time} APP  {process:<24} {ends:<45} {state:<12} {what:<27} {sentence}")
 }
 
-/// The follow-up text line under a reset whose call noticed it.
+/// The follow-up text line under a reset whose call noticed it (and its stacks' lines).
 pub fn notice_text(n: &AppNotice, condition: &str, clock: &Clock) -> String {
     let e = &n.error;
-    text_line(
-        clock,
-        e.mono_ns,
-        Some(&e.process),
-        (&e.local, &e.remote),
-        e.state,
-        &e.errno.name(),
-        &joined_sentence(e, condition, n.delay_ns),
+    with_stacks(
+        e,
+        text_line(
+            clock,
+            e.mono_ns,
+            Some(&e.process),
+            (&e.local, &e.remote),
+            e.state,
+            &e.errno.name(),
+            &joined_sentence(e, condition, n.delay_ns),
+        ),
     )
+}
+
+/// `--stacks`: a call's text line followed by its stacks' indented lines.
+fn with_stacks(e: &AppError, mut line: String) -> String {
+    if let Some(st) = &e.stacks {
+        text_stacks(&mut line, st);
+    }
+    line
 }
 
 /// An `app_error` or `not_noticed` record, as JSON or a text line.
@@ -164,7 +183,7 @@ pub fn outcome(o: &Outcome, clock: &Clock, fmt: Format) -> String {
         Outcome::Alone(e) if json => app_record_json(e, None, clock),
         Outcome::Joined(j) => {
             let e = &j.error;
-            text_line(
+            let line = text_line(
                 clock,
                 e.mono_ns,
                 Some(&e.process),
@@ -172,17 +191,21 @@ pub fn outcome(o: &Outcome, clock: &Clock, fmt: Format) -> String {
                 e.state,
                 &e.errno.name(),
                 &joined_sentence(e, j.reset.condition.as_str(), j.delay_ns),
-            )
+            );
+            with_stacks(e, line)
         }
-        Outcome::Alone(e) => text_line(
-            clock,
-            e.mono_ns,
-            Some(&e.process),
-            (&e.local, &e.remote),
-            e.state,
-            &e.errno.name(),
-            &e.explain_alone(),
-        ),
+        Outcome::Alone(e) => {
+            let line = text_line(
+                clock,
+                e.mono_ns,
+                Some(&e.process),
+                (&e.local, &e.remote),
+                e.state,
+                &e.errno.name(),
+                &e.explain_alone(),
+            );
+            with_stacks(e, line)
+        }
         Outcome::NotNoticed(p, waited) => {
             let now = p.reset_mono_ns + waited;
             let who = p

@@ -235,8 +235,8 @@ fn lost_record_json() {
 
 /// The application's failing call: an `app_error` object at the end of the reset's JSON (with
 /// its delay), a follow-up `APP` line in text.
-#[test]
-fn app_error_object_and_follow_up_line() {
+/// A sent reset whose call (`read(fd 3)` on thread `worker`) noticed it 1.5 ms later.
+fn noticed_report() -> crate::explain::Report {
     use crate::{apperr::AppError, explain::AppNotice};
     let mut r = explain(
         &close_event(),
@@ -250,7 +250,7 @@ fn app_error_object_and_follow_up_line() {
         skaddr: r.skaddr,
         cookie: 862_063,
         task: rst_trace_common::Task::default(),
-        stack_id: rst_trace_common::STACK_NONE,
+        stacks: rst_trace_common::StackIds::default(),
         local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         remote_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         local_port: 43210,
@@ -274,6 +274,12 @@ fn app_error_object_and_follow_up_line() {
         error: AppError::decode(&ev),
         delay_ns: 1_500_000,
     }));
+    r
+}
+
+#[test]
+fn app_error_object_and_follow_up_line() {
+    let r = noticed_report();
     let clock = Clock::fixed(0);
     let v = report_json(&r, &clock);
     let a = &v["app_error"];
@@ -294,4 +300,60 @@ fn app_error_object_and_follow_up_line() {
         lines[1].contains("thread worker (tid 11) noticed the reset (close_with_unread_data): read(fd 3) failed with ECONNRESET 1.500 ms after it"),
         "{text}"
     );
+}
+
+/// `--stacks`: the failing call's stacks, in the `app_error` object (last), after the `APP` line,
+/// and in the `app_error` record (last).
+#[test]
+fn app_error_stacks() {
+    use crate::{
+        apperr::Outcome,
+        stacks::{Frame, Stack, Stacks},
+    };
+    let mut r = noticed_report();
+    let frame = Frame {
+        addr: 0x5500_0000_1234,
+        function: Some("read_after_reset".into()),
+        file: Some("/src/client.c".into()),
+        line: Some(44),
+        module: Some("/usr/bin/client".into()),
+        offset: None,
+    };
+    let stacks = Stacks {
+        user: Stack {
+            frames: vec![frame],
+            error: None,
+        },
+        kernel: Stack {
+            frames: Vec::new(),
+            error: Some("EEXIST: taken".into()),
+        },
+    };
+    let n = r.app_notice.as_mut().unwrap();
+    n.error.stacks = Some(Box::new(stacks));
+    let clock = Clock::fixed(0);
+    let v = report_json(&r, &clock);
+    let st = &v["app_error"]["stacks"];
+    assert_eq!(st["user"][0]["function"], "read_after_reset", "{v:#}");
+    assert_eq!(st["user"][0]["line"], 44, "{v:#}");
+    assert_eq!(st["kernel_error"], "EEXIST: taken", "{v:#}");
+    let text = render(&r, &clock, Format::Text { color: false });
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[1].contains(" APP  client[10] "), "{text}");
+    assert_eq!(lines[2], "    user stack:", "{text}");
+    assert!(
+        lines[3].ends_with("read_after_reset (/src/client.c:44) [/usr/bin/client]"),
+        "{text}"
+    );
+    assert_eq!(lines[4], "    kernel stack: none (EEXIST: taken)", "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
+    // The record, once the reset is printed: stacks last, text lines after the APP line.
+    let e = r.app_notice.unwrap().error;
+    let o = Outcome::Alone(e);
+    let rec: serde_json::Value =
+        serde_json::from_str(&crate::render::app::outcome(&o, &clock, Format::Json)).expect("JSON");
+    assert_eq!(rec["type"], "app_error");
+    assert_eq!(rec["stacks"]["user"][0]["function"], "read_after_reset");
+    let text = crate::render::app::outcome(&o, &clock, Format::Text { color: false });
+    assert_eq!(text.lines().nth(1), Some("    user stack:"), "{text}");
 }

@@ -1,5 +1,5 @@
-//! `--stacks`: a sent reset's user and kernel stacks, in JSON (`"stacks"`) and as indented text
-//! lines after the event's line (docs/output.md).
+//! `--stacks`: a sent reset's or a failing call's user and kernel stacks, in JSON (`"stacks"`)
+//! and as indented text lines after the event's (or the `APP`) line (docs/output.md).
 
 use std::fmt::Write as _;
 

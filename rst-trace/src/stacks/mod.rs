@@ -1,7 +1,7 @@
-//! `--stacks`: the user and kernel stacks of a process-context abort, read from the kernel's
-//! stack map and symbolized when the event is read, while the process most likely still runs
-//! (its mappings are needed to name user addresses; a process that exited first gets
-//! addresses and, where the binary was already parsed, names).
+//! `--stacks`: the user and kernel stacks of a process-context abort or of an application's
+//! failing call, read from the kernel's stack map and symbolized when the event is read, while
+//! the process most likely still runs (its mappings are needed to name user addresses; a process
+//! that exited first gets addresses and, where the binary was already parsed, names).
 //!
 //! Ids are deleted from the map once read, at the end of each drain of the ring: the map then
 //! only holds the stacks of events not read yet, and stays far from full (a full bucket makes
@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, StackTraceMap};
-use rst_trace_common::{FACT_STACKS, MAP_STACKS, RstEvent, StackIds};
+use rst_trace_common::{APP_STACKS, AppErrorEvent, FACT_STACKS, MAP_STACKS, RstEvent, StackIds};
 
 use self::{
     frameless::add_frameless_caller,
@@ -130,6 +130,14 @@ impl StackReader {
             return None;
         }
         Some(Box::new(self.resolve_ids(ev.owner.pid, &ev.stacks)))
+    }
+
+    /// The symbolized stacks of a failing application call, if it carries stack ids.
+    pub fn resolve_app(&mut self, ev: &AppErrorEvent) -> Option<Box<Stacks>> {
+        if ev.flags & APP_STACKS == 0 {
+            return None;
+        }
+        Some(Box::new(self.resolve_ids(ev.task.pid, &ev.stacks)))
     }
 
     /// The stacks `ids` of a system call of process `pid` (what the eBPF side's
