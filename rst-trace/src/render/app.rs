@@ -152,23 +152,25 @@ fn text_line(
 
 /// The follow-up text line under a reset whose call noticed it (and its stacks' lines).
 pub fn notice_text(n: &AppNotice, condition: &str, clock: &Clock) -> String {
-    let e = &n.error;
-    with_stacks(
-        e,
-        text_line(
-            clock,
-            e.mono_ns,
-            Some(&e.process),
-            (&e.local, &e.remote),
-            e.state,
-            &e.errno.name(),
-            &joined_sentence(e, condition, n.delay_ns),
-        ),
+    call_text(
+        clock,
+        &n.error,
+        &joined_sentence(&n.error, condition, n.delay_ns),
     )
 }
 
-/// `--stacks`: a call's text line followed by its stacks' indented lines.
-fn with_stacks(e: &AppError, mut line: String) -> String {
+/// A failing call's text line with `sentence`, followed (`--stacks`) by its stacks' indented
+/// lines.
+fn call_text(clock: &Clock, e: &AppError, sentence: &str) -> String {
+    let mut line = text_line(
+        clock,
+        e.mono_ns,
+        Some(&e.process),
+        (&e.local, &e.remote),
+        e.state,
+        &e.errno.name(),
+        sentence,
+    );
     if let Some(st) = &e.stacks {
         text_stacks(&mut line, st);
     }
@@ -181,31 +183,12 @@ pub fn outcome(o: &Outcome, clock: &Clock, fmt: Format) -> String {
     match o {
         Outcome::Joined(j) if json => app_record_json(&j.error, Some(j), clock),
         Outcome::Alone(e) if json => app_record_json(e, None, clock),
-        Outcome::Joined(j) => {
-            let e = &j.error;
-            let line = text_line(
-                clock,
-                e.mono_ns,
-                Some(&e.process),
-                (&e.local, &e.remote),
-                e.state,
-                &e.errno.name(),
-                &joined_sentence(e, j.reset.condition.as_str(), j.delay_ns),
-            );
-            with_stacks(e, line)
-        }
-        Outcome::Alone(e) => {
-            let line = text_line(
-                clock,
-                e.mono_ns,
-                Some(&e.process),
-                (&e.local, &e.remote),
-                e.state,
-                &e.errno.name(),
-                &e.explain_alone(),
-            );
-            with_stacks(e, line)
-        }
+        Outcome::Joined(j) => call_text(
+            clock,
+            &j.error,
+            &joined_sentence(&j.error, j.reset.condition.as_str(), j.delay_ns),
+        ),
+        Outcome::Alone(e) => call_text(clock, e, &e.explain_alone()),
         Outcome::NotNoticed(p, waited) => {
             let now = p.reset_mono_ns + waited;
             let who = p

@@ -50,7 +50,6 @@ pub(super) fn json_process(out: &mut String, p: &Option<Process>) {
 /// `"cgroup":{...}`: the id, and the path and systemd unit once resolved; `null` when the id
 /// is unknown.
 fn json_cgroup(out: &mut String, p: Option<&Process>) {
-    out.push_str(",\"cgroup\":");
     let Some(p) = p.filter(|p| p.cgroup != 0) else {
         out.push_str("null");
         return;
@@ -114,6 +113,7 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     json_endpoint(out, &r.remote);
     out.push_str(",\"process\":");
     json_process(out, &r.process);
+    out.push_str(",\"cgroup\":");
     json_cgroup(out, r.process.as_ref());
     out.push_str(",\"container\":");
     json_container(out, r.process.as_ref());
