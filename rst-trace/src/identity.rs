@@ -268,6 +268,7 @@ impl Resolver {
     }
 }
 
+/// The cgroup2 mount resolution reads: `roots.cgroup2`, else the first in mountinfo.
 fn cgroup2_mount(roots: &Roots) -> Option<Cgroup2> {
     match &roots.cgroup2 {
         Some(mount) => Some(Cgroup2::at(mount.clone())),

@@ -209,7 +209,7 @@ impl State {
             self.to_hide.push(*cgroup);
         }
         let mut ready = std::mem::take(&mut self.ready);
-        self.identity.answered(answer, &mut ready);
+        self.identity.answered(&mut ready);
         self.finish_ready(ready)
     }
 

@@ -39,12 +39,7 @@ pub struct Waiting {
 impl Waiting {
     /// Starts the resolver; its answers come back on `answers`, for [`Self::answered`].
     pub fn start(roots: Roots, answers: tokio::sync::mpsc::UnboundedSender<Answer>) -> Self {
-        if roots.cgroup2.is_none()
-            && std::fs::read_to_string(roots.proc.join("self/mountinfo"))
-                .ok()
-                .and_then(|m| super::cgroupfs::Cgroup2::from_mountinfo(&m))
-                .is_none()
-        {
+        if super::cgroup2_mount(&roots).is_none() {
             eprintln!(
                 "rst-trace: note: no cgroup v2 mount: cgroup paths and containers come from /proc/PID/cgroup alone, so a process that is gone is not named"
             );
@@ -82,8 +77,9 @@ impl Waiting {
         }
     }
 
-    /// A resolver answer came (it is cached now): the reports it completes go to `out`.
-    pub fn answered(&mut self, _answer: Answer, out: &mut Vec<Report>) {
+    /// A resolver answer came (it is cached now, so the answer itself is not needed): the
+    /// reports it completes go to `out`.
+    pub fn answered(&mut self, out: &mut Vec<Report>) {
         self.release(Instant::now(), false, out);
     }
 
