@@ -1,0 +1,56 @@
+//! Waiting for a test's reset events and asserting on them.
+
+use std::time::Duration;
+
+use crate::{Netns, Tracer, Value};
+
+/// Waits for the sent reset with `condition` in `ns` (see [`Tracer::wait_for`]).
+pub fn sent(t: &Tracer, ns: &Netns, condition: &str) -> Value {
+    let inode = ns.inode();
+    t.wait_for(&format!("sent {condition}"), |v| {
+        is_rst(v, "sent", condition) && v["netns"] == inode
+    })
+}
+
+/// Waits for the received reset with `condition` in `ns`.
+pub fn received(t: &Tracer, ns: &Netns, condition: &str) -> Value {
+    let inode = ns.inode();
+    t.wait_for(&format!("received {condition}"), |v| {
+        is_rst(v, "received", condition) && v["netns"] == inode
+    })
+}
+
+/// Stops the tracer (after 200 ms for late events), asserts it exited 0 and saw exactly these
+/// (direction, condition) pairs in `ns`, in any order.
+pub fn assert_only(t: Tracer, ns: &Netns, want: &[(&str, &str)]) {
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, events) = t.stop();
+    assert!(status.success(), "rst-trace exit {status:?}");
+    let inode = ns.inode();
+    let mut got: Vec<(String, String)> = events
+        .iter()
+        .filter(|v| v["type"] == "rst" && v["netns"] == inode)
+        .map(|v| {
+            (
+                v["direction"].as_str().unwrap_or_default().to_owned(),
+                v["condition"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(d, c)| ((*d).to_owned(), (*c).to_owned()))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "events: {events:#?}");
+}
+
+/// Accessors that keep assertions short.
+pub fn s<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(v, |v, k| &v[k])
+}
+
+pub fn is_rst(v: &Value, direction: &str, condition: &str) -> bool {
+    v["type"] == "rst" && v["direction"] == direction && v["condition"] == condition
+}

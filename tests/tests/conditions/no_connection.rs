@@ -1,0 +1,182 @@
+//! Segments that find no connection (forgotten, TIME_WAIT, given up): the kernel answers RST.
+
+use rst_trace_tests::{Peer, Scenario, assert_only, assert_reason, received, s, sent};
+
+use crate::{assert_no_process, assert_process};
+
+/// Server S accepts, then forgets the connection (TCP_REPAIR close): the client's next data or
+/// FIN reaches a host with no such connection (causes 2, 3, 4, 5).
+fn forgotten(tag: &str, addr: &str, port: u16, keep_listener: bool, client_action: &str) {
+    let (ns, t) = Scenario::new(tag).port(port).tracer(&[]);
+    let bind = format!("{addr}:{port}");
+    let mut steps = vec![
+        format!("listen={bind}"),
+        "say=listening".into(),
+        "accept".into(),
+    ];
+    if !keep_listener {
+        steps.push("close_listener".into());
+    }
+    steps.extend(["repair_close".into(), "say=gone".into(), "hold".into()]);
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let server = Peer::spawn(&ns, "rstt-forget", &steps);
+    server.expect("listening");
+    let mut client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[
+            &format!("connect={bind}"),
+            "say=connected",
+            "wait",
+            client_action,
+            "read_err",
+        ],
+    );
+    client.expect("connected");
+    server.expect("gone");
+    client.go();
+    client.expect("errno ECONNRESET");
+    let want_flags = if client_action.starts_with("shutdown") {
+        "FIN|ACK"
+    } else {
+        "PSH|ACK"
+    };
+    let snd = if keep_listener {
+        let v = sent(&t, &ns, "unexpected_ack_on_listener");
+        // The listener's owner is the process that gets the blame, not the client whose
+        // softirq ran the reply; endpoints come from the packet, not the listener's 0.0.0.0:0.
+        assert_process(&v, &server, "rstt-forget");
+        assert_eq!(v["state"], "LISTEN");
+        assert_reason(&v, "TCP_FLAGS");
+        v
+    } else {
+        let v = sent(&t, &ns, "no_connection");
+        assert_no_process(&v);
+        assert_reason(&v, "NO_SOCKET");
+        assert_eq!(s(&v, "detail.incoming_flags"), want_flags);
+        v
+    };
+    assert_eq!(s(&snd, "local.port"), port);
+    let rcv = received(&t, &ns, "peer_reset");
+    assert_process(&rcv, &client, "rstt-client");
+    assert_eq!(s(&rcv, "detail.errno"), "ECONNRESET");
+    assert_eq!(s(&rcv, "remote.port"), port);
+    assert_eq!(s(&snd, "remote.port"), s(&rcv, "local.port"));
+    assert_eq!(s(&snd, "remote.addr"), s(&rcv, "local.addr"));
+    assert_eq!(s(&snd, "local.addr"), s(&rcv, "remote.addr"));
+    let cond = snd["condition"].as_str().unwrap().to_owned();
+    assert_eq!(s(&rcv, "linked_sent.condition"), cond.as_str());
+    assert_only(t, &ns, &[("sent", &cond), ("received", "peer_reset")]);
+}
+
+#[test]
+fn data_to_forgotten_connection() {
+    forgotten("nodata", "127.0.0.1", 21001, false, "send=10");
+}
+
+#[test]
+fn fin_to_forgotten_connection() {
+    forgotten("nofin", "127.0.0.1", 21002, false, "shutdown=wr");
+}
+
+#[test]
+fn half_open_with_listener_is_unexpected_ack() {
+    forgotten("halfopen", "127.0.0.1", 21003, true, "send=10");
+}
+
+#[test]
+fn data_to_forgotten_connection_ipv6() {
+    forgotten("nodata6", "[::1]", 21004, false, "send=10");
+}
+
+#[test]
+fn segment_to_time_wait() {
+    let (ns, t) = Scenario::new("tw").port(21010).tracer(&[]);
+    let bind = "127.0.0.1:21010";
+    let mut server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            &format!("listen={bind}"),
+            "say=listening",
+            "accept",
+            "wait_eof",
+            "say=eof",
+            "wait",
+            "send=10",
+            "sleep=200",
+            "send=10",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    // The client closes first; with the server's ACK its orphan becomes a FIN_WAIT2
+    // TIME_WAIT mini-socket; the server's later data gets an RST from it.
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[&format!("connect={bind}"), "close", "say=closed", "hold"],
+    );
+    client.expect("closed");
+    server.expect("eof");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    server.go();
+    server.expect("errno EPIPE");
+    let v = sent(&t, &ns, "time_wait_segment");
+    assert_eq!(v["state"], "TIME_WAIT");
+    assert_reason(&v, "TCP_TIMEWAIT_SOCKET");
+    assert_eq!(s(&v, "remote.port"), 21010);
+    assert_eq!(s(&v, "detail.incoming_flags"), "PSH|ACK");
+    let r = received(&t, &ns, "peer_reset");
+    assert_process(&r, &server, "rstt-server");
+    assert_eq!(r["state"], "CLOSE_WAIT");
+    assert_eq!(s(&r, "detail.errno"), "EPIPE");
+    assert_only(
+        t,
+        &ns,
+        &[("sent", "time_wait_segment"), ("received", "peer_reset")],
+    );
+}
+
+#[test]
+fn stale_synack_after_connect_timeout() {
+    let (ns, t) = Scenario::new("stale").port(21030).tracer(&[]);
+    let bind = "127.0.0.1:21030";
+    // Drop the server's SYN-ACKs until the client has given up.
+    let rule = [
+        "-p",
+        "tcp",
+        "--sport",
+        "21030",
+        "--tcp-flags",
+        "SYN,ACK",
+        "SYN,ACK",
+        "-j",
+        "DROP",
+    ];
+    let mut add = vec!["iptables", "-A", "OUTPUT"];
+    add.extend(rule);
+    ns.exec(&add);
+    let server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[&format!("listen={bind}"), "say=listening", "hold"],
+    );
+    server.expect("listening");
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[&format!("connect_timeout={bind},300"), "say=gaveup", "hold"],
+    );
+    client.expect("timeout");
+    client.expect("gaveup");
+    let mut del = vec!["iptables", "-D", "OUTPUT"];
+    del.extend(rule);
+    ns.exec(&del);
+    // The server retransmits its SYN-ACK (after 1 s, then 2 s): the client host answers RST.
+    let v = sent(&t, &ns, "stale_synack");
+    assert_no_process(&v);
+    assert_eq!(s(&v, "detail.incoming_flags"), "SYN|ACK");
+    assert_eq!(s(&v, "remote.port"), 21030);
+    assert_reason(&v, "NO_SOCKET");
+}

@@ -1,0 +1,180 @@
+//! Whose reset it is: `--pid`, sockets opened before start, worker threads, forked children.
+
+use rst_trace_tests::{
+    Netns, Peer, Scenario, Tracer, assert_only, cgroup_v2_id, cgroup_v2_path, is_rst, received, s,
+    sent,
+};
+
+use crate::unread_close_peers;
+
+/// Scenario (c): `--pid` shows one process's resets and hides another's.
+#[test]
+fn pid_filter_shows_one_process_only() {
+    let ns = Netns::new("pidfilter");
+    let mut a = Peer::spawn(&ns, "rstt-a", &["wait", "connect=127.0.0.1:20011"]);
+    let mut b = Peer::spawn(&ns, "rstt-b", &["wait", "connect=127.0.0.1:20012"]);
+    let filtered = Tracer::start(&["--pid", &a.pid().to_string()]);
+    let control = Tracer::start(&["--port", "20011", "--port", "20012"]);
+    a.go();
+    b.go();
+    a.expect("errno ECONNREFUSED");
+    b.expect("errno ECONNREFUSED");
+    let inode = ns.inode();
+    // The control tracer sees both refusals, so B's reset really happened.
+    for pid in [a.pid(), b.pid()] {
+        control.wait_for("control: connection_refused", |v| {
+            is_rst(v, "received", "connection_refused") && v["process"]["pid"] == pid
+        });
+    }
+    let ev = filtered.wait_for("filtered: A's connection_refused", |v| {
+        is_rst(v, "received", "connection_refused") && v["netns"] == inode
+    });
+    assert_eq!(s(&ev, "process.pid"), a.pid());
+    let (_, events) = filtered.stop();
+    for v in &events {
+        assert_eq!(s(v, "process.pid"), a.pid(), "--pid let through {v:#}");
+    }
+    drop(control);
+}
+
+/// Sockets opened before rst-trace started are owned too (seeded from sock_diag and /proc).
+#[test]
+fn socket_opened_before_start_is_owned() {
+    let ns = Netns::new("seed");
+    let bind = "127.0.0.1:20031";
+    let server = Peer::spawn(
+        &ns,
+        "rstt-old-srv",
+        &[
+            &format!("listen={bind}"),
+            "say=listening",
+            "accept",
+            "say=accepted",
+            "read_err",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let mut client = Peer::spawn(
+        &ns,
+        "rstt-old-cli",
+        &[
+            &format!("connect={bind}"),
+            "wait",
+            "linger0",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("accepted");
+    // Before rst-trace starts (in a guest without cgroup v2 mounted, this mounts it, so that
+    // rst-trace finds it when it seeds the owners).
+    let server_cgroup = cgroup_v2_id(server.pid());
+    let tracer = Tracer::start(&["--port", "20031"]);
+    client.go();
+    client.expect("closed");
+    server.expect("errno ECONNRESET");
+    let recv = received(&tracer, &ns, "peer_reset");
+    assert_eq!(s(&recv, "process.pid"), server.pid(), "{recv:#}");
+    assert_eq!(s(&recv, "process.comm"), "rstt-old-srv");
+    assert_eq!(recv["attribution"], "socket_owner");
+    assert_eq!(s(&recv, "cgroup.id"), server_cgroup, "{recv:#}");
+    let sent = sent(&tracer, &ns, "linger_abort");
+    assert_eq!(s(&sent, "process.pid"), client.pid());
+    assert!(tracer.ready_line().contains("existing sockets owned"));
+}
+
+/// Issue 11: the process, not the thread. A server process named rstt-server whose thread
+/// "conn-worker-7" accepts a connection and closes it with unread data: the reset names the
+/// process (its thread-group leader's comm), the thread apart, and the cgroup v2 id learned in
+/// that thread's own system call; `--comm` matches the process name, not the thread's.
+#[test]
+fn worker_thread_reset_names_the_process() {
+    let port = 20061;
+    // Mounts cgroup v2 first where it is not (a bare VM), so that rst-trace finds it.
+    cgroup_v2_id(std::process::id());
+    let (ns, tracer) = Scenario::new("thread").port(port).tracer(&[]);
+    let by_process = Tracer::start(&["--port", "20061", "--comm", "rstt-server"]);
+    let by_thread = Tracer::start(&["--port", "20061", "--comm", "conn-worker-7"]);
+    let (server, client) =
+        unread_close_peers(&ns, &format!("127.0.0.1:{port}"), &["thread=conn-worker-7"]);
+    let snt = sent(&tracer, &ns, "close_with_unread_data");
+    assert_eq!(s(&snt, "process.pid"), server.pid(), "{snt:#}");
+    assert_eq!(s(&snt, "process.comm"), "rstt-server", "{snt:#}");
+    assert_eq!(s(&snt, "process.thread"), "conn-worker-7", "{snt:#}");
+    assert_ne!(s(&snt, "process.tid"), server.pid(), "{snt:#}");
+    let server_cgroup = cgroup_v2_id(server.pid());
+    assert_eq!(s(&snt, "cgroup.id"), server_cgroup, "{snt:#}");
+    // Resolved in userspace: the path of that cgroup; not a container.
+    assert_eq!(
+        s(&snt, "cgroup.path"),
+        &cgroup_v2_path(server.pid()),
+        "{snt:#}"
+    );
+    assert_eq!(snt["container"], serde_json::Value::Null, "{snt:#}");
+    // The client's main thread: no thread name apart; its own cgroup.
+    let recv = received(&tracer, &ns, "peer_reset");
+    assert_eq!(s(&recv, "process.comm"), "rstt-client", "{recv:#}");
+    assert!(recv["process"].get("thread").is_none(), "{recv:#}");
+    assert_eq!(
+        s(&recv, "cgroup.id"),
+        cgroup_v2_id(client.pid()),
+        "{recv:#}"
+    );
+    assert_eq!(s(&recv, "linked_sent.process.thread"), "conn-worker-7");
+    // --comm rstt-server shows the sent reset (the client's received one is not its process's);
+    // --comm conn-worker-7 shows nothing: a thread's name is not the process's.
+    let got = sent(&by_process, &ns, "close_with_unread_data");
+    assert_eq!(s(&got, "process.thread"), "conn-worker-7");
+    assert_only(by_process, &ns, &[("sent", "close_with_unread_data")]);
+    assert_only(by_thread, &ns, &[]);
+    let (status, _) = tracer.stop();
+    assert!(status.success(), "rst-trace exit {status:?}");
+}
+
+/// A connection accepted by a forked child belongs to that child, not to the listener's
+/// parent process.
+#[test]
+fn connection_accepted_by_forked_child_belongs_to_child() {
+    let (ns, tracer) = Scenario::new("fork").port(20032).tracer(&[]);
+    let bind = "127.0.0.1:20032";
+    let server = Peer::spawn(
+        &ns,
+        "rstt-parent",
+        &[
+            &format!("listen={bind}"),
+            "fork",
+            "accept",
+            "say=accepted",
+            "read_err",
+            "hold",
+        ],
+    );
+    let child: u32 = server
+        .line()
+        .strip_prefix("child ")
+        .expect("child line")
+        .parse()
+        .unwrap();
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[
+            &format!("connect={bind}"),
+            "sleep=100",
+            "linger0",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("accepted");
+    client.expect("closed");
+    let recv = received(&tracer, &ns, "peer_reset");
+    assert_eq!(s(&recv, "process.pid"), child, "{recv:#}");
+    assert_ne!(s(&recv, "process.pid"), server.pid());
+    assert_eq!(s(&recv, "process.comm"), "rstt-parent");
+    // SAFETY: the child is our grandchild process; make sure it does not outlive the test.
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+}

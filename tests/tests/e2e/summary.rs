@@ -1,0 +1,238 @@
+//! Counts instead of events: `--metrics`, and `--summary` at exit, in the kernel and per interval.
+
+use rst_trace_tests::{Netns, Peer, Scenario, Tracer};
+
+/// `--metrics`: a real HTTP client scrapes the Prometheus text during a scenario.
+#[test]
+fn metrics_are_served_and_count_resets() {
+    let (ns, tracer) =
+        Scenario::new("metrics")
+            .port(20041)
+            .tracer(&["--quiet", "--metrics", "127.0.0.1:0"]);
+    let url = tracer
+        .stderr()
+        .iter()
+        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
+        .expect("metrics address line");
+    for _ in 0..2 {
+        let c = Peer::spawn(&ns, "rstt-metrics", &["connect=127.0.0.1:20041"]);
+        c.expect("errno ECONNREFUSED");
+    }
+    let want = r#"rst_trace_resets_total{direction="received",condition="connection_refused",comm="rstt-metrics",container="-",pod="-"} 2"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let body = loop {
+        let body = ureq::get(&url)
+            .call()
+            .expect("scrape")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if body.contains(want) || std::time::Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(body.contains(want), "{body}");
+    assert!(
+        body.contains(
+            r#"rst_trace_resets_total{direction="sent",condition="port_not_listening",comm="-",container="-",pod="-"} 2"#
+        ),
+        "{body}"
+    );
+    assert!(body.contains("# TYPE rst_trace_lost_events_total counter"));
+    assert!(body.contains("rst_trace_lost_events_total 0"));
+    let not_found = ureq::get(url.replace("/metrics", "/other")).call();
+    assert!(matches!(not_found, Err(ureq::Error::StatusCode(404))));
+    let (status, events) = tracer.stop();
+    assert!(status.success());
+    assert!(events.is_empty(), "--quiet printed events: {events:?}");
+}
+
+/// `--summary` prints a table at exit (JSON here), counting by process, condition, direction.
+#[test]
+fn summary_at_exit() {
+    let (ns, tracer) = Scenario::new("summary")
+        .port(20042)
+        .tracer(&["--quiet", "--summary"]);
+    for _ in 0..3 {
+        let c = Peer::spawn(&ns, "rstt-summary", &["connect=127.0.0.1:20042"]);
+        c.expect("errno ECONNREFUSED");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, events) = tracer.stop();
+    assert!(status.success());
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let sum = &events[0];
+    assert_eq!(sum["type"], "summary");
+    assert_eq!(sum["total"], 6);
+    let rows = sum["rows"].as_array().unwrap();
+    // One row per process (comm[pid]): three clients, one refusal each.
+    let refused: Vec<_> = rows
+        .iter()
+        .filter(|r| r["condition"] == "connection_refused")
+        .collect();
+    assert_eq!(refused.len(), 3, "{rows:#?}");
+    for row in refused {
+        assert_eq!(row["count"], 1);
+        assert_eq!(row["direction"], "received");
+        assert!(
+            row["process"]
+                .as_str()
+                .unwrap()
+                .starts_with("rstt-summary[")
+        );
+    }
+    let sent = rows
+        .iter()
+        .find(|r| r["condition"] == "port_not_listening")
+        .expect("port_not_listening row");
+    assert_eq!(sent["count"], 3);
+    assert_eq!(sent["process"], "-");
+}
+
+/// `--summary --quiet` counts resets in the kernel where it can; its table must equal what a
+/// per-event tracer saw of the same resets: refusals (counted in the kernel), a close with
+/// unread data, and a data_after_close abort (whose self-reset on the sender must not be
+/// counted as received).
+#[test]
+fn summary_counted_in_kernel_agrees_with_per_event() {
+    use std::collections::BTreeMap;
+    let ns = Netns::new("kcount");
+    let ports = ["--port", "20045", "--port", "20046"];
+    let per_event = Tracer::start(&ports);
+    let counted = Tracer::start(&[&ports[..], &["--summary", "--quiet"]].concat());
+    let ready = counted.stderr().join("\n");
+    assert!(ready.contains("; counting in the kernel;"), "{ready}");
+    let ready = per_event.stderr().join("\n");
+    assert!(!ready.contains("counting in the kernel"), "{ready}");
+    for _ in 0..4 {
+        let c = Peer::spawn(&ns, "rstt-kcount", &["connect=127.0.0.1:20046"]);
+        c.expect("errno ECONNREFUSED");
+    }
+    // close() with unread data.
+    let server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            "listen=127.0.0.1:20045",
+            "say=listening",
+            "accept",
+            "wait_unread=64",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &["connect=127.0.0.1:20045", "send=64", "read_err"],
+    );
+    client.expect("errno ECONNRESET");
+    drop(server);
+    // Data after close: the server's socket aborts itself, then sends the RST.
+    let server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            "listen=127.0.0.1:20045",
+            "say=listening",
+            "accept",
+            "linger2=120",
+            "close",
+            "say=done",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let mut client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &["connect=127.0.0.1:20045", "wait", "send=10", "read_err"],
+    );
+    server.expect("done");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    client.go();
+    // It reads the server's FIN first ("eof"); the RST answers the data it sent after.
+    client.expect("eof");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, events) = per_event.stop();
+    assert!(status.success());
+    let (status, summary) = counted.stop();
+    assert!(status.success());
+    let inode = ns.inode();
+    let mut want: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    for v in events
+        .iter()
+        .filter(|v| v["type"] == "rst" && v["netns"] == inode)
+    {
+        let who = match v["process"].as_object() {
+            Some(p) => format!("{}[{}]", p["comm"].as_str().unwrap(), p["pid"]),
+            None => "-".to_owned(),
+        };
+        let key = (
+            who,
+            v["condition"].as_str().unwrap().to_owned(),
+            v["direction"].as_str().unwrap().to_owned(),
+        );
+        *want.entry(key).or_default() += 1;
+    }
+    assert_eq!(summary.len(), 1, "{summary:#?}");
+    let got: BTreeMap<(String, String, String), u64> = summary[0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["process"].as_str().unwrap().to_owned(),
+                    r["condition"].as_str().unwrap().to_owned(),
+                    r["direction"].as_str().unwrap().to_owned(),
+                ),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // The scenario really had all three kinds (and no self-reset counted as received).
+    let count = |c: &str, d: &str| -> u64 {
+        want.iter()
+            .filter(|((_, cc, dd), _)| cc == c && dd == d)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!(count("connection_refused", "received"), 4, "{want:#?}");
+    assert_eq!(count("port_not_listening", "sent"), 4, "{want:#?}");
+    assert_eq!(count("close_with_unread_data", "sent"), 1, "{want:#?}");
+    assert_eq!(count("data_after_close", "sent"), 1, "{want:#?}");
+    assert_eq!(count("peer_reset", "received"), 2, "{want:#?}");
+}
+
+/// `--summary --interval 1` prints the table periodically, not only at exit.
+#[test]
+fn summary_every_interval() {
+    let (ns, tracer) =
+        Scenario::new("interval")
+            .port(20044)
+            .tracer(&["--quiet", "--summary", "--interval", "1"]);
+    let c = Peer::spawn(&ns, "rstt-interval", &["connect=127.0.0.1:20044"]);
+    c.expect("errno ECONNREFUSED");
+    // Two periodic tables arrive while rst-trace keeps running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sums: Vec<_> = tracer
+            .events()
+            .into_iter()
+            .filter(|v| v["type"] == "summary")
+            .collect();
+        if sums.len() >= 2 && sums.last().unwrap()["total"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sums:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, events) = tracer.stop();
+    assert!(status.success());
+    assert!(events.iter().all(|v| v["type"] == "summary"), "{events:#?}");
+}

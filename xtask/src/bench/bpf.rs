@@ -1,0 +1,120 @@
+//! BPF run time of rst-trace's programs, from fdinfo with `kernel.bpf_stats_enabled` on.
+
+/// `kernel.bpf_stats_enabled`, put back as it was when the guard drops (also on an error).
+pub(super) struct BpfStatsEnabled {
+    was: String,
+}
+
+pub(super) const BPF_STATS_ENABLED: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatsEnabled {
+    pub(super) fn save() -> Self {
+        Self {
+            was: std::fs::read_to_string(BPF_STATS_ENABLED).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for BpfStatsEnabled {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS_ENABLED, self.was.trim());
+    }
+}
+
+/// BPF run time a process's programs used (from fdinfo; needs kernel.bpf_stats_enabled=1).
+#[derive(Clone, Copy, Default)]
+pub(super) struct BpfStats {
+    /// run_time_ns of all its programs.
+    pub(super) all_ns: u64,
+    /// run_time_ns and run_cnt of the reset programs: the only ones of type `tracing` (26,
+    /// BPF_PROG_TYPE_TRACING: the BTF tracepoints); the others are raw tracepoints and one
+    /// record-based tracepoint.
+    pub(super) reset_ns: u64,
+    pub(super) reset_cnt: u64,
+    /// run_time_ns and run_cnt of the `sys_exit` hook (failing application calls): one run per
+    /// system call on the host.
+    pub(super) app_ns: u64,
+    pub(super) app_cnt: u64,
+}
+
+/// A loaded BPF program's name (`bpf_prog_info.name`, 16 bytes at offset 64 of the uapi
+/// struct), by id: the fdinfo of a program fd has no name.
+fn prog_name(id: u32) -> Option<String> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    // SAFETY: bpf(2) with a zeroed attribute union holding the id; the result is an fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut info = [0u8; 256];
+    let mut attr = [0u64; 16];
+    attr[0] = (fd as u64) | ((info.len() as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: bpf(2) filling `info` (its length given); then the fd we opened is closed.
+    let rc = unsafe {
+        let rc = libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        );
+        libc::close(fd as i32);
+        rc
+    };
+    if rc != 0 {
+        return None;
+    }
+    let name = &info[64..80];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(16);
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// The run time so far of process `pid`'s programs.
+pub(super) fn bpf_stats(pid: u32) -> BpfStats {
+    let mut st = BpfStats::default();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return st;
+    };
+    for fd in fds.flatten() {
+        let is_prog = std::fs::read_link(fd.path())
+            .map(|l| l.to_string_lossy().contains("bpf-prog"))
+            .unwrap_or(false);
+        if !is_prog {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let field = |k: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let ns = field("run_time_ns:");
+        st.all_ns += ns;
+        if field("prog_type:") == 26 {
+            st.reset_ns += ns;
+            st.reset_cnt += field("run_cnt:");
+        }
+        if field("prog_type:") == 17
+            && prog_name(field("prog_id:") as u32).as_deref() == Some("sys_exit_app")
+        {
+            st.app_ns += ns;
+            st.app_cnt += field("run_cnt:");
+        }
+    }
+    st
+}
