@@ -1,4 +1,4 @@
-//! Real containers for the container tests (tests/tests/containers.rs): a docker image built
+//! Real containers for the container tests (tests/tests/containers/): a docker image built
 //! here `FROM scratch` holding the static (musl) test peer, docker containers running it, and
 //! bare `runc` containers shaped like those containerd's CRI plugin starts for a kubelet (CRI
 //! annotations in the bundle's config.json, a kubepods cgroupfs path).

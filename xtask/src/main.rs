@@ -426,9 +426,7 @@ fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
         say(&format!("in the guests, not run: {t} ({why})"));
     }
     for (f, why) in vm::GUEST_SKIP_FILES {
-        say(&format!(
-            "in the guests, not run: tests/tests/{f}.rs ({why})"
-        ));
+        say(&format!("in the guests, not run: tests/tests/{f}/ ({why})"));
     }
     let mut outcomes = Vec::new();
     for kver in &kvers {
@@ -530,7 +528,7 @@ fn main() -> Result<()> {
             if !is_root() {
                 bail!("the end-to-end tests load eBPF programs: run `./x test` as root");
             }
-            // The container tests (tests/tests/containers.rs) need a real runtime.
+            // The container tests (tests/tests/containers/) need a real runtime.
             docker::setup()?;
             // Lints first, so the run ends with the test totals.
             check()?;
