@@ -66,11 +66,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the end-to-end suite inside Debian's cloud kernels booted under qemu (virtme-ng;
-    /// KVM where /dev/kvm works, TCG otherwise), installing and caching what it needs.
-    /// `./x vmtest 5.10 6.1 -- closed_port` runs the tests matching closed_port in two kernels.
+    /// Run the end-to-end suite inside Debian's and Ubuntu's kernels booted under qemu
+    /// (virtme-ng; KVM where /dev/kvm works, TCG otherwise), installing and caching what it
+    /// needs. `./x vmtest 5.10 6.1 -- closed_port` runs the tests matching closed_port in two
+    /// kernels.
     Vmtest {
-        /// Kernel series: 5.10, 6.1, 6.12 (default: all).
+        /// Kernel series: 5.4 and 5.15 (Ubuntu 20.04's and 22.04's), 5.10, 6.1, 6.12 (Debian's
+        /// cloud kernels), or all (default: 5.10, 6.1, 6.12, the matrix of `./x test`).
         kernels: Vec<String>,
         /// Test name filters, after `--`.
         #[arg(last = true)]
@@ -428,10 +430,33 @@ fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
     for (f, why) in vm::GUEST_SKIP_FILES {
         say(&format!("in the guests, not run: tests/tests/{f}/ ({why})"));
     }
+    // Per kernel, the executables its series runs.
+    let mut runs = Vec::new();
+    for (s, kver) in series.iter().zip(&kvers) {
+        let mut run = Vec::new();
+        for (name, exe) in &exes {
+            match s.not_run(name) {
+                Some(why) => say(&format!(
+                    "in {} ({kver}), not run: tests/tests/{name}.rs ({why})",
+                    s.name
+                )),
+                None => run.push(exe.clone()),
+            }
+        }
+        if let vm::TestFiles::Only(files, _) = s.files {
+            for f in files.iter().filter(|f| !exes.iter().any(|(n, _)| n == *f)) {
+                say(&format!(
+                    "in {} ({kver}): no tests/tests/{f}.rs to run",
+                    s.name
+                ));
+            }
+        }
+        runs.push((kver, run));
+    }
     let mut outcomes = Vec::new();
-    for kver in &kvers {
+    for (kver, run) in &runs {
         say(&format!("booting {kver}"));
-        outcomes.push(vm::run_guest(kver, &bin, &exes, filter)?);
+        outcomes.push(vm::run_guest(kver, &bin, run, filter)?);
     }
     say("kernel matrix:");
     for o in &outcomes {

@@ -1,12 +1,10 @@
-//! `./x vmtest`: the end-to-end suite inside Debian's cloud kernels, booted under qemu with
-//! virtme-ng. The guest sees this host's filesystem (read-only over virtiofs, with writable
+//! `./x vmtest`: the end-to-end suite inside Debian's and Ubuntu's kernels, booted under qemu
+//! with virtme-ng. The guest sees this host's filesystem (read-only over virtiofs, with writable
 //! overlays on /tmp, /etc, /var ...), so the binaries cargo built here run there unchanged.
 //!
 //! Everything is installed and downloaded idempotently: qemu, udev and kmod from Debian,
 //! virtme-ng from PyPI, virtiofsd from crates.io (Debian 12 ships only the C one, which vng does
-//! not drive), and the kernels from the Debian archive into `/boot` and `/lib/modules`, which is
-//! where vng looks for a kernel's modules (given an image path instead, the guest gets none: no
-//! veth, no nf_tables).
+//! not drive), and the kernels from their archives (see [`kernels`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -18,36 +16,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo, output_ok, root, run, say};
 
-/// A Debian cloud kernel series of the matrix: the meta package that depends on the newest image
-/// of the series, and the suites that carry it.
-pub struct Series {
-    pub name: &'static str,
-    meta: &'static str,
-    /// The meta package's version starts with this (one meta package name spans 5.10 and 6.1).
-    version_prefix: &'static str,
-}
+mod kernels;
+pub use kernels::{TestFiles, kernel, select};
 
-/// 5.10: Debian 11 (bullseye) and Amazon Linux 2's series; 6.1: Debian 12 and Amazon Linux
-/// 2023's; 6.12: the next LTS, the first with `tcp_send_reset`'s `reason` and socketless resets.
-pub const SERIES: &[Series] = &[
-    Series {
-        name: "5.10",
-        meta: "linux-image-cloud-amd64",
-        version_prefix: "5.10.",
-    },
-    Series {
-        name: "6.1",
-        meta: "linux-image-cloud-amd64",
-        version_prefix: "6.1.",
-    },
-    Series {
-        name: "6.12",
-        meta: "linux-image-6.12-cloud-amd64",
-        version_prefix: "6.12.",
-    },
-];
-
-const CACHE: &str = "/var/cache/rst-trace-vm";
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "udev",
@@ -57,13 +28,6 @@ const APT_PACKAGES: &[&str] = &[
 ];
 const VIRTME_NG: &str = "1.42";
 const VIRTIOFSD: &str = "1.14.0";
-const SOURCES: &str = "\
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bullseye-security main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
-";
-
 /// Tests left out in the guests, with why. They run on the host's kernel; nothing in them
 /// depends on the kernel version.
 pub const GUEST_SKIPS: &[(&str, &str)] = &[(
@@ -85,38 +49,6 @@ pub struct Outcome {
     pub passed: u64,
     pub failed: u64,
     pub wall: Duration,
-}
-
-/// Resolves a name from the command line ("5.10", "6.1", "6.12", or "all").
-pub fn select(names: &[String]) -> Result<Vec<&'static Series>> {
-    if names.is_empty() || names.iter().any(|n| n == "all") {
-        return Ok(SERIES.iter().collect());
-    }
-    names
-        .iter()
-        .map(|n| {
-            SERIES.iter().find(|s| s.name == n).with_context(|| {
-                let known: Vec<&str> = SERIES.iter().map(|s| s.name).collect();
-                format!("unknown kernel {n:?}: choose from {}", known.join(", "))
-            })
-        })
-        .collect()
-}
-
-fn apt_private() -> Vec<String> {
-    let c = Path::new(CACHE).join("apt");
-    vec![
-        format!(
-            "-oDir::Etc::SourceList={}",
-            c.join("sources.list").display()
-        ),
-        "-oDir::Etc::SourceParts=/dev/null".into(),
-        format!("-oDir::State::Lists={}", c.join("lists").display()),
-        format!("-oDir::Cache={}", c.display()),
-        "-oDir::State::status=/dev/null".into(),
-        "-oAPT::Sandbox::User=root".into(),
-        "-qq".into(),
-    ]
 }
 
 /// qemu, udev, kmod, virtme-ng and virtiofsd.
@@ -153,55 +85,6 @@ pub fn setup_tools() -> Result<()> {
     Ok(())
 }
 
-/// The installed kernel release of `s` (e.g. "6.1.0-57-cloud-amd64"), downloading and
-/// installing it the first time. A kernel once installed is kept: later runs need no network.
-pub fn kernel(s: &Series) -> Result<String> {
-    let marker = Path::new(CACHE).join(format!("{}.release", s.name));
-    if let Ok(kver) = std::fs::read_to_string(&marker) {
-        let kver = kver.trim().to_owned();
-        if installed(&kver) {
-            say(&format!("kernel {} present: {kver}", s.name));
-            return Ok(kver);
-        }
-    }
-    let apt = Path::new(CACHE).join("apt");
-    std::fs::create_dir_all(apt.join("lists/partial"))?;
-    std::fs::create_dir_all(apt.join("archives/partial"))?;
-    std::fs::write(apt.join("sources.list"), SOURCES)?;
-    if !apt
-        .join("lists")
-        .read_dir()?
-        .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().contains("bullseye")))
-    {
-        say("updating the private apt lists (bullseye, bookworm)");
-        run(Command::new("apt-get").args(apt_private()).arg("update"))?;
-    }
-    let image = image_package(s)?;
-    say(&format!("downloading {image}"));
-    let debs = Path::new(CACHE).join("debs");
-    std::fs::create_dir_all(&debs)?;
-    run(Command::new("apt-get")
-        .current_dir(&debs)
-        .args(apt_private())
-        .args(["download", &image]))?;
-    let deb = std::fs::read_dir(&debs)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{image}_")))
-        })
-        .with_context(|| format!("{image}: no .deb after download"))?;
-    let kver = image
-        .strip_prefix("linux-image-")
-        .context("image package name")?
-        .to_owned();
-    install_deb(&deb, &kver)?;
-    std::fs::write(&marker, &kver)?;
-    say(&format!("kernel {} installed: {kver}", s.name));
-    Ok(kver)
-}
-
 /// `vng`: on PATH, or in the scripts directory of the python3 pip installed it for (a
 /// version manager's shims may not know a freshly installed script yet).
 fn vng() -> PathBuf {
@@ -217,74 +100,9 @@ fn vng() -> PathBuf {
     .unwrap_or_else(|| PathBuf::from("vng"))
 }
 
-fn installed(kver: &str) -> bool {
-    Path::new(&format!("/boot/vmlinuz-{kver}")).is_file()
-        && Path::new(&format!("/lib/modules/{kver}/modules.dep")).is_file()
-}
-
-/// The image package the newest meta package of the series depends on.
-fn image_package(s: &Series) -> Result<String> {
-    let out = output_ok(
-        Command::new("apt-cache")
-            .args(apt_private())
-            .args(["show", s.meta]),
-    )
-    .with_context(|| format!("apt-cache show {}", s.meta))?;
-    let mut best: Option<(String, String)> = None;
-    for stanza in out.split("\n\n") {
-        let field = |name: &str| {
-            stanza
-                .lines()
-                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
-        };
-        let (Some(version), Some(depends)) = (field("Version:"), field("Depends:")) else {
-            continue;
-        };
-        if !version.starts_with(s.version_prefix) {
-            continue;
-        }
-        let newer = best.as_ref().is_none_or(|(v, _)| {
-            Command::new("dpkg")
-                .args(["--compare-versions", &version, "gt", v])
-                .status()
-                .is_ok_and(|st| st.success())
-        });
-        if newer {
-            let image = depends
-                .split(',')
-                .map(|d| d.split_whitespace().next().unwrap_or_default().to_owned())
-                .find(|d| d.starts_with("linux-image-"))
-                .with_context(|| format!("{} {version}: no image dependency", s.meta))?;
-            best = Some((version, image));
-        }
-    }
-    best.map(|(_, image)| image)
-        .with_context(|| format!("no {} {}* in the archive", s.meta, s.version_prefix))
-}
-
-fn install_deb(deb: &Path, kver: &str) -> Result<()> {
-    let x = Path::new(CACHE).join(format!("x-{kver}"));
-    let _ = std::fs::remove_dir_all(&x);
-    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&x))?;
-    std::fs::copy(
-        x.join(format!("boot/vmlinuz-{kver}")),
-        format!("/boot/vmlinuz-{kver}"),
-    )?;
-    let modules = PathBuf::from(format!("/lib/modules/{kver}"));
-    let _ = std::fs::remove_dir_all(&modules);
-    std::fs::create_dir_all("/lib/modules")?;
-    run(Command::new("cp")
-        .arg("-a")
-        .arg(x.join(format!("lib/modules/{kver}")))
-        .arg(&modules))?;
-    run(Command::new("depmod").arg(kver))?;
-    std::fs::remove_dir_all(&x)?;
-    Ok(())
-}
-
-/// The end-to-end test executables (tests/tests/*.rs) the guests run, built: all but
-/// [`GUEST_SKIP_FILES`].
-pub fn e2e_executables() -> Result<Vec<PathBuf>> {
+/// The end-to-end test executables (tests/tests/NAME.rs) the guests run, built, with their
+/// NAME: all but [`GUEST_SKIP_FILES`].
+pub fn e2e_executables() -> Result<Vec<(String, PathBuf)>> {
     let out = cargo()
         .args([
             "test",
@@ -313,8 +131,13 @@ pub fn e2e_executables() -> Result<Vec<PathBuf>> {
         let skipped = GUEST_SKIP_FILES
             .iter()
             .any(|(name, _)| target["name"] == *name);
-        if let (true, false, Some(exe)) = (is_test, skipped, v["executable"].as_str()) {
-            exes.push(PathBuf::from(exe));
+        if let (true, false, Some(name), Some(exe)) = (
+            is_test,
+            skipped,
+            target["name"].as_str(),
+            v["executable"].as_str(),
+        ) {
+            exes.push((name.to_owned(), PathBuf::from(exe)));
         }
     }
     if exes.is_empty() {
