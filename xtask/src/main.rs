@@ -72,7 +72,7 @@ enum Cmd {
     /// kernels.
     Vmtest {
         /// Kernel series: 5.4 and 5.15 (Ubuntu 20.04's and 22.04's), 5.10, 6.1, 6.12 (Debian's
-        /// cloud kernels), or all (default: 5.10, 6.1, 6.12, the matrix of `./x test`).
+        /// cloud kernels), or all (the default: the matrix of `./x test`).
         kernels: Vec<String>,
         /// Test name filters, after `--`.
         #[arg(last = true)]
@@ -428,7 +428,7 @@ fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
         say(&format!("in the guests, not run: {t} ({why})"));
     }
     for (f, why) in vm::GUEST_SKIP_FILES {
-        say(&format!("in the guests, not run: tests/tests/{f}/ ({why})"));
+        say(&format!("in the guests, not run: the {f} tests ({why})"));
     }
     // Per kernel, the executables its series runs.
     let mut runs = Vec::new();
@@ -437,7 +437,7 @@ fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
         for (name, exe) in &exes {
             match s.not_run(name) {
                 Some(why) => say(&format!(
-                    "in {} ({kver}), not run: tests/tests/{name}.rs ({why})",
+                    "in {} ({kver}), not run: the {name} tests ({why})",
                     s.name
                 )),
                 None => run.push(exe.clone()),
@@ -446,7 +446,7 @@ fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
         if let vm::TestFiles::Only(files, _) = s.files {
             for f in files.iter().filter(|f| !exes.iter().any(|(n, _)| n == *f)) {
                 say(&format!(
-                    "in {} ({kver}): no tests/tests/{f}.rs to run",
+                    "in {} ({kver}): no {f} tests were built to run",
                     s.name
                 ));
             }

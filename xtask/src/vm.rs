@@ -35,7 +35,7 @@ pub const GUEST_SKIPS: &[(&str, &str)] = &[(
     "100k connections take minutes under TCG emulation; it measures rst-trace's memory, not the kernel",
 )];
 
-/// Test files (`tests/tests/NAME.rs`) whose binary is not run in the guests, with why. They run
+/// Test files (`tests/tests/NAME.rs` or `tests/tests/NAME/`) whose binary is not run in the guests, with why. They run
 /// on the host's kernel.
 pub const GUEST_SKIP_FILES: &[(&str, &str)] = &[(
     "containers",
@@ -100,7 +100,7 @@ fn vng() -> PathBuf {
     .unwrap_or_else(|| PathBuf::from("vng"))
 }
 
-/// The end-to-end test executables (tests/tests/NAME.rs) the guests run, built, with their
+/// The end-to-end test executables (tests/tests/NAME.rs or NAME/) the guests run, built, with their
 /// NAME: all but [`GUEST_SKIP_FILES`].
 pub fn e2e_executables() -> Result<Vec<(String, PathBuf)>> {
     let out = cargo()

@@ -71,7 +71,7 @@ deb [signed-by=/usr/share/keyrings/ubuntu-archive-keyring.gpg] http://security.u
     ],
 };
 
-/// Which test files (`tests/tests/NAME.rs`) a series runs.
+/// Which test files (`tests/tests/NAME.rs` or `tests/tests/NAME/`) a series runs.
 pub enum TestFiles {
     All,
     /// Only these, and why not the others.
@@ -86,8 +86,6 @@ pub struct Series {
     meta: &'static str,
     /// The meta package's version starts with this (one meta package name spans 5.10 and 6.1).
     version_prefix: &'static str,
-    /// In the matrix that `./x test` and a bare `./x vmtest` run.
-    default: bool,
     pub files: TestFiles,
 }
 
@@ -100,7 +98,6 @@ pub const SERIES: &[Series] = &[
         archive: &UBUNTU,
         meta: "linux-image-generic",
         version_prefix: "5.4.0.",
-        default: false,
         files: TestFiles::Only(
             &["startup"],
             "Linux 5.4 has no BPF ring buffer: rst-trace only says so and exits 1, \
@@ -112,7 +109,6 @@ pub const SERIES: &[Series] = &[
         archive: &DEBIAN,
         meta: "linux-image-cloud-amd64",
         version_prefix: "5.10.",
-        default: true,
         files: TestFiles::All,
     },
     Series {
@@ -120,7 +116,6 @@ pub const SERIES: &[Series] = &[
         archive: &UBUNTU,
         meta: "linux-image-generic",
         version_prefix: "5.15.0.",
-        default: false,
         files: TestFiles::All,
     },
     Series {
@@ -128,7 +123,6 @@ pub const SERIES: &[Series] = &[
         archive: &DEBIAN,
         meta: "linux-image-cloud-amd64",
         version_prefix: "6.1.",
-        default: true,
         files: TestFiles::All,
     },
     Series {
@@ -136,17 +130,14 @@ pub const SERIES: &[Series] = &[
         archive: &DEBIAN,
         meta: "linux-image-6.12-cloud-amd64",
         version_prefix: "6.12.",
-        default: true,
         files: TestFiles::All,
     },
 ];
 
-/// Resolves names from the command line ("5.4", "5.10", ... or "all"); none: the default matrix.
+/// Resolves names from the command line ("5.4", "5.10", ... or "all"); none: all of them, the
+/// matrix of `./x test`.
 pub fn select(names: &[String]) -> Result<Vec<&'static Series>> {
-    if names.is_empty() {
-        return Ok(SERIES.iter().filter(|s| s.default).collect());
-    }
-    if names.iter().any(|n| n == "all") {
+    if names.is_empty() || names.iter().any(|n| n == "all") {
         return Ok(SERIES.iter().collect());
     }
     names
@@ -164,7 +155,7 @@ pub fn select(names: &[String]) -> Result<Vec<&'static Series>> {
 }
 
 impl Series {
-    /// Why the series does not run test file `name` (`tests/tests/NAME.rs`), if it does not.
+    /// Why the series does not run test file `name` (`tests/tests/NAME.rs` or `tests/tests/NAME/`), if it does not.
     pub fn not_run(&self, name: &str) -> Option<&'static str> {
         match self.files {
             TestFiles::Only(files, why) if !files.contains(&name) => Some(why),
