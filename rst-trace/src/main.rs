@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, anyhow};
 use clap::Parser as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc::{UnboundedReceiver, unbounded_channel},
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
     time::{Instant, interval, sleep_until},
 };
 
@@ -147,26 +147,19 @@ fn announce(st: &State, tracer: &Tracer, count_in_kernel: bool, started: std::ti
     );
 }
 
-async fn run(settings: Settings) -> Result<()> {
-    kernel::check_privileges()?;
-    kernel::raise_memlock();
-    note_unknown_pids(&settings.pids);
-    // Before the (slower) start-up, so that SIGINT/SIGTERM meanwhile still end with status 0.
-    let mut stop = Stop {
-        sigint: signal(SignalKind::interrupt())?,
-        sigterm: signal(SignalKind::terminate())?,
-    };
-    let started = std::time::Instant::now();
-    let (mut tracer, mut ring) = start(&settings)?;
+/// The pipeline's state at start: every stage, empty, configured from the command line.
+fn new_state(
+    settings: &Settings,
+    tracer: &mut Tracer,
+    owners_tx: UnboundedSender<enrich::Answer>,
+    identities_tx: UnboundedSender<identity::Answer>,
+) -> Result<State> {
     let color = !settings.json && std::io::IsTerminal::is_terminal(&io::stdout());
     let fmt = if settings.json {
         Format::Json
     } else {
         Format::Text { color }
     };
-    let (owners_tx, owners) = unbounded_channel();
-    let (identities_tx, identities) = unbounded_channel();
-    let mut answers = Answers { owners, identities };
     let out = Out::stdout().context("standard output")?;
     let mut st = State {
         info: tracer.info.clone(),
@@ -198,6 +191,57 @@ async fn run(settings: Settings) -> Result<()> {
     if let Some(s) = &mut st.sink.summary {
         s.app_errors = tracer.app.is_on();
     }
+    if let Some(s) = &mut st.sink.summary {
+        s.app_errors = tracer.app.is_on();
+    }
+    Ok(st)
+}
+
+/// Events the kernel could not queue (ring full) and application errors it could not keep, so
+/// far: counted on stderr and in the summary and metrics, never lost silently.
+fn report_losses(st: &mut State, tracer: &Tracer) -> Result<()> {
+    let lost = kernel::lost_total(&tracer.ebpf)?;
+    st.stacks_tick(lost);
+    st.sink.lost(lost);
+    st.sink
+        .app_losses(kernel::app_lost_total(&tracer.ebpf)?, st.noticing.evicted);
+    Ok(())
+}
+
+/// The last words at exit: losses, the summary, malformed records, and a write error.
+fn finish(st: &mut State, tracer: &Tracer, count_in_kernel: bool) -> Result<()> {
+    report_losses(st, tracer)?;
+    if let Some(s) = st.summary_now(&tracer, count_in_kernel) {
+        st.sink.out.line(&s);
+    }
+    st.sink.out.flush();
+    if st.bad_records > 0 {
+        eprintln!(
+            "rst-trace: warning: {} malformed ring records skipped",
+            st.bad_records
+        );
+    }
+    match st.sink.out.error.take() {
+        Some(e) => Err(anyhow!("writing to stdout: {e}")),
+        None => Ok(()),
+    }
+}
+
+async fn run(settings: Settings) -> Result<()> {
+    kernel::check_privileges()?;
+    kernel::raise_memlock();
+    note_unknown_pids(&settings.pids);
+    // Before the (slower) start-up, so that SIGINT/SIGTERM meanwhile still end with status 0.
+    let mut stop = Stop {
+        sigint: signal(SignalKind::interrupt())?,
+        sigterm: signal(SignalKind::terminate())?,
+    };
+    let started = std::time::Instant::now();
+    let (mut tracer, mut ring) = start(&settings)?;
+    let (owners_tx, owners) = unbounded_channel();
+    let (identities_tx, identities) = unbounded_channel();
+    let mut answers = Answers { owners, identities };
+    let mut st = new_state(&settings, &mut tracer, owners_tx, identities_tx)?;
     if let Some(addr) = settings.metrics {
         let shared = metrics::Shared::default();
         let bound = metrics::serve(addr, shared.clone()).await?;
@@ -226,25 +270,7 @@ async fn run(settings: Settings) -> Result<()> {
     if !done && !st.sink.out.broken {
         st.app_tick(true);
     }
-    let lost = kernel::lost_total(&tracer.ebpf)?;
-    st.stacks_tick(lost);
-    st.sink.lost(lost);
-    st.sink
-        .app_losses(kernel::app_lost_total(&tracer.ebpf)?, st.noticing.evicted);
-    if let Some(s) = st.summary_now(&tracer, count_in_kernel) {
-        st.sink.out.line(&s);
-    }
-    st.sink.out.flush();
-    if st.bad_records > 0 {
-        eprintln!(
-            "rst-trace: warning: {} malformed ring records skipped",
-            st.bad_records
-        );
-    }
-    match st.sink.out.error.take() {
-        Some(e) => Err(anyhow!("writing to stdout: {e}")),
-        None => Ok(()),
-    }
+    finish(&mut st, &tracer, count_in_kernel)
 }
 
 /// Until `--count`, `--duration`, a signal or a closed stdout: explains and prints the resets as
@@ -309,11 +335,7 @@ async fn event_loop(
             _ = stop.sigterm.recv() => break,
             () = sleep_until(deadline) => break,
             _ = lost_tick.tick() => {
-                let lost = kernel::lost_total(&tracer.ebpf)?;
-                st.stacks_tick(lost);
-                st.sink.lost(lost);
-                st.sink
-                    .app_losses(kernel::app_lost_total(&tracer.ebpf)?, st.noticing.evicted);
+                report_losses(st, tracer)?;
                 st.sink.insert_failures(kernel::insert_failures(&tracer.ebpf)?);
                 st.sink.unlabelled(st.identity.gave_up);
                 if let Err(e) = tracer.poll_reject() {

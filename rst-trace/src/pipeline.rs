@@ -138,7 +138,7 @@ impl State {
     /// A failing application call: joined to its reset, or on its own.
     fn app_error(&mut self, e: AppError) {
         let mut out = Vec::new();
-        self.noticing.app_error(e, &mut out);
+        self.noticing.app_error(e, Clock::mono_now(), &mut out);
         self.app_outcomes(out);
     }
 

@@ -21,9 +21,11 @@ pub const FORGET_NS: u64 = 600_000_000_000;
 /// Resets remembered at most; beyond, the oldest are forgotten (counted in `evicted`). Each
 /// costs about 300 bytes: 5 MiB at most.
 const PENDING_MAX: usize = 16_384;
-/// A call whose reset has not been printed yet waits this long for it: received resets are held
-/// 25 ms for their sender, and a reset waits up to 500 ms for its container's identity.
-const EARLY_WAIT_NS: u64 = 1_000_000_000;
+/// A call whose reset has not been printed yet waits this long for it, from when userspace read
+/// it: received resets are held 25 ms for their sender, and a reset waits up to 500 ms for its
+/// container's identity. (Not from the call's kernel time: reading and symbolizing its stacks
+/// can take longer than that on a slow machine, and the reset, read first, is still on its way.)
+pub const EARLY_WAIT_NS: u64 = 1_000_000_000;
 const EARLY_MAX: usize = 8_192;
 
 /// A socket: its address and cookie (0 if the kernel never generated one). The address alone
@@ -73,9 +75,10 @@ pub enum Outcome {
 
 #[derive(Default)]
 pub struct Noticing {
-    /// Calls waiting for their reset, by socket, with their arrival order.
+    /// Calls waiting for their reset, by socket, with their arrival order: (socket, the call's
+    /// kernel time, when userspace read it).
     early: HashMap<Sock, AppError>,
-    early_order: VecDeque<(Sock, u64)>,
+    early_order: VecDeque<(Sock, u64, u64)>,
     /// Resets waiting for their call, by socket; `order` in reset time, `late` those announced
     /// as not noticed. (The queues may hold entries already joined: they are skipped, and
     /// compacted once they outgrow the maps.)
@@ -113,8 +116,8 @@ impl Noticing {
         }
     }
 
-    /// A failing call arrived.
-    pub fn app_error(&mut self, e: AppError, out: &mut Vec<Outcome>) {
+    /// A failing call arrived (read by userspace at `now`, monotonic ns).
+    pub fn app_error(&mut self, e: AppError, now: u64, out: &mut Vec<Outcome>) {
         let k = key(e.skaddr, e.cookie);
         if self
             .pending
@@ -135,12 +138,12 @@ impl Noticing {
             out.push(Outcome::Alone(e));
             return;
         }
-        self.early_order.push_back((k, e.mono_ns));
+        self.early_order.push_back((k, e.mono_ns, now));
         self.early.insert(k, e);
         if self.early_order.len() > 2 * EARLY_MAX {
             let early = &self.early;
             self.early_order
-                .retain(|(k, t)| early.get(k).is_some_and(|e| e.mono_ns == *t));
+                .retain(|(k, t, _)| early.get(k).is_some_and(|e| e.mono_ns == *t));
         }
     }
 
@@ -207,8 +210,8 @@ impl Noticing {
     /// resets not noticed within the window are announced, old ones forgotten. With `force`
     /// (the end of the run) every call and every unannounced reset goes out now.
     pub fn tick(&mut self, now: u64, force: bool, out: &mut Vec<Outcome>) {
-        while let Some(&(k, t)) = self.early_order.front() {
-            if !force && now.saturating_sub(t) < EARLY_WAIT_NS {
+        while let Some(&(k, t, arrived)) = self.early_order.front() {
+            if !force && now.saturating_sub(arrived) < EARLY_WAIT_NS {
                 break;
             }
             self.early_order.pop_front();

@@ -1,6 +1,9 @@
 use rst_trace_common::{APP_SO_ERROR, AppErrorEvent, ECONNRESET, ETIMEDOUT, StackIds, Task};
 
-use super::{join::awaits_app, *};
+use super::{
+    join::{EARLY_WAIT_NS, awaits_app},
+    *,
+};
 use crate::{
     explain::{Direction, Report, TcpState, cond},
     filter::tests_support::report,
@@ -83,7 +86,7 @@ fn timeouts_alone_say_which_timer() {
 fn a_call_before_the_reset_is_printed_is_attached() {
     let mut n = Noticing::new(true);
     let mut out = Vec::new();
-    n.app_error(call(7, 5 * S + 3), &mut out);
+    n.app_error(call(7, 5 * S + 3), 5 * S + 3, &mut out);
     assert!(out.is_empty());
     let mut r = reset(7, 5 * S);
     n.reset_printed(&mut r);
@@ -94,6 +97,24 @@ fn a_call_before_the_reset_is_printed_is_attached() {
     assert!(out.is_empty(), "{out:?}");
 }
 
+/// The call's wait for its reset starts when userspace reads it, not at its kernel time: its
+/// stacks may take seconds to symbolize on a slow machine while the reset, read before it, is
+/// still held for its sender or its container.
+#[test]
+fn a_call_read_late_still_waits_for_its_reset() {
+    let mut n = Noticing::new(true);
+    let mut out = Vec::new();
+    let read_at = 5 * S + 3 * S;
+    n.app_error(call(7, 5 * S + 3), read_at, &mut out);
+    n.tick(read_at + EARLY_WAIT_NS - 1, false, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    let mut r = reset(7, 5 * S);
+    n.reset_printed(&mut r);
+    assert_eq!(r.app_notice.expect("attached").delay_ns, 3);
+    n.tick(read_at + 2 * EARLY_WAIT_NS, false, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+}
+
 #[test]
 fn a_later_call_is_joined_once_with_its_delay() {
     let mut n = Noticing::new(true);
@@ -101,7 +122,7 @@ fn a_later_call_is_joined_once_with_its_delay() {
     let mut r = reset(7, 5 * S);
     n.reset_printed(&mut r);
     assert!(r.app_notice.is_none());
-    n.app_error(call(7, 6 * S), &mut out);
+    n.app_error(call(7, 6 * S), 6 * S, &mut out);
     match &out[..] {
         [Outcome::Joined(j)] => {
             assert_eq!(j.delay_ns, S);
@@ -111,7 +132,7 @@ fn a_later_call_is_joined_once_with_its_delay() {
     }
     // The next failing call on it (another socket at the address, say) stands alone.
     out.clear();
-    n.app_error(call(7, 7 * S), &mut out);
+    n.app_error(call(7, 7 * S), 7 * S, &mut out);
     n.tick(7 * S + 2 * S, false, &mut out);
     assert!(matches!(&out[..], [Outcome::Alone(_)]), "{out:?}");
 }
@@ -121,7 +142,7 @@ fn calls_never_join_with_a_negative_delay_or_another_socket() {
     let mut n = Noticing::new(true);
     let mut out = Vec::new();
     // A call that failed before the reset is not its consequence.
-    n.app_error(call(7, 4 * S), &mut out);
+    n.app_error(call(7, 4 * S), 4 * S, &mut out);
     let mut r = reset(7, 5 * S);
     n.reset_printed(&mut r);
     assert!(r.app_notice.is_none());
@@ -134,7 +155,7 @@ fn calls_never_join_with_a_negative_delay_or_another_socket() {
     out.clear();
     let mut other = call(7, 6 * S);
     other.cookie = Some(10);
-    n.app_error(other, &mut out);
+    n.app_error(other, 6 * S, &mut out);
     assert!(out.is_empty());
     n.tick(8 * S, false, &mut out);
     assert!(matches!(&out[..], [Outcome::Alone(_)]), "{out:?}");
@@ -156,7 +177,7 @@ fn unnoticed_resets_are_announced_once_then_still_joined() {
     out.clear();
     n.tick(S + 2 * NOTICE_WINDOW_NS, false, &mut out);
     assert!(out.is_empty(), "announced once: {out:?}");
-    n.app_error(call(7, 30 * S), &mut out);
+    n.app_error(call(7, 30 * S), 30 * S, &mut out);
     assert!(
         matches!(&out[..], [Outcome::Joined(j)] if j.delay_ns == 29 * S),
         "{out:?}"
@@ -196,7 +217,7 @@ fn a_reused_address_keeps_each_sockets_call() {
     for cookie in 1..=3u64 {
         let mut e = call(7, cookie * S + 1);
         e.cookie = Some(cookie);
-        n.app_error(e, &mut out);
+        n.app_error(e, cookie * S + 1, &mut out);
     }
     assert!(out.is_empty(), "{out:?}");
     for cookie in 1..=3u64 {
