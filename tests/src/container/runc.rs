@@ -49,75 +49,17 @@ impl RuncContainer {
              `./x test` installs it)"
         );
         let id = format!("{}{}", random_hex32(), random_hex32());
-        let u = random_hex32();
-        let pod_uid = format!(
-            "{}-{}-{}-{}-{}",
-            &u[..8],
-            &u[8..12],
-            &u[12..16],
-            &u[16..20],
-            &u[20..]
-        );
+        let pod_uid = random_uuid();
         let cgroup_path = format!("/kubepods/besteffort/pod{pod_uid}/{id}");
         let bundle = Path::new(CONTAINERD_K8S_TASKS).join(&id);
-        let rootfs = bundle.join("rootfs");
-        for d in ["proc", "dev"] {
-            std::fs::create_dir_all(rootfs.join(d))
-                .unwrap_or_else(|e| panic!("mkdir {}: {e}", rootfs.display()));
-        }
-        std::fs::copy(static_peer_bin(), rootfs.join("rstt-peer")).expect("copy rstt-peer");
         let args: Vec<String> = ["/rstt-peer", "--name", comm]
             .iter()
             .chain(steps)
             .map(|s| (*s).to_owned())
             .collect();
-        let caps = ["CAP_NET_BIND_SERVICE", "CAP_KILL"];
-        let config = json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": false,
-                "user": {"uid": 0, "gid": 0},
-                "args": args,
-                "env": ["PATH=/"],
-                "cwd": "/",
-                "capabilities": {
-                    "bounding": caps, "effective": caps, "permitted": caps,
-                },
-                "noNewPrivileges": true,
-            },
-            "root": {"path": "rootfs", "readonly": true},
-            "hostname": pod.pod,
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            ],
-            // What containerd's CRI plugin writes for a pod's (non-sandbox) container.
-            "annotations": {
-                "io.kubernetes.cri.container-type": "container",
-                "io.kubernetes.cri.container-name": pod.container,
-                "io.kubernetes.cri.sandbox-id": format!("{}{}", random_hex32(), random_hex32()),
-                "io.kubernetes.cri.sandbox-name": pod.pod,
-                "io.kubernetes.cri.sandbox-namespace": pod.namespace,
-                "io.kubernetes.cri.sandbox-uid": pod_uid,
-            },
-            "linux": {
-                "cgroupsPath": cgroup_path,
-                "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-                "namespaces": [
-                    {"type": "pid"},
-                    {"type": "ipc"},
-                    {"type": "uts"},
-                    {"type": "mount"},
-                    {"type": "network", "path": format!("/run/netns/{}", ns.name)},
-                ],
-            },
-        });
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec_pretty(&config).expect("config.json"),
-        )
-        .expect("write config.json");
+        let config = oci_config(ns, pod, &args, &pod_uid, &cgroup_path);
+        write_bundle(&bundle, &config);
+        // Held until the peer runs: `runc run` creates the kubepods parents by then.
         let guard = CGROUP_PARENTS.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = Command::new(RUNC)
             .args(["--root", RUNC_ROOT, "run", "--bundle"])
@@ -142,25 +84,109 @@ impl RuncContainer {
         };
         c.expect("pid 1");
         drop(guard);
-        // `runc run` writes its pid file (atomically) once the process runs: maybe after the
-        // peer's first line.
-        let file = c.bundle.join("pid");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        c.pid = loop {
-            if let Some(pid) = std::fs::read_to_string(&file)
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
-            {
-                break pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "runc wrote no pid file {} within 10 s",
-                file.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        c.pid = read_pid_file(&c.bundle.join("pid"));
         c
+    }
+}
+
+/// A random UUID, with its dashes (a pod UID).
+fn random_uuid() -> String {
+    let u = random_hex32();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &u[..8],
+        &u[8..12],
+        &u[12..16],
+        &u[16..20],
+        &u[20..]
+    )
+}
+
+/// The bundle's config.json: the peer's process with `args`, in `ns`, with what containerd's CRI
+/// plugin writes for a pod's container (annotations, cgroup path).
+fn oci_config(
+    ns: &Netns,
+    pod: &CriPod,
+    args: &[String],
+    pod_uid: &str,
+    cgroup_path: &str,
+) -> serde_json::Value {
+    let caps = ["CAP_NET_BIND_SERVICE", "CAP_KILL"];
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+            },
+            "noNewPrivileges": true,
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": pod.pod,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        ],
+        // What containerd's CRI plugin writes for a pod's (non-sandbox) container.
+        "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": pod.container,
+            "io.kubernetes.cri.sandbox-id": format!("{}{}", random_hex32(), random_hex32()),
+            "io.kubernetes.cri.sandbox-name": pod.pod,
+            "io.kubernetes.cri.sandbox-namespace": pod.namespace,
+            "io.kubernetes.cri.sandbox-uid": pod_uid,
+        },
+        "linux": {
+            "cgroupsPath": cgroup_path,
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
+                {"type": "network", "path": format!("/run/netns/{}", ns.name)},
+            ],
+        },
+    })
+}
+
+/// Makes the bundle: a rootfs holding only the static peer (and mount points), and `config`.
+fn write_bundle(bundle: &Path, config: &serde_json::Value) {
+    let rootfs = bundle.join("rootfs");
+    for d in ["proc", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d))
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", rootfs.display()));
+    }
+    std::fs::copy(static_peer_bin(), rootfs.join("rstt-peer")).expect("copy rstt-peer");
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(config).expect("config.json"),
+    )
+    .expect("write config.json");
+}
+
+/// The pid in runc's `--pid-file`. `runc run` writes it (atomically) once the process runs:
+/// maybe after the peer's first line, so this waits for it.
+fn read_pid_file(file: &Path) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runc wrote no pid file {} within 10 s",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

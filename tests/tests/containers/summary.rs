@@ -17,41 +17,13 @@ fn summary_metrics_and_text_by_container_and_pod() {
     let by_pod = Tracer::start(&["--port", &p, "--quiet", "--summary", "--by", "pod"]);
     let (text, _) = spawn_attached(&["--port", &p]);
     let metrics = Tracer::start(&["--port", &p, "--quiet", "--metrics", "127.0.0.1:0"]);
-    let url = metrics
-        .stderr()
-        .iter()
-        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
-        .expect("metrics address line");
+    let url = metrics_url(&metrics);
     let (tracer, web, client) =
         docker_bridge(port, DockerRun::new("sum").k8s("sum-0", "shop", "api"));
     // The per-event tracer saw both resets, so the summaries must count them.
     sent_by(&tracer, web.pid);
     received_by(&tracer, client.pid());
-    let table = |t: Tracer| {
-        let (status, events) = t.stop();
-        assert!(status.success(), "rst-trace exit {status:?}");
-        events
-            .into_iter()
-            .find(|v| v["type"] == "summary")
-            .expect("a summary record")
-    };
-    let rows = |v: &Value, key: &str| -> Vec<(String, String, u64)> {
-        let mut r: Vec<_> = v["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .map(|r| {
-                (
-                    r[key].as_str().unwrap_or_default().to_owned(),
-                    r["condition"].as_str().unwrap_or_default().to_owned(),
-                    r["count"].as_u64().unwrap_or_default(),
-                )
-            })
-            .collect();
-        r.sort();
-        r
-    };
-    let c = table(by_container);
+    let c = summary_of(by_container);
     assert_eq!(
         rows(&c, "container"),
         [
@@ -60,7 +32,7 @@ fn summary_metrics_and_text_by_container_and_pod() {
         ],
         "{c:#}"
     );
-    let p = table(by_pod);
+    let p = summary_of(by_pod);
     assert_eq!(
         rows(&p, "pod"),
         [
@@ -75,19 +47,7 @@ fn summary_metrics_and_text_by_container_and_pod() {
     );
     // Metrics: the container and pod labels.
     let want = r#"rst_trace_resets_total{direction="sent",condition="close_with_unread_data",comm="rstt-web",container="api",pod="shop/sum-0"} 1"#;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let body = loop {
-        let body = ureq::get(&url)
-            .call()
-            .expect("scrape")
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        if body.contains(want) || std::time::Instant::now() > deadline {
-            break body;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let body = scrape_until(&url, want);
     assert!(body.contains(want), "{want} not in:\n{body}");
     drop(metrics);
     // The text line: the container's process with its pod.
@@ -98,4 +58,59 @@ fn summary_metrics_and_text_by_container_and_pod() {
     let want = format!(" SENT rstt-web[{}]@shop/sum-0 ", web.pid);
     assert!(out.contains(&want), "{want:?} not in:\n{out}");
     drop(tracer);
+}
+
+/// Stops a `--summary` tracer and returns its summary record.
+fn summary_of(t: Tracer) -> Value {
+    let (status, events) = t.stop();
+    assert!(status.success(), "rst-trace exit {status:?}");
+    events
+        .into_iter()
+        .find(|v| v["type"] == "summary")
+        .expect("a summary record")
+}
+
+/// A summary's rows as (`key`'s value, condition, count), sorted.
+fn rows(v: &Value, key: &str) -> Vec<(String, String, u64)> {
+    let mut r: Vec<_> = v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r[key].as_str().unwrap_or_default().to_owned(),
+                r["condition"].as_str().unwrap_or_default().to_owned(),
+                r["count"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    r.sort();
+    r
+}
+
+/// The address `--metrics 127.0.0.1:0` bound, from the tracer's ready lines.
+fn metrics_url(tracer: &Tracer) -> String {
+    tracer
+        .stderr()
+        .iter()
+        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
+        .expect("metrics address line")
+}
+
+/// Scrapes `url` until the body contains `want` (the counters lag the resets), for up to 10 s;
+/// returns the last body.
+fn scrape_until(url: &str, want: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = ureq::get(url)
+            .call()
+            .expect("scrape")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if body.contains(want) || std::time::Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

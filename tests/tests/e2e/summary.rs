@@ -1,6 +1,8 @@
 //! Counts instead of events: `--metrics`, and `--summary` at exit, in the kernel and per interval.
 
-use rst_trace_tests::{Netns, Peer, Scenario, Tracer};
+use std::collections::BTreeMap;
+
+use rst_trace_tests::{Netns, Peer, Scenario, Tracer, Value};
 
 /// `--metrics`: a real HTTP client scrapes the Prometheus text during a scenario.
 #[test]
@@ -9,29 +11,13 @@ fn metrics_are_served_and_count_resets() {
         Scenario::new("metrics")
             .port(20041)
             .tracer(&["--quiet", "--metrics", "127.0.0.1:0"]);
-    let url = tracer
-        .stderr()
-        .iter()
-        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
-        .expect("metrics address line");
+    let url = metrics_url(&tracer);
     for _ in 0..2 {
         let c = Peer::spawn(&ns, "rstt-metrics", &["connect=127.0.0.1:20041"]);
         c.expect("errno ECONNREFUSED");
     }
     let want = r#"rst_trace_resets_total{direction="received",condition="connection_refused",comm="rstt-metrics",container="-",pod="-"} 2"#;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let body = loop {
-        let body = ureq::get(&url)
-            .call()
-            .expect("scrape")
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        if body.contains(want) || std::time::Instant::now() > deadline {
-            break body;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let body = scrape_until(&url, want);
     assert!(body.contains(want), "{body}");
     assert!(
         body.contains(
@@ -46,6 +32,33 @@ fn metrics_are_served_and_count_resets() {
     let (status, events) = tracer.stop();
     assert!(status.success());
     assert!(events.is_empty(), "--quiet printed events: {events:?}");
+}
+
+/// The address `--metrics 127.0.0.1:0` bound, from the tracer's ready lines.
+fn metrics_url(tracer: &Tracer) -> String {
+    tracer
+        .stderr()
+        .iter()
+        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
+        .expect("metrics address line")
+}
+
+/// Scrapes `url` until the body contains `want` (the counters lag the resets), for up to 10 s;
+/// returns the last body.
+fn scrape_until(url: &str, want: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let body = ureq::get(url)
+            .call()
+            .expect("scrape")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if body.contains(want) || std::time::Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// `--summary` prints a table at exit (JSON here), counting by process, condition, direction.
@@ -96,7 +109,6 @@ fn summary_at_exit() {
 /// counted as received).
 #[test]
 fn summary_counted_in_kernel_agrees_with_per_event() {
-    use std::collections::BTreeMap;
     let ns = Netns::new("kcount");
     let ports = ["--port", "20045", "--port", "20046"];
     let per_event = Tracer::start(&ports);
@@ -109,12 +121,43 @@ fn summary_counted_in_kernel_agrees_with_per_event() {
         let c = Peer::spawn(&ns, "rstt-kcount", &["connect=127.0.0.1:20046"]);
         c.expect("errno ECONNREFUSED");
     }
-    // close() with unread data.
+    // Held until the tracers have stopped (dropping a Peer kills it).
+    let _client = close_with_unread_data(&ns, 20045);
+    let _peers = data_after_close(&ns, 20045);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, events) = per_event.stop();
+    assert!(status.success());
+    let (status, summary) = counted.stop();
+    assert!(status.success());
+    let want = per_event_counts(&events, ns.inode());
+    assert_eq!(summary.len(), 1, "{summary:#?}");
+    assert_eq!(summary_counts(&summary[0]), want);
+    // The scenario really had all three kinds (and no self-reset counted as received).
+    let count = |c: &str, d: &str| -> u64 {
+        want.iter()
+            .filter(|((_, cc, dd), _)| cc == c && dd == d)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!(count("connection_refused", "received"), 4, "{want:#?}");
+    assert_eq!(count("port_not_listening", "sent"), 4, "{want:#?}");
+    assert_eq!(count("close_with_unread_data", "sent"), 1, "{want:#?}");
+    assert_eq!(count("data_after_close", "sent"), 1, "{want:#?}");
+    assert_eq!(count("peer_reset", "received"), 2, "{want:#?}");
+}
+
+/// Reset counts by (process as `comm[pid]` or `-`, condition, direction): the summary's rows.
+type Counts = BTreeMap<(String, String, String), u64>;
+
+/// close() with unread data on `port`: the server resets its client. Returns the client; the
+/// server is gone (its port is free again).
+fn close_with_unread_data(ns: &Netns, port: u16) -> Peer {
+    let listen = format!("listen=127.0.0.1:{port}");
     let server = Peer::spawn(
-        &ns,
+        ns,
         "rstt-server",
         &[
-            "listen=127.0.0.1:20045",
+            &listen,
             "say=listening",
             "accept",
             "wait_unread=64",
@@ -124,19 +167,22 @@ fn summary_counted_in_kernel_agrees_with_per_event() {
         ],
     );
     server.expect("listening");
-    let client = Peer::spawn(
-        &ns,
-        "rstt-client",
-        &["connect=127.0.0.1:20045", "send=64", "read_err"],
-    );
+    let connect = format!("connect=127.0.0.1:{port}");
+    let client = Peer::spawn(ns, "rstt-client", &[&connect, "send=64", "read_err"]);
     client.expect("errno ECONNRESET");
     drop(server);
-    // Data after close: the server's socket aborts itself, then sends the RST.
+    client
+}
+
+/// Data after close on `port`: the server's socket aborts itself, then sends the RST. Returns
+/// the server and the client.
+fn data_after_close(ns: &Netns, port: u16) -> [Peer; 2] {
+    let listen = format!("listen=127.0.0.1:{port}");
     let server = Peer::spawn(
-        &ns,
+        ns,
         "rstt-server",
         &[
-            "listen=127.0.0.1:20045",
+            &listen,
             "say=listening",
             "accept",
             "linger2=120",
@@ -146,23 +192,23 @@ fn summary_counted_in_kernel_agrees_with_per_event() {
         ],
     );
     server.expect("listening");
+    let connect = format!("connect=127.0.0.1:{port}");
     let mut client = Peer::spawn(
-        &ns,
+        ns,
         "rstt-client",
-        &["connect=127.0.0.1:20045", "wait", "send=10", "read_err"],
+        &[&connect, "wait", "send=10", "read_err"],
     );
     server.expect("done");
     std::thread::sleep(std::time::Duration::from_millis(100));
     client.go();
     // It reads the server's FIN first ("eof"); the RST answers the data it sent after.
     client.expect("eof");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let (status, events) = per_event.stop();
-    assert!(status.success());
-    let (status, summary) = counted.stop();
-    assert!(status.success());
-    let inode = ns.inode();
-    let mut want: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    [server, client]
+}
+
+/// What a summary of `events` (the per-event tracer's) in namespace `inode` should count.
+fn per_event_counts(events: &[Value], inode: u64) -> Counts {
+    let mut want = Counts::new();
     for v in events
         .iter()
         .filter(|v| v["type"] == "rst" && v["netns"] == inode)
@@ -178,8 +224,12 @@ fn summary_counted_in_kernel_agrees_with_per_event() {
         );
         *want.entry(key).or_default() += 1;
     }
-    assert_eq!(summary.len(), 1, "{summary:#?}");
-    let got: BTreeMap<(String, String, String), u64> = summary[0]["rows"]
+    want
+}
+
+/// The rows of a summary record.
+fn summary_counts(summary: &Value) -> Counts {
+    summary["rows"]
         .as_array()
         .unwrap()
         .iter()
@@ -193,20 +243,7 @@ fn summary_counted_in_kernel_agrees_with_per_event() {
                 r["count"].as_u64().unwrap(),
             )
         })
-        .collect();
-    assert_eq!(got, want);
-    // The scenario really had all three kinds (and no self-reset counted as received).
-    let count = |c: &str, d: &str| -> u64 {
-        want.iter()
-            .filter(|((_, cc, dd), _)| cc == c && dd == d)
-            .map(|(_, n)| n)
-            .sum()
-    };
-    assert_eq!(count("connection_refused", "received"), 4, "{want:#?}");
-    assert_eq!(count("port_not_listening", "sent"), 4, "{want:#?}");
-    assert_eq!(count("close_with_unread_data", "sent"), 1, "{want:#?}");
-    assert_eq!(count("data_after_close", "sent"), 1, "{want:#?}");
-    assert_eq!(count("peer_reset", "received"), 2, "{want:#?}");
+        .collect()
 }
 
 /// `--summary --interval 1` prints the table periodically, not only at exit.
