@@ -211,7 +211,7 @@ fn report_losses(st: &mut State, tracer: &Tracer) -> Result<()> {
 /// The last words at exit: losses, the summary, malformed records, and a write error.
 fn finish(st: &mut State, tracer: &Tracer, count_in_kernel: bool) -> Result<()> {
     report_losses(st, tracer)?;
-    if let Some(s) = st.summary_now(&tracer, count_in_kernel) {
+    if let Some(s) = st.summary_now(tracer, count_in_kernel) {
         st.sink.out.line(&s);
     }
     st.sink.out.flush();
