@@ -220,6 +220,29 @@ fn filter_config(filter: &Filter, cfg: &mut Config) {
     }
 }
 
+/// The eBPF object with this kernel's configuration (offsets, filters' flags) in its globals.
+fn load_object(
+    cfg: &Config,
+    ring_size: u32,
+    hooks: Hooks,
+    aya_btf: Option<&aya::Btf>,
+) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    if let Some(b) = aya_btf {
+        loader.btf(b);
+    }
+    loader
+        .override_global(GLOBAL_CONFIG, cfg, true)
+        .map_max_entries(MAP_EVENTS, ring_size)
+        // Without --stacks the stack map is never written: 1 entry (~1 KiB), not 2 MiB.
+        .map_max_entries(
+            MAP_STACKS,
+            if hooks.stacks { STACKS_MAX_ENTRIES } else { 1 },
+        )
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)")
+}
+
 pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Result<Tracer> {
     require_ringbuf()?;
     // aya's own parse of vmlinux BTF (the loader and the BTF tracepoints need it; ~15 ms here)
@@ -248,22 +271,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
         Ok(Err(e)) => Err(anyhow!("aya cannot parse vmlinux BTF: {e}")),
         Err(_) => Err(anyhow!("aya's vmlinux BTF parse panicked")),
     };
-    let mut loader = EbpfLoader::new();
-    if let Ok(b) = &aya_btf {
-        loader.btf(b);
-    }
-    let mut ebpf = loader
-        .override_global(GLOBAL_CONFIG, &cfg, true)
-        .map_max_entries(MAP_EVENTS, ring_size)
-        // Without --stacks the stack map is never written: 1 entry (~1 KiB), not 2 MiB.
-        .map_max_entries(
-            MAP_STACKS,
-            if hooks.stacks { STACKS_MAX_ENTRIES } else { 1 },
-        )
-        .load(EBPF_OBJECT)
-        .context(
-            "loading the eBPF object (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)",
-        )?;
+    let mut ebpf = load_object(&cfg, ring_size, hooks, aya_btf.as_ref().ok())?;
     fill_filters(&mut ebpf, filter)?;
 
     // Owner tracking first, so no socket created meanwhile is missed; resets last.
