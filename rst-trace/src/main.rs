@@ -191,9 +191,6 @@ fn new_state(
     if let Some(s) = &mut st.sink.summary {
         s.app_errors = tracer.app.is_on();
     }
-    if let Some(s) = &mut st.sink.summary {
-        s.app_errors = tracer.app.is_on();
-    }
     Ok(st)
 }
 

@@ -35,8 +35,8 @@ pub const GUEST_SKIPS: &[(&str, &str)] = &[(
     "100k connections take minutes under TCG emulation; it measures rst-trace's memory, not the kernel",
 )];
 
-/// Test files (`tests/tests/NAME.rs` or `tests/tests/NAME/`) whose binary is not run in the guests, with why. They run
-/// on the host's kernel.
+/// Test files (`tests/tests/NAME.rs` or `tests/tests/NAME/`) whose binary is not run in the
+/// guests, with why. They run on the host's kernel.
 pub const GUEST_SKIP_FILES: &[(&str, &str)] = &[(
     "containers",
     "the guests have no container runtime: docker and runc need a dockerd and state the \

@@ -155,7 +155,8 @@ pub fn select(names: &[String]) -> Result<Vec<&'static Series>> {
 }
 
 impl Series {
-    /// Why the series does not run test file `name` (`tests/tests/NAME.rs` or `tests/tests/NAME/`), if it does not.
+    /// Why the series does not run test file `name` (`tests/tests/NAME.rs` or
+    /// `tests/tests/NAME/`), if it does not.
     pub fn not_run(&self, name: &str) -> Option<&'static str> {
         match self.files {
             TestFiles::Only(files, why) if !files.contains(&name) => Some(why),
@@ -185,7 +186,9 @@ impl Archive {
         ]
     }
 
-    /// Writes the sources and updates the lists unless every suite has its (signed) Release.
+    /// Writes the sources and updates the lists. Called only before a download, which needs the
+    /// network anyway: lists kept from an earlier run may name packages the archive has since
+    /// removed (superseded kernels are).
     fn lists(&self) -> Result<()> {
         if !Path::new(self.keyring).is_file() {
             if self.keyring != UBUNTU_KEYRING {
@@ -197,31 +200,10 @@ impl Archive {
         std::fs::create_dir_all(apt.join("lists/partial"))?;
         std::fs::create_dir_all(apt.join("archives/partial"))?;
         std::fs::write(apt.join("sources.list"), self.sources)?;
-        let have: Vec<String> = apt
-            .join("lists")
-            .read_dir()?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        let suites: Vec<&str> = self
-            .sources
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(3))
-            .collect();
-        let missing = suites.iter().any(|s| {
-            let release = format!("_dists_{s}_InRelease");
-            !have.iter().any(|f| f.ends_with(&release))
-        });
-        if missing {
-            say(&format!(
-                "updating the private apt lists ({}: {})",
-                self.name,
-                suites.join(", ")
-            ));
-            run(Command::new("apt-get")
-                .args(self.apt_private())
-                .arg("update"))?;
-        }
+        say(&format!("updating the private apt lists ({})", self.name));
+        run(Command::new("apt-get")
+            .args(self.apt_private())
+            .arg("update"))?;
         Ok(())
     }
 }
@@ -232,6 +214,7 @@ fn ubuntu_keyring() -> Result<()> {
     DEBIAN_BACKPORTS.lists()?;
     let dir = Path::new(CACHE).join("debs");
     std::fs::create_dir_all(&dir)?;
+    clear_debs(&dir, "ubuntu-keyring")?;
     run(Command::new("apt-get")
         .current_dir(&dir)
         .args(DEBIAN_BACKPORTS.apt_private())
@@ -247,6 +230,19 @@ fn ubuntu_keyring() -> Result<()> {
     Ok(())
 }
 
+/// Removes earlier downloads of `package` from `dir`, so that [`find_deb`] finds the one about
+/// to be downloaded.
+fn clear_debs(dir: &Path, package: &str) -> Result<()> {
+    let prefix = format!("{package}_");
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The one `.deb` of `package` in `dir` (see [`clear_debs`]).
 fn find_deb(dir: &Path, package: &str) -> Result<std::path::PathBuf> {
     std::fs::read_dir(dir)?
         .flatten()
@@ -284,6 +280,9 @@ pub fn kernel(s: &Series) -> Result<String> {
     say(&format!("downloading {}", packages.join(" ")));
     let debs = Path::new(CACHE).join("debs");
     std::fs::create_dir_all(&debs)?;
+    for p in &packages {
+        clear_debs(&debs, p)?;
+    }
     run(Command::new("apt-get")
         .current_dir(&debs)
         .args(s.archive.apt_private())
