@@ -21,6 +21,9 @@ use crate::{
 /// Records taken from the ring per turn of the event loop.
 const DRAIN_BATCH: u32 = 16_384;
 
+/// Released reports' buffer kept between turns, in reports.
+const READY_KEPT: usize = 64;
+
 /// What [`State::drain_some`] left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drained {
@@ -228,6 +231,9 @@ impl State {
                 done = self.finish(&mut report);
             }
         }
+        // A full identity queue can release thousands at once: that buffer is not kept for the
+        // life of the process.
+        ready.shrink_to(READY_KEPT);
         self.ready = ready;
         done
     }

@@ -286,6 +286,30 @@ fn waiting_reports_keep_order() {
     assert!(w.is_empty());
 }
 
+/// A storm behind a slow look-up: at most MAX_QUEUED reports wait, the oldest going on (without
+/// its identity if it has none yet), and the queue's buffer never grows past that.
+#[test]
+fn waiting_queue_stays_within_its_bound() {
+    use crate::{explain::Direction, filter::tests_support::report};
+
+    let t = TempRoots::new("bound");
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut w = Waiting::start(t.roots.clone(), tx);
+    let mut out = Vec::new();
+    let extra = 10;
+    for i in 0..wait::MAX_QUEUED + extra {
+        let mut r = report(Some(1000), "storm", 80, 4000, Direction::Sent);
+        // A cgroup id no directory has: never in the cache while the queue fills.
+        r.process.as_mut().unwrap().cgroup = u64::MAX - i as u64;
+        w.submit(r, &mut out);
+    }
+    // At least the overflow went on (more if the resolver answered meanwhile: its answer for
+    // an unknown cgroup is cached too), and no more was held than the bound.
+    assert!(out.len() >= extra, "{}", out.len());
+    assert!(w.gave_up <= out.len() as u64);
+    assert!(w.capacity() <= wait::MAX_QUEUED, "{}", w.capacity());
+}
+
 /// `--container` matches a name, the Kubernetes container name or an id prefix; `--pod` a
 /// pod, with or without its namespace.
 #[test]

@@ -66,15 +66,24 @@ impl Waiting {
             out.push(report);
             return;
         }
+        // Full: the head goes on as it is, before the push, so that the queue never holds more
+        // than MAX_QUEUED (one more would double its buffer for the life of the process).
+        let full = self.queue.len() >= MAX_QUEUED;
+        if full && let Some((head, _)) = self.queue.pop_front() {
+            self.gave_up += u64::from(!is_labelled(&head));
+            out.push(head);
+        }
         self.queue.push_back((report, Instant::now() + MAX_WAIT));
-        if self.queue.len() > MAX_QUEUED
-            && let Some((report, _)) = self.queue.pop_front()
-        {
-            // The head goes on as it is; those behind it follow as soon as they are complete.
-            self.gave_up += u64::from(!is_labelled(&report));
-            out.push(report);
+        if full {
+            // Those behind the head follow as soon as they are complete.
             self.release(Instant::now(), false, out);
         }
+    }
+
+    /// The queue's buffer, in reports.
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity()
     }
 
     /// A resolver answer came (it is cached now, so the answer itself is not needed): the
