@@ -6,7 +6,7 @@
 //! asks the resolver's thread and parks the report; the answer comes back through the event
 //! loop ([`Waiting::answered`]). A report never waits longer than [`MAX_WAIT`]: it then goes
 //! out without the missing identity, and the miss is counted ([`Waiting::gave_up`]) and
-//! reported on stderr; so does the oldest when more than [`MAX_QUEUED`] wait.
+//! reported on stderr; so does the oldest when a report arrives while [`MAX_QUEUED`] wait.
 
 use std::{
     collections::VecDeque,
