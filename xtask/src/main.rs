@@ -103,8 +103,10 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// xtask's own messages go to stderr, like rst-trace's: `./x run -- --json > events.ndjson`
+/// must get events only on stdout.
 fn say(s: &str) {
-    println!("xtask: {s}");
+    eprintln!("xtask: {s}");
 }
 
 fn run(cmd: &mut Command) -> Result<()> {

@@ -105,6 +105,7 @@ fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
         .iter()
         .map(|s| vm::kernel(s))
         .collect::<Result<Vec<_>>>()?;
+    vm::preflight()?;
     dist::dist()?;
     let bin = root().join("dist/rst-trace");
     let exes = vm::e2e_executables()?;

@@ -23,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "udev",
     "kmod",
+    // virtme-ng's guest init runs a statically linked busybox from the host.
+    "busybox-static",
     "libseccomp-dev",
     "libcap-ng-dev",
 ];
@@ -85,6 +87,56 @@ pub fn setup_tools() -> Result<()> {
     Ok(())
 }
 
+/// Before anything boots: every program a guest run needs is there, or one error naming each
+/// one that is missing and the package that brings it. (A fresh machine once lacked a static
+/// busybox, and every guest then failed at once with 0 tests run.)
+pub fn preflight() -> Result<()> {
+    let on_path = |p: &str| output_ok(Command::new("sh").args(["-c", &format!("command -v {p}")]));
+    let mut missing = Vec::new();
+    if output_ok(Command::new(vng()).arg("--version")).is_none() {
+        missing.push(format!("vng (PyPI's virtme-ng {VIRTME_NG})"));
+    }
+    for (prog, from) in [
+        ("virtiofsd", "crates.io's virtiofsd"),
+        ("qemu-system-x86_64", "Debian's qemu-system-x86"),
+        ("udevadm", "Debian's udev"),
+        ("depmod", "Debian's kmod"),
+        ("python3", "Debian's python3"),
+    ] {
+        if on_path(prog).is_none() {
+            missing.push(format!("{prog} ({from})"));
+        }
+    }
+    if !static_busybox() {
+        missing.push("a statically linked busybox (Debian's busybox-static)".into());
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the kernel matrix cannot boot: missing {}. The install step above should have \
+             brought them: install the named packages and retry",
+            missing.join(", ")
+        );
+    }
+    say("kernel matrix: every program it runs is present");
+    Ok(())
+}
+
+/// A busybox on PATH that `ldd` calls not dynamic, as virtme-ng wants it.
+fn static_busybox() -> bool {
+    ["/bin/busybox", "/usr/bin/busybox"].iter().any(|p| {
+        Path::new(p).is_file()
+            && Command::new("ldd")
+                .arg(p)
+                .output()
+                .map(|o| {
+                    let all = [o.stdout, o.stderr].concat();
+                    let text = String::from_utf8_lossy(&all);
+                    text.contains("not a dynamic executable") || text.contains("statically linked")
+                })
+                .unwrap_or(false)
+    })
+}
+
 /// `vng`: on PATH, or in the scripts directory of the python3 pip installed it for (a
 /// version manager's shims may not know a freshly installed script yet).
 fn vng() -> PathBuf {
@@ -100,8 +152,9 @@ fn vng() -> PathBuf {
     .unwrap_or_else(|| PathBuf::from("vng"))
 }
 
-/// The end-to-end test executables (tests/tests/NAME.rs or NAME/) the guests run, built, with their
-/// NAME: all but [`GUEST_SKIP_FILES`].
+/// The test executables the guests run, built, with their NAME: the end-to-end ones
+/// (tests/tests/NAME.rs or NAME/) but [`GUEST_SKIP_FILES`], and rst-trace's unit tests
+/// (`rst-trace`).
 pub fn e2e_executables() -> Result<Vec<(String, PathBuf)>> {
     let out = cargo()
         .args([
@@ -109,6 +162,9 @@ pub fn e2e_executables() -> Result<Vec<(String, PathBuf)>> {
             "--release",
             "-p",
             "rst-trace-tests",
+            // rst-trace's unit tests too: some read the running kernel's BTF and tracefs.
+            "-p",
+            "rst-trace",
             "--no-run",
             "--message-format=json",
         ])
@@ -127,7 +183,8 @@ pub fn e2e_executables() -> Result<Vec<(String, PathBuf)>> {
         let target = &v["target"];
         let is_test = target["kind"]
             .as_array()
-            .is_some_and(|k| k.iter().any(|k| k == "test"));
+            .is_some_and(|k| k.iter().any(|k| k == "test"))
+            || (v["profile"]["test"] == true && target["name"] == "rst-trace");
         let skipped = GUEST_SKIP_FILES
             .iter()
             .any(|(name, _)| target["name"] == *name);

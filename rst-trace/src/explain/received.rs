@@ -42,8 +42,11 @@ pub(super) fn explain_received(
         );
     } else {
         r.condition = cond::PEER_RESET;
-        // tcp_reset() picks the error the application will see from the state.
+        // tcp_reset() picks the error the application will see from the state. An orphan
+        // (SOCK_DEAD: its process already closed it, e.g. in FIN_WAIT1) has no file left, so
+        // no call can see any error.
         let errno = match r.state {
+            _ if r.orphan => None,
             Some(TcpState::CloseWait) => Some("EPIPE"),
             Some(TcpState::Close) => None,
             _ => Some("ECONNRESET"),
@@ -51,9 +54,13 @@ pub(super) fn explain_received(
         if let Some(e) = errno {
             r.detail.push(("errno", DetailValue::Text(e.into())));
         }
-        let sees = errno
-            .map(|e| format!("; {proc_} sees {e} on its next read or write"))
-            .unwrap_or_default();
+        let sees = match errno {
+            Some(e) => format!("; {proc_} sees {e} on its next read or write"),
+            None if r.orphan => {
+                format!("; {proc_} had already closed the socket, so no call will see the reset")
+            }
+            None => String::new(),
+        };
         let suspicion = evidence(ev, linked.is_some(), idle_ms, r);
         say!(
             words,

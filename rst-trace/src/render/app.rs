@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use super::{
     event::{json_endpoint, json_opt_str, json_process, process_text},
-    fast::{Clock, Format, json_str, push_u64, rfc3339},
+    fast::{Clock, Format, json_str, push_u64, rfc3339, visible},
     stacks::{json_stacks, text_stacks},
 };
 use crate::{
@@ -147,6 +147,8 @@ fn text_line(
     let process = process.map_or_else(|| "-".to_owned(), process_text);
     let ends = format!("{} > {}", ends.0, ends.1);
     let state = state.map(TcpState::name).unwrap_or_else(|| "-".into());
+    // The process field and the sentence carry names from outside: see `visible`.
+    let (process, sentence) = (visible(&process), visible(sentence));
     format!("{time} APP  {process:<24} {ends:<45} {state:<12} {what:<27} {sentence}")
 }
 

@@ -7,7 +7,7 @@ use std::{fmt::Write as _, net::SocketAddr};
 use serde_json::Value;
 use serde_json::json;
 
-use super::fast::{Clock, Format, json_str, push_ip, push_u64, rfc3339};
+use super::fast::{Clock, Format, json_str, push_ip, push_u64, rfc3339, visible};
 use crate::explain::{DetailValue, Origin, Process, Report};
 
 pub(super) fn json_opt_str(out: &mut String, v: Option<&str>) {
@@ -206,10 +206,12 @@ pub fn report_text(r: &Report, clock: &Clock, color: bool) -> String {
     } else {
         ("", "", "")
     };
+    // The process field and the sentence carry names from outside: see `visible`.
+    let process = visible(&process);
     format!(
         "{time} {c0}{dir}{c1} {process:<24} {ends:<45} {state:<12} {b0}{cond:<27}{c1} {expl}",
         cond = r.condition.as_str(),
-        expl = r.explanation
+        expl = visible(&r.explanation)
     )
 }
 

@@ -357,3 +357,20 @@ fn app_error_stacks() {
     let text = crate::render::app::outcome(&o, &clock, Format::Text { color: false });
     assert_eq!(text.lines().nth(1), Some("    user stack:"), "{text}");
 }
+
+/// A process that names itself with a newline and an escape sequence gets one line, its name
+/// made visible, in text; the exact name in JSON.
+#[test]
+fn hostile_comm_is_visible_in_text_and_exact_in_json() {
+    let mut e = close_event();
+    let name = b"a\nFAKE\x1b[31m";
+    e.owner.comm = [0; 16];
+    e.owner.comm[..name.len()].copy_from_slice(name);
+    let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+    let text = render(&r, &clock(), Format::Text { color: false });
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(!text.bytes().any(|b| b < 0x20 || b == 0x7f), "{text:?}");
+    assert!(text.contains("a\\nFAKE\\x1b[31m[1234]"), "{text}");
+    let v = report_json(&r, &clock());
+    assert_eq!(v["process"]["comm"], "a\nFAKE\x1b[31m");
+}

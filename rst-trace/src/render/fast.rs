@@ -173,6 +173,36 @@ fn needs_escape8(x: u64) -> bool {
         != 0
 }
 
+/// `s` with its control characters made visible, for the text output: `\n`, `\r`, `\t`, and
+/// `\xNN` for the other C0 bytes and DEL, `\u{NN}` for the C1 controls (U+0080-U+009F, which
+/// some terminals obey as escape sequences). Every string from outside rst-trace (process and
+/// thread names, container and pod names, labels, cgroup paths, symbols and files) goes
+/// through it in text mode, so that no process can start a line of its own or send escape
+/// sequences to the operator's terminal (`prctl(PR_SET_NAME)` takes any byte but NUL). Nothing
+/// else changes; JSON escapes them in its own way ([`json_str`]).
+pub fn visible(s: &str) -> std::borrow::Cow<'_, str> {
+    let is_control = |c: char| c.is_control();
+    if !s.contains(is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x80 && c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Appends a decimal number (itoa: no `core::fmt` per event).
 pub fn push_u64(out: &mut String, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
@@ -222,6 +252,18 @@ mod tests {
             push_u64(&mut s, n);
             assert_eq!(s, n.to_string());
         }
+    }
+
+    #[test]
+    fn visible_shows_control_characters_and_changes_nothing_else() {
+        assert!(matches!(
+            visible("nginx: worker"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(visible("a\nFAKE\x1b[31m"), "a\\nFAKE\\x1b[31m");
+        assert_eq!(visible("t\tr\r\x7f\u{9b}x"), "t\\tr\\r\\x7f\\u{9b}x");
+        // Backslashes, quotes and non-ASCII letters stay as they are.
+        assert_eq!(visible("C:\\dir \"é\""), "C:\\dir \"é\"");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::fast::{json_str, push_u64};
+use super::fast::{json_str, push_u64, visible};
 use crate::stacks::{Frame, Stack, Stacks};
 
 /// `,"stacks":{"user":[...],"kernel":[...]}`; `"user_error"`/`"kernel_error"` say why a stack
@@ -61,15 +61,17 @@ pub fn text_stacks(out: &mut String, s: &Stacks) {
         let _ = write!(out, "\n    {which} stack:");
         match (&st.error, st.frames.is_empty()) {
             (Some(why), true) => {
-                let _ = write!(out, " none ({why})");
+                let _ = write!(out, " none ({})", visible(why));
             }
             (Some(why), false) => {
-                let _ = write!(out, " ({why})");
+                let _ = write!(out, " ({})", visible(why));
             }
             (None, _) => {}
         }
         for (i, f) in st.frames.iter().enumerate() {
-            let _ = write!(out, "\n      #{i:<2} {:#018x} {}", f.addr, text_frame(f));
+            // Symbols, files and module paths come from the traced process's binaries.
+            let frame = text_frame(f);
+            let _ = write!(out, "\n      #{i:<2} {:#018x} {}", f.addr, visible(&frame));
         }
     }
 }

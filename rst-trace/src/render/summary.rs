@@ -8,7 +8,10 @@ use serde_json::json;
 use crate::{
     cli::ByArg,
     explain::Report,
-    render::{Clock, Format, fast::rfc3339},
+    render::{
+        Clock, Format,
+        fast::{rfc3339, visible},
+    },
 };
 
 /// Distinct rows kept; the rest fold into one `other` row so memory stays bounded in a storm.
@@ -139,7 +142,8 @@ impl Summary {
                     by.to_uppercase()
                 );
                 for ((p, c, d), n) in rows {
-                    s.push_str(&format!("\n{n:>8}  {d:<9} {c:<28} {p}"));
+                    // Process, container and pod names come from outside: see `visible`.
+                    s.push_str(&format!("\n{n:>8}  {d:<9} {c:<28} {}", visible(&p)));
                 }
                 s
             }

@@ -133,6 +133,68 @@ fn tcp_linger2_negative_close_in_fin_wait2() {
     drop(client);
 }
 
+/// A reset that reaches a socket its application already closed (an orphan in FIN_WAIT2 here,
+/// kept a full socket by TCP_LINGER2): nobody will see an error, and the received event says
+/// so, with no `errno`, and no application record follows.
+#[test]
+fn reset_received_by_an_orphan_is_seen_by_no_call() {
+    let (ns, t) = Scenario::new("orphanrx").port(21074).tracer(&[]);
+    let bind = "127.0.0.1:21074";
+    let mut server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            &format!("listen={bind}"),
+            "say=listening",
+            "accept",
+            "wait_unread=256",
+            "say=unread",
+            "wait",
+            "close",
+            "say=done",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[
+            &format!("connect={bind}"),
+            "send=256",
+            "linger2=120",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("unread");
+    client.expect("closed");
+    // The client's FIN is acknowledged: its orphan waits in FIN_WAIT2.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    server.go();
+    server.expect("done");
+    let v = sent(&t, &ns, "close_with_unread_data");
+    assert_process(&v, &server, "rstt-server");
+    let r = received(&t, &ns, "peer_reset");
+    assert_process(&r, &client, "rstt-client");
+    assert_eq!(r["state"], "FIN_WAIT2", "{r:#}");
+    assert_eq!(r["detail"].get("errno"), None, "{r:#}");
+    let expl = r["explanation"].as_str().unwrap();
+    assert!(
+        expl.contains("had already closed the socket, so no call will see the reset"),
+        "{expl}"
+    );
+    assert!(!expl.contains("on its next read or write"), "{expl}");
+    // Exactly these two: no app_error, no not_noticed for the orphan.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, events) = t.stop();
+    assert!(status.success());
+    let inode = ns.inode();
+    let ours: Vec<_> = events.iter().filter(|v| v["netns"] == inode).collect();
+    assert_eq!(ours.len(), 2, "{ours:#?}");
+}
+
 #[test]
 fn keepalive_timeout_with_busy_bystander() {
     let (ns, t) = Scenario::new("keepalive").port(21080).tracer(&[]);

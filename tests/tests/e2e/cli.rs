@@ -1,4 +1,5 @@
-//! rst-trace as a command: root required, usage errors, `--count`, a closed pipe.
+//! rst-trace as a command: root required, usage errors, `--count`, a closed pipe, a hostile
+//! process name.
 
 use std::process::Command;
 
@@ -122,4 +123,43 @@ fn broken_pipe_exits_zero_quietly() {
     assert_eq!(status.code(), Some(0));
     let rest: Vec<String> = errs.map_while(Result::ok).collect();
     assert!(rest.iter().all(|l| !l.contains("error")), "{rest:?}");
+}
+
+/// A process can name itself anything (`prctl(PR_SET_NAME)`): a client named
+/// `"a\nFAKE\x1b[31m"` that hits a closed port gets one text line per event, its name made
+/// visible and no raw control byte on stdout; JSON has the exact name.
+#[test]
+fn hostile_comm_is_visible_in_text_and_exact_in_json() {
+    use std::io::Read as _;
+    const HOSTILE: &str = "a\nFAKE\x1b[31m";
+    let ns = Netns::new("hostile");
+    let json = rst_trace_tests::Tracer::start(&["--port", "20097"]);
+    let (mut text, _errs) = spawn_attached(&["--port", "20097", "--duration", "4"]);
+    let c = Peer::spawn(&ns, HOSTILE, &["connect=127.0.0.1:20097"]);
+    let pid = c.pid();
+    c.expect("errno ECONNREFUSED");
+    let recv = rst_trace_tests::received(&json, &ns, "connection_refused");
+    assert_eq!(recv["process"]["comm"], HOSTILE, "{recv:#}");
+    assert_eq!(recv["process"]["pid"], pid);
+    let mut out = Vec::new();
+    text.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    assert!(text.wait().unwrap().success());
+    let out = String::from_utf8(out).unwrap();
+    // Only the newlines that end lines: no other control byte, no ESC.
+    assert!(
+        !out.bytes().any(|b| (b < 0x20 && b != b'\n') || b == 0x7f),
+        "{out:?}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() >= 2, "{out}");
+    // Every line is an event line of its own, starting with its time stamp: none is "FAKE".
+    assert!(lines.iter().all(|l| l.starts_with("20")), "{out}");
+    let shown = format!("a\\nFAKE\\x1b[31m[{pid}]");
+    let recv_line = lines
+        .iter()
+        .find(|l| l.contains("RECV") && l.contains("connection_refused"))
+        .unwrap_or_else(|| panic!("no RECV line: {out}"));
+    assert!(recv_line.contains(&shown), "{recv_line}");
+    let (status, _) = json.stop();
+    assert!(status.success());
 }

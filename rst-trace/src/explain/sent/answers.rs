@@ -14,7 +14,6 @@ pub(super) fn no_socket(s: &Sent, r: &mut Report) {
     r.state = None;
     r.socket_cookie = None;
     r.no_process_why = Some("no socket");
-    s.push_incoming(r);
     if s.packet && flags & SYN != 0 && flags & ACK == 0 {
         r.condition = cond::PORT_NOT_LISTENING;
         say!(
@@ -43,7 +42,6 @@ pub(super) fn time_wait_segment(s: &Sent, r: &mut Report) {
     let (local, remote, incoming) = (r.local, r.remote, &s.incoming);
     r.condition = cond::TIME_WAIT_SEGMENT;
     r.no_process_why = Some("closed, in TIME_WAIT");
-    s.push_incoming(r);
     say!(
         s.words,
         r,

@@ -118,6 +118,8 @@ pub(super) fn explain_sent(
         proc_: who(r),
         incoming: tcp_flags_names(flags),
     };
+    // Every reset that answers a segment says which one (the rules may add details after).
+    s.push_incoming(r);
     apply_rule(&s, r);
     if guessed {
         r.explanation.push_str(
