@@ -7,6 +7,7 @@
 //! and traced rounds alternate; the table shows the median of each.
 
 mod bpf;
+mod healthy;
 mod load;
 mod measure;
 mod reference;
@@ -43,6 +44,8 @@ pub struct Opts {
     pub rounds: usize,
     pub soak: Option<u64>,
     pub only: Option<String>,
+    /// rst-trace's arguments in the healthy-path rows (none: its default flags).
+    pub healthy_args: Vec<String>,
 }
 
 const PORT: u16 = 39_555;
@@ -61,6 +64,15 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
     let _stats = BpfStatsEnabled::save();
     if let Some(secs) = opts.soak {
         return soak(bin, &ns, secs);
+    }
+    if opts
+        .only
+        .as_deref()
+        .is_none_or(|o| healthy::LOADS.iter().any(|(name, ..)| name.contains(o)))
+    {
+        let args: Vec<&str> = opts.healthy_args.iter().map(String::as_str).collect();
+        healthy::run(bin, &ns, opts, &args)?;
+        println!();
     }
     table::print_header(opts);
     for (name, mode, threads, args) in CONFIGS {

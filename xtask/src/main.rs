@@ -89,6 +89,10 @@ enum Cmd {
         /// Only the rows whose configuration name contains this text (e.g. "refused").
         #[arg(long, value_name = "TEXT")]
         only: Option<String>,
+        /// rst-trace's arguments in the healthy-path rows, as one string (default: none, its
+        /// default flags), e.g. "--no-app-errors".
+        #[arg(long, value_name = "ARGS", default_value = "")]
+        healthy_args: String,
         /// Measure this rst-trace binary instead of the tree's release build (before/after
         /// comparisons of two versions; it must take the same options).
         #[arg(long, value_name = "PATH")]
@@ -194,11 +198,14 @@ fn main() -> Result<()> {
             soak,
             only,
             bin,
+            healthy_args,
         } => {
             build()?;
             if !is_root() {
                 bail!("the benchmark loads eBPF programs: run `./x bench` as root");
             }
+            // The healthy-path loads and the reference tools.
+            setup_apt_packages(&["nginx-light", "wrk", "bpftrace", "linux-perf"])?;
             bench::run(
                 &bin.unwrap_or_else(|| root().join("target/release/rst-trace")),
                 &bench::Opts {
@@ -206,6 +213,7 @@ fn main() -> Result<()> {
                     rounds,
                     soak,
                     only,
+                    healthy_args: healthy_args.split_whitespace().map(str::to_owned).collect(),
                 },
             )
         }

@@ -118,3 +118,53 @@ pub(super) fn bpf_stats(pid: u32) -> BpfStats {
     }
     st
 }
+
+/// One program's run count and run time so far.
+pub(super) struct ProgStats {
+    pub(super) name: String,
+    pub(super) runs: u64,
+    pub(super) ns: u64,
+}
+
+/// Process `pid`'s programs, by name (programs of one name added up: a program attached to
+/// two tracepoints is loaded once per attachment kind).
+pub(super) fn prog_stats(pid: u32) -> Vec<ProgStats> {
+    let mut out: Vec<ProgStats> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
+    for fd in fds.flatten() {
+        let is_prog = std::fs::read_link(fd.path())
+            .map(|l| l.to_string_lossy().contains("bpf-prog"))
+            .unwrap_or(false);
+        if !is_prog {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let field = |k: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let id = field("prog_id:") as u32;
+        if !seen.insert(id) {
+            continue;
+        }
+        let name = prog_name(id).unwrap_or_else(|| format!("prog {id}"));
+        let (runs, ns) = (field("run_cnt:"), field("run_time_ns:"));
+        match out.iter_mut().find(|p| p.name == name) {
+            Some(p) => {
+                p.runs += runs;
+                p.ns += ns;
+            }
+            None => out.push(ProgStats { name, runs, ns }),
+        }
+    }
+    out
+}

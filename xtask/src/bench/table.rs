@@ -3,32 +3,8 @@
 use super::{Mode, Opts, measure::Row};
 
 /// What each row runs: its name, the load, client threads and rst-trace's arguments.
-pub(super) const CONFIGS: [(&str, Mode, usize, &[&str]); 14] = [
-    (
-        "syscalls (getppid), all hooks",
-        Mode::Syscalls,
-        1,
-        &["--json"],
-    ),
-    (
-        "syscalls, --no-app-errors",
-        Mode::Syscalls,
-        1,
-        &["--json", "--no-app-errors"],
-    ),
-    ("echo (no resets), all hooks", Mode::Echo, 1, &["--json"]),
-    (
-        "echo, --no-app-errors",
-        Mode::Echo,
-        1,
-        &["--json", "--no-app-errors"],
-    ),
-    (
-        "echo, --no-firewall --no-ttl",
-        Mode::Echo,
-        1,
-        &["--json", "--no-firewall", "--no-ttl"],
-    ),
+/// (The healthy path, loads without resets, has rows of its own: see `healthy.rs`.)
+pub(super) const CONFIGS: [(&str, Mode, usize, &[&str]); 9] = [
     (
         "refused, 1 thread, --json file",
         Mode::Refused,
