@@ -235,6 +235,7 @@ async fn run(settings: Settings) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let (mut tracer, mut ring) = start(&settings)?;
+    let cost = self_cost(&settings);
     let (owners_tx, owners) = unbounded_channel();
     let (identities_tx, identities) = unbounded_channel();
     let mut answers = Answers { owners, identities };
@@ -252,7 +253,7 @@ async fn run(settings: Settings) -> Result<()> {
         &mut st,
         &mut tracer,
         &mut ring,
-        &settings,
+        (&settings, cost.is_some()),
         &mut stop,
         &mut answers,
     )
@@ -267,7 +268,30 @@ async fn run(settings: Settings) -> Result<()> {
     if !done && !st.sink.out.broken {
         st.app_tick(true);
     }
+    if cost.is_some() && settings.verbose {
+        for l in kernel::cost_lines(&kernel::program_costs(&tracer.ebpf), started.elapsed()) {
+            eprintln!("{l}");
+        }
+    }
     finish(&mut st, &tracer, count_in_kernel)
+}
+
+/// The kernel's per-program accounting, when the cost is asked for; said on stderr if it
+/// cannot be had.
+fn self_cost(settings: &Settings) -> Option<kernel::SelfCost> {
+    if !settings.self_cost {
+        return None;
+    }
+    match kernel::SelfCost::enable() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!(
+                "rst-trace: note: rst-trace's own cost is not measured ({e:#}): no \
+                 rst_trace_bpf_program_* metrics, no cost at exit"
+            );
+            None
+        }
+    }
 }
 
 /// Until `--count`, `--duration`, a signal or a closed stdout: explains and prints the resets as
@@ -276,7 +300,7 @@ async fn event_loop(
     st: &mut State,
     tracer: &mut Tracer,
     ring: &mut Ring,
-    settings: &Settings,
+    (settings, cost): (&Settings, bool),
     stop: &mut Stop,
     answers: &mut Answers,
 ) -> Result<bool> {
@@ -293,6 +317,7 @@ async fn event_loop(
     ));
     summary_tick.tick().await;
     let mut done = st.count == Some(0);
+    let mut reject_failing = false;
     while !done && !st.sink.out.broken {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -335,8 +360,20 @@ async fn event_loop(
                 report_losses(st, tracer)?;
                 st.sink.insert_failures(kernel::insert_failures(&tracer.ebpf)?);
                 st.sink.unlabelled(st.identity.gave_up);
-                if let Err(e) = tracer.poll_reject() {
-                    eprintln!("rst-trace: warning: cannot watch firewall resets: {e:#}");
+                if cost && let Some(m) = &st.sink.metrics && let Ok(mut m) = m.lock() {
+                    m.set_programs(kernel::program_costs(&tracer.ebpf));
+                }
+                // Said once when it starts failing, and once when it works again.
+                match tracer.poll_reject() {
+                    Err(e) if !reject_failing => {
+                        reject_failing = true;
+                        eprintln!("rst-trace: warning: cannot watch firewall resets: {e:#}");
+                    }
+                    Ok(()) if reject_failing => {
+                        reject_failing = false;
+                        eprintln!("rst-trace: firewall resets are watched again");
+                    }
+                    _ => {}
                 }
                 st.sink.out.flush();
             }

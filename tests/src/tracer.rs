@@ -140,6 +140,14 @@ impl Tracer {
         }
     }
 
+    /// [`Tracer::stop`], with everything it wrote on stderr (also what it said at exit).
+    pub fn stop_with_stderr(self) -> (ExitStatus, Vec<Value>, Vec<String>) {
+        let stderr = self.stderr.clone();
+        let (status, events) = self.stop();
+        let lines = stderr.lock().unwrap().clone();
+        (status, events, lines)
+    }
+
     /// Sends SIGINT and waits for the exit status.
     pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
         // SAFETY: signalling our own child.

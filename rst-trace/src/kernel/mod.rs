@@ -4,6 +4,7 @@
 mod app;
 mod attach;
 mod btf;
+mod cost;
 mod errors;
 mod host;
 mod layout;
@@ -11,6 +12,7 @@ mod load;
 mod maps;
 mod tracefs;
 
+pub use cost::{ProgramCost, SelfCost, cost_lines, program_costs};
 pub use errors::{LoadFailure, Notes, first_line, print_details};
 pub use host::{check_privileges, raise_memlock};
 pub use layout::KernelInfo;

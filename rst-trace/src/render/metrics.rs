@@ -29,7 +29,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::explain::Report;
+use crate::{explain::Report, kernel::ProgramCost};
 
 pub const MAX_COMMS: usize = 100;
 
@@ -90,6 +90,8 @@ pub struct Metrics {
     /// noticed in time.
     app_errors: Family<ErrnoLabel, Counter>,
     not_noticed: Counter,
+    /// Each program's runs and run time, as last read (only with the accounting on).
+    programs: ProgramMetrics,
 }
 
 pub type Shared = Arc<Mutex<Metrics>>;
@@ -123,7 +125,10 @@ impl Default for Metrics {
             not_noticed.clone(),
         );
         registry.register_collector(Box::new(ProcessMetrics));
+        let programs = ProgramMetrics::default();
+        registry.register_collector(Box::new(programs.clone()));
         Self {
+            programs,
             registry,
             resets,
             comms: Bounded::new(MAX_COMMS),
@@ -172,6 +177,13 @@ impl Metrics {
         self.not_noticed.inc();
     }
 
+    /// The programs' cost as the kernel counts it now.
+    pub fn set_programs(&mut self, costs: Vec<ProgramCost>) {
+        if let Ok(mut p) = self.programs.0.lock() {
+            *p = costs;
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
         // Writing to a String cannot fail.
@@ -206,6 +218,54 @@ impl Collector for ProcessMetrics {
             None,
             rss.metric_type(),
         )?)
+    }
+}
+
+/// The label of the per-program cost metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabel {
+    program: String,
+}
+
+/// `rst_trace_bpf_program_runs_total{program}` and
+/// `rst_trace_bpf_program_run_seconds_total{program}`: rst-trace's own cost, from the kernel's
+/// accounting (see `kernel::cost`), as last read.
+#[derive(Clone, Debug, Default)]
+struct ProgramMetrics(Arc<Mutex<Vec<ProgramCost>>>);
+
+impl Collector for ProgramMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(costs) = self.0.lock() else {
+            return Ok(());
+        };
+        if costs.is_empty() {
+            return Ok(());
+        }
+        let mut runs = encoder.encode_descriptor(
+            "rst_trace_bpf_program_runs",
+            "Runs of each rst-trace eBPF program (kernel accounting, while rst-trace runs).",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for c in costs.iter() {
+            let label = ProgramLabel {
+                program: c.name.clone(),
+            };
+            ConstCounter::new(c.runs).encode(runs.encode_family(&label)?)?;
+        }
+        let mut time = encoder.encode_descriptor(
+            "rst_trace_bpf_program_run_seconds",
+            "CPU time of each rst-trace eBPF program (kernel accounting, while rst-trace runs).",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for c in costs.iter() {
+            let label = ProgramLabel {
+                program: c.name.clone(),
+            };
+            ConstCounter::new(c.run_time.as_secs_f64()).encode(time.encode_family(&label)?)?;
+        }
+        Ok(())
     }
 }
 

@@ -34,6 +34,48 @@ fn metrics_are_served_and_count_resets() {
     assert!(events.is_empty(), "--quiet printed events: {events:?}");
 }
 
+/// rst-trace tells its own cost: per program, runs and CPU time from the kernel's accounting,
+/// in the metrics, and with `-v` at exit.
+#[test]
+fn self_cost_in_metrics_and_at_exit() {
+    let (ns, tracer) = Scenario::new("selfcost").port(20098).tracer(&[
+        "--quiet",
+        "--metrics",
+        "127.0.0.1:0",
+        "-v",
+    ]);
+    let url = metrics_url(&tracer);
+    let c = Peer::spawn(&ns, "rstt-selfcost", &["connect=127.0.0.1:20098"]);
+    c.expect("errno ECONNREFUSED");
+    // The received reset's program: tcp_receive_reset_btf, or the record-based
+    // tcp_receive_reset (before 5.12).
+    let runs = r#"rst_trace_bpf_program_runs_total{program="tcp_receive_reset"#;
+    let body = scrape_until(&url, runs);
+    let value = |prefix: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {body}"))
+    };
+    assert!(value(runs) >= 1.0, "{body}");
+    let secs = value(r#"rst_trace_bpf_program_run_seconds_total{program="tcp_receive_reset"#);
+    assert!(secs > 0.0 && secs < 1.0, "{body}");
+    assert!(body.contains("# TYPE rst_trace_bpf_program_run_seconds_total counter"));
+    let (status, _, stderr) = tracer.stop_with_stderr();
+    assert!(status.success());
+    let total = stderr
+        .iter()
+        .find(|l| l.starts_with("rst-trace: its eBPF programs took "))
+        .unwrap_or_else(|| panic!("no cost line at exit: {stderr:?}"));
+    assert!(total.contains(" ms of CPU in "), "{total}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.starts_with("rst-trace:   tcp_receive_reset") && l.ends_with(" ns/run")),
+        "{stderr:?}"
+    );
+}
+
 /// The address `--metrics 127.0.0.1:0` bound, from the tracer's ready lines.
 fn metrics_url(tracer: &Tracer) -> String {
     tracer
