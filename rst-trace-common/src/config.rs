@@ -111,12 +111,17 @@ pub struct Config {
     /// 1 with `--stacks`: process-context aborts capture their user and kernel stacks
     /// ([`FACT_STACKS`](crate::FACT_STACKS)).
     pub stacks: u8,
-    pub _pad2: u8,
+    /// 1 where failing socket calls are seen at the socket layer (`sock_send_length` /
+    /// `sock_recv_length` carry the call's return value, 6.3+) rather than at every system
+    /// call's exit: the owner hook then also reports them.
+    pub app_sock: u8,
     /// `task_struct.stack` (x86_64 only, else [`OFF_NONE`]): the kernel stack, whose top holds
     /// the registers of the task's system call entry (`task_pt_regs()`), for the word at the
     /// user stack pointer ([`RstEvent::user_sp_word`](crate::RstEvent::user_sp_word)).
     pub task_stack: u16,
-    pub _pad3: u16,
+    /// `sizeof(struct pt_regs)`: the registers at system call entry end at the top of the
+    /// kernel stack (x86_64 only, else [`OFF_NONE`]).
+    pub pt_regs_size: u16,
     /// `THREAD_SIZE`: the kernel stack's size (16 KiB on x86_64, 32 KiB with KASAN).
     pub thread_size: u32,
     // Failing socket calls (`sys_exit`): x86_64 `struct pt_regs` (the syscall number, and the
@@ -220,9 +225,9 @@ impl Config {
             ip_summed_shift: 0,
             xmit_socketless: 0,
             stacks: 0,
-            _pad2: 0,
+            app_sock: 0,
             task_stack: OFF_NONE,
-            _pad3: 0,
+            pt_regs_size: OFF_NONE,
             thread_size: 0,
             regs_orig_ax: OFF_NONE,
             regs_di: OFF_NONE,

@@ -66,6 +66,11 @@ pub const PROG_SOCK_IO: &str = "sock_io";
 pub const PROG_EXIT_ACCEPT: &str = "sys_exit_accept";
 /// Raw tracepoint `sys_exit`: system calls failing with the errors a dead connection leaves.
 pub const PROG_SYS_EXIT_APP: &str = "sys_exit_app";
+/// The owner hook on `sock_send_length`/`sock_recv_length` that also reports failing calls.
+pub const PROG_SOCK_IO_APP: &str = "sock_io_app";
+/// `syscalls:sys_exit_connect`, `sys_exit_sendfile64`, `sys_exit_splice`: the failing socket
+/// calls the socket layer does not show, where it shows the others.
+pub const PROG_SYS_EXIT_SOCK_CALL: &str = "sys_exit_sock_call";
 /// `syscalls:sys_enter_getsockopt` / `sys_exit_getsockopt`: a non-blocking connect's outcome
 /// read back through `SO_ERROR`.
 pub const PROG_ENTER_GETSOCKOPT: &str = "sys_enter_getsockopt";

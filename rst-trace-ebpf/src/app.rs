@@ -27,9 +27,36 @@ use crate::{
 /// `SOCK_STREAM` (uapi): with `IPPROTO_TCP` a TCP socket (a raw socket may carry IPPROTO_TCP).
 const SOCK_STREAM: u16 = 1;
 
+/// A send or receive on `sk` that failed with `errno` (6.3+: `sock_send_length` /
+/// `sock_recv_length` carry the call's return value), inside the caller's system call: which
+/// call, on which fd, from its registers at entry. Only a call whose fd is `sk` counts (the
+/// kernel's own sends on its sockets have no such call).
+#[inline(always)]
+pub fn on_failed_sock_call<C: StackIdContext>(ctx: &C, sk: u64, errno: u32) {
+    if let Some(regs) = stacks::current_regs() {
+        failed_call(ctx, regs, errno, sk);
+    }
+}
+
+/// A `syscalls:sys_exit_*` record of a call the socket layer does not show (connect, sendfile,
+/// splice) that failed with `errno`.
+#[inline(always)]
+pub fn on_failed_exit<C: StackIdContext>(ctx: &C, errno: u32) {
+    if let Some(regs) = stacks::current_regs() {
+        failed_call(ctx, regs, errno, 0);
+    }
+}
+
 /// Raw `sys_exit(regs, ret)` after `failing_ret(ret)`: which call, on which fd.
 #[inline(always)]
 pub fn on_failed_syscall<C: StackIdContext>(ctx: &C, regs: u64, errno: u32) {
+    failed_call(ctx, regs, errno, 0);
+}
+
+/// The failing call in `regs` (its number and arguments at entry) on a TCP socket: `sk` if not
+/// 0, else whichever its fd argument names.
+#[inline(always)]
+fn failed_call<C: StackIdContext>(ctx: &C, regs: u64, errno: u32, want_sk: u64) {
     // The syscall number is orig_ax (syscall_get_nr() on x86_64); its arguments di, si, dx.
     let Some(nr) = kread::<u64>(regs, conf!(regs_orig_ax)) else {
         return;
@@ -59,11 +86,15 @@ pub fn on_failed_syscall<C: StackIdContext>(ctx: &C, regs: u64, errno: u32) {
     } else {
         0
     };
-    if let Some(sk) = tcp_fd(fd) {
+    let wanted = |sk: u64| want_sk == 0 || sk == want_sk;
+    if let Some(sk) = tcp_fd(fd)
+        && wanted(sk)
+    {
         report(ctx, sk, fd, nr as u32, errno, 0, addr);
     } else if other != OFF_NONE
         && let Some(fd) = arg(other)
         && let Some(sk) = tcp_fd(fd)
+        && wanted(sk)
     {
         report(ctx, sk, fd, nr as u32, errno, 0, 0);
     }

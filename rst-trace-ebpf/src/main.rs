@@ -182,6 +182,36 @@ pub fn sock_io(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// [`sock_io`] where the failing calls are seen at the socket layer (6.3+, see
+/// `Config::app_sock`): `sock_send_length` / `sock_recv_length` (sk, ret, flags) carry the
+/// call's return value, so a send or receive that fails with the error of a dead connection is
+/// reported here, and no program runs at every system call's exit. (A separate program: one
+/// reading `ret` cannot attach to `tcp_rcv_space_adjust(sk)`, which has no second argument.)
+#[raw_tracepoint]
+pub fn sock_io_app(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    owners::on_sock_io(sk);
+    // `int ret`, widened to the u64 slot.
+    let ret = i64::from(ctx.arg::<u64>(1) as i32);
+    if failing_ret(ret) {
+        app::on_failed_sock_call(&ctx, sk, ret.unsigned_abs() as u32);
+    }
+    0
+}
+
+/// `syscalls:sys_exit_connect`, `sys_exit_sendfile64`, `sys_exit_splice` with [`sock_io_app`]:
+/// the failing socket calls the socket layer does not show (connect's error; sendfile and
+/// splice before 6.5, which send through sendpage). Record-based: each fires for its own system
+/// call only.
+#[tracepoint]
+pub fn sys_exit_sock_call(ctx: TracePointContext) -> u32 {
+    let ret = tp::<i64>(&ctx, conf!(exit_ret)).unwrap_or(0);
+    if failing_ret(ret) {
+        app::on_failed_exit(&ctx, ret.unsigned_abs() as u32);
+    }
+    0
+}
+
 /// `syscalls:sys_exit_accept4` / `sys_exit_accept`: the new fd's socket belongs to the caller.
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {

@@ -207,6 +207,12 @@ pub fn e2e_executables() -> Result<Vec<(String, PathBuf)>> {
 pub fn run_guest(kver: &str, bin: &Path, exes: &[PathBuf], filter: &[String]) -> Result<Outcome> {
     let script = std::env::temp_dir().join(format!("rst-trace-vm-{}.sh", std::process::id()));
     let mut s = String::from("set -u\nuname -r\nrc=0\n");
+    // The guest's /tmp is an overlay on the host's (virtiofs), where a directory's inode from
+    // stat() is not the one readdir() lists: the cgroup walk's unit tests, which stand a
+    // directory tree in for the cgroup2 hierarchy, need a plain filesystem (cgroupfs agrees).
+    s.push_str(
+        "mkdir -p /run/rstt-tmp && mount -t tmpfs rstt-tmp /run/rstt-tmp && export TMPDIR=/run/rstt-tmp\n",
+    );
     s.push_str(&format!(
         "cd {}\nexport RST_TRACE_BIN={}\n",
         root().display(),

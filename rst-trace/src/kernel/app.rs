@@ -6,7 +6,7 @@ use anyhow::Result;
 use aya::Ebpf;
 use rst_trace_common::{
     Config, OFF_NONE, PROG_ENTER_GETSOCKOPT, PROG_EXIT_GETSOCKOPT, PROG_SYS_EXIT_APP,
-    SOCK_CALLS_BITS,
+    PROG_SYS_EXIT_SOCK_CALL, SOCK_CALLS_BITS,
 };
 
 use super::{
@@ -40,8 +40,10 @@ pub const SOCK_CALLS: &[i64] = &[
 /// Whether application errors are traced, for the readiness line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AppErrors {
-    /// The `sys_exit` hook, and `SO_ERROR` reads if the getsockopt tracepoints exist.
-    On { so_error: bool },
+    /// Traced; `SO_ERROR` reads too if the getsockopt tracepoints exist. `sock_layer`: seen
+    /// where the socket layer reports each call's result (6.3+), else at every system call's
+    /// exit (`sys_exit`).
+    On { so_error: bool, sock_layer: bool },
     /// `--no-app-errors`.
     Off,
     /// Not on this kernel or in this mode: why.
@@ -51,8 +53,18 @@ pub enum AppErrors {
 impl AppErrors {
     pub fn describe(&self) -> String {
         match self {
-            Self::On { so_error: true } => "application errors: yes".into(),
-            Self::On { so_error: false } => "application errors: yes (not SO_ERROR)".into(),
+            Self::On {
+                so_error,
+                sock_layer,
+            } => format!(
+                "application errors: yes ({}{})",
+                if *sock_layer {
+                    "socket layer"
+                } else {
+                    "sys_exit, every system call"
+                },
+                if *so_error { "" } else { "; not SO_ERROR" }
+            ),
             Self::Off => "application errors: off (--no-app-errors)".into(),
             Self::Unavailable(why) => format!("application errors: no ({why})"),
         }
@@ -126,10 +138,55 @@ pub fn so_error_config(tracefs: &std::path::Path, cfg: &mut Config, notes: Notes
     }
 }
 
-/// Attaches the hooks: `sys_exit` (required for the feature), the getsockopt pair if
-/// `so_error`.
-pub fn attach_app_hooks(ebpf: &mut Ebpf, so_error: bool, notes: Notes) -> AppErrors {
-    if let Err(e) = attach_raw(ebpf, PROG_SYS_EXIT_APP, "sys_exit") {
+/// The system calls whose failure the socket layer does not show (connect's error; sendfile and
+/// splice before 6.5, which send through sendpage), by their `syscalls:sys_exit_*` names.
+const EXITS_BESIDE_SOCK_LAYER: [&str; 3] =
+    ["sys_exit_connect", "sys_exit_sendfile64", "sys_exit_splice"];
+
+/// Whether failing calls can be seen at the socket layer here (`Config::app_sock`): 6.3+'s
+/// `sock_send_length`/`sock_recv_length` with the call's result, the registers at system call
+/// entry (to tell the call and its fd), and the exits of the calls that layer does not show.
+/// `RST_TRACE_APP_HOOK=sys_exit` keeps the hook at every system call's exit (tests, and a way
+/// around a problem with the socket-layer hooks).
+pub fn sock_layer_config(tracefs: &std::path::Path, send_length: bool, cfg: &mut Config) -> bool {
+    let forced = std::env::var("RST_TRACE_APP_HOOK").as_deref() == Ok("sys_exit");
+    let exits = EXITS_BESIDE_SOCK_LAYER
+        .iter()
+        .all(|n| matches!(tracefs::read_format(tracefs, "syscalls", n), Ok(Some(_))));
+    let ok = !forced
+        && send_length
+        && exits
+        && cfg.pt_regs_size != OFF_NONE
+        && cfg.task_stack != OFF_NONE
+        && cfg.exit_ret != OFF_NONE;
+    cfg.app_sock = u8::from(ok);
+    ok
+}
+
+/// Attaches the hooks: at the socket layer's side the exits it does not show (`sock_layer`;
+/// the send/receive hook itself is the owner hook, see `attach_owner_hooks`), else `sys_exit`
+/// (required for the feature); the getsockopt pair if `so_error`.
+pub fn attach_app_hooks(
+    ebpf: &mut Ebpf,
+    so_error: bool,
+    sock_layer: bool,
+    notes: Notes,
+) -> AppErrors {
+    let exits = sock_layer
+        && match EXITS_BESIDE_SOCK_LAYER
+            .iter()
+            .try_for_each(|n| attach(ebpf, PROG_SYS_EXIT_SOCK_CALL, "syscalls", n))
+        {
+            Ok(()) => true,
+            Err(e) => {
+                notes.failed(
+                    "failing connect/sendfile/splice calls are seen at every system call's exit                      (raw tracepoint sys_exit)",
+                    &e,
+                );
+                false
+            }
+        };
+    if !exits && let Err(e) = attach_raw(ebpf, PROG_SYS_EXIT_APP, "sys_exit") {
         notes.failed(
             "application errors are not traced (raw tracepoint sys_exit)",
             &e,
@@ -160,5 +217,8 @@ pub fn attach_app_hooks(ebpf: &mut Ebpf, so_error: bool, notes: Notes) -> AppErr
                 false
             }
         };
-    AppErrors::On { so_error }
+    AppErrors::On {
+        so_error,
+        sock_layer: exits,
+    }
 }

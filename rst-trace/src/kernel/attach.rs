@@ -11,7 +11,7 @@ use aya::{
 use rst_trace_common::{
     Config, OFF_NONE, PROG_DESTROY_SOCK, PROG_DESTROY_SOCK_RAW, PROG_EXIT_ACCEPT,
     PROG_RECEIVE_RESET, PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET, PROG_SEND_RESET_BTF,
-    PROG_SET_STATE, PROG_SET_STATE_RAW, PROG_SOCK_IO,
+    PROG_SET_STATE, PROG_SET_STATE_RAW, PROG_SOCK_IO, PROG_SOCK_IO_APP,
 };
 
 use super::{
@@ -115,9 +115,16 @@ pub(super) fn attach_owner_hooks(
                 &e,
             ),
         }
-    } else if let Err(e) = attach_raw(ebpf, PROG_SOCK_IO, "sock_send_length")
-        .and_then(|()| attach_raw(ebpf, PROG_SOCK_IO, "sock_recv_length"))
-    {
+    } else if let Err(e) = {
+        // With failing calls seen at the socket layer, the owner hook reports them too.
+        let io = if cfg.app_sock != 0 {
+            PROG_SOCK_IO_APP
+        } else {
+            PROG_SOCK_IO
+        };
+        attach_raw(ebpf, io, "sock_send_length")
+            .and_then(|()| attach_raw(ebpf, io, "sock_recv_length"))
+    } {
         notes.failed("owners are not learned from sends and receives", &e);
     }
     Ok(())

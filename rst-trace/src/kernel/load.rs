@@ -258,7 +258,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
         reasons: layout::reason_names(&tps.send_reset, Some(&btf)),
         jiffy_ns: layout::jiffy_ns(),
     };
-    let app_plan = app_plan(&btf, &tracefs, &mut cfg, hooks, notes);
+    let app_plan = app_plan(&btf, (&tracefs, &tps), &mut cfg, hooks, notes);
     cfg.wake_bytes = ring_size / WAKE_FRACTION;
     cfg.count_in_kernel = u8::from(hooks.count_in_kernel);
     cfg.stacks = u8::from(hooks.stacks);
@@ -295,7 +295,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     let (reject, socketless, reject_attached) =
         attach_transmit_hooks(&mut ebpf, &cfg, &tps, &btf, hooks, notes)?;
     let app = match app_plan {
-        Ok(so_error) => app::attach_app_hooks(&mut ebpf, so_error, notes),
+        Ok((so_error, sock_layer)) => app::attach_app_hooks(&mut ebpf, so_error, sock_layer, notes),
         Err(off) => off,
     };
     Ok(Tracer {
@@ -310,15 +310,16 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     })
 }
 
-/// Whether to trace failing application calls (`Ok(so_error)`: yes, and `SO_ERROR` reads too),
-/// with the config they need filled in; else what the readiness line says instead.
+/// Whether to trace failing application calls (`Ok((so_error, sock_layer))`: yes, `SO_ERROR`
+/// reads too, and at the socket layer), with the config they need filled in; else what the
+/// readiness line says instead.
 fn app_plan(
     btf: &Btf,
-    tracefs: &Path,
+    (tracefs, tps): (&Path, &Tracepoints),
     cfg: &mut Config,
     hooks: Hooks,
     notes: Notes,
-) -> std::result::Result<bool, AppErrors> {
+) -> std::result::Result<(bool, bool), AppErrors> {
     if !hooks.app_errors {
         return Err(AppErrors::Off);
     }
@@ -331,7 +332,8 @@ fn app_plan(
         notes.note(&format!("application errors are not traced: {why}"));
         return Err(AppErrors::Unavailable(why));
     }
-    Ok(app::so_error_config(tracefs, cfg, notes))
+    let sock_layer = app::sock_layer_config(tracefs, tps.send_length.is_some(), cfg);
+    Ok((app::so_error_config(tracefs, cfg, notes), sock_layer))
 }
 
 /// The per-packet transmit hook (netfilter REJECT resets, and before 6.10 the resets TCP sends

@@ -35,6 +35,11 @@ fn stack_top_config(btf: &Btf, cfg: &mut Config) {
         } else {
             16 << 10
         };
+        // x86_64's struct pt_regs ends with ss (a union with FRED's fields since 6.9, still 8
+        // bytes): its size, for the registers at the top of the stack.
+        if let Ok(ss) = btf_off(btf, "pt_regs", "ss") {
+            cfg.pt_regs_size = ss + 8;
+        }
     }
 }
 
@@ -237,6 +242,8 @@ mod tests {
         assert_ne!(cfg.task_group_leader, OFF_NONE);
         assert_ne!(cfg.task_comm, OFF_NONE);
         assert_eq!(cfg.task_group_leader % 8, 0);
+        // x86_64's struct pt_regs: 21 longs, with or without FRED's unions.
+        assert_eq!(cfg.pt_regs_size, 168);
         assert!(btf.has_function("tcp_v4_rcv"));
         assert!(!btf.has_function("no_such_function_in_any_kernel"));
         // enum sk_rst_reason came with the reason argument (6.10).
