@@ -55,9 +55,12 @@ pub fn bump_generation() {
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_MAX_ENTRIES, 0);
 
-/// Per-CPU: [sk, pid] of the last socket I/O seen by `sock_io`.
+/// Per-CPU: [sk, pid] pairs of the sockets `sock_io` saw used lately, direct-mapped by the
+/// socket's address: a request/response whose two ends, or a server whose connections, share a
+/// CPU finds its socket here rather than in the socket map.
 #[map]
-pub static LAST_IO: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+pub static LAST_IO: PerCpuArray<[u64; 2 * IO_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
+pub const IO_SLOTS: usize = 32;
 
 /// This CPU's last destroyed socket and a copy of its entry.
 #[repr(C)]

@@ -13,7 +13,7 @@ use rst_trace_common::{
 use crate::{
     headers::Segment,
     maps::{
-        CLOSING_LISTENERS, CUR_SEG, Flow, LAST_DESTROYED, LAST_IO, LAST_LISTENER_CLOSE,
+        CLOSING_LISTENERS, CUR_SEG, Flow, IO_SLOTS, LAST_DESTROYED, LAST_IO, LAST_LISTENER_CLOSE,
         SAMPLED_SLOTS, SEED_OWNERS, SLOT_PROBE, SOCK_GENERATION, SOCKS, TIMEWAIT, bump_generation,
         count_insert,
     },
@@ -302,19 +302,24 @@ fn remember_timewait(sk: u64) {
     count_insert(TIMEWAIT.insert(f, &now, 0));
 }
 
-/// A send or receive on `sk` by the current process, which owns it from then on; a per-CPU memo
-/// skips the map for a stream on one socket.
+/// A send or receive on `sk` by the current process, which owns it from then on; a per-CPU
+/// memo of the sockets used lately skips the map while a socket stays with its process. (As
+/// with any memo by address, a socket freed and another allocated at its address, used by the
+/// same process before anything else takes the slot, is not learned here: connect(), listen()
+/// and accept() learn it.)
 #[inline(always)]
 pub fn on_sock_io(sk: u64) {
     let pid = bpf_get_current_pid_tgid() >> 32;
-    if let Some(last) = LAST_IO.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        unsafe {
-            if (*last)[0] == sk && (*last)[1] == pid {
-                return;
-            }
-            *last = [sk, pid];
+    if let Some(memo) = LAST_IO.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, valid for this program run.
+        let memo = unsafe { &mut *memo };
+        // struct sock objects are at least 256-byte aligned slab objects: skip the low bits.
+        let slot = 2 * (((sk >> 8) ^ (sk >> 14)) as usize & (IO_SLOTS - 1));
+        if memo[slot] == sk && memo[slot + 1] == pid {
+            return;
         }
+        memo[slot] = sk;
+        memo[slot + 1] = pid;
     }
     if !tcp_or_unknown(sk) {
         return;
