@@ -318,6 +318,7 @@ async fn event_loop(
     summary_tick.tick().await;
     let mut done = st.count == Some(0);
     let mut reject_failing = false;
+    let mut reject_tick = interval(Duration::from_millis(100));
     while !done && !st.sink.out.broken {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -363,19 +364,20 @@ async fn event_loop(
                 if cost && let Some(m) = &st.sink.metrics && let Ok(mut m) = m.lock() {
                     m.set_programs(kernel::program_costs(&tracer.ebpf));
                 }
-                // Said once when it starts failing, and once when it works again.
+                st.sink.out.flush();
+            }
+            _ = reject_tick.tick(), if tracer.reject_pending() => {
+                // Said once when it starts failing; the moment it is attached, said too.
                 match tracer.poll_reject() {
                     Err(e) if !reject_failing => {
                         reject_failing = true;
                         eprintln!("rst-trace: warning: cannot watch firewall resets: {e:#}");
                     }
-                    Ok(()) if reject_failing => {
-                        reject_failing = false;
-                        eprintln!("rst-trace: firewall resets are watched again");
-                    }
+                    Ok(true) => eprintln!(
+                        "rst-trace: firewall resets: yes (nf_reject loaded): watched from now on"
+                    ),
                     _ => {}
                 }
-                st.sink.out.flush();
             }
             _ = summary_tick.tick(), if settings.interval.is_some() => {
                 if let Some(s) = st.summary_now(tracer, count_in_kernel) {

@@ -117,6 +117,19 @@ impl Tracer {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits up to `secs` seconds for a line on stderr matching `pred`.
+    pub fn wait_for_stderr(&self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.stderr().iter().any(|l| pred(l)) {
+            assert!(
+                Instant::now() < deadline,
+                "rst-trace said nothing of {what} within {secs} s; stderr: {:?}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits up to 10 s for an event matching `pred`, and returns it.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         self.wait_for_within(what, 10, pred)

@@ -136,17 +136,22 @@ fn reject_support(btf: &Btf) -> RejectSupport {
 }
 
 impl Tracer {
-    /// Attaches the transmit hook once REJECT code appears (called periodically).
-    pub fn poll_reject(&mut self) -> Result<()> {
-        if self.reject_attached || self.reject != RejectSupport::NotLoaded {
-            return Ok(());
+    /// Whether the transmit hook waits for REJECT code to appear ([`Tracer::poll_reject`]).
+    pub fn reject_pending(&self) -> bool {
+        !self.reject_attached && self.reject == RejectSupport::NotLoaded
+    }
+
+    /// Attaches the transmit hook once REJECT code appears (called every 100 ms while
+    /// [`Tracer::reject_pending`]: creating the first REJECT rule loads it, and the rule's
+    /// first reset may follow at once). True when it was attached now.
+    pub fn poll_reject(&mut self) -> Result<bool> {
+        if !self.reject_pending() || !reject_modules_loaded() {
+            return Ok(false);
         }
-        if reject_modules_loaded() {
-            attach_raw(&mut self.ebpf, PROG_DEV_QUEUE, "net_dev_queue")?;
-            self.reject_attached = true;
-            self.reject = RejectSupport::Module;
-        }
-        Ok(())
+        attach_raw(&mut self.ebpf, PROG_DEV_QUEUE, "net_dev_queue")?;
+        self.reject_attached = true;
+        self.reject = RejectSupport::Module;
+        Ok(true)
     }
 }
 

@@ -25,6 +25,17 @@ fn server(topo: &Topology, port: u16) -> Peer {
     p
 }
 
+/// After a REJECT rule is made: rst-trace watches firewall resets from the start where REJECT
+/// code was there already, else from the moment the rule loaded nf_reject, which it says.
+fn wait_firewall_watched(t: &Tracer) {
+    if t.ready_line().contains("firewall resets: yes") {
+        return;
+    }
+    t.wait_for_stderr("firewall resets watched", 10, |l| {
+        l == "rst-trace: firewall resets: yes (nf_reject loaded): watched from now on"
+    });
+}
+
 /// No firewall_reject anywhere but `except` (forwarded RSTs must not look like REJECTs).
 fn assert_no_other_firewall(t: Tracer, topo: &Topology, except: Option<&Netns>) {
     std::thread::sleep(std::time::Duration::from_millis(200));

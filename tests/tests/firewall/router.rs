@@ -23,6 +23,7 @@ fn reject_syn_on_router() {
         "--reject-with",
         "tcp-reset",
     ]);
+    crate::wait_firewall_watched(&t);
     let client = Peer::spawn(
         &topo.client,
         "rstt-client",
@@ -80,6 +81,7 @@ fn reject_established_data_on_router() {
         "--reject-with",
         "tcp-reset",
     ]);
+    crate::wait_firewall_watched(&t);
     client.go();
     client.expect("errno ECONNRESET");
     let v = sent(&t, &topo.router, "firewall_reject");
@@ -117,6 +119,7 @@ fn conntrack_expiry_on_router() {
         "--reject-with",
         "tcp-reset",
     ]);
+    crate::wait_firewall_watched(&t);
     topo.router.exec(&[
         "sysctl",
         "-q",

@@ -22,6 +22,7 @@ fn reject_syn_on_server_host() {
         "--reject-with",
         "tcp-reset",
     ]);
+    crate::wait_firewall_watched(&t);
     let client = Peer::spawn(
         &topo.client,
         "rstt-client",
@@ -82,6 +83,7 @@ fn reject_established_data_on_server_host() {
         "--reject-with",
         "tcp-reset",
     ]);
+    crate::wait_firewall_watched(&t);
     client.go();
     client.expect("errno ECONNRESET");
     let v = sent(&t, &topo.server, "firewall_reject");
@@ -120,6 +122,7 @@ fn ipv6_reject_and_closed_port_told_apart() {
         "--reject-with",
         "tcp-reset",
     ]);
+    crate::wait_firewall_watched(&t);
     let server = Peer::spawn(
         &ns,
         "rstt-server",
