@@ -151,6 +151,10 @@ pub struct Config {
     /// connect(): a failed connect has disconnected its socket (tcp_disconnect() zeroes the
     /// ports) by the time it returns; the address it asked for is still its second argument.
     pub sys_connect: u16,
+    /// `pt_regs.r10`: the fourth argument (getsockopt's `optval`), read at the call's exit
+    /// from the registers at entry, so no hook runs at every system call's entry.
+    pub regs_r10: u16,
+    pub _pad4: [u16; 3],
     /// One bit per syscall number ([`SOCK_CALLS_BITS`](crate::SOCK_CALLS_BITS)): the calls on
     /// a socket whose first argument is its fd (read, write, send*, recv*, connect, ...),
     /// filled in by userspace from libc's numbers.
@@ -245,11 +249,13 @@ impl Config {
             sys_sendfile: OFF_NONE,
             sys_splice: OFF_NONE,
             sys_connect: OFF_NONE,
+            regs_r10: OFF_NONE,
+            _pad4: [0; 3],
             sock_calls: [0; 8],
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 232);
+const _: () = assert!(core::mem::size_of::<Config>() == 240);
 const _: () = assert!(core::mem::offset_of!(Config, sock_calls) % 8 == 0);
 const _: () = assert!(crate::SOCK_CALLS_BITS == 64 * 8);

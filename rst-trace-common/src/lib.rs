@@ -5,16 +5,19 @@
 #![no_std]
 
 mod app_error;
+mod cgroup_seen;
 mod config;
 mod event;
 mod kernel;
 
 pub use app_error::*;
+pub use cgroup_seen::*;
 pub use config::Config;
 pub use event::*;
 pub use kernel::*;
 
-/// Ring buffer carrying [`RstEvent`]s and [`AppErrorEvent`]s to userspace (told apart by length).
+/// Ring buffer carrying [`RstEvent`]s, [`AppErrorEvent`]s and [`CgroupSeen`]s to userspace (told
+/// apart by length).
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Per-CPU count of events dropped because the ring buffer was full.
 pub const MAP_LOST: &str = "LOST";

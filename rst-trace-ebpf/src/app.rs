@@ -145,18 +145,38 @@ pub fn on_enter_getsockopt(fd: u64, level: u64, optname: u64, optval: u64) {
     let _ = SO_ERROR_CALLS.insert(&tid, &[fd, optval], 0);
 }
 
-/// `syscalls:sys_exit_getsockopt`: a `SO_ERROR` read that returned one of the errors.
+/// `syscalls:sys_exit_getsockopt`: a `SO_ERROR` read that returned one of the errors. Its
+/// arguments come from the registers at the call's entry where they can be found (x86_64:
+/// fd, level, optname, optval in di, si, dx, r10), else from what the entry hook noted.
 #[inline(always)]
 pub fn on_exit_getsockopt<C: StackIdContext>(ctx: &C, nr: u32, ret: i64) {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: the value is copied out at once.
-    let Some(&[fd, optval]) = (unsafe { SO_ERROR_CALLS.get(&tid) }) else {
-        return;
+    let (fd, optval) = if conf!(regs_r10) != OFF_NONE {
+        use rst_trace_common::{SO_ERROR, SOL_SOCKET};
+        if ret != 0 {
+            return;
+        }
+        let Some(regs) = stacks::current_regs() else {
+            return;
+        };
+        let arg = |off: u16| kread::<u64>(regs, off).unwrap_or(u64::MAX);
+        if arg(conf!(regs_si)) as u32 as u64 != SOL_SOCKET
+            || arg(conf!(regs_dx)) as u32 as u64 != SO_ERROR
+        {
+            return;
+        }
+        (arg(conf!(regs_di)), arg(conf!(regs_r10)))
+    } else {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        // SAFETY: the value is copied out at once.
+        let Some(&[fd, optval]) = (unsafe { SO_ERROR_CALLS.get(&tid) }) else {
+            return;
+        };
+        let _ = SO_ERROR_CALLS.remove(&tid);
+        if ret != 0 {
+            return;
+        }
+        (fd, optval)
     };
-    let _ = SO_ERROR_CALLS.remove(&tid);
-    if ret != 0 {
-        return;
-    }
     // SAFETY: the helper checks the user address; a fault is an error, not a crash.
     let Ok(err) = (unsafe { bpf_probe_read_user(optval as *const i32) }) else {
         return;

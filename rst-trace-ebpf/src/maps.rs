@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use rst_trace_common::{
     COUNTS_MAX_ENTRIES, FILTER_MAX_ENTRIES, HIDDEN_CGROUPS_MAX_ENTRIES, ListenerClose, RstEvent,
-    SEED_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES, STACKS_MAX_ENTRIES, SockInfo, TCP_WINDOW,
-    Task,
+    SEED_MAX_ENTRIES, SEEN_CGROUPS_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES,
+    STACKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, Task,
 };
 
 /// Slots of the per-program maps (`SCRATCH`, `WINDOW`, `TCP_WIN`, `SKB_WINDOW`, `BUSY`,
@@ -204,3 +204,8 @@ pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(FILTER_MAX
 #[map]
 pub static HIDDEN_CGROUPS: LruHashMap<u64, u8> =
     LruHashMap::with_max_entries(HIDDEN_CGROUPS_MAX_ENTRIES, 0);
+
+/// The cgroup ids userspace has been told of (see `owners::note_cgroup`).
+#[map]
+pub static SEEN_CGROUPS: LruHashMap<u64, u8> =
+    LruHashMap::with_max_entries(SEEN_CGROUPS_MAX_ENTRIES, 0);

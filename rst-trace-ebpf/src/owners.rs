@@ -5,17 +5,17 @@ use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, generated,
 };
 use rst_trace_common::{
-    AF_INET6, ATTR_OWNER_MAP, ATTR_OWNER_SEED, DESTROYED_GRACE_NS, IPPROTO_TCP, ListenerClose,
-    OFF_NONE, RstEvent, SOCK_RESET_SEEN, SockInfo, TCP_CLOSE, TCP_FIN_WAIT2, TCP_LISTEN, TCP_RST,
-    TCP_SYN_SENT, Task,
+    AF_INET6, ATTR_OWNER_MAP, ATTR_OWNER_SEED, CgroupSeen, DESTROYED_GRACE_NS, IPPROTO_TCP,
+    ListenerClose, OFF_NONE, RstEvent, SOCK_RESET_SEEN, SockInfo, TCP_CLOSE, TCP_FIN_WAIT2,
+    TCP_LISTEN, TCP_RST, TCP_SYN_SENT, Task,
 };
 
 use crate::{
     headers::Segment,
     maps::{
-        CLOSING_LISTENERS, CUR_SEG, Flow, IO_SLOTS, LAST_DESTROYED, LAST_IO, LAST_LISTENER_CLOSE,
-        SAMPLED_SLOTS, SEED_OWNERS, SLOT_PROBE, SOCK_GENERATION, SOCKS, TIMEWAIT, bump_generation,
-        count_insert,
+        CLOSING_LISTENERS, CUR_SEG, EVENTS, Flow, IO_SLOTS, LAST_DESTROYED, LAST_IO,
+        LAST_LISTENER_CLOSE, SAMPLED_SLOTS, SEED_OWNERS, SEEN_CGROUPS, SLOT_PROBE, SOCK_GENERATION,
+        SOCKS, TIMEWAIT, bump_generation, count_insert,
     },
     read::{copy_words, kread, kread_at, zero_words},
 };
@@ -147,6 +147,7 @@ pub fn learn_owner(sk: u64) {
             fill_current_task(&mut (*info).owner);
             (*info).owner_ns = bpf_ktime_get_ns();
         }
+        note_cgroup();
         return;
     }
     new_owner(sk);
@@ -162,6 +163,35 @@ fn new_owner(sk: u64) {
         // SAFETY: helper without preconditions.
         info.owner_ns = unsafe { bpf_ktime_get_ns() };
     });
+    note_cgroup();
+}
+
+/// The first time an owner is learned in a cgroup, userspace is told (a [`CgroupSeen`]
+/// record), so that it resolves the cgroup's container while its processes live: one that dies
+/// with its connections takes its cgroup and the runtime's state along before the resets it
+/// leaves are read. One LRU look-up per new owner; nothing per send or receive.
+#[inline(always)]
+fn note_cgroup() {
+    // SAFETY: helper without preconditions.
+    let id = unsafe { generated::bpf_get_current_cgroup_id() };
+    // SAFETY: the value is not used.
+    if id == 0 || unsafe { SEEN_CGROUPS.get(&id) }.is_some() {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<CgroupSeen>(0) else {
+        // Not marked seen: the next owner in that cgroup tries again.
+        return;
+    };
+    let _ = SEEN_CGROUPS.insert(&id, &0, 0);
+    // SAFETY: an exclusive reservation of the record's size, written whole.
+    unsafe {
+        entry.as_mut_ptr().write(CgroupSeen {
+            cgroup: id,
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            _pad: 0,
+        });
+    }
+    entry.submit(0);
 }
 
 /// Inserts a zeroed entry for `sk`, filled in by `fill`.

@@ -4,7 +4,7 @@
 //! summary, metrics).
 
 use aya::maps::{MapData, RingBuf};
-use rst_trace_common::{APP_ERROR_SIZE, AppErrorEvent, KIND_RECEIVED, RstEvent};
+use rst_trace_common::{APP_ERROR_SIZE, AppErrorEvent, CgroupSeen, KIND_RECEIVED, RstEvent};
 
 use crate::{
     apperr::{AppError, Noticing, Outcome},
@@ -63,6 +63,10 @@ pub struct State {
 impl State {
     /// Takes one ring record; returns true when `--count` is reached.
     fn ingest(&mut self, bytes: &[u8]) -> bool {
+        if let Some(seen) = CgroupSeen::decode(bytes) {
+            self.identity.warm(seen.cgroup, seen.pid);
+            return false;
+        }
         if bytes.len() == APP_ERROR_SIZE {
             if let Some(ev) = AppErrorEvent::decode(bytes) {
                 let mut e = AppError::decode(&ev);

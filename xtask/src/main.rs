@@ -91,7 +91,12 @@ enum Cmd {
         only: Option<String>,
         /// rst-trace's arguments in the healthy-path rows, as one string (default: none, its
         /// default flags), e.g. "--no-app-errors".
-        #[arg(long, value_name = "ARGS", default_value = "")]
+        #[arg(
+            long,
+            value_name = "ARGS",
+            default_value = "",
+            allow_hyphen_values = true
+        )]
         healthy_args: String,
         /// Measure this rst-trace binary instead of the tree's release build (before/after
         /// comparisons of two versions; it must take the same options).

@@ -80,6 +80,16 @@ impl Waiting {
         }
     }
 
+    /// A cgroup in which an owner was just learned (a `CgroupSeen` record): resolved now, while
+    /// its process lives, unless cached already, so that the resets it leaves after it dies
+    /// still name their container.
+    pub fn warm(&self, cgroup: u64, pid: u32) {
+        if cgroup != 0 && self.resolver.get(cgroup, pid).is_none() {
+            // A full queue is counted by the resolver; the reset asks again.
+            self.resolver.request(cgroup, pid);
+        }
+    }
+
     /// The queue's buffer, in reports.
     #[cfg(test)]
     pub fn capacity(&self) -> usize {

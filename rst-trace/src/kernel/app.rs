@@ -88,6 +88,11 @@ pub fn app_config(btf: &Btf, cfg: &mut Config) -> Result<(), String> {
     cfg.regs_di = off("pt_regs", "di")?;
     cfg.regs_si = off("pt_regs", "si")?;
     cfg.regs_dx = off("pt_regs", "dx")?;
+    // getsockopt's optval, read at its exit from the registers at entry (see
+    // `attach_app_hooks`): only where those registers can be found.
+    if cfg.pt_regs_size != OFF_NONE && cfg.task_stack != OFF_NONE {
+        cfg.regs_r10 = off("pt_regs", "r10").unwrap_or(OFF_NONE);
+    }
     cfg.icsk_user_timeout = off("inet_connection_sock", "icsk_user_timeout")?;
     cfg.sys_sendfile = libc::SYS_sendfile as u16;
     cfg.sys_splice = libc::SYS_splice as u16;
@@ -168,8 +173,8 @@ pub fn sock_layer_config(tracefs: &std::path::Path, send_length: bool, cfg: &mut
 /// (required for the feature); the getsockopt pair if `so_error`.
 pub fn attach_app_hooks(
     ebpf: &mut Ebpf,
-    so_error: bool,
-    sock_layer: bool,
+    (so_error, sock_layer): (bool, bool),
+    cfg: &Config,
     notes: Notes,
 ) -> AppErrors {
     let exits = sock_layer
@@ -193,13 +198,20 @@ pub fn attach_app_hooks(
         );
         return AppErrors::Unavailable("raw tracepoint sys_exit failed".into());
     }
+    // Where getsockopt's arguments are read at its exit from the registers at entry, no hook
+    // runs at system call entry: one there costs every system call of the host.
+    let exit_only = cfg.regs_r10 != OFF_NONE;
     let so_error = so_error
-        && match attach(
-            ebpf,
-            PROG_ENTER_GETSOCKOPT,
-            "syscalls",
-            "sys_enter_getsockopt",
-        )
+        && match (if exit_only {
+            Ok(())
+        } else {
+            attach(
+                ebpf,
+                PROG_ENTER_GETSOCKOPT,
+                "syscalls",
+                "sys_enter_getsockopt",
+            )
+        })
         .and_then(|()| {
             attach(
                 ebpf,

@@ -300,7 +300,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     let (reject, socketless, reject_attached) =
         attach_transmit_hooks(&mut ebpf, &cfg, &tps, &btf, hooks, notes)?;
     let app = match app_plan {
-        Ok((so_error, sock_layer)) => app::attach_app_hooks(&mut ebpf, so_error, sock_layer, notes),
+        Ok(plan) => app::attach_app_hooks(&mut ebpf, plan, &cfg, notes),
         Err(off) => off,
     };
     Ok(Tracer {

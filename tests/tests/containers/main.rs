@@ -7,8 +7,9 @@
 //! They need a running dockerd (`./x test` starts one) and fail, saying so, without it. The
 //! kernel-matrix guests have no docker: this test binary is not run there (xtask/src/vm.rs).
 //!
-//! Ports 23001-23011 (in namespaces of their own), and a free port of the host's.
+//! Ports 23001-23014 (in namespaces of their own), and free ports of the host's.
 
+mod dying;
 mod filters;
 mod naming;
 mod summary;
