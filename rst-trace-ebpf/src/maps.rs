@@ -205,6 +205,11 @@ pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(FILTER_MAX
 pub static HIDDEN_CGROUPS: LruHashMap<u64, u8> =
     LruHashMap::with_max_entries(HIDDEN_CGROUPS_MAX_ENTRIES, 0);
 
+/// Per-CPU: the cgroup id `owners::note_cgroup` last found told, which spares it the LRU
+/// look-up while one service keeps making connections.
+#[map]
+pub static LAST_CGROUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// The cgroup ids userspace has been told of (see `owners::note_cgroup`).
 #[map]
 pub static SEEN_CGROUPS: LruHashMap<u64, u8> =

@@ -13,7 +13,7 @@ use rst_trace_common::{
 use crate::{
     headers::Segment,
     maps::{
-        CLOSING_LISTENERS, CUR_SEG, EVENTS, Flow, IO_SLOTS, LAST_DESTROYED, LAST_IO,
+        CLOSING_LISTENERS, CUR_SEG, EVENTS, Flow, IO_SLOTS, LAST_CGROUP, LAST_DESTROYED, LAST_IO,
         LAST_LISTENER_CLOSE, SAMPLED_SLOTS, SEED_OWNERS, SEEN_CGROUPS, SLOT_PROBE, SOCK_GENERATION,
         SOCKS, TIMEWAIT, bump_generation, count_insert,
     },
@@ -174,8 +174,17 @@ fn new_owner(sk: u64) {
 fn note_cgroup() {
     // SAFETY: helper without preconditions.
     let id = unsafe { generated::bpf_get_current_cgroup_id() };
+    let last = LAST_CGROUP.get_ptr_mut(0);
+    // SAFETY: per-CPU slot, valid for this program run.
+    if id == 0 || last.is_some_and(|l| unsafe { *l } == id) {
+        return;
+    }
     // SAFETY: the value is not used.
-    if id == 0 || unsafe { SEEN_CGROUPS.get(&id) }.is_some() {
+    if unsafe { SEEN_CGROUPS.get(&id) }.is_some() {
+        if let Some(l) = last {
+            // SAFETY: as above.
+            unsafe { *l = id };
+        }
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<CgroupSeen>(0) else {

@@ -205,15 +205,18 @@ pub struct Cli {
     pub no_app_errors: bool,
 
     /// Details on stderr: the verifier log of a program the kernel rejected (whether rst-trace
-    /// fell back to another one or gave up), and at exit the CPU time its eBPF programs took.
+    /// fell back to another one or gave up), and at exit the CPU time its eBPF programs took
+    /// (see `--self-cost`).
     #[arg(short = 'v', long)]
     pub verbose: bool,
 
-    /// Do not turn on the kernel's per-program accounting that `--metrics` and `-v` use to
-    /// report rst-trace's own cost (while it is on, every BPF program on the host reads the
-    /// clock twice more per run).
+    /// Measure rst-trace's own cost: each eBPF program's runs and CPU time, exported by
+    /// `--metrics` (`-v` turns it on too, and prints it at exit). It turns on the kernel's
+    /// per-program accounting while rst-trace runs, under which every BPF program on the host,
+    /// not only rst-trace's, reads the clock twice more per run: 3-7% on packet-heavy loads
+    /// here (README, Benchmark), so it is off unless asked for.
     #[arg(long)]
-    pub no_self_cost: bool,
+    pub self_cost: bool,
 
     /// Size of the kernel-to-userspace ring buffer in bytes (a power of two). The default holds
     /// ~26k events: a 500k events/s storm on two busy cores loses none (`./x bench`)
@@ -236,7 +239,7 @@ pub struct Settings {
     pub metrics: Option<std::net::SocketAddr>,
     pub hooks: Hooks,
     pub verbose: bool,
-    /// Measure the programs' own cost (`--metrics` or `-v`, not `--no-self-cost`).
+    /// Measure the programs' own cost (`--self-cost` or `-v`).
     pub self_cost: bool,
     pub ring_size: u32,
     /// Explanation sentences are built only when event lines print them.
@@ -286,7 +289,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
             app_errors: !cli.no_app_errors,
         },
         verbose: cli.verbose,
-        self_cost: (cli.metrics.is_some() || cli.verbose) && !cli.no_self_cost,
+        self_cost: cli.self_cost || cli.verbose,
         ring_size: cli.ring_size,
         words: if cli.quiet {
             Sentences::Skip

@@ -2,8 +2,8 @@
 //!
 //! The accounting is on only while rst-trace holds the file descriptor `BPF_ENABLE_STATS` gave
 //! it (Linux 5.8+), so the host's `kernel.bpf_stats_enabled` sysctl is left alone; and only when
-//! the cost is asked for (`--metrics`, `-v`), since while it is on every BPF program on the host
-//! reads the clock twice more per run (`./x bench` measures what that costs).
+//! the cost is asked for (`--self-cost`, `-v`), since while it is on every BPF program on the
+//! host reads the clock twice more per run (`./x bench` measures what that costs).
 
 use std::{os::fd::OwnedFd, time::Duration};
 

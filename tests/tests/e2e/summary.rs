@@ -27,6 +27,8 @@ fn metrics_are_served_and_count_resets() {
     );
     assert!(body.contains("# TYPE rst_trace_lost_events_total counter"));
     assert!(body.contains("rst_trace_lost_events_total 0"));
+    // Without --self-cost the kernel's accounting stays off: no cost metrics.
+    assert!(!body.contains("rst_trace_bpf_program"), "{body}");
     let not_found = ureq::get(url.replace("/metrics", "/other")).call();
     assert!(matches!(not_found, Err(ureq::Error::StatusCode(404))));
     let (status, events) = tracer.stop();
@@ -42,6 +44,7 @@ fn self_cost_in_metrics_and_at_exit() {
         "--quiet",
         "--metrics",
         "127.0.0.1:0",
+        "--self-cost",
         "-v",
     ]);
     let url = metrics_url(&tracer);
