@@ -42,7 +42,7 @@ pub const FACT_RST_TTL: u32 = 256;
 /// RST's own (local = its source).
 pub const FACT_XMIT: u32 = 512;
 /// `--stacks`: the reset was sent in its owner's own system call (a process-context abort,
-/// [`ATTR_OWNER_CURRENT`]) and `user_stack`/`kernel_stack` hold what `bpf_get_stackid()`
+/// [`ATTR_OWNER_CURRENT`]) and `stacks.user`/`stacks.kernel` hold what `bpf_get_stackid()`
 /// returned for it: an id in [`MAP_STACKS`](crate::MAP_STACKS), or `-errno`.
 pub const FACT_STACKS: u32 = 1024;
 /// Received resets: the socket was already orphaned (`SOCK_DEAD`: its process closed it), so no
@@ -169,7 +169,7 @@ impl RstEvent {
                 self.facts & FACT_NETFILTER == 0 && !(self.skaddr != 0 && self.skbaddr != 0)
             }
             // Only the two states handled outside tcp_rcv_state_process(), which
-            // [`self_abort_state`] rules out (asserted below); other states (SYN_RECV, CLOSE...)
+            // [`self_abort_state`] rules out (asserted above); other states (SYN_RECV, CLOSE...)
             // go to userspace as well.
             KIND_RECEIVED => {
                 !self_abort_state(self.state)

@@ -98,7 +98,7 @@ pub fn owner_from_map(sk: u64, ev: &mut RstEvent) {
         ev.prev_state = info.close_prev_state;
         ev.peer_ttl = info.peer_ttl;
         if info.owner_ns != 0 {
-            // SAFETY: Tasks are 8-aligned (repr(align(8))), 32 bytes.
+            // SAFETY: Tasks are 8-aligned (repr(align(8))), 56 bytes.
             unsafe { copy_words(&mut ev.owner, &info.owner) };
             ev.owner_ns = info.owner_ns;
             ev.attribution = ATTR_OWNER_MAP;

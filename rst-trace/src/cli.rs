@@ -41,9 +41,9 @@ pub enum DirectionArg {
     Both,
 }
 
-fn parse_condition(s: &str) -> Result<String, String> {
-    if Condition::from_id(s).is_some() {
-        Ok(s.to_owned())
+fn parse_condition(s: &str) -> Result<Condition, String> {
+    if let Some(c) = Condition::from_id(s) {
+        Ok(c)
     } else {
         let ids: Vec<&str> = Condition::ALL.iter().map(|c| c.as_str()).collect();
         Err(format!(
@@ -136,7 +136,7 @@ pub struct Cli {
 
     /// Only these condition ids (docs/conditions.md in the source tree). Repeatable.
     #[arg(long = "condition", value_name = "ID", value_parser = parse_condition)]
-    pub conditions: Vec<String>,
+    pub conditions: Vec<Condition>,
 
     /// One JSON object per line (NDJSON) on stdout instead of text.
     #[arg(long)]

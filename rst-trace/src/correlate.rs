@@ -82,7 +82,7 @@ impl std::hash::Hasher for TupleHasher {
 /// How long a sent reset stays linkable to a received one.
 const LINK_WINDOW_NS: u64 = 2_000_000_000;
 /// At most this many are kept: a received reset is held [`HOLD_RECEIVED_NS`] for its sender
-/// (main.rs releases held ones every 1024 records while it drains), and 16384 sent resets are
+/// (pipeline.rs releases held ones every 1024 records while it drains), and 16384 sent resets are
 /// 65 ms of a 250k/s storm; each costs ~200 bytes.
 const LINK_MAX: usize = 16384;
 

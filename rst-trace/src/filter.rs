@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use crate::{
     apperr::AppError,
     cli::{Cli, DirectionArg},
-    explain::{Direction, Report},
+    explain::{Condition, Direction, Report},
     identity::Identity,
 };
 
@@ -19,7 +19,7 @@ pub struct Filter {
     /// Sorted, no duplicates: looked up by binary search for every event.
     pub ports: Vec<u16>,
     pub direction: Option<Direction>,
-    pub conditions: HashSet<String>,
+    pub conditions: HashSet<Condition>,
     /// `--container`: names or id prefixes.
     pub containers: Vec<String>,
     /// `--pod`: `(namespace, name)`.
@@ -42,7 +42,7 @@ impl Filter {
                 DirectionArg::Received => Some(Direction::Received),
                 DirectionArg::Both => None,
             },
-            conditions: cli.conditions.iter().cloned().collect(),
+            conditions: cli.conditions.iter().copied().collect(),
             containers: cli.containers.clone(),
             pods: cli
                 .pods
@@ -118,7 +118,7 @@ impl Filter {
         {
             return false;
         }
-        if !self.conditions.is_empty() && !self.conditions.contains(r.condition.as_str()) {
+        if !self.conditions.is_empty() && !self.conditions.contains(&r.condition) {
             return false;
         }
         true
@@ -153,7 +153,10 @@ impl Filter {
         list("pid", self.pids.iter().map(ToString::to_string).collect());
         list("comm", self.comms.iter().cloned().collect());
         list("port", self.ports.iter().map(ToString::to_string).collect());
-        list("condition", self.conditions.iter().cloned().collect());
+        list(
+            "condition",
+            self.conditions.iter().map(|c| c.as_str().to_owned()).collect(),
+        );
         list("container", self.containers.clone());
         list(
             "pod",
@@ -248,7 +251,7 @@ mod tests {
             comms: ["srv".to_string()].into(),
             ports: [80, 443].into(),
             direction: Some(Direction::Received),
-            conditions: [cond::PEER_RESET.to_string()].into(),
+            conditions: [cond::PEER_RESET].into(),
             ..Default::default()
         };
         assert!(f.matches(&report(Some(1), "srv", 5000, 443, Direction::Received)));

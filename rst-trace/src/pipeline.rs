@@ -127,7 +127,7 @@ impl State {
                 return Drained::Done;
             }
             n += 1;
-            // A full ring (8 MiB: 50k records) takes a while: explain the held received resets
+            // A full ring (4 MiB by default: ~20k records) takes a while: explain the held received resets
             // that are old enough on the way, while their senders are still in the link history.
             if n.is_multiple_of(1024) && self.release(false) {
                 self.flush_stacks();

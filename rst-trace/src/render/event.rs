@@ -182,9 +182,10 @@ pub(super) fn process_text(p: &Process) -> String {
 /// One aligned line per reset.
 pub fn report_text(r: &Report, clock: &Clock, color: bool) -> String {
     let time = rfc3339(clock.wall_ns(r.mono_ns), 6);
-    let dir = match r.direction {
-        crate::explain::Direction::Sent => "SENT",
-        crate::explain::Direction::Received => "RECV",
+    // The direction's tag, and its color on a terminal.
+    let (dir, dir_color) = match r.direction {
+        crate::explain::Direction::Sent => ("SENT", "\x1b[31m"),
+        crate::explain::Direction::Received => ("RECV", "\x1b[33m"),
     };
     let process = match (&r.process, r.no_process_why) {
         (Some(p), _) => process_text(p),
@@ -194,15 +195,7 @@ pub fn report_text(r: &Report, clock: &Clock, color: bool) -> String {
     let ends = format!("{} > {}", endpoint_text(&r.local), endpoint_text(&r.remote));
     let state = r.state.map(|s| s.name()).unwrap_or_else(|| "-".into());
     let (c0, c1, b0) = if color {
-        (
-            if dir == "SENT" {
-                "\x1b[31m"
-            } else {
-                "\x1b[33m"
-            },
-            "\x1b[0m",
-            "\x1b[1m",
-        )
+        (dir_color, "\x1b[0m", "\x1b[1m")
     } else {
         ("", "", "")
     };

@@ -112,10 +112,10 @@ pub(super) fn paws_reject(s: &Sent, r: &mut Report) {
 pub(super) fn other(s: &Sent, r: &mut Report) {
     let (remote, state_name) = (r.remote, &s.state_name);
     r.condition = cond::OTHER;
-    let why = s.reported.as_deref().unwrap_or("no reason reported");
+    let why = s.reason_words();
     say!(
         s.words,
         r,
-        "the kernel sent RST to {remote} (reason {why}, state {state_name})"
+        "the kernel sent RST to {remote} ({why}, state {state_name})"
     );
 }

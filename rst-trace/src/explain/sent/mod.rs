@@ -46,9 +46,12 @@ struct Sent<'a> {
 }
 
 impl Sent<'_> {
-    /// The kernel's reason name, "" if it reported none.
-    fn reason_str(&self) -> &str {
-        self.reported.as_deref().unwrap_or("")
+    /// "reason NAME", or what stands for it when the kernel reported none.
+    fn reason_words(&self) -> String {
+        match self.reported.as_deref() {
+            Some(name) => format!("reason {name}"),
+            None => "no reason reported".to_owned(),
+        }
     }
 
     /// The segment's flags as a detail, when the segment itself was seen.
