@@ -155,7 +155,10 @@ impl Filter {
         list("port", self.ports.iter().map(ToString::to_string).collect());
         list(
             "condition",
-            self.conditions.iter().map(|c| c.as_str().to_owned()).collect(),
+            self.conditions
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
         );
         list("container", self.containers.clone());
         list(

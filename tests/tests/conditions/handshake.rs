@@ -68,6 +68,13 @@ fn accept_queue_overflow() {
     let v = sent(&t, &ns, "accept_queue_overflow");
     assert_process(&v, &server, "rstt-server");
     assert_eq!(v["state"], "LISTEN");
+    // It answers the client's ACK (the handshake's last segment, or its data).
+    assert!(
+        s(&v, "detail.incoming_flags")
+            .as_str()
+            .is_some_and(|f| f.contains("ACK")),
+        "{v:#}"
+    );
     assert_eq!(s(&v, "local.port"), 21090);
     // Endpoints come from the client's segment, not the listener's 0.0.0.0:0.
     assert_ne!(s(&v, "remote.port"), 0);
@@ -139,6 +146,8 @@ fn crafted_synack(tag: &str, port: u16, mode: &str, condition: &str, reason: &st
     assert_eq!(v["state"], "SYN_SENT");
     assert_reason(&v, reason);
     assert_eq!(s(&v, "remote.port"), port);
+    // It answers the crafted SYN-ACK, and says so.
+    assert_eq!(s(&v, "detail.incoming_flags"), "SYN|ACK", "{v:#}");
     let _ = responder.wait();
 }
 

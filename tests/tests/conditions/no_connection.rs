@@ -48,6 +48,8 @@ fn forgotten(tag: &str, addr: &str, port: u16, keep_listener: bool, client_actio
         assert_process(&v, &server, "rstt-forget");
         assert_eq!(v["state"], "LISTEN");
         assert_reason(&v, "TCP_FLAGS");
+        // Every sent reset that answers a segment says which.
+        assert_eq!(s(&v, "detail.incoming_flags"), want_flags, "{v:#}");
         v
     } else {
         let v = sent(&t, &ns, "no_connection");

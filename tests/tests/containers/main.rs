@@ -7,7 +7,7 @@
 //! They need a running dockerd (`./x test` starts one) and fail, saying so, without it. The
 //! kernel-matrix guests have no docker: this test binary is not run there (xtask/src/vm.rs).
 //!
-//! Ports 23001-23014 (in namespaces of their own), and free ports of the host's.
+//! Ports 23001-23015 (in namespaces of their own), and free ports of the host's.
 
 mod dying;
 mod filters;

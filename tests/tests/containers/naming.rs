@@ -206,3 +206,38 @@ fn docker_client_container_receives_the_reset() {
     let (status, _) = tracer.stop();
     assert!(status.success(), "rst-trace exit {status:?}");
 }
+
+/// A pod's labels are chosen by whoever deploys it: a pod name holding a newline and an escape
+/// sequence shows with its control characters made visible in text (one line per event, no raw
+/// control byte on stdout), and exactly in JSON.
+#[test]
+fn hostile_pod_label_is_visible_in_text_and_exact_in_json() {
+    use std::io::Read as _;
+    const HOSTILE: &str = "web-0\nFAKE\x1b[31m";
+    let port = 23015;
+    let (mut text, _errs) =
+        rst_trace_tests::spawn_attached(&["--port", &port.to_string(), "--duration", "8"]);
+    let run = DockerRun::new("hostile").k8s(HOSTILE, "shop", "web");
+    let (tracer, web, _client) = docker_bridge(port, run);
+    let snt = sent_by(&tracer, web.pid);
+    assert_eq!(snt["container"]["pod"], HOSTILE, "{snt:#}");
+    let mut out = Vec::new();
+    text.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    assert!(text.wait().unwrap().success());
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        !out.bytes().any(|b| (b < 0x20 && b != b'\n') || b == 0x7f),
+        "{out:?}"
+    );
+    assert!(out.lines().all(|l| l.starts_with("20")), "{out}");
+    let sent_line = out
+        .lines()
+        .find(|l| l.contains("SENT") && l.contains("close_with_unread_data"))
+        .unwrap_or_else(|| panic!("no SENT line: {out}"));
+    assert!(
+        sent_line.contains(&format!("rstt-web[{}]@shop/web-0\\nFAKE\\x1b[31m", web.pid)),
+        "{sent_line}"
+    );
+    let (status, _) = tracer.stop();
+    assert!(status.success(), "rst-trace exit {status:?}");
+}

@@ -31,8 +31,7 @@ pub(super) fn close_with_unread_data(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn killed(s: &Sent, r: &mut Report) {
-    let (local, remote, state_name, reason) =
-        (r.local, r.remote, &s.state_name, s.reason_words());
+    let (local, remote, state_name, reason) = (r.local, r.remote, &s.state_name, s.reason_words());
     // tcp_abort() (ss -K, SOCK_DESTROY) also says TCP_STATE, but without moving the
     // socket to CLOSE first: not a close() or disconnect() of the application's.
     r.condition = cond::OTHER;
