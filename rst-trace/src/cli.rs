@@ -3,7 +3,7 @@
 use clap::{Parser, ValueEnum};
 
 use crate::{
-    explain::{Condition, Sentences},
+    explain::{Condition, Direction, Sentences},
     filter::Filter,
     kernel::Hooks,
 };
@@ -224,6 +224,35 @@ pub struct Cli {
     pub ring_size: u32,
 }
 
+/// The filters the command line asks for (the filter stage knows nothing of the command line).
+fn filter_of(cli: &Cli) -> Filter {
+    Filter {
+        pids: cli.pids.iter().copied().collect(),
+        comms: cli.comms.iter().cloned().collect(),
+        ports: {
+            let mut p = cli.ports.clone();
+            p.sort_unstable();
+            p.dedup();
+            p
+        },
+        direction: match cli.direction {
+            DirectionArg::Sent => Some(Direction::Sent),
+            DirectionArg::Received => Some(Direction::Received),
+            DirectionArg::Both => None,
+        },
+        conditions: cli.conditions.iter().copied().collect(),
+        containers: cli.containers.clone(),
+        pods: cli
+            .pods
+            .iter()
+            .map(|p| match p.split_once('/') {
+                Some((ns, name)) => (Some(ns.to_owned()), name.to_owned()),
+                None => (None, p.clone()),
+            })
+            .collect(),
+    }
+}
+
 /// What a run does, from a command line that makes sense: [`validate`] refuses the rest.
 pub struct Settings {
     /// `--pid` values as given, for the note on processes not running.
@@ -263,7 +292,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
     // A summary and nothing else: resets alike can be counted in the kernel, without a ring
     // record each. (--count needs each match; metrics are per event; containers and pods are
     // known per event, in userspace.)
-    let filter = Filter::from_cli(&cli);
+    let filter = filter_of(&cli);
     let count_in_kernel = cli.summary
         && cli.quiet
         && cli.metrics.is_none()

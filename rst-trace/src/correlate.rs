@@ -9,7 +9,10 @@ use std::{
 
 use rst_trace_common::{RstEvent, self_abort_state};
 
-use crate::explain::{Condition, Linked, Report, cond};
+use crate::{
+    explain::{self, Condition, Direction, Linked, Report, Sentences, cond},
+    kernel::KernelInfo,
+};
 
 /// What userspace remembers between events, bounded.
 #[derive(Default)]
@@ -87,6 +90,28 @@ const LINK_WINDOW_NS: u64 = 2_000_000_000;
 const LINK_MAX: usize = 16384;
 
 impl History {
+    /// Explains `ev` with its link, the one place the link history is read and written: a
+    /// received reset gets the sent reset on this host it answers, a sent reset is remembered
+    /// for the received ones to come.
+    pub fn explain_linked(
+        &mut self,
+        ev: &RstEvent,
+        info: &KernelInfo,
+        words: Sentences,
+    ) -> Option<Report> {
+        let linked = (ev.kind == rst_trace_common::KIND_RECEIVED)
+            .then(|| {
+                let (local, remote) = explain::endpoints(ev);
+                self.find_sender(local, remote, ev.mono_ns)
+            })
+            .flatten();
+        let r = explain::explain(ev, info, words, linked)?;
+        if r.direction == Direction::Sent {
+            self.remember_sent(&r);
+        }
+        Some(r)
+    }
+
     pub fn remember_sent(&mut self, r: &Report) {
         while let Some(&(l, rm, t)) = self.order.front() {
             if self.order.len() >= LINK_MAX || r.mono_ns.saturating_sub(t) > LINK_WINDOW_NS {

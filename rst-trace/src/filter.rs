@@ -7,7 +7,6 @@ use std::collections::HashSet;
 
 use crate::{
     apperr::AppError,
-    cli::{Cli, DirectionArg},
     explain::{Condition, Direction, Report},
     identity::Identity,
 };
@@ -27,34 +26,6 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn from_cli(cli: &Cli) -> Self {
-        Self {
-            pids: cli.pids.iter().copied().collect(),
-            comms: cli.comms.iter().cloned().collect(),
-            ports: {
-                let mut p = cli.ports.clone();
-                p.sort_unstable();
-                p.dedup();
-                p
-            },
-            direction: match cli.direction {
-                DirectionArg::Sent => Some(Direction::Sent),
-                DirectionArg::Received => Some(Direction::Received),
-                DirectionArg::Both => None,
-            },
-            conditions: cli.conditions.iter().copied().collect(),
-            containers: cli.containers.clone(),
-            pods: cli
-                .pods
-                .iter()
-                .map(|p| match p.split_once('/') {
-                    Some((ns, name)) => (Some(ns.to_owned()), name.to_owned()),
-                    None => (None, p.clone()),
-                })
-                .collect(),
-        }
-    }
-
     /// `--container` or `--pod` given: a reset matches by its process's identity.
     pub fn by_identity(&self) -> bool {
         !self.containers.is_empty() || !self.pods.is_empty()

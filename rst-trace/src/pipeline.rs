@@ -189,7 +189,7 @@ impl State {
     }
 
     fn emit(&mut self, ev: &RstEvent, stacks: Option<Box<Stacks>>) -> bool {
-        let Some(mut report) = explain(ev, &self.info, self.words, &mut self.history) else {
+        let Some(mut report) = self.history.explain_linked(ev, &self.info, self.words) else {
             self.bad_records += 1;
             return false;
         };
@@ -299,7 +299,7 @@ impl State {
         match kernel::kernel_counts(&tracer.ebpf) {
             Ok(counts) => {
                 for (key, n) in counts {
-                    if let Some(r) = explain(&key, &self.info, self.words, &mut History::default())
+                    if let Some(r) = explain(&key, &self.info, self.words, None)
                         && self.filter.matches_but_ports(&r)
                     {
                         s.add_n(&r, n);

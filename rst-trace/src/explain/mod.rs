@@ -33,7 +33,7 @@ pub use model::{
 use rst_trace_common::{ATTR_NONE, FACT_IDLE, RstEvent};
 pub use tcp::{Direction, TcpState};
 
-use crate::{correlate::History, kernel::KernelInfo};
+use crate::kernel::KernelInfo;
 
 /// Whether reports get their explanation sentence: `Skip` with `--quiet`, where nothing prints
 /// them: building the sentences is most of the per-event cost in a storm.
@@ -58,13 +58,14 @@ pub fn endpoint(ipv6: bool, addr: &[u8; 16], port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// Explains one event, using the kernel facts (`enum sk_rst_reason` names, jiffy length); sent
-/// resets go into `history`, received ones are linked to them from it.
+/// Explains one event, using the kernel facts (`enum sk_rst_reason` names, jiffy length) and,
+/// for a received reset, the sent reset on this host it answers (`linked`, which
+/// `correlate::History` finds): a pure function of them.
 pub fn explain(
     ev: &RstEvent,
     info: &KernelInfo,
     words: Sentences,
-    history: &mut History,
+    linked: Option<Linked>,
 ) -> Option<Report> {
     let direction = Direction::try_from(ev.kind).ok()?;
     let mut r = blank_report(ev, direction);
@@ -73,10 +74,7 @@ pub fn explain(
         .then(|| (to_ms(ev.idle_jiffies), to_ms(ev.recv_idle_jiffies)));
     match direction {
         Direction::Sent => sent::explain_sent(ev, &info.reasons, words, &mut r),
-        Direction::Received => {
-            let linked = history.find_sender(r.local, r.remote, ev.mono_ns);
-            received::explain_received(ev, linked, idle_ms, words, &mut r);
-        }
+        Direction::Received => received::explain_received(ev, linked, idle_ms, words, &mut r),
     }
     if r.process.is_none() && r.no_process_why.is_none() {
         r.no_process_why = Some(if ev.skaddr == 0 {
@@ -85,17 +83,21 @@ pub fn explain(
             "owner unknown"
         });
     }
-    if direction == Direction::Sent {
-        history.remember_sent(&r);
-    }
     Some(r)
+}
+
+/// The event's local and remote endpoints, as its report will have them.
+pub fn endpoints(ev: &RstEvent) -> (SocketAddr, SocketAddr) {
+    let ipv6 = u16::from(ev.family) == rst_trace_common::AF_INET6;
+    (
+        endpoint(ipv6, &ev.local_addr, ev.local_port),
+        endpoint(ipv6, &ev.remote_addr, ev.remote_port),
+    )
 }
 
 /// The report before any rule: the event's endpoints, socket and owner, condition `other`.
 fn blank_report(ev: &RstEvent, direction: Direction) -> Report {
-    let ipv6 = u16::from(ev.family) == rst_trace_common::AF_INET6;
-    let local = endpoint(ipv6, &ev.local_addr, ev.local_port);
-    let remote = endpoint(ipv6, &ev.remote_addr, ev.remote_port);
+    let (local, remote) = endpoints(ev);
     let ipv6 = local.is_ipv6();
     let process = (ev.attribution != ATTR_NONE).then(|| Process::from_task(&ev.owner));
     Report {

@@ -23,8 +23,8 @@ fn count_key_keeps_condition_direction_and_process() {
         let ev = random_event(&mut next);
         let mut key = ev;
         key.count_key();
-        let a = explain(&ev, &info, Sentences::Write, &mut History::default());
-        let b = explain(&key, &info, Sentences::Write, &mut History::default());
+        let a = explain(&ev, &info, Sentences::Write, None);
+        let b = explain(&key, &info, Sentences::Write, None);
         let (Some(a), Some(b)) = (a, b) else {
             panic!("one of event and key explained, the other not: {ev:?}");
         };
@@ -221,7 +221,7 @@ fn old_kernels_infer_the_condition_and_say_so() {
         (old_kernel(7, 4, true), cond::DATA_AFTER_CLOSE),
     ];
     for (ev, want) in cases {
-        let r = explain(&ev, &k, Sentences::Write, &mut h).unwrap();
+        let r = h.explain_linked(&ev, &k, Sentences::Write).unwrap();
         assert_eq!(r.condition, want, "{ev:?}");
         assert!(r.inferred);
         assert_eq!(r.kernel_reason, None);
@@ -246,10 +246,10 @@ fn listener_reset_with_full_queue_is_overflow() {
     };
     let mut k = reasons();
     k.reasons.insert(6, "TCP_FLAGS".into());
-    let r = explain(&ev, &k, Sentences::Write, &mut History::default()).unwrap();
+    let r = explain(&ev, &k, Sentences::Write, None).unwrap();
     assert_eq!(r.condition, cond::ACCEPT_QUEUE_OVERFLOW);
     ev.ack_backlog = 1;
-    let r = explain(&ev, &k, Sentences::Write, &mut History::default()).unwrap();
+    let r = explain(&ev, &k, Sentences::Write, None).unwrap();
     assert_eq!(r.condition, cond::UNEXPECTED_ACK_ON_LISTENER);
 }
 
@@ -267,7 +267,7 @@ fn long_idle_received_reset_is_a_suspicion_not_a_fact() {
         recv_idle_jiffies: 100_000,
         ..Default::default()
     };
-    let r = explain(&ev, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+    let r = explain(&ev, &reasons(), Sentences::Write, None).unwrap();
     assert_eq!(r.condition, cond::PEER_RESET);
     assert_eq!(r.detail_num("idle_ms"), Some(8));
     assert_eq!(r.detail_num("recv_idle_ms"), Some(400_000));
@@ -280,13 +280,7 @@ fn long_idle_received_reset_is_a_suspicion_not_a_fact() {
         recv_idle_jiffies: 10,
         ..ev
     };
-    let r = explain(
-        &short,
-        &reasons(),
-        Sentences::Write,
-        &mut History::default(),
-    )
-    .unwrap();
+    let r = explain(&short, &reasons(), Sentences::Write, None).unwrap();
     assert!(!r.explanation.contains("suspicion"));
 }
 
@@ -307,7 +301,7 @@ fn unknown_kind_and_state_decode_without_panicking() {
         kind: 77,
         ..Default::default()
     };
-    assert!(explain(&ev, &reasons(), Sentences::Write, &mut History::default()).is_none());
+    assert!(explain(&ev, &reasons(), Sentences::Write, None).is_none());
 }
 
 #[test]
@@ -320,7 +314,7 @@ fn unknown_reason_value_is_other_with_raw_name() {
         family: 2,
         ..Default::default()
     };
-    let r = explain(&ev, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+    let r = explain(&ev, &reasons(), Sentences::Write, None).unwrap();
     assert_eq!(r.condition, cond::OTHER);
     assert_eq!(r.kernel_reason.as_deref(), Some("UNKNOWN(200)"));
 }
@@ -336,7 +330,7 @@ fn syn_to_closed_port_is_port_not_listening_without_a_process() {
         tcp_flags: SYN,
         ..Default::default()
     };
-    let r = explain(&ev, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+    let r = explain(&ev, &reasons(), Sentences::Write, None).unwrap();
     assert_eq!(r.condition, cond::PORT_NOT_LISTENING);
     assert_eq!(r.process, None);
     assert_eq!(r.state, None);
@@ -363,7 +357,9 @@ fn received_reset_links_to_local_sender() {
     };
     sent.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
     sent.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    let s = explain(&sent, &reasons(), Sentences::Write, &mut h).unwrap();
+    let s = h
+        .explain_linked(&sent, &reasons(), Sentences::Write)
+        .unwrap();
     assert_eq!(s.condition, cond::CLOSE_WITH_UNREAD_DATA);
     assert_eq!(s.detail_num("unread_bytes"), Some(128));
     assert_eq!(s.state, Some(TcpState::Established));
@@ -374,7 +370,9 @@ fn received_reset_links_to_local_sender() {
     recv.state = 1;
     recv.attribution = ATTR_NONE;
     recv.mono_ns = 200;
-    let r = explain(&recv, &reasons(), Sentences::Write, &mut h).unwrap();
+    let r = h
+        .explain_linked(&recv, &reasons(), Sentences::Write)
+        .unwrap();
     assert_eq!(r.condition, cond::PEER_RESET);
     assert_eq!(r.process, None);
     let l = r.linked.unwrap();

@@ -7,7 +7,7 @@ use rst_trace_common::{
 };
 
 use super::*;
-use crate::{correlate::History, kernel::KernelInfo};
+use crate::kernel::KernelInfo;
 
 /// A kernel before 6.10: no reason names at all.
 fn old() -> KernelInfo {
@@ -28,7 +28,7 @@ fn xmit(facts: u32, flags: u8, state: u8) -> RstEvent {
 }
 
 fn report(ev: &RstEvent) -> Report {
-    explain(ev, &old(), Sentences::Write, &mut History::default()).expect("explained")
+    explain(ev, &old(), Sentences::Write, None).expect("explained")
 }
 
 fn incoming(r: &Report) -> Option<String> {

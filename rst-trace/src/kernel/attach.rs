@@ -17,7 +17,6 @@ use rst_trace_common::{
 use super::{
     errors::{Notes, load_failure, print_details},
     layout::Tracepoints,
-    load::Resets,
     tracefs,
 };
 
@@ -128,6 +127,29 @@ pub(super) fn attach_owner_hooks(
         notes.failed("owners are not learned from sends and receives", &e);
     }
     Ok(())
+}
+
+/// Which pair of reset programs runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resets {
+    /// BTF tracepoints that generate a missing socket cookie (5.12+).
+    Btf,
+    /// 5.5-5.11: `tcp_send_reset` as a BTF tracepoint without `bpf_get_socket_cookie()`,
+    /// `tcp_receive_reset` record-based (its record has a cookie the kernel generates).
+    BtfSendOnly,
+    /// The record-based `tcp:tcp_send_reset`/`tcp:tcp_receive_reset`.
+    Record,
+}
+
+impl Resets {
+    /// For the readiness line: "BTF" or "record" (tracepoints).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Btf => "BTF",
+            Self::BtfSendOnly => "BTF send/record receive",
+            Self::Record => "record",
+        }
+    }
 }
 
 /// Attaches the reset programs, the first choice that loads: BTF tracepoints that generate a

@@ -12,7 +12,7 @@ use rst_trace_common::{
 
 use super::{
     app::{self, AppErrors},
-    attach::{attach_owner_hooks, attach_raw, attach_resets},
+    attach::{Resets, attach_owner_hooks, attach_raw, attach_resets},
     btf::Btf,
     errors::Notes,
     layout::{self, KernelInfo, Tracepoints},
@@ -44,29 +44,6 @@ pub struct Tracer {
     pub resets: Resets,
     /// Whether failing application calls are traced.
     pub app: AppErrors,
-}
-
-/// Which pair of reset programs runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resets {
-    /// BTF tracepoints that generate a missing socket cookie (5.12+).
-    Btf,
-    /// 5.5-5.11: `tcp_send_reset` as a BTF tracepoint without `bpf_get_socket_cookie()`,
-    /// `tcp_receive_reset` record-based (its record has a cookie the kernel generates).
-    BtfSendOnly,
-    /// The record-based `tcp:tcp_send_reset`/`tcp:tcp_receive_reset`.
-    Record,
-}
-
-impl Resets {
-    /// For the readiness line: "BTF" or "record" (tracepoints).
-    pub fn describe(self) -> &'static str {
-        match self {
-            Self::Btf => "BTF",
-            Self::BtfSendOnly => "BTF send/record receive",
-            Self::Record => "record",
-        }
-    }
 }
 
 /// Whether this kernel can send netfilter REJECT resets right now. The transmit hook that sees

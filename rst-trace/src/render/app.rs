@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use super::{
-    event::{json_endpoint, json_opt_str, json_process, process_text},
     fast::{Clock, Format, json_str, push_u64, rfc3339, visible},
+    fields::{json_endpoint, json_opt_str, json_process, process_text},
     stacks::{json_stacks, text_stacks},
 };
 use crate::{

@@ -7,45 +7,11 @@ use std::{fmt::Write as _, net::SocketAddr};
 use serde_json::Value;
 use serde_json::json;
 
-use super::fast::{Clock, Format, json_str, push_ip, push_u64, rfc3339, visible};
+use super::{
+    fast::{Clock, Format, json_str, push_u64, rfc3339, visible},
+    fields::{json_endpoint, json_opt_str, json_process, process_text},
+};
 use crate::explain::{DetailValue, Origin, Process, Report};
-
-pub(super) fn json_opt_str(out: &mut String, v: Option<&str>) {
-    match v {
-        Some(v) => json_str(out, v),
-        None => out.push_str("null"),
-    }
-}
-
-pub(super) fn json_endpoint(out: &mut String, a: &SocketAddr) {
-    // An address never needs escaping.
-    out.push_str("{\"addr\":\"");
-    push_ip(out, &a.ip());
-    out.push_str("\",\"port\":");
-    push_u64(out, u64::from(a.port()));
-    out.push('}');
-}
-
-pub(super) fn json_process(out: &mut String, p: &Option<Process>) {
-    match p {
-        Some(p) => {
-            out.push_str("{\"pid\":");
-            push_u64(out, u64::from(p.pid));
-            out.push_str(",\"tid\":");
-            push_u64(out, u64::from(p.tid));
-            out.push_str(",\"comm\":");
-            json_str(out, &p.comm);
-            if let Some(t) = &p.thread {
-                out.push_str(",\"thread\":");
-                json_str(out, t);
-            }
-            out.push_str(",\"uid\":");
-            push_u64(out, u64::from(p.uid));
-            out.push('}');
-        }
-        None => out.push_str("null"),
-    }
-}
 
 /// `"cgroup":{...}`: the id, and the path and systemd unit once resolved; `null` when the id
 /// is unknown.
@@ -168,15 +134,6 @@ pub fn report_json(r: &Report, clock: &Clock) -> Value {
 fn endpoint_text(a: &SocketAddr) -> String {
     // SocketAddr's Display already brackets IPv6: [::1]:8888
     a.to_string()
-}
-
-/// `comm[pid]`, then `@NAMESPACE/POD` or `@CONTAINER` when it runs in one.
-pub(super) fn process_text(p: &Process) -> String {
-    let container = p.identity.as_ref().and_then(|i| i.container.as_ref());
-    match container {
-        Some(c) => format!("{p}@{}", c.pod_label().unwrap_or_else(|| c.label())),
-        None => p.to_string(),
-    }
 }
 
 /// One aligned line per reset.

@@ -51,13 +51,7 @@ fn clock() -> Clock {
 
 #[test]
 fn golden_json() {
-    let r = explain(
-        &close_event(),
-        &reasons(),
-        Sentences::Write,
-        &mut History::default(),
-    )
-    .unwrap();
+    let r = explain(&close_event(), &reasons(), Sentences::Write, None).unwrap();
     let got = render(&r, &clock(), Format::Json);
     let want = r#"{"type":"rst","time":"2026-11-24T12:00:01.123456789Z","mono_ns":81234567890123,"direction":"sent","origin":"tcp","condition":"close_with_unread_data","explanation":"server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN","kernel_reason":"TCP_ABORT_ON_CLOSE","state":"ESTABLISHED","family":"ipv4","local":{"addr":"127.0.0.1","port":8888},"remote":{"addr":"127.0.0.1","port":43210},"process":{"pid":1234,"tid":1234,"comm":"server","uid":0},"cgroup":null,"container":null,"attribution":"socket_owner","netns":4026531840,"socket_cookie":862063,"detail":{"unread_bytes":128},"inferred":false}"#;
     assert_eq!(got, want);
@@ -65,13 +59,7 @@ fn golden_json() {
 
 #[test]
 fn golden_text() {
-    let r = explain(
-        &close_event(),
-        &reasons(),
-        Sentences::Write,
-        &mut History::default(),
-    )
-    .unwrap();
+    let r = explain(&close_event(), &reasons(), Sentences::Write, None).unwrap();
     let got = render(&r, &clock(), Format::Text { color: false });
     let want = "2026-11-24T12:00:01.123456Z SENT server[1234]             127.0.0.1:8888 > 127.0.0.1:43210              ESTABLISHED  close_with_unread_data      server[1234] closed the socket with 128 unread bytes in its receive queue, so the kernel aborted the connection with RST instead of FIN";
     assert_eq!(got, want);
@@ -85,7 +73,7 @@ fn worker_thread_and_cgroup() {
     e.owner.tid = 1240;
     e.owner.thread[..13].copy_from_slice(b"conn-worker-7");
     e.owner.cgroup = 7_421;
-    let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+    let r = explain(&e, &reasons(), Sentences::Write, None).unwrap();
     let j = report_json(&r, &clock());
     assert_eq!(j["process"]["comm"], "server");
     assert_eq!(j["process"]["thread"], "conn-worker-7");
@@ -95,7 +83,7 @@ fn worker_thread_and_cgroup() {
     assert!(text.contains(" SENT server[1234] "), "{text}");
     // The same name on the thread: no `thread` key.
     e.owner.thread = e.owner.comm;
-    let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+    let r = explain(&e, &reasons(), Sentences::Write, None).unwrap();
     let j = report_json(&r, &clock());
     assert!(j["process"].get("thread").is_none(), "{j}");
     assert_eq!(j["cgroup"]["id"], 7_421);
@@ -112,7 +100,7 @@ fn container_identity() {
 
     let mut e = close_event();
     e.owner.cgroup = 7_421;
-    let mut r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+    let mut r = explain(&e, &reasons(), Sentences::Write, None).unwrap();
     let id = "3f1c9a5e7b2d4c6a8e0f1b3d5c7e9a1b2c4d6e8f0a1b3c5d7e9f1a2b4c6d8e0f";
     let mut c = Container {
         id: id.into(),
@@ -169,7 +157,7 @@ fn golden_text_no_socket_ipv6() {
     };
     e.local_addr[15] = 1;
     e.remote_addr[15] = 1;
-    let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+    let r = explain(&e, &reasons(), Sentences::Write, None).unwrap();
     let got = render(&r, &clock(), Format::Text { color: false });
     let want = "2026-11-24T12:00:01.123456Z SENT -(no socket)             [::1]:9 > [::1]:50000                         -            port_not_listening          nothing listens on [::1]:9: the kernel refused the connection attempt (SYN) from [::1]:50000 with RST; the client sees ECONNREFUSED";
     assert_eq!(got, want);
@@ -210,7 +198,7 @@ fn arbitrary_records_never_panic() {
             rejected += 1;
             continue;
         };
-        let Some(r) = explain(&ev, &info, Sentences::Write, &mut history) else {
+        let Some(r) = history.explain_linked(&ev, &info, Sentences::Write) else {
             continue;
         };
         explained += 1;
@@ -238,13 +226,7 @@ fn lost_record_json() {
 /// A sent reset whose call (`read(fd 3)` on thread `worker`) noticed it 1.5 ms later.
 fn noticed_report() -> crate::explain::Report {
     use crate::{apperr::AppError, explain::AppNotice};
-    let mut r = explain(
-        &close_event(),
-        &reasons(),
-        Sentences::Write,
-        &mut History::default(),
-    )
-    .unwrap();
+    let mut r = explain(&close_event(), &reasons(), Sentences::Write, None).unwrap();
     let mut ev = rst_trace_common::AppErrorEvent {
         mono_ns: r.mono_ns + 1_500_000,
         skaddr: r.skaddr,
@@ -366,7 +348,7 @@ fn hostile_comm_is_visible_in_text_and_exact_in_json() {
     let name = b"a\nFAKE\x1b[31m";
     e.owner.comm = [0; 16];
     e.owner.comm[..name.len()].copy_from_slice(name);
-    let r = explain(&e, &reasons(), Sentences::Write, &mut History::default()).unwrap();
+    let r = explain(&e, &reasons(), Sentences::Write, None).unwrap();
     let text = render(&r, &clock(), Format::Text { color: false });
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(!text.bytes().any(|b| b < 0x20 || b == 0x7f), "{text:?}");

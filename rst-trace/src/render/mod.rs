@@ -4,6 +4,7 @@
 mod app;
 mod event;
 mod fast;
+mod fields;
 pub mod metrics;
 mod out;
 mod sink;
