@@ -211,6 +211,41 @@ impl std::fmt::Display for Process {
     }
 }
 
+/// The keys of a report's `detail` object (docs/output.md): a public API, never renamed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    AcceptQueue,
+    AcceptQueueMax,
+    Errno,
+    IdleMs,
+    IncomingFlags,
+    PeerTtl,
+    RecvIdleMs,
+    Rejected,
+    Ttl,
+    UnreadBytes,
+    UnsentBytes,
+}
+
+impl Detail {
+    /// The key as output.md fixes it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AcceptQueue => "accept_queue",
+            Self::AcceptQueueMax => "accept_queue_max",
+            Self::Errno => "errno",
+            Self::IdleMs => "idle_ms",
+            Self::IncomingFlags => "incoming_flags",
+            Self::PeerTtl => "peer_ttl",
+            Self::RecvIdleMs => "recv_idle_ms",
+            Self::Rejected => "rejected",
+            Self::Ttl => "ttl",
+            Self::UnreadBytes => "unread_bytes",
+            Self::UnsentBytes => "unsent_bytes",
+        }
+    }
+}
+
 /// A detail value: condition-specific facts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DetailValue {
@@ -255,7 +290,7 @@ pub struct Report {
     pub no_process_why: Option<&'static str>,
     pub netns: u32,
     pub socket_cookie: Option<u64>,
-    pub detail: Vec<(&'static str, DetailValue)>,
+    pub detail: Vec<(Detail, DetailValue)>,
     pub linked: Option<Linked>,
     /// The condition was inferred without a kernel reason (kernels before 6.10).
     pub inferred: bool,
@@ -271,7 +306,7 @@ pub struct Report {
 
 impl Report {
     #[cfg(test)]
-    pub fn detail_num(&self, key: &str) -> Option<u64> {
+    pub fn detail_num(&self, key: Detail) -> Option<u64> {
         self.detail.iter().find_map(|(k, v)| match v {
             DetailValue::Num(n) if *k == key => Some(*n),
             _ => None,

@@ -4,7 +4,7 @@ use rst_trace_common::RstEvent;
 
 use super::{
     Sentences,
-    model::{DetailValue, Origin, Report, cond},
+    model::{Detail, DetailValue, Origin, Report, cond},
     tcp::ACK,
 };
 
@@ -13,7 +13,8 @@ pub(super) fn explain_netfilter(ev: &RstEvent, words: Sentences, r: &mut Report)
     r.state = None;
     r.socket_cookie = None;
     r.no_process_why = Some("firewall");
-    r.detail.push(("ttl", DetailValue::Num(u64::from(ev.ttl))));
+    r.detail
+        .push((Detail::Ttl, DetailValue::Num(u64::from(ev.ttl))));
     r.origin = Some(Origin::Netfilter);
     r.condition = cond::FIREWALL_REJECT;
     // nf_reject_ip_tcphdr_put(): an RST|ACK answers a segment without ACK (a SYN: the client
@@ -25,7 +26,7 @@ pub(super) fn explain_netfilter(ev: &RstEvent, words: Sentences, r: &mut Report)
         ("segment on an established connection", "ECONNRESET")
     };
     r.detail.push((
-        "rejected",
+        Detail::Rejected,
         DetailValue::Text(
             if ev.tcp_flags & ACK != 0 {
                 "SYN"

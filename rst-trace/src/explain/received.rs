@@ -5,7 +5,7 @@ use rst_trace_common::{FACT_RST_TTL, RstEvent};
 
 use super::{
     Sentences,
-    model::{DetailValue, Linked, Report, cond},
+    model::{Detail, DetailValue, Linked, Report, cond},
     tcp::TcpState,
     who,
 };
@@ -34,7 +34,7 @@ pub(super) fn explain_received(
     if r.state == Some(TcpState::SynSent) {
         r.condition = cond::CONNECTION_REFUSED;
         r.detail
-            .push(("errno", DetailValue::Text("ECONNREFUSED".into())));
+            .push((Detail::Errno, DetailValue::Text("ECONNREFUSED".into())));
         say!(
             words,
             r,
@@ -52,7 +52,7 @@ pub(super) fn explain_received(
             _ => Some("ECONNRESET"),
         };
         if let Some(e) = errno {
-            r.detail.push(("errno", DetailValue::Text(e.into())));
+            r.detail.push((Detail::Errno, DetailValue::Text(e.into())));
         }
         let sees = match errno {
             Some(e) => format!("; {proc_} sees {e} on its next read or write"),
@@ -93,16 +93,18 @@ fn sent_by(linked: Option<&Linked>) -> String {
 fn evidence(ev: &RstEvent, linked: bool, idle_ms: Option<(u64, u64)>, r: &mut Report) -> String {
     let remote = r.remote;
     if let Some((ms, recv_ms)) = idle_ms {
-        r.detail.push(("idle_ms", DetailValue::Num(ms)));
-        r.detail.push(("recv_idle_ms", DetailValue::Num(recv_ms)));
+        r.detail.push((Detail::IdleMs, DetailValue::Num(ms)));
+        r.detail
+            .push((Detail::RecvIdleMs, DetailValue::Num(recv_ms)));
     }
     let rst_ttl = (ev.facts & FACT_RST_TTL != 0).then_some(ev.ttl);
     let peer_ttl = (ev.peer_ttl != 0).then_some(ev.peer_ttl);
     if let Some(t) = rst_ttl {
-        r.detail.push(("ttl", DetailValue::Num(u64::from(t))));
+        r.detail.push((Detail::Ttl, DetailValue::Num(u64::from(t))));
     }
     if let Some(t) = peer_ttl {
-        r.detail.push(("peer_ttl", DetailValue::Num(u64::from(t))));
+        r.detail
+            .push((Detail::PeerTtl, DetailValue::Num(u64::from(t))));
     }
     // Evidence, never a verdict. An RST whose TTL differs from the peer's segments was
     // built by a different host than the peer (a firewall, load balancer or injector on the

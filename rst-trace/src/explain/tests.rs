@@ -6,6 +6,7 @@ use rst_trace_common::{
 };
 
 use super::{
+    model::Detail,
     tcp::{ACK, SYN, tcp_flags_names},
     *,
 };
@@ -269,8 +270,8 @@ fn long_idle_received_reset_is_a_suspicion_not_a_fact() {
     };
     let r = explain(&ev, &reasons(), Sentences::Write, None).unwrap();
     assert_eq!(r.condition, cond::PEER_RESET);
-    assert_eq!(r.detail_num("idle_ms"), Some(8));
-    assert_eq!(r.detail_num("recv_idle_ms"), Some(400_000));
+    assert_eq!(r.detail_num(Detail::IdleMs), Some(8));
+    assert_eq!(r.detail_num(Detail::RecvIdleMs), Some(400_000));
     assert!(
         r.explanation.contains("suspicion, not fact"),
         "{}",
@@ -361,7 +362,7 @@ fn received_reset_links_to_local_sender() {
         .explain_linked(&sent, &reasons(), Sentences::Write)
         .unwrap();
     assert_eq!(s.condition, cond::CLOSE_WITH_UNREAD_DATA);
-    assert_eq!(s.detail_num("unread_bytes"), Some(128));
+    assert_eq!(s.detail_num(Detail::UnreadBytes), Some(128));
     assert_eq!(s.state, Some(TcpState::Established));
     let mut recv = sent;
     recv.kind = KIND_RECEIVED;

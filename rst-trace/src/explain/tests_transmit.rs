@@ -6,6 +6,7 @@ use rst_trace_common::{
     TCP_RST, TCP_SYN, TCP_TIME_WAIT,
 };
 
+use super::model::Detail;
 use super::*;
 use crate::kernel::KernelInfo;
 
@@ -33,7 +34,7 @@ fn report(ev: &RstEvent) -> Report {
 
 fn incoming(r: &Report) -> Option<String> {
     r.detail.iter().find_map(|(k, v)| match (k, v) {
-        (&"incoming_flags", DetailValue::Text(t)) => Some(t.clone()),
+        (Detail::IncomingFlags, DetailValue::Text(t)) => Some(t.clone()),
         _ => None,
     })
 }

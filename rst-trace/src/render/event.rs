@@ -97,7 +97,7 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
         if i > 0 {
             out.push(',');
         }
-        json_str(out, k);
+        json_str(out, k.as_str());
         out.push(':');
         match v {
             DetailValue::Num(n) => push_u64(out, *n),

@@ -5,7 +5,7 @@ use rst_trace_common::{FACT_LINGER_ZERO, FACT_LISTENER_CLOSING};
 
 use super::{Sent, unread_data};
 use crate::explain::{
-    model::{DetailValue, KernelReason, Report, cond},
+    model::{Detail, DetailValue, KernelReason, Report, cond},
     tcp::TcpState,
 };
 
@@ -15,7 +15,7 @@ pub(super) fn close_with_unread_data(s: &Sent, r: &mut Report) {
     if s.tcp_sock {
         let unread = unread_data(s.ev, s.prev);
         r.detail
-            .push(("unread_bytes", DetailValue::Num(u64::from(unread))));
+            .push((Detail::UnreadBytes, DetailValue::Num(u64::from(unread))));
         say!(
             s.words,
             r,
@@ -60,7 +60,7 @@ pub(super) fn closed_or_disconnected(s: &Sent, r: &mut Report) {
     } else if s.key == Some(KernelReason::DisconnectWithData) {
         r.condition = cond::DISCONNECT_WITH_UNSENT_DATA;
         r.detail
-            .push(("unsent_bytes", DetailValue::Num(u64::from(unsent))));
+            .push((Detail::UnsentBytes, DetailValue::Num(u64::from(unsent))));
         say!(
             s.words,
             r,
@@ -69,7 +69,7 @@ pub(super) fn closed_or_disconnected(s: &Sent, r: &mut Report) {
     } else if ev.facts & FACT_LINGER_ZERO != 0 {
         r.condition = cond::LINGER_ABORT;
         r.detail
-            .push(("unsent_bytes", DetailValue::Num(u64::from(unsent))));
+            .push((Detail::UnsentBytes, DetailValue::Num(u64::from(unsent))));
         say!(
             s.words,
             r,

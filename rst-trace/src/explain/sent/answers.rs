@@ -5,7 +5,7 @@ use rst_trace_common::FACT_BACKLOG;
 
 use super::Sent;
 use crate::explain::{
-    model::{DetailValue, Report, cond},
+    model::{Detail, DetailValue, Report, cond},
     tcp::{ACK, SYN},
 };
 
@@ -53,10 +53,12 @@ pub(super) fn accept_queue_overflow(s: &Sent, r: &mut Report) {
     let (local, remote, proc_, ev) = (r.local, r.remote, &s.proc_, s.ev);
     r.condition = cond::ACCEPT_QUEUE_OVERFLOW;
     if ev.facts & FACT_BACKLOG != 0 {
-        r.detail
-            .push(("accept_queue", DetailValue::Num(u64::from(ev.ack_backlog))));
         r.detail.push((
-            "accept_queue_max",
+            Detail::AcceptQueue,
+            DetailValue::Num(u64::from(ev.ack_backlog)),
+        ));
+        r.detail.push((
+            Detail::AcceptQueueMax,
             DetailValue::Num(u64::from(ev.max_ack_backlog)),
         ));
     }

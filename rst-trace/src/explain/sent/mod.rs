@@ -11,7 +11,7 @@ use rst_trace_common::{
 
 use super::{
     Sentences, infer,
-    model::{DetailValue, KernelReason, Origin, Report},
+    model::{Detail, DetailValue, KernelReason, Origin, Report},
     netfilter,
     tcp::{ACK, SYN, TCP_CLOSE_RAW, TcpState, tcp_flags_names},
     who,
@@ -57,8 +57,10 @@ impl Sent<'_> {
     /// The segment's flags as a detail, when the segment itself was seen.
     fn push_incoming(&self, r: &mut Report) {
         if self.packet && !self.guessed {
-            r.detail
-                .push(("incoming_flags", DetailValue::Text(self.incoming.clone())));
+            r.detail.push((
+                Detail::IncomingFlags,
+                DetailValue::Text(self.incoming.clone()),
+            ));
         }
     }
 }
