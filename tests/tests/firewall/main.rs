@@ -26,9 +26,14 @@ fn server(topo: &Topology, port: u16) -> Peer {
 }
 
 /// After a REJECT rule is made: rst-trace watches firewall resets from the start where REJECT
-/// code was there already, else from the moment the rule loaded nf_reject, which it says.
+/// code was there already, or where its transmit hook is attached from the start anyway (before
+/// 6.10, for the resets TCP sends without a socket); else from the moment the rule loaded
+/// nf_reject, which it says.
 fn wait_firewall_watched(t: &Tracer) {
-    if t.ready_line().contains("firewall resets: yes") {
+    let ready = t.ready_line();
+    if ready.contains("firewall resets: yes")
+        || ready.contains("resets without a socket: on transmit")
+    {
         return;
     }
     t.wait_for_stderr("firewall resets watched", 10, |l| {
