@@ -1,4 +1,6 @@
 use aya_build::{Package, Toolchain};
+// A build-dependency only so that cargo rebuilds us when the eBPF crate changes.
+use rst_trace_ebpf as _;
 
 /// The eBPF crate is built with a pinned nightly (the bpf target needs `-Z build-std=core`);
 /// `./x setup` installs it. Pinned in one place, `rust-toolchain-ebpf` at the repository's root,

@@ -3,6 +3,7 @@
 //! Everything here is `#[repr(C)]` with explicit-width fields and explicit padding, so both sides
 //! (bpfel and x86_64) agree on every byte. No `bool`: flags are bits in integers.
 #![no_std]
+#![warn(unused_crate_dependencies)]
 
 mod app_error;
 mod cgroup_seen;

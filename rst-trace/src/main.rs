@@ -1,5 +1,10 @@
 //! rst-trace: for every TCP reset, which process and which condition caused it.
 
+// A dependency nothing here uses is an error under clippy's -D warnings (it caught `log` and
+// `serde` left behind). Not workspace-wide: each end-to-end test binary uses a subset of its
+// crate's dependencies.
+#![warn(unused_crate_dependencies)]
+
 mod apperr;
 mod cli;
 mod correlate;
