@@ -286,6 +286,54 @@ fn waiting_reports_keep_order() {
     assert!(w.is_empty());
 }
 
+/// A cgroup warmed while its process lived (`Waiting::warm`, on the kernel's `CgroupSeen`) still
+/// names the container once the process, its cgroup and the runtime's state are gone: on a
+/// cgroup v2 host, and on a hybrid one (docker's cgroupfs driver), where the answer is the pid's.
+#[test]
+fn warmed_identity_outlives_its_process() {
+    use crate::{explain::Direction, filter::tests_support::report};
+
+    for hybrid in [false, true] {
+        let t = TempRoots::new("warm");
+        let (path, cgroup_file) = if hybrid {
+            let file = format!(
+                "12:pids:/docker/{DOCKER_ID}\n1:name=systemd:/docker/{DOCKER_ID}\n\
+                 0::/system.slice/containerd.service\n"
+            );
+            ("/system.slice/containerd.service".to_owned(), file)
+        } else {
+            let path = format!("/system.slice/docker-{DOCKER_ID}.scope");
+            let file = format!("0::{path}\n");
+            (path, file)
+        };
+        let id = t.cgroup(&path);
+        t.process(77, &cgroup_file);
+        let config = t.roots.docker.join(DOCKER_ID).join("config.v2.json");
+        t.put(&config, "docker-config.v2.json");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut w = Waiting::start(t.roots.clone(), tx);
+        w.warm(id, 77);
+        rx.blocking_recv().unwrap();
+        // The process exits; the runtime removes its cgroup and its state.
+        fs::remove_dir_all(t.roots.proc.join("77")).unwrap();
+        fs::remove_file(&config).unwrap();
+        if !hybrid {
+            fs::remove_dir(t.dir.join("cgroup2").join(path.trim_start_matches('/'))).unwrap();
+        }
+        let mut r = report(Some(77), "web", 80, 4000, Direction::Sent);
+        r.process.as_mut().unwrap().cgroup = id;
+        let mut out = Vec::new();
+        w.submit(r, &mut out);
+        assert_eq!(out.len(), 1, "hybrid {hybrid}: the identity was cached");
+        let p = out[0].process.as_ref().unwrap();
+        let c = p.identity.as_ref().unwrap().container.as_ref().unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.name.as_deref()),
+            (DOCKER_ID, Some("web-1"))
+        );
+    }
+}
+
 /// A storm behind a slow look-up: at most MAX_QUEUED reports wait, the oldest going on (without
 /// its identity if it has none yet), and the queue's buffer never grows past that.
 #[test]
