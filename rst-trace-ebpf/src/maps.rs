@@ -76,9 +76,9 @@ pub struct Destroyed {
 #[map]
 pub static LAST_DESTROYED: PerCpuArray<Destroyed> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU: [skb, time] of the last netfilter RST reported.
+/// Per-CPU: [skb, time, ports and sequence number] of the last RST the transmit hook reported.
 #[map]
-pub static LAST_REJECT_SKB: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+pub static LAST_REJECT_SKB: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU: the skb the receive path is handling (`netif_receive_skb`). Before 6.10 a reset
 /// TCP sends without a full socket is seen only on transmit; tcp_v4_rcv()/tcp_v6_rcv() send it

@@ -53,7 +53,7 @@ pub fn on_transmit(skb: u64) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    if announced(&rst, now) || queued_again(skb, now) {
+    if announced(&rst, now) || queued_again(skb, &rst, now) {
         return;
     }
     let by_tcp = tcp_ctl || (rst.family() == AF_INET6 && tcp_built_v6(skb, &rst.ip));
@@ -89,16 +89,23 @@ fn announced(rst: &Headers, now: u64) -> bool {
 }
 
 /// A packet crossing stacked devices (bridge -> veth, vlan -> eth) is queued once per device:
-/// report it once.
+/// report it once. The same skb address is not enough: a freed skb's address comes back for
+/// the next one at once (curl to `localhost` refused on ::1, then on 127.0.0.1, or a storm), so
+/// the RST's ports and sequence number must be the same too.
 #[inline(always)]
-fn queued_again(skb: u64, now: u64) -> bool {
+fn queued_again(skb: u64, rst: &Headers, now: u64) -> bool {
+    let t = &rst.tcp;
+    let id = u64::from_ne_bytes([t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]]);
     if let Some(last) = LAST_REJECT_SKB.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.
         unsafe {
-            if (*last)[0] == skb && now.wrapping_sub((*last)[1]) < STACKED_DEVICE_NS {
+            if (*last)[0] == skb
+                && (*last)[2] == id
+                && now.wrapping_sub((*last)[1]) < STACKED_DEVICE_NS
+            {
                 return true;
             }
-            *last = [skb, now];
+            *last = [skb, now, id];
         }
     }
     false
