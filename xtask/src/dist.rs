@@ -29,7 +29,12 @@ pub fn dist() -> Result<()> {
     if let Some(strip) = strip {
         run(Command::new(strip).arg(&bin))?;
     }
-    for f in ["rst-trace.service", "daemonset.yaml"] {
+    for f in [
+        "rst-trace.service",
+        "daemonset.yaml",
+        "prometheus-rules.yaml",
+        "grafana-dashboard.json",
+    ] {
         std::fs::copy(root().join("deploy").join(f), dist.join(f))?;
     }
     // No program interpreter: nothing to load at run time, no libc needed on the host.

@@ -171,8 +171,10 @@ fn main() -> Result<()> {
             if !is_root() {
                 bail!("the end-to-end tests load eBPF programs: run `./x test` as root");
             }
-            // The container tests (tests/tests/containers/) need a real runtime.
+            // The container tests (tests/tests/containers/) need a real runtime, and
+            // tests/tests/prometheus.rs a real Prometheus (with promtool).
             docker::setup()?;
+            setup_apt_packages(&["prometheus"])?;
             // Lints first, so the run ends with the test totals.
             check::check()?;
             say("cargo test --release --workspace --exclude rst-trace-ebpf");

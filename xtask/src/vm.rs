@@ -39,11 +39,18 @@ pub const GUEST_SKIPS: &[(&str, &str)] = &[(
 
 /// Test files (`tests/tests/NAME.rs` or `tests/tests/NAME/`) whose binary is not run in the
 /// guests, with why. They run on the host's kernel.
-pub const GUEST_SKIP_FILES: &[(&str, &str)] = &[(
-    "containers",
-    "the guests have no container runtime: docker and runc need a dockerd and state the \
-     read-only guest cannot hold; what they test is rst-trace's userspace, not the kernel",
-)];
+pub const GUEST_SKIP_FILES: &[(&str, &str)] = &[
+    (
+        "containers",
+        "the guests have no container runtime: docker and runc need a dockerd and state the \
+         read-only guest cannot hold; what they test is rst-trace's userspace, not the kernel",
+    ),
+    (
+        "prometheus",
+        "the dashboard's and alerting rules' queries against a real Prometheus test rst-trace's \
+         metrics, not the kernel",
+    ),
+];
 
 /// Per kernel: wall time of the guest run and the test totals it printed.
 pub struct Outcome {
