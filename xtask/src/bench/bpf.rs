@@ -82,46 +82,27 @@ fn prog_name(id: u32) -> Option<String> {
 /// The run time so far of process `pid`'s programs.
 pub(super) fn bpf_stats(pid: u32) -> BpfStats {
     let mut st = BpfStats::default();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return st;
-    };
-    for fd in fds.flatten() {
-        let is_prog = std::fs::read_link(fd.path())
-            .map(|l| l.to_string_lossy().contains("bpf-prog"))
-            .unwrap_or(false);
-        if !is_prog {
-            continue;
+    for p in prog_stats(pid) {
+        st.all_ns += p.ns;
+        if p.prog_type == PROG_TYPE_TRACING {
+            st.reset_ns += p.ns;
+            st.reset_cnt += p.runs;
         }
-        let info = std::fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        let field = |k: &str| -> u64 {
-            info.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        let ns = field("run_time_ns:");
-        st.all_ns += ns;
-        if field("prog_type:") == 26 {
-            st.reset_ns += ns;
-            st.reset_cnt += field("run_cnt:");
-        }
-        if field("prog_type:") == 17
-            && prog_name(field("prog_id:") as u32).as_deref() == Some("sys_exit_app")
-        {
-            st.app_ns += ns;
-            st.app_cnt += field("run_cnt:");
+        if p.name == "sys_exit_app" {
+            st.app_ns += p.ns;
+            st.app_cnt += p.runs;
         }
     }
     st
 }
 
+/// BPF_PROG_TYPE_TRACING: the BTF tracepoints, which only the reset programs are.
+const PROG_TYPE_TRACING: u64 = 26;
+
 /// One program's run count and run time so far.
 pub(super) struct ProgStats {
     pub(super) name: String,
+    pub(super) prog_type: u64,
     pub(super) runs: u64,
     pub(super) ns: u64,
 }
@@ -163,7 +144,12 @@ pub(super) fn prog_stats(pid: u32) -> Vec<ProgStats> {
                 p.runs += runs;
                 p.ns += ns;
             }
-            None => out.push(ProgStats { name, runs, ns }),
+            None => out.push(ProgStats {
+                name,
+                prog_type: field("prog_type:"),
+                runs,
+                ns,
+            }),
         }
     }
     out

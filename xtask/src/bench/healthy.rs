@@ -23,7 +23,7 @@ use super::{
     Mode, Opts,
     bpf::{BPF_STATS_ENABLED, ProgStats, prog_stats},
     load::generate,
-    measure::median,
+    measure::{await_readiness, median},
 };
 
 /// The healthy-path loads.
@@ -114,6 +114,7 @@ fn diff(a: &[ProgStats], b: &[ProgStats]) -> Vec<ProgStats> {
             let before = a.iter().find(|q| q.name == p.name);
             ProgStats {
                 name: p.name.clone(),
+                prog_type: p.prog_type,
                 runs: p.runs - before.map_or(0, |q| q.runs),
                 ns: p.ns - before.map_or(0, |q| q.ns),
             }
@@ -372,16 +373,7 @@ impl Tracing {
             .spawn()
             .context("starting rst-trace")?;
         let mut err = BufReader::new(child.stderr.take().context("stderr")?);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if err.read_line(&mut line)? == 0 {
-                bail!("rst-trace exited before attaching");
-            }
-            if line.starts_with("rst-trace: tracing TCP resets") {
-                break;
-            }
-        }
+        await_readiness(&mut err)?;
         // Drain the rest of stderr so rst-trace never blocks on it.
         std::thread::spawn(move || {
             let mut sink = String::new();

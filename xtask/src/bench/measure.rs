@@ -73,16 +73,7 @@ fn traced_round(
         .context("starting rst-trace")?;
     let pid = child.id();
     let mut err = BufReader::new(child.stderr.take().context("stderr")?);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if err.read_line(&mut line)? == 0 {
-            bail!("rst-trace exited before attaching");
-        }
-        if line.starts_with("rst-trace: tracing TCP resets") {
-            break;
-        }
-    }
+    await_readiness(&mut err)?;
     let attach_ms = started.elapsed().as_secs_f64() * 1000.0;
     let start_rss_kib = rss_kib(pid);
     std::fs::write(BPF_STATS_ENABLED, if stats { "1" } else { "0" })
@@ -114,6 +105,20 @@ fn traced_round(
         ),
         app_ns_per_call: per(runs(s0.app_ns, s1.app_ns), runs(s0.app_cnt, s1.app_cnt)),
     })
+}
+
+/// Reads rst-trace's stderr up to its readiness line.
+pub(super) fn await_readiness(err: &mut BufReader<ChildStderr>) -> Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line)? == 0 {
+            bail!("rst-trace exited before attaching");
+        }
+        if line.starts_with("rst-trace: tracing TCP resets") {
+            return Ok(());
+        }
+    }
 }
 
 /// `ns` per run, 0 without a run.
