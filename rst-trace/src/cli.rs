@@ -23,6 +23,8 @@ Examples:
   sudo rst-trace --stacks --condition close_with_unread_data
                                           where in the program each aborting close() was
   sudo rst-trace --stacks --pid 4242      also where in process 4242 each read or write failed
+  sudo rst-trace top                      a live full-screen view: who resets what, how fast
+  sudo rst-trace top --port 443           the same filters as above apply (keys: ? for help)
 
 Exit status: 0 normal end (--count, --duration, SIGINT, SIGTERM, broken pipe),
 1 runtime error (not privileged, kernel lacks a needed hook or feature, tracefs unavailable),
@@ -103,7 +105,12 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
 
 /// Names the process and the condition behind every TCP reset on this host.
 #[derive(Debug, Parser)]
-#[command(name = "rst-trace", version, after_help = EXAMPLES)]
+#[command(
+    name = "rst-trace",
+    version,
+    override_usage = "rst-trace [OPTIONS]\n       rst-trace top [OPTIONS]   (a live full-screen view; see below)",
+    after_help = EXAMPLES
+)]
 pub struct Cli {
     /// Only resets attributed to process PID (thread group): its own sockets' resets, whichever
     /// task was running when the kernel acted. Repeatable.
@@ -268,11 +275,44 @@ pub struct Settings {
     pub metrics: Option<std::net::SocketAddr>,
     pub hooks: Hooks,
     pub verbose: bool,
+    /// `rst-trace top`: the live full-screen view instead of event lines.
+    pub top: bool,
     /// Measure the programs' own cost (`--self-cost` or `-v`).
     pub self_cost: bool,
     pub ring_size: u32,
     /// Explanation sentences are built only when event lines print them.
     pub words: Sentences,
+}
+
+/// The command line: `rst-trace [OPTIONS]`, or `rst-trace top [OPTIONS]` (the same filters),
+/// clap's usage errors exiting with status 2; then [`validate`].
+pub fn parse() -> Result<Settings, String> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let top = args.get(1).is_some_and(|a| a == "top");
+    if top {
+        args.remove(1);
+    }
+    let cli = Cli::parse_from(args);
+    if top {
+        let output = [
+            (cli.json, "--json"),
+            (cli.summary, "--summary"),
+            (cli.quiet, "--quiet"),
+            (cli.stacks, "--stacks"),
+            (cli.count.is_some(), "--count"),
+        ];
+        if let Some((_, flag)) = output.iter().find(|(on, _)| *on) {
+            return Err(format!(
+                "rst-trace top draws its own screen: {flag} is for the event lines, drop it"
+            ));
+        }
+    }
+    if top {
+        crate::top::require_terminal()?;
+    }
+    let mut settings = validate(cli)?;
+    settings.top = top;
+    Ok(settings)
 }
 
 /// A command line clap accepts but that cannot work: the message (exit status 2).
@@ -318,6 +358,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
             app_errors: !cli.no_app_errors,
         },
         verbose: cli.verbose,
+        top: false,
         self_cost: cli.self_cost || cli.verbose,
         ring_size: cli.ring_size,
         words: if cli.quiet {

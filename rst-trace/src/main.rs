@@ -17,11 +17,11 @@ mod owners;
 mod pipeline;
 mod render;
 mod stacks;
+mod top;
 
 use std::{io, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
-use clap::Parser as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
@@ -29,7 +29,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Cli, Settings},
+    cli::Settings,
     correlate::{HOLD_RECEIVED_NS, Held, History},
     enrich::Enricher,
     identity::{Roots, Waiting},
@@ -50,7 +50,7 @@ const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let settings = match cli::validate(Cli::parse()) {
+    let settings = match cli::parse() {
         Ok(s) => s,
         Err(usage) => {
             eprintln!("rst-trace: error: {usage}");
@@ -253,16 +253,24 @@ async fn run(settings: Settings) -> Result<()> {
     }
     let count_in_kernel = settings.hooks.count_in_kernel;
     announce(&st, &tracer, count_in_kernel, started);
+    // rst-trace top: from here on the terminal is the view's (restored when `ui` drops).
+    let mut ui = if settings.top {
+        st.sink.top = Some(top::TopState::default());
+        Some(top::Ui::start()?)
+    } else {
+        None
+    };
 
     let mut done = event_loop(
         &mut st,
         &mut tracer,
         &mut ring,
         (&settings, cost.is_some()),
-        &mut stop,
+        (&mut stop, ui.as_mut()),
         &mut answers,
     )
     .await?;
+    drop(ui);
     // Flush what the kernel already queued (SIGTERM in a storm loses nothing that was read).
     if !done {
         done = st.drain(ring.get_mut()) || st.release(true);
@@ -306,7 +314,7 @@ async fn event_loop(
     tracer: &mut Tracer,
     ring: &mut Ring,
     (settings, cost): (&Settings, bool),
-    stop: &mut Stop,
+    (stop, mut ui): (&mut Stop, Option<&mut top::Ui>),
     answers: &mut Answers,
 ) -> Result<bool> {
     let count_in_kernel = settings.hooks.count_in_kernel;
@@ -324,6 +332,7 @@ async fn event_loop(
     let mut done = st.count == Some(0);
     let mut reject_failing = false;
     let mut reject_tick = interval(Duration::from_millis(100));
+    let mut redraw_tick = interval(Duration::from_secs(1));
     while !done && !st.sink.out.broken {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -359,6 +368,20 @@ async fn event_loop(
                 done = st.identity_overdue(false);
                 st.sink.out.flush();
             }
+            _ = redraw_tick.tick(), if ui.is_some() => {
+                if let (Some(ui), Some(t)) = (ui.as_deref_mut(), st.sink.top.as_mut()) {
+                    ui.tick(t)?;
+                }
+            }
+            Some(ev) = top_key(&mut ui) => {
+                if let (Some(ui), Some(t)) = (ui.as_deref_mut(), st.sink.top.as_ref()) {
+                    match ui.handle(&ev) {
+                        top::Action::Quit => break,
+                        top::Action::Redraw => ui.draw(t)?,
+                        top::Action::Nothing => {}
+                    }
+                }
+            }
             _ = stop.sigint.recv() => break,
             _ = stop.sigterm.recv() => break,
             () = sleep_until(deadline) => break,
@@ -393,6 +416,14 @@ async fn event_loop(
         }
     }
     Ok(done)
+}
+
+/// The next key of `rst-trace top`'s terminal; never, without it.
+async fn top_key(ui: &mut Option<&mut top::Ui>) -> Option<ratatui::crossterm::event::Event> {
+    match ui {
+        Some(ui) => ui.keys.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resets still waiting for their firewall flow's owner or their container: a moment for the

@@ -174,7 +174,8 @@ fn main() -> Result<()> {
             // The container tests (tests/tests/containers/) need a real runtime, and
             // tests/tests/prometheus.rs a real Prometheus (with promtool).
             docker::setup()?;
-            setup_apt_packages(&["prometheus"])?;
+            // tests/tests/top.rs drives `rst-trace top` in a real terminal.
+            setup_apt_packages(&["prometheus", "tmux"])?;
             // Lints first, so the run ends with the test totals.
             check::check()?;
             say("cargo test --release --workspace --exclude rst-trace-ebpf");

@@ -50,6 +50,10 @@ pub const GUEST_SKIP_FILES: &[(&str, &str)] = &[
         "the dashboard's and alerting rules' queries against a real Prometheus test rst-trace's \
          metrics, not the kernel",
     ),
+    (
+        "top",
+        "the live view in a terminal (tmux) tests rst-trace's userspace, not the kernel",
+    ),
 ];
 
 /// Per kernel: wall time of the guest run and the test totals it printed.

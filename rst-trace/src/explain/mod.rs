@@ -28,7 +28,7 @@ mod tests_transmit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub use model::{
-    AppNotice, Attribution, Condition, DetailValue, Linked, Origin, Process, Report, cond,
+    AppNotice, Attribution, Condition, Detail, DetailValue, Linked, Origin, Process, Report, cond,
 };
 use rst_trace_common::{ATTR_NONE, FACT_IDLE, RstEvent};
 pub use tcp::{Direction, TcpState};

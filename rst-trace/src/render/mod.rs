@@ -11,7 +11,8 @@ mod sink;
 mod stacks;
 mod summary;
 
-pub use fast::{Clock, Format};
+pub use app::human_ns;
+pub use fast::{Clock, Format, visible};
 pub use out::Out;
 pub use sink::Sink;
 pub use summary::Summary;

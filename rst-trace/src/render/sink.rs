@@ -20,6 +20,8 @@ pub struct Sink {
     unlabelled_seen: u64,
     app_lost_seen: u64,
     evicted_seen: u64,
+    /// `rst-trace top`: events are counted here instead of printed.
+    pub top: Option<crate::top::TopState>,
 }
 
 impl Sink {
@@ -37,6 +39,7 @@ impl Sink {
             unlabelled_seen: 0,
             app_lost_seen: 0,
             evicted_seen: 0,
+            top: None,
         }
     }
 
@@ -53,7 +56,9 @@ impl Sink {
                 m.app_error(n.error.errno.name());
             }
         }
-        if !self.quiet {
+        if let Some(t) = &mut self.top {
+            t.add(report);
+        } else if !self.quiet {
             event::render_into(&mut self.line, report, &self.clock, self.fmt);
             self.out.line(&self.line);
         }
@@ -76,7 +81,9 @@ impl Sink {
                 Outcome::NotNoticed(..) => m.not_noticed(),
             }
         }
-        if !self.quiet {
+        if let Some(t) = &mut self.top {
+            t.add_outcome(o);
+        } else if !self.quiet {
             let line = app::outcome(o, &self.clock, self.fmt);
             self.out.line(&line);
         }
@@ -136,6 +143,10 @@ impl Sink {
             self.lost_seen = total;
             if let Some(s) = &mut self.summary {
                 s.lost = total;
+            }
+            if let Some(t) = &mut self.top {
+                t.lost = total;
+                return;
             }
             if let Some(m) = &self.metrics
                 && let Ok(mut m) = m.lock()
