@@ -53,7 +53,9 @@ pub fn on_transmit(skb: u64) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    if announced(&rst, now) || queued_again(skb, &rst, now) {
+    // queued_again first: it records this RST, so that its copy on a stacked device is known
+    // even when the announcement is used up by the first.
+    if queued_again(skb, &rst, now) || announced(&rst, now) {
         return;
     }
     let by_tcp = tcp_ctl || (rst.family() == AF_INET6 && tcp_built_v6(skb, &rst.ip));
@@ -79,13 +81,23 @@ pub fn on_transmit(skb: u64) {
 }
 
 /// tcp_send_reset reported it already (it fires before the reply is built): the same ports,
-/// and the segment this CPU is receiving is the one it answered, or it was just now.
+/// and the segment this CPU is receiving is the one it answered, or it was just now. One
+/// announcement covers one RST: it is used up here, so that another RST with the same ports
+/// moments later (a segment still in flight to the socket that just aborted, answered without a
+/// socket) is reported. (The same RST queued again on a stacked device is `queued_again`'s.)
 #[inline(always)]
 fn announced(rst: &Headers, now: u64) -> bool {
-    LAST_TCP_RST.get(0).is_some_and(|last| {
-        last[1] == (u64::from(rst.sport()) << 16) | u64::from(rst.dport())
-            && (now.wrapping_sub(last[0]) < ANNOUNCED_NS || CUR_RX.get(0) == Some(&last[2]))
-    })
+    let Some(last) = LAST_TCP_RST.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, valid for this program run.
+    let last = unsafe { &mut *last };
+    let same = last[1] == (u64::from(rst.sport()) << 16) | u64::from(rst.dport())
+        && (now.wrapping_sub(last[0]) < ANNOUNCED_NS || CUR_RX.get(0) == Some(&last[2]));
+    if same {
+        last[1] = 0;
+    }
+    same
 }
 
 /// A packet crossing stacked devices (bridge -> veth, vlan -> eth) is queued once per device:
