@@ -185,7 +185,8 @@ pub fn attach_app_hooks(
             Ok(()) => true,
             Err(e) => {
                 notes.failed(
-                    "failing connect/sendfile/splice calls are seen at every system call's exit                      (raw tracepoint sys_exit)",
+                    "failing connect/sendfile/splice calls are seen at every system call's exit \
+                     (raw tracepoint sys_exit)",
                     &e,
                 );
                 false
