@@ -27,23 +27,16 @@ use crate::{
 /// `SOCK_STREAM` (uapi): with `IPPROTO_TCP` a TCP socket (a raw socket may carry IPPROTO_TCP).
 const SOCK_STREAM: u16 = 1;
 
-/// A send or receive on `sk` that failed with `errno` (6.3+: `sock_send_length` /
-/// `sock_recv_length` carry the call's return value), inside the caller's system call: which
-/// call, on which fd, from its registers at entry. Only a call whose fd is `sk` counts (the
-/// kernel's own sends on its sockets have no such call).
+/// A socket call that failed with `errno`, seen inside the caller's system call without its
+/// registers: a send or receive at the socket layer (6.3+: `sock_send_length` /
+/// `sock_recv_length` carry the call's result), `sk` its socket; or the `syscalls:sys_exit_*`
+/// record of a call that layer does not show (connect, sendfile, splice), `sk` 0. Which call,
+/// on which fd, from its registers at entry. With `sk`, only a call whose fd is that socket
+/// counts (the kernel's own sends on its sockets have no such call).
 #[inline(always)]
-pub fn on_failed_sock_call<C: StackIdContext>(ctx: &C, sk: u64, errno: u32) {
+pub fn on_failed_call<C: StackIdContext>(ctx: &C, errno: u32, sk: u64) {
     if let Some(regs) = stacks::current_regs() {
         failed_call(ctx, regs, errno, sk);
-    }
-}
-
-/// A `syscalls:sys_exit_*` record of a call the socket layer does not show (connect, sendfile,
-/// splice) that failed with `errno`.
-#[inline(always)]
-pub fn on_failed_exit<C: StackIdContext>(ctx: &C, errno: u32) {
-    if let Some(regs) = stacks::current_regs() {
-        failed_call(ctx, regs, errno, 0);
     }
 }
 
@@ -133,11 +126,18 @@ fn tcp_fd(fd: i64) -> Option<u64> {
     ok.then_some(sk)
 }
 
+/// getsockopt(fd, `SOL_SOCKET`, `SO_ERROR`, ...): the call that reads a non-blocking connect's
+/// outcome (the int arguments, in 8-byte slots).
+#[inline(always)]
+fn so_error_read(level: u64, optname: u64) -> bool {
+    use rst_trace_common::{SO_ERROR, SOL_SOCKET};
+    level as u32 as u64 == SOL_SOCKET && optname as u32 as u64 == SO_ERROR
+}
+
 /// `syscalls:sys_enter_getsockopt`: remembers a `SO_ERROR` read for its exit (by thread).
 #[inline(always)]
 pub fn on_enter_getsockopt(fd: u64, level: u64, optname: u64, optval: u64) {
-    use rst_trace_common::{SO_ERROR, SOL_SOCKET};
-    if level as u32 as u64 != SOL_SOCKET || optname as u32 as u64 != SO_ERROR {
+    if !so_error_read(level, optname) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -151,7 +151,6 @@ pub fn on_enter_getsockopt(fd: u64, level: u64, optname: u64, optval: u64) {
 #[inline(always)]
 pub fn on_exit_getsockopt<C: StackIdContext>(ctx: &C, nr: u32, ret: i64) {
     let (fd, optval) = if conf!(regs_r10) != OFF_NONE {
-        use rst_trace_common::{SO_ERROR, SOL_SOCKET};
         if ret != 0 {
             return;
         }
@@ -159,9 +158,7 @@ pub fn on_exit_getsockopt<C: StackIdContext>(ctx: &C, nr: u32, ret: i64) {
             return;
         };
         let arg = |off: u16| kread::<u64>(regs, off).unwrap_or(u64::MAX);
-        if arg(conf!(regs_si)) as u32 as u64 != SOL_SOCKET
-            || arg(conf!(regs_dx)) as u32 as u64 != SO_ERROR
-        {
+        if !so_error_read(arg(conf!(regs_si)), arg(conf!(regs_dx))) {
             return;
         }
         (arg(conf!(regs_di)), arg(conf!(regs_r10)))

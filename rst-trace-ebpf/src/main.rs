@@ -194,7 +194,7 @@ pub fn sock_io_app(ctx: RawTracePointContext) -> i32 {
     // `int ret`, widened to the u64 slot.
     let ret = i64::from(ctx.arg::<u64>(1) as i32);
     if failing_ret(ret) {
-        app::on_failed_sock_call(&ctx, sk, ret.unsigned_abs() as u32);
+        app::on_failed_call(&ctx, ret.unsigned_abs() as u32, sk);
     }
     0
 }
@@ -207,7 +207,7 @@ pub fn sock_io_app(ctx: RawTracePointContext) -> i32 {
 pub fn sys_exit_sock_call(ctx: TracePointContext) -> u32 {
     let ret = tp::<i64>(&ctx, conf!(exit_ret)).unwrap_or(0);
     if failing_ret(ret) {
-        app::on_failed_exit(&ctx, ret.unsigned_abs() as u32);
+        app::on_failed_call(&ctx, ret.unsigned_abs() as u32, 0);
     }
     0
 }

@@ -76,7 +76,7 @@ pub struct Destroyed {
 #[map]
 pub static LAST_DESTROYED: PerCpuArray<Destroyed> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU: [skb, time, ports and sequence number] of the last RST the transmit hook reported.
+/// Per-CPU: [skb, time, ports and sequence number] of the last RST the transmit hook saw.
 #[map]
 pub static LAST_REJECT_SKB: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
 
