@@ -241,32 +241,49 @@ impl Collector for ProgramMetrics {
         if costs.is_empty() {
             return Ok(());
         }
-        let mut runs = encoder.encode_descriptor(
-            "rst_trace_bpf_program_runs",
-            "Runs of each rst-trace eBPF program (kernel accounting, while rst-trace runs).",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
+        per_program(
+            &mut encoder,
+            (
+                "rst_trace_bpf_program_runs",
+                "Runs of each rst-trace eBPF program",
+            ),
+            &costs,
+            |c| c.runs,
         )?;
-        for c in costs.iter() {
-            let label = ProgramLabel {
-                program: c.name.clone(),
-            };
-            ConstCounter::new(c.runs).encode(runs.encode_family(&label)?)?;
-        }
-        let mut time = encoder.encode_descriptor(
-            "rst_trace_bpf_program_run_seconds",
-            "CPU time of each rst-trace eBPF program (kernel accounting, while rst-trace runs).",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
+        per_program(
+            &mut encoder,
+            (
+                "rst_trace_bpf_program_run_seconds",
+                "CPU time of each rst-trace eBPF program",
+            ),
+            &costs,
+            |c| c.run_time.as_secs_f64(),
         )?;
-        for c in costs.iter() {
-            let label = ProgramLabel {
-                program: c.name.clone(),
-            };
-            ConstCounter::new(c.run_time.as_secs_f64()).encode(time.encode_family(&label)?)?;
-        }
         Ok(())
     }
+}
+
+/// One counter family, a counter per program, of `value` (runs as integers, seconds as floats).
+fn per_program<N: prometheus_client::encoding::EncodeCounterValue>(
+    encoder: &mut DescriptorEncoder,
+    (name, what): (&str, &str),
+    costs: &[ProgramCost],
+    value: impl Fn(&ProgramCost) -> N,
+) -> Result<(), std::fmt::Error> {
+    let help = format!("{what} (kernel accounting, while rst-trace runs).");
+    let mut family = encoder.encode_descriptor(
+        name,
+        &help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for c in costs {
+        let label = ProgramLabel {
+            program: c.name.clone(),
+        };
+        ConstCounter::new(value(c)).encode(family.encode_family(&label)?)?;
+    }
+    Ok(())
 }
 
 /// `--metrics` value: `ADDR:PORT`, or a bare `PORT` meaning 127.0.0.1:PORT (loopback unless the
