@@ -54,3 +54,25 @@ pub fn s<'a>(v: &'a Value, path: &str) -> &'a Value {
 pub fn is_rst(v: &Value, direction: &str, condition: &str) -> bool {
     v["type"] == "rst" && v["direction"] == direction && v["condition"] == condition
 }
+
+/// The whole stdout of a text-mode rst-trace (`spawn_attached`) once it has exited 0, asserted
+/// to be what no hostile name may break: no control byte but the newlines that end lines (no
+/// ESC), and every line an event line of its own, starting with its time stamp.
+pub fn visible_text_output(child: &mut std::process::Child) -> String {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout piped")
+        .read_to_end(&mut out)
+        .expect("reading rst-trace's stdout");
+    assert!(child.wait().expect("wait rst-trace").success());
+    let out = String::from_utf8(out).expect("UTF-8 output");
+    assert!(
+        !out.bytes().any(|b| (b < 0x20 && b != b'\n') || b == 0x7f),
+        "{out:?}"
+    );
+    assert!(out.lines().all(|l| l.starts_with("20")), "{out}");
+    out
+}

@@ -8,22 +8,14 @@ use rst_trace_tests::{
     is_rst, s,
 };
 
-use crate::{host_client, strs};
+use crate::{host_client, server_steps, strs};
 
-/// A server that reads 128 of the 256 bytes it was sent, closes (an RST) and exits at once.
+/// The naming tests' server (reads 128 of the 256 bytes it was sent, closes: an RST), without
+/// its final hold: it exits at once.
 fn close_and_exit(bind: &str) -> Vec<String> {
-    [
-        &format!("listen={bind}"),
-        "say=listening",
-        "accept",
-        "wait_unread=256",
-        "read=128",
-        "close",
-        "say=closed",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
+    let mut steps = server_steps(bind);
+    assert_eq!(steps.pop().as_deref(), Some("hold"));
+    steps
 }
 
 /// The sent reset of process `pid`, whatever its condition.

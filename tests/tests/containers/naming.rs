@@ -212,7 +212,6 @@ fn docker_client_container_receives_the_reset() {
 /// control byte on stdout), and exactly in JSON.
 #[test]
 fn hostile_pod_label_is_visible_in_text_and_exact_in_json() {
-    use std::io::Read as _;
     const HOSTILE: &str = "web-0\nFAKE\x1b[31m";
     let port = 23015;
     let (mut text, _errs) =
@@ -221,15 +220,7 @@ fn hostile_pod_label_is_visible_in_text_and_exact_in_json() {
     let (tracer, web, _client) = docker_bridge(port, run);
     let snt = sent_by(&tracer, web.pid);
     assert_eq!(snt["container"]["pod"], HOSTILE, "{snt:#}");
-    let mut out = Vec::new();
-    text.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    assert!(text.wait().unwrap().success());
-    let out = String::from_utf8(out).unwrap();
-    assert!(
-        !out.bytes().any(|b| (b < 0x20 && b != b'\n') || b == 0x7f),
-        "{out:?}"
-    );
-    assert!(out.lines().all(|l| l.starts_with("20")), "{out}");
+    let out = rst_trace_tests::visible_text_output(&mut text);
     let sent_line = out
         .lines()
         .find(|l| l.contains("SENT") && l.contains("close_with_unread_data"))
