@@ -144,14 +144,15 @@ impl Sink {
             if let Some(s) = &mut self.summary {
                 s.lost = total;
             }
-            if let Some(t) = &mut self.top {
-                t.lost = total;
-                return;
-            }
             if let Some(m) = &self.metrics
                 && let Ok(mut m) = m.lock()
             {
                 m.set_lost(total);
+            }
+            // `rst-trace top` shows it in its header: no line drawn over the screen.
+            if let Some(t) = &mut self.top {
+                t.lost = total;
+                return;
             }
             match self.fmt {
                 Format::Json => self.out.line(&line),
