@@ -20,6 +20,9 @@ Examples:
   sudo rst-trace --summary --quiet --duration 60
   sudo rst-trace --summary --by pod --quiet --duration 60
   sudo rst-trace --quiet --metrics 127.0.0.1:9464
+  sudo rst-trace --quiet --otlp http://localhost:4318
+                                          every record and the counts to an OpenTelemetry
+                                          collector (OTLP/HTTP: /v1/logs, /v1/metrics)
   sudo rst-trace --stacks --condition close_with_unread_data
                                           where in the program each aborting close() was
   sudo rst-trace --stacks --pid 4242      also where in process 4242 each read or write failed
@@ -185,6 +188,27 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", value_parser = crate::render::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Send every record (rst, app_error, not_noticed, lost) as an OTLP log record and the
+    /// counts as OTLP metrics to the OpenTelemetry collector at URL, over HTTP with protobuf
+    /// (URL/v1/logs, URL/v1/metrics), e.g. http://localhost:4318. A collector that is down does
+    /// not slow the event output: records wait in a bounded queue and are retried.
+    #[arg(long, value_name = "URL", value_parser = crate::otlp::parse_url)]
+    pub otlp: Option<String>,
+
+    /// With --otlp: an HTTP header on every request, e.g. Authorization=Bearer TOKEN.
+    /// Repeatable.
+    #[arg(long = "otlp-header", value_name = "NAME=VALUE", value_parser = crate::otlp::parse_header, requires = "otlp")]
+    pub otlp_headers: Vec<(String, String)>,
+
+    /// With --otlp: send the metrics every SECS seconds (and once at exit).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = clap::value_parser!(u64).range(1..), requires = "otlp")]
+    pub otlp_interval: u64,
+
+    /// With --otlp: how many records may wait for the collector; more are dropped, counted
+    /// (stderr, metrics, a `lost` record).
+    #[arg(long, value_name = "RECORDS", default_value = "4096", value_parser = clap::value_parser!(u64).range(1..=1_000_000), requires = "otlp")]
+    pub otlp_queue: u64,
+
     /// Do not watch transmitted packets for netfilter REJECT resets (saves ~40 ns per packet
     /// sent on hosts whose kernel has REJECT built in or loaded). Before Linux 6.10 that hook
     /// also shows the resets TCP sends without a socket (closed port, TIME_WAIT): they are then
@@ -273,6 +297,7 @@ pub struct Settings {
     pub interval: Option<u64>,
     pub quiet: bool,
     pub metrics: Option<std::net::SocketAddr>,
+    pub otlp: Option<crate::otlp::Options>,
     pub hooks: Hooks,
     pub verbose: bool,
     /// `rst-trace top`: the live full-screen view instead of event lines.
@@ -323,19 +348,21 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
             "at most {max} --pid and {max} --port values: filter on fewer"
         ));
     }
-    if cli.quiet && !cli.summary && cli.metrics.is_none() {
-        return Err("--quiet hides every event: add --summary or --metrics".into());
+    if cli.quiet && !cli.summary && cli.metrics.is_none() && cli.otlp.is_none() {
+        return Err("--quiet hides every event: add --summary, --metrics or --otlp".into());
     }
     if cli.quiet && cli.stacks {
         return Err("--stacks shows stacks on event lines, which --quiet hides: drop one".into());
     }
     // A summary and nothing else: resets alike can be counted in the kernel, without a ring
-    // record each. (--count needs each match; metrics are per event; containers and pods are
-    // known per event, in userspace.)
+    // record each. (--count needs each match; metrics and OTLP records are per event;
+    // containers and pods are known per event, in userspace.)
     let filter = filter_of(&cli);
+    let otlp_on = cli.otlp.is_some();
     let count_in_kernel = cli.summary
         && cli.quiet
         && cli.metrics.is_none()
+        && cli.otlp.is_none()
         && cli.count.is_none()
         && cli.by == ByArg::Process
         && !filter.by_identity();
@@ -350,6 +377,12 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
         interval: cli.interval,
         quiet: cli.quiet,
         metrics: cli.metrics,
+        otlp: cli.otlp.map(|url| crate::otlp::Options {
+            url,
+            headers: cli.otlp_headers,
+            interval: std::time::Duration::from_secs(cli.otlp_interval),
+            queue: cli.otlp_queue as usize,
+        }),
         hooks: Hooks {
             ttl: !cli.no_ttl,
             firewall: !cli.no_firewall,
@@ -361,7 +394,8 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
         top: false,
         self_cost: cli.self_cost || cli.verbose,
         ring_size: cli.ring_size,
-        words: if cli.quiet {
+        // OTLP log records carry the sentence as their body.
+        words: if cli.quiet && !otlp_on {
             Sentences::Skip
         } else {
             Sentences::Write
@@ -403,7 +437,15 @@ mod tests {
     #[test]
     fn quiet_needs_summary_or_metrics() {
         let e = settings(&["--quiet"]).err().unwrap();
-        assert_eq!(e, "--quiet hides every event: add --summary or --metrics");
+        assert_eq!(
+            e,
+            "--quiet hides every event: add --summary, --metrics or --otlp"
+        );
+        let s = settings(&["--quiet", "--summary", "--otlp", "http://c:4318"]).unwrap();
+        assert!(!s.hooks.count_in_kernel);
+        assert_eq!(s.words, Sentences::Write);
+        assert!(Cli::try_parse_from(["rst-trace", "--otlp-interval", "5"]).is_err());
+        assert!(Cli::try_parse_from(["rst-trace", "--otlp", "https://c"]).is_err());
         assert!(settings(&["--quiet", "--json"]).is_err());
         let s = settings(&["--quiet", "--summary"]).unwrap();
         assert!(s.hooks.count_in_kernel);

@@ -13,6 +13,7 @@ mod explain;
 mod filter;
 mod identity;
 mod kernel;
+mod otlp;
 mod owners;
 mod pipeline;
 mod render;
@@ -210,6 +211,22 @@ fn report_losses(st: &mut State, tracer: &Tracer) -> Result<()> {
     Ok(())
 }
 
+/// `--otlp`: the export threads, fed the counts `--metrics` keeps (kept for it alone if need be).
+fn start_otlp(st: &mut State, o: &otlp::Options) -> Result<()> {
+    let counts = st.sink.metrics.get_or_insert_with(metrics::Shared::default);
+    if let Ok(mut m) = counts.lock() {
+        m.count_otlp_drops();
+    }
+    let counts = counts.clone();
+    st.sink.otlp = Some(otlp::Otlp::start(o, st.sink.clock, counts).context("--otlp")?);
+    eprintln!(
+        "rst-trace: OTLP export to {0}/v1/logs (every record) and {0}/v1/metrics (every {1} s)",
+        o.url,
+        o.interval.as_secs()
+    );
+    Ok(())
+}
+
 /// The last words at exit: losses, the summary, malformed records, and a write error.
 fn finish(st: &mut State, tracer: &Tracer, count_in_kernel: bool) -> Result<()> {
     report_losses(st, tracer)?;
@@ -217,6 +234,9 @@ fn finish(st: &mut State, tracer: &Tracer, count_in_kernel: bool) -> Result<()> 
         st.sink.out.line(&s);
     }
     st.sink.out.flush();
+    if let Some(o) = st.sink.otlp.take() {
+        o.shutdown();
+    }
     if st.bad_records > 0 {
         eprintln!(
             "rst-trace: warning: {} malformed ring records skipped",
@@ -250,6 +270,9 @@ async fn run(settings: Settings) -> Result<()> {
         let bound = metrics::serve(addr, shared.clone()).await?;
         eprintln!("rst-trace: metrics at http://{bound}/metrics");
         st.sink.metrics = Some(shared);
+    }
+    if let Some(o) = &settings.otlp {
+        start_otlp(&mut st, o)?;
     }
     let count_in_kernel = settings.hooks.count_in_kernel;
     announce(&st, &tracer, count_in_kernel, started);
@@ -392,6 +415,7 @@ async fn event_loop(
                 if cost && let Some(m) = &st.sink.metrics && let Ok(mut m) = m.lock() {
                     m.set_programs(kernel::program_costs(&tracer.ebpf));
                 }
+                st.sink.otlp_tick();
                 st.sink.out.flush();
             }
             _ = reject_tick.tick(), if tracer.reject_pending() => {

@@ -8,7 +8,7 @@
 //! `other`; `errno` takes four values.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -36,14 +36,26 @@ pub const MAX_COMMS: usize = 100;
 /// The labels of `rst_trace_resets_total`, in the order they are written. Another label is one
 /// more field here and one more [`Bounded`] in [`Metrics`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResetLabels {
-    direction: &'static str,
-    condition: &'static str,
-    comm: String,
+pub struct ResetLabels {
+    pub direction: &'static str,
+    pub condition: &'static str,
+    pub comm: String,
     /// The container's name (or short id), `-` outside containers.
-    container: String,
+    pub container: String,
     /// `namespace/pod`, `-` outside Kubernetes pods.
-    pod: String,
+    pub pod: String,
+}
+
+/// The counts as of now, for `--otlp`'s metrics (prometheus-client's families cannot be
+/// walked: [`Metrics`] keeps a handle on each series it creates).
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub resets: Vec<(ResetLabels, u64)>,
+    pub app_errors: Vec<(String, u64)>,
+    pub not_noticed: u64,
+    pub lost: u64,
+    pub otlp_dropped: u64,
+    pub programs: Vec<ProgramCost>,
 }
 
 /// The label of `rst_trace_app_errors_total`.
@@ -82,6 +94,11 @@ impl Bounded {
 pub struct Metrics {
     registry: Registry,
     resets: Family<ResetLabels, Counter>,
+    /// The same counters as `resets` and `app_errors`, by label (for [`Metrics::snapshot`]).
+    series: HashMap<ResetLabels, Counter>,
+    errnos: HashMap<String, Counter>,
+    /// `--otlp`: records its queue had no room for.
+    otlp_dropped: Option<Counter>,
     comms: Bounded,
     containers: Bounded,
     pods: Bounded,
@@ -131,6 +148,9 @@ impl Default for Metrics {
             programs,
             registry,
             resets,
+            series: HashMap::new(),
+            errnos: HashMap::new(),
+            otlp_dropped: None,
             comms: Bounded::new(MAX_COMMS),
             containers: Bounded::new(MAX_COMMS),
             pods: Bounded::new(MAX_COMMS),
@@ -160,7 +180,13 @@ impl Metrics {
             container: self.containers.value(&name),
             pod: self.pods.value(&pod),
         };
-        self.resets.get_or_create(&labels).inc();
+        if let Some(c) = self.series.get(&labels) {
+            c.inc();
+        } else {
+            let c = self.resets.get_or_create(&labels).clone();
+            c.inc();
+            self.series.insert(labels, c);
+        }
     }
 
     /// The ring buffer's lost-event count, `total` since start-up.
@@ -170,7 +196,60 @@ impl Metrics {
 
     /// A failing application call (joined to a reset or not).
     pub fn app_error(&mut self, errno: String) {
-        self.app_errors.get_or_create(&ErrnoLabel { errno }).inc();
+        if let Some(c) = self.errnos.get(&errno) {
+            c.inc();
+        } else {
+            let c = self
+                .app_errors
+                .get_or_create(&ErrnoLabel {
+                    errno: errno.clone(),
+                })
+                .clone();
+            c.inc();
+            self.errnos.insert(errno, c);
+        }
+    }
+
+    /// `--otlp`: `rst_trace_otlp_dropped_records_total`, from now on.
+    pub fn count_otlp_drops(&mut self) {
+        let c = Counter::default();
+        self.registry.register(
+            "rst_trace_otlp_dropped_records",
+            "Records not exported over OTLP: the export queue was full while the collector was down or slow",
+            c.clone(),
+        );
+        self.otlp_dropped = Some(c);
+    }
+
+    /// The OTLP queue's drop count, `total` since start-up.
+    pub fn set_otlp_dropped(&mut self, total: u64) {
+        if let Some(c) = &self.otlp_dropped {
+            c.inc_by(total.saturating_sub(c.get()));
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            resets: self
+                .series
+                .iter()
+                .map(|(l, c)| (l.clone(), c.get()))
+                .collect(),
+            app_errors: self
+                .errnos
+                .iter()
+                .map(|(e, c)| (e.clone(), c.get()))
+                .collect(),
+            not_noticed: self.not_noticed.get(),
+            lost: self.lost.get(),
+            otlp_dropped: self.otlp_dropped.as_ref().map_or(0, Counter::get),
+            programs: self
+                .programs
+                .0
+                .lock()
+                .map(|p| p.clone())
+                .unwrap_or_default(),
+        }
     }
 
     pub fn not_noticed(&mut self) {
@@ -335,96 +414,5 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> Result<SocketAddr> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_are_escaped_and_comms_bounded() {
-        let mut m = Metrics::default();
-        let mut r = crate::filter::tests_support::report(
-            Some(1),
-            "a\"b",
-            1,
-            2,
-            crate::explain::Direction::Sent,
-        );
-        m.record(&r);
-        let out = m.render();
-        assert!(out.contains(r#"comm="a\"b""#), "{out}");
-        for i in 0..(MAX_COMMS + 10) {
-            r = crate::filter::tests_support::report(
-                Some(1),
-                &format!("c{i}"),
-                1,
-                2,
-                crate::explain::Direction::Sent,
-            );
-            m.record(&r);
-        }
-        let out = m.render();
-        let comms = out
-            .lines()
-            .filter(|l| l.starts_with("rst_trace_resets_total{"))
-            .count();
-        assert_eq!(comms, MAX_COMMS + 1, "{out}");
-        assert!(
-            out.contains(r#"comm="other",container="-",pod="-"} 11"#),
-            "{out}"
-        );
-        assert!(out.contains("rst_trace_lost_events_total 0"));
-        assert!(out.contains("process_resident_memory_bytes"));
-    }
-
-    /// A container's resets carry its name and pod; containers are bounded like comms.
-    #[test]
-    fn container_and_pod_labels() {
-        use crate::identity::{Container, Identity, Runtime};
-
-        let mut m = Metrics::default();
-        for i in 0..(MAX_COMMS + 5) {
-            let mut r = crate::filter::tests_support::report(
-                Some(1),
-                "nginx",
-                1,
-                2,
-                crate::explain::Direction::Sent,
-            );
-            let mut c = Container {
-                id: format!("{i:064x}"),
-                runtime: Runtime::Containerd,
-                name: None,
-                pod: Some(format!("web-{i}")),
-                namespace: Some("shop".into()),
-                container_name: Some("web".into()),
-                pod_uid: None,
-            };
-            if i > 0 {
-                c.container_name = Some(format!("c{i}"));
-            }
-            r.process.as_mut().unwrap().identity = Some(Arc::new(Identity {
-                container: Some(c),
-                ..Identity::default()
-            }));
-            m.record(&r);
-        }
-        let out = m.render();
-        assert!(
-            out.contains(r#"comm="nginx",container="web",pod="shop/web-0"} 1"#),
-            "{out}"
-        );
-        assert!(out.contains(r#"container="other",pod="other"} 5"#), "{out}");
-    }
-
-    #[test]
-    fn address_forms() {
-        assert_eq!(
-            parse_addr("9464").unwrap(),
-            "127.0.0.1:9464".parse().unwrap()
-        );
-        assert_eq!(
-            parse_addr("[::1]:9464").unwrap(),
-            "[::1]:9464".parse().unwrap()
-        );
-        assert!(parse_addr("localhost").is_err());
-    }
-}
+#[path = "metrics_tests.rs"]
+mod tests;

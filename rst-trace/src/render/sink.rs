@@ -22,6 +22,8 @@ pub struct Sink {
     evicted_seen: u64,
     /// `rst-trace top`: events are counted here instead of printed.
     pub top: Option<crate::top::TopState>,
+    /// `--otlp`: every record goes there too, as JSON (whatever the output format).
+    pub otlp: Option<crate::otlp::Otlp>,
 }
 
 impl Sink {
@@ -40,6 +42,7 @@ impl Sink {
             app_lost_seen: 0,
             evicted_seen: 0,
             top: None,
+            otlp: None,
         }
     }
 
@@ -56,11 +59,19 @@ impl Sink {
                 m.app_error(n.error.errno.name());
             }
         }
+        let mut json_rendered = false;
         if let Some(t) = &mut self.top {
             t.add(report);
         } else if !self.quiet {
             event::render_into(&mut self.line, report, &self.clock, self.fmt);
             self.out.line(&self.line);
+            json_rendered = self.fmt == Format::Json;
+        }
+        if let Some(o) = &self.otlp {
+            if !json_rendered {
+                event::render_into(&mut self.line, report, &self.clock, Format::Json);
+            }
+            o.send(self.line.clone());
         }
     }
 
@@ -86,6 +97,19 @@ impl Sink {
         } else if !self.quiet {
             let line = app::outcome(o, &self.clock, self.fmt);
             self.out.line(&line);
+        }
+        if let Some(x) = &self.otlp {
+            x.send(app::outcome(o, &self.clock, Format::Json));
+        }
+    }
+
+    /// `--otlp`: the export queue's drops so far, for the metrics (the export thread says them
+    /// on stderr and sends a `lost` record).
+    pub fn otlp_tick(&mut self) {
+        if let (Some(o), Some(m)) = (&self.otlp, &self.metrics)
+            && let Ok(mut m) = m.lock()
+        {
+            m.set_otlp_dropped(o.dropped());
         }
     }
 
@@ -139,7 +163,8 @@ impl Sink {
 
     pub fn lost(&mut self, total: u64) {
         if total > self.lost_seen {
-            let line = event::lost(total - self.lost_seen, total, &self.clock, self.fmt);
+            let count = total - self.lost_seen;
+            let line = event::lost(count, total, &self.clock, self.fmt);
             self.lost_seen = total;
             if let Some(s) = &mut self.summary {
                 s.lost = total;
@@ -148,6 +173,9 @@ impl Sink {
                 && let Ok(mut m) = m.lock()
             {
                 m.set_lost(total);
+            }
+            if let Some(o) = &self.otlp {
+                o.send(event::lost(count, total, &self.clock, Format::Json));
             }
             // `rst-trace top` shows it in its header: no line drawn over the screen.
             if let Some(t) = &mut self.top {

@@ -1,0 +1,273 @@
+//! `--otlp`: real resets in a namespace, exported to a real OTLP/HTTP receiver (`collector`):
+//! the log records (body, time, severity, attributes, resource) and the metrics it got, and a
+//! collector that is down at start and comes up later.
+
+mod collector;
+
+use std::time::{Duration, Instant};
+
+use collector::{Collector, Log};
+use rst_trace_tests::{Netns, Peer, Scenario, Value, received, s, sent};
+use serde_json::json;
+
+/// RFC 3339 UTC with nanoseconds (`time` in the JSON output) as ns since the epoch.
+fn unix_ns(t: &str) -> u64 {
+    let n = |a: usize, b: usize| t[a..b].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19);
+    (secs * 1_000_000_000 + n(20, 29)) as u64
+}
+
+/// The record of `json` (stdout) among the collector's: same type, same `mono_ns`.
+fn find<'a>(logs: &'a [Log], json: &Value) -> Option<&'a Log> {
+    logs.iter().find(|l| {
+        l.attrs.get("rst_trace.type") == Some(&json["type"])
+            && l.attrs.get("rst_trace.mono_ns") == Some(&json["mono_ns"])
+    })
+}
+
+fn in_ns(l: &Log, ns: &Netns) -> bool {
+    l.attrs.get("rst_trace.netns") == Some(&json!(ns.inode()))
+}
+
+/// Records rst-trace prints for `ns` (every type that has a socket).
+fn printed_in(events: &[Value], ns: &Netns) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|v| v["netns"] == ns.inode())
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn resets_and_failing_calls_reach_the_collector_as_logs_and_metrics() {
+    let c = Collector::start(0);
+    let port = 25001;
+    let (ns, t) = Scenario::new("otlp")
+        .port(port)
+        .env("K8S_NODE_NAME", "node-7")
+        .tracer(&[
+            "--otlp",
+            &c.url,
+            "--otlp-interval",
+            "1",
+            "--otlp-header",
+            "Authorization=Bearer t0k3n",
+        ]);
+    let bind = format!("127.0.0.1:{port}");
+    let server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            &format!("listen={bind}"),
+            "say=listening",
+            "accept",
+            "wait_unread=300",
+            "close",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[&format!("connect={bind}"), "send=300", "read_err", "hold"],
+    );
+    let v = sent(&t, &ns, "close_with_unread_data");
+    let r = received(&t, &ns, "peer_reset");
+
+    let log = c.wait_log("the sent reset", 10, |l| {
+        in_ns(l, &ns) && l.attrs["rst_trace.condition"] == "close_with_unread_data"
+    });
+    assert_eq!(log.body, v["explanation"]);
+    assert_eq!(log.time_unix_nano, unix_ns(v["time"].as_str().unwrap()));
+    assert_eq!(
+        (log.severity_number, log.severity_text.as_str()),
+        (13, "WARN")
+    );
+    assert_eq!(log.event_name, "rst_trace.rst");
+    let want = [
+        ("rst_trace.type", json!("rst")),
+        ("rst_trace.direction", json!("sent")),
+        ("rst_trace.origin", json!("tcp")),
+        ("rst_trace.state", json!("ESTABLISHED")),
+        ("rst_trace.detail.unread_bytes", json!(300)),
+        ("rst_trace.socket_cookie", v["socket_cookie"].clone()),
+        ("network.transport", json!("tcp")),
+        ("network.type", json!("ipv4")),
+        ("network.local.address", json!("127.0.0.1")),
+        ("network.local.port", json!(port)),
+        ("network.peer.address", json!("127.0.0.1")),
+        ("network.peer.port", v["remote"]["port"].clone()),
+        ("process.pid", json!(server.pid())),
+        ("process.executable.name", json!("rstt-server")),
+        ("thread.id", v["process"]["tid"].clone()),
+        ("thread.name", json!("rstt-server")),
+    ];
+    for (k, want) in want {
+        assert_eq!(log.attrs.get(k), Some(&want), "{k} in {log:#?}");
+    }
+    if !v["kernel_reason"].is_null() {
+        assert_eq!(log.attrs["rst_trace.kernel_reason"], v["kernel_reason"]);
+    }
+    assert_eq!(log.resource["service.name"], "rst-trace");
+    assert_eq!(log.resource["service.version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(log.resource["k8s.node.name"], "node-7");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(log.resource["host.name"], host.trim());
+
+    // The client's side: its reset, and its failing read (joined to it, or on its own).
+    let got = c.wait_log("the received reset", 10, |l| {
+        in_ns(l, &ns) && l.attrs["rst_trace.condition"] == "peer_reset"
+    });
+    assert_eq!(got.attrs["process.pid"], json!(client.pid()));
+    assert_eq!(
+        got.attrs["rst_trace.linked_sent.process.pid"],
+        json!(server.pid())
+    );
+    let call = t.wait_for("the client's failing read", |e| {
+        e["netns"] == ns.inode()
+            && (e["type"] == "app_error" || e["app_error"].is_object())
+            && e["process"]["pid"] == client.pid()
+    });
+    let call_log = c.wait_log("the failing read", 10, |l| {
+        find(&[l.clone()], &call).is_some()
+    });
+    assert_eq!(call_log.attrs["error.type"], "ECONNRESET");
+    if call["type"] == "app_error" {
+        assert_eq!(
+            (call_log.severity_number, call_log.severity_text.as_str()),
+            (17, "ERROR")
+        );
+    }
+    assert!(c.auth().iter().all(|a| a == "Bearer t0k3n") && !c.auth().is_empty());
+
+    // The counts, as cumulative monotonic sums.
+    let p = c.wait_point("rst_trace.resets of the server", 10, |p| {
+        p.metric == "rst_trace.resets"
+            && p.attrs.get("rst_trace.condition") == Some(&json!("close_with_unread_data"))
+            && p.attrs.get("process.executable.name") == Some(&json!("rstt-server"))
+    });
+    assert!(
+        p.monotonic && p.temporality == 2 && p.value >= 1.0,
+        "{p:#?}"
+    );
+    assert_eq!(p.attrs["rst_trace.direction"], "sent");
+    let p = c.wait_point("rst_trace.app_errors", 10, |p| {
+        p.metric == "rst_trace.app_errors"
+            && p.attrs.get("error.type") == Some(&json!("ECONNRESET"))
+    });
+    assert!(p.value >= 1.0);
+
+    // Every record printed for the namespace went out, once.
+    let (status, events, _) = t.stop_with_stderr();
+    assert!(status.success());
+    let logs: Vec<Log> = c.logs().into_iter().filter(|l| in_ns(l, &ns)).collect();
+    let printed = printed_in(&events, &ns);
+    assert_eq!(logs.len(), printed.len(), "{logs:#?} vs {printed:#?}");
+    for e in &printed {
+        assert!(find(&logs, e).is_some(), "not exported: {e}");
+    }
+    let _ = r;
+}
+
+/// The collector is down at start: the event output goes on, records wait (up to
+/// `--otlp-queue`), the rest are counted; once it is up, the waiting records and a `lost` record
+/// with the count arrive, and later records too.
+#[test]
+fn a_collector_down_at_start_blocks_nothing_and_the_gap_is_counted() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let target = 25002;
+    let (ns, t) = Scenario::new("otlpdown").port(target).tracer(&[
+        "--otlp",
+        &url,
+        "--otlp-queue",
+        "4",
+        "--otlp-interval",
+        "1",
+    ]);
+    // Refused connections: a reset sent, a reset received and a failing connect() each.
+    let refuse = |n: usize| {
+        for _ in 0..n {
+            let c = Peer::spawn(
+                &ns,
+                "rstt-refused",
+                &[&format!("connect=127.0.0.1:{target}")],
+            );
+            assert!(c.wait().success());
+        }
+    };
+    let started = Instant::now();
+    refuse(5);
+    let printed = |t: &rst_trace_tests::Tracer| {
+        printed_in(&t.events(), &ns)
+            .iter()
+            .filter(|e| e["condition"] == "connection_refused")
+            .count()
+    };
+    while printed(&t) < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stdout held up: {:?}",
+            t.events()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.wait_for_stderr("the collector being down", 10, |l| {
+        l.starts_with(&format!(
+            "rst-trace: warning: OTLP logs export to {url}/v1/logs failed"
+        ))
+    });
+    let c = Collector::start(port);
+    t.wait_for_stderr("the collector being back", 40, |l| {
+        l == format!("rst-trace: OTLP logs export to {url}/v1/logs works again")
+    });
+    refuse(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while printed(&t) < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal after the outage: {:?}",
+            t.events()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let later = printed_in(&t.events(), &ns)
+        .into_iter()
+        .rfind(|e| e["condition"] == "connection_refused")
+        .unwrap();
+    c.wait_log("the record after the outage", 10, |l| {
+        find(&[l.clone()], &later).is_some()
+    });
+    let lost = c.wait_log("the count of dropped records", 10, |l| {
+        l.attrs.get("rst_trace.cause") == Some(&json!("otlp_queue"))
+    });
+    assert_eq!(lost.attrs["rst_trace.type"], "lost");
+    let (status, events, stderr) = t.stop_with_stderr();
+    assert!(status.success());
+    // Said once each way.
+    let said = |p: &str| stderr.iter().filter(|l| l.contains(p)).count();
+    assert_eq!(said("logs export to"), 2, "{stderr:#?}");
+    // Exported + dropped = printed.
+    let exported = c.logs().iter().filter(|l| in_ns(l, &ns)).count() as u64;
+    let dropped: u64 = c
+        .logs()
+        .iter()
+        .filter(|l| l.attrs.get("rst_trace.cause") == Some(&json!("otlp_queue")))
+        .map(|l| l.attrs["rst_trace.count"].as_u64().unwrap())
+        .sum();
+    assert!(dropped > 0);
+    let printed = printed_in(&events, &ns).len() as u64;
+    assert_eq!(exported + dropped, printed, "{stderr:#?}");
+    let _ = s;
+}
