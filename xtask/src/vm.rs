@@ -54,6 +54,10 @@ pub const GUEST_SKIP_FILES: &[(&str, &str)] = &[
         "top",
         "the live view in a terminal (tmux) tests rst-trace's userspace, not the kernel",
     ),
+    (
+        "otlp",
+        "the export to an OTLP receiver tests rst-trace's userspace, not the kernel",
+    ),
 ];
 
 /// Per kernel: wall time of the guest run and the test totals it printed.

@@ -51,6 +51,7 @@ fn resets_and_failing_calls_reach_the_collector_as_logs_and_metrics() {
     let port = 25001;
     let (ns, t) = Scenario::new("otlp")
         .port(port)
+        .port(port + 2)
         .env("K8S_NODE_NAME", "node-7")
         .tracer(&[
             "--otlp",
@@ -137,7 +138,7 @@ fn resets_and_failing_calls_reach_the_collector_as_logs_and_metrics() {
             && e["process"]["pid"] == client.pid()
     });
     let call_log = c.wait_log("the failing read", 10, |l| {
-        find(&[l.clone()], &call).is_some()
+        find(std::slice::from_ref(l), &call).is_some()
     });
     assert_eq!(call_log.attrs["error.type"], "ECONNRESET");
     if call["type"] == "app_error" {
@@ -165,6 +166,16 @@ fn resets_and_failing_calls_reach_the_collector_as_logs_and_metrics() {
     });
     assert!(p.value >= 1.0);
 
+    // A refusal right before the end goes out in the flush at exit.
+    let last = Peer::spawn(
+        &ns,
+        "rstt-last",
+        &[&format!("connect=127.0.0.1:{}", port + 2)],
+    );
+    assert!(last.wait().success());
+    t.wait_for("the last refusal", |e| {
+        e["netns"] == ns.inode() && e["condition"] == "connection_refused"
+    });
     // Every record printed for the namespace went out, once.
     let (status, events, _) = t.stop_with_stderr();
     assert!(status.success());
@@ -247,7 +258,7 @@ fn a_collector_down_at_start_blocks_nothing_and_the_gap_is_counted() {
         .rfind(|e| e["condition"] == "connection_refused")
         .unwrap();
     c.wait_log("the record after the outage", 10, |l| {
-        find(&[l.clone()], &later).is_some()
+        find(std::slice::from_ref(l), &later).is_some()
     });
     let lost = c.wait_log("the count of dropped records", 10, |l| {
         l.attrs.get("rst_trace.cause") == Some(&json!("otlp_queue"))
@@ -270,4 +281,39 @@ fn a_collector_down_at_start_blocks_nothing_and_the_gap_is_counted() {
     let printed = printed_in(&events, &ns).len() as u64;
     assert_eq!(exported + dropped, printed, "{stderr:#?}");
     let _ = s;
+}
+
+/// A collector that never answers: rst-trace still ends at once on SIGINT, within the exit flush's
+/// bound, and says what it could not send.
+#[test]
+fn exit_with_the_collector_down_is_bounded_and_said() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let target = 25004;
+    let (ns, t) = Scenario::new("otlpexit")
+        .port(target)
+        .tracer(&["--otlp", &format!("http://127.0.0.1:{port}")]);
+    let c = Peer::spawn(
+        &ns,
+        "rstt-refused",
+        &[&format!("connect=127.0.0.1:{target}")],
+    );
+    assert!(c.wait().success());
+    t.wait_for("the refusal", |e| {
+        e["netns"] == ns.inode() && e["condition"] == "connection_refused"
+    });
+    let stopping = Instant::now();
+    let (status, _, stderr) = t.stop_with_stderr();
+    let took = stopping.elapsed();
+    assert!(status.success(), "{stderr:#?}");
+    // 5 s for the records, a request's 3 s, and the metrics' last request: well under 20 s.
+    assert!(took < Duration::from_secs(20), "exit took {took:?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("OTLP log records not sent at exit")),
+        "{stderr:#?}"
+    );
 }
