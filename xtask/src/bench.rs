@@ -10,6 +10,7 @@ mod bpf;
 mod healthy;
 mod load;
 mod measure;
+mod receiver;
 mod reference;
 mod table;
 
@@ -62,6 +63,8 @@ fn bench_netns() -> Result<Netns> {
 pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
     let ns = bench_netns()?;
     let _stats = BpfStatsEnabled::save();
+    // For `--otlp` rows and `--healthy-args "--otlp ..."`.
+    let otlp = receiver::Receiver::start()?;
     if let Some(secs) = opts.soak {
         return soak(bin, &ns, secs);
     }
@@ -83,6 +86,12 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
         table::print_row(name, &row);
     }
     table::print_legend();
+    let (requests, bytes) = otlp.taken();
+    println!(
+        "OTLP receiver ({}): {requests} requests, {:.1} MB taken",
+        receiver::URL,
+        bytes as f64 / 1e6
+    );
     if opts
         .only
         .as_deref()

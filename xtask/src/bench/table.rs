@@ -4,7 +4,7 @@ use super::{Mode, Opts, measure::Row};
 
 /// What each row runs: its name, the load, client threads and rst-trace's arguments.
 /// (The healthy path, loads without resets, has rows of its own: see `healthy.rs`.)
-pub(super) const CONFIGS: [(&str, Mode, usize, &[&str]); 9] = [
+pub(super) const CONFIGS: [(&str, Mode, usize, &[&str]); 12] = [
     (
         "refused, 1 thread, --json file",
         Mode::Refused,
@@ -46,6 +46,26 @@ pub(super) const CONFIGS: [(&str, Mode, usize, &[&str]); 9] = [
         Mode::Unread,
         2,
         &["--json"],
+    ),
+    // The same, each record also exported over OTLP (to the bench's receiver, which answers at
+    // once; and to a port nothing listens on: the queue full, the memory it takes).
+    (
+        "refused, 1 thread, --json --otlp",
+        Mode::Refused,
+        1,
+        &["--json", "--otlp", super::receiver::URL],
+    ),
+    (
+        "refused, 2 threads, -q --otlp",
+        Mode::Refused,
+        2,
+        &["--json", "--quiet", "--otlp", super::receiver::URL],
+    ),
+    (
+        "refused, 1 thread, --otlp down",
+        Mode::Refused,
+        1,
+        &["--json", "--otlp", super::receiver::DOWN_URL],
     ),
     // Every one of these resets is a process-context abort: each gets its two stacks.
     (
