@@ -22,7 +22,9 @@ pub struct Sink {
     evicted_seen: u64,
     /// `rst-trace top`: events are counted here instead of printed.
     pub top: Option<crate::top::TopState>,
-    /// `--otlp`: every record goes there too, as JSON (whatever the output format).
+    /// `--otlp`: every record goes there too, as JSON (whatever the output format), but those
+    /// of rst-trace's own sockets: its connections to a collector that is down would fill the
+    /// queue with records of the export failing, which stderr says once.
     pub otlp: Option<crate::otlp::Otlp>,
 }
 
@@ -67,7 +69,13 @@ impl Sink {
             self.out.line(&self.line);
             json_rendered = self.fmt == Format::Json;
         }
-        if let Some(o) = &self.otlp {
+        let own = report
+            .process
+            .as_ref()
+            .is_some_and(|p| p.pid == std::process::id());
+        if let Some(o) = &self.otlp
+            && !own
+        {
             if !json_rendered {
                 event::render_into(&mut self.line, report, &self.clock, Format::Json);
             }
@@ -98,7 +106,14 @@ impl Sink {
             let line = app::outcome(o, &self.clock, self.fmt);
             self.out.line(&line);
         }
-        if let Some(x) = &self.otlp {
+        let pid = match o {
+            Outcome::Joined(j) => Some(j.error.process.pid),
+            Outcome::Alone(e) => Some(e.process.pid),
+            Outcome::NotNoticed(p, _) => p.process.as_ref().map(|p| p.pid),
+        };
+        if let Some(x) = &self.otlp
+            && pid != Some(std::process::id())
+        {
             x.send(app::outcome(o, &self.clock, Format::Json));
         }
     }
