@@ -338,3 +338,42 @@ fn exit_with_the_collector_down_is_bounded_and_said() {
         "{events:#?}"
     );
 }
+
+/// With `--quiet --summary --metrics` (no event lines to reuse), the records still go out, and
+/// the summary and the Prometheus page count the same resets.
+#[test]
+fn with_quiet_summary_and_metrics_the_records_still_go_out() {
+    let c = Collector::start(0);
+    let target = 25006;
+    let (ns, t) = Scenario::new("otlpq").port(target).tracer(&[
+        "--quiet",
+        "--summary",
+        "--metrics",
+        "127.0.0.1:0",
+        "--otlp",
+        &c.url,
+    ]);
+    let p = Peer::spawn(
+        &ns,
+        "rstt-refused",
+        &[&format!("connect=127.0.0.1:{target}")],
+    );
+    assert!(p.wait().success());
+    let log = c.wait_log("the refusal", 10, |l| {
+        in_ns(l, &ns) && l.attrs["rst_trace.condition"] == "connection_refused"
+    });
+    assert!(
+        log.body.as_str().unwrap().contains("was refused"),
+        "{log:#?}"
+    );
+    assert_eq!(log.attrs["process.executable.name"], "rstt-refused");
+    let (status, events, _) = t.stop_with_stderr();
+    assert!(status.success());
+    // Only the summary on stdout: the events went to the collector alone.
+    assert!(events.iter().all(|e| e["type"] == "summary"), "{events:#?}");
+    let rows = events[0]["rows"].as_array().unwrap();
+    assert!(
+        rows.iter().any(|r| r["condition"] == "connection_refused"),
+        "{rows:#?}"
+    );
+}
