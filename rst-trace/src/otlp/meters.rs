@@ -246,3 +246,38 @@ fn register_cost(
         })
         .build();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_labels_under_opentelemetry_names() {
+        let l = |container: &str, pod: &str| ResetLabels {
+            direction: "sent",
+            condition: "close_with_unread_data",
+            comm: "nginx".into(),
+            container: container.into(),
+            pod: pod.into(),
+        };
+        let keys = |a: Vec<KeyValue>| -> Vec<String> {
+            a.iter()
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect()
+        };
+        assert_eq!(
+            keys(reset_attrs(&l("web", "shop/web-0"))),
+            [
+                "rst_trace.direction=sent",
+                "rst_trace.condition=close_with_unread_data",
+                "process.executable.name=nginx",
+                "container.name=web",
+                "k8s.namespace.name=shop",
+                "k8s.pod.name=web-0"
+            ]
+        );
+        // Outside containers and pods: no attribute; past the bound: `other`.
+        assert_eq!(keys(reset_attrs(&l("-", "-"))).len(), 3);
+        assert!(keys(reset_attrs(&l("other", "other"))).contains(&"k8s.pod.name=other".into()));
+    }
+}
