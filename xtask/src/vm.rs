@@ -46,6 +46,11 @@ pub const GUEST_SKIP_FILES: &[(&str, &str)] = &[
          read-only guest cannot hold; what they test is rst-trace's userspace, not the kernel",
     ),
     (
+        "manifests",
+        "validating deploy/'s Kubernetes manifests against the API's schemas does not involve \
+         the kernel",
+    ),
+    (
         "prometheus",
         "the dashboard's and alerting rules' queries against a real Prometheus test rst-trace's \
          metrics, not the kernel",
