@@ -1,12 +1,17 @@
-//! Which container and pod a reset names: docker on the bridge and the host network, CRI runc.
+//! Which container and pod a reset names: docker on the bridge and the host network, and a
+//! pod made through containerd's CRI service.
 
 use rst_trace_tests::{
-    Netns, Peer, Tracer, Value, cgroup_v2_id,
-    container::{CriPod, DockerRun, Output, RuncContainer},
+    Peer, Tracer, Value, cgroup_v2_id,
+    container::{DockerRun, Output},
     s,
 };
 
-use crate::{abort_from, docker_bridge, host_client, received_by, sent_by, server_steps, strs};
+use crate::{
+    abort_from,
+    cri::{CriContainer, CriPod},
+    docker_bridge, host_client, received_by, sent_by, server_steps, strs,
+};
 
 /// What a reset's `container` object must hold.
 struct Want<'a> {
@@ -120,24 +125,29 @@ fn docker_host_network_container_is_named() {
     assert!(status.success(), "rst-trace exit {status:?}");
 }
 
-/// A container as containerd's CRI plugin runs it for a kubelet with the cgroupfs driver: the
-/// cgroup path (`/kubepods/besteffort/pod<uid>/<id>`) does not name the runtime; the OCI bundle
-/// in containerd's k8s.io task directory does, and its annotations name the pod.
+/// A pod's container as a kubelet has containerd's CRI service run it, with the cgroupfs driver:
+/// the cgroup path (`/kubepods/besteffort/pod<uid>/<id>`) does not name the runtime; the OCI
+/// bundle containerd wrote in its task directory does, and its annotations name the pod.
 #[test]
-fn runc_container_with_cri_annotations() {
+fn cri_pod_container_is_named_from_containerds_annotations() {
     let port = 23004;
-    let ns = Netns::new("runc");
     let tracer = Tracer::start(&["--port", &port.to_string()]);
     let pod = CriPod {
         pod: "cart-7f9c8d6b5-z4xkq",
         namespace: "shop",
         container: "cart",
     };
-    let bind = format!("127.0.0.1:{port}");
-    let cart = RuncContainer::run(&ns, &pod, "rstt-cart", &strs(&server_steps(&bind)));
-    let client = abort_from(&cart, |st| Peer::spawn(&ns, "rstt-client", st), &bind);
+    let bind = format!("0.0.0.0:{port}");
+    let cart = CriContainer::run(&pod, "rstt-cart", &strs(&server_steps(&bind)));
+    let client = abort_from(&cart, host_client, &format!("{}:{port}", cart.ip));
     let snt = sent_by(&tracer, cart.pid);
     assert_eq!(s(&snt, "cgroup.path"), cart.cgroup_path.as_str(), "{snt:#}");
+    assert!(
+        cart.cgroup_path
+            .starts_with(&format!("/kubepods/besteffort/pod{}/", cart.pod_uid)),
+        "{}",
+        cart.cgroup_path
+    );
     let want = Want {
         id: &cart.id,
         runtime: "containerd",
