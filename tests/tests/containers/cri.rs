@@ -22,6 +22,12 @@ use k8s_cri::v1::{self as cri, runtime_service_client::RuntimeServiceClient};
 use rst_trace_tests::container::Output;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// The tests' containerd, started if need be, with the images imported: before a test's
+/// tracer whose `--duration` must not run out while containerd starts.
+pub fn ready() {
+    daemon::ready();
+}
+
 /// A pod: its name and namespace, and its one container's name.
 pub struct CriPod<'a> {
     pub pod: &'a str,

@@ -242,3 +242,36 @@ fn hostile_pod_label_is_visible_in_text_and_exact_in_json() {
     let (status, _) = tracer.stop();
     assert!(status.success(), "rst-trace exit {status:?}");
 }
+
+/// The same through containerd's CRI: the pod name containerd writes into its bundle's
+/// annotations is whatever the pod's deployer chose, newline and escape sequence included.
+#[test]
+fn hostile_cri_pod_name_is_visible_in_text_and_exact_in_json() {
+    const HOSTILE: &str = "cart-0\nFAKE\x1b[31m";
+    let port = 23016;
+    let p = port.to_string();
+    // containerd may have to start first (seconds): not within the text tracer's duration.
+    crate::cri::ready();
+    let (mut text, _errs) = rst_trace_tests::spawn_attached(&["--port", &p, "--duration", "10"]);
+    let tracer = Tracer::start(&["--port", &p]);
+    let pod = CriPod {
+        pod: HOSTILE,
+        namespace: "shop",
+        container: "cart",
+    };
+    let bind = format!("0.0.0.0:{port}");
+    let cart = CriContainer::run(&pod, "rstt-cart", &strs(&server_steps(&bind)));
+    let _client = abort_from(&cart, host_client, &format!("{}:{port}", cart.ip));
+    let snt = sent_by(&tracer, cart.pid);
+    assert_eq!(snt["container"]["pod"], HOSTILE, "{snt:#}");
+    assert_eq!(snt["container"]["runtime"], "containerd", "{snt:#}");
+    let out = rst_trace_tests::visible_text_output(&mut text);
+    let sent_line = out
+        .lines()
+        .find(|l| l.contains("SENT") && l.contains("close_with_unread_data"))
+        .unwrap_or_else(|| panic!("no SENT line: {out}"));
+    let want = format!("rstt-cart[{}]@shop/cart-0\\nFAKE\\x1b[31m", cart.pid);
+    assert!(sent_line.contains(&want), "{sent_line}");
+    let (status, _) = tracer.stop();
+    assert!(status.success(), "rst-trace exit {status:?}");
+}
