@@ -9,7 +9,7 @@
 //! containerd, runc and CNI plugins, and fail, saying so, without them. The kernel-matrix
 //! guests have no container runtime: this test binary is not run there (xtask/src/vm.rs).
 //!
-//! Ports 23001-23016 (in namespaces of their own), and free ports of the host's.
+//! Ports 23001-23018 (in namespaces of their own), and free ports of the host's.
 
 mod cri;
 mod dying;
