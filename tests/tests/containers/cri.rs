@@ -49,13 +49,14 @@ impl Cri {
             .expect("tokio runtime");
         let channel = rt
             .block_on(
-                // The URI is not used: every connection is the unix socket.
-                Endpoint::from_static("http://[::]:0").connect_with_connector(tower::service_fn(
-                    |_: Uri| async {
+                // The URI is not used: every connection is the unix socket. A containerd that
+                // hangs fails the test instead of holding it.
+                Endpoint::from_static("http://[::]:0")
+                    .timeout(Duration::from_secs(60))
+                    .connect_with_connector(tower::service_fn(|_: Uri| async {
                         let s = tokio::net::UnixStream::connect(daemon::SOCK).await?;
                         Ok::<_, std::io::Error>(TokioIo::new(s))
-                    },
-                )),
+                    })),
             )
             .unwrap_or_else(|e| panic!("connecting to the CRI service at {}: {e}", daemon::SOCK));
         Self {
