@@ -124,6 +124,7 @@ fn sandbox_config(pod: &CriPod, uid: &str, logs: &Path) -> cri::PodSandboxConfig
             attempt: 0,
         }),
         hostname: "rstt-pod".to_owned(),
+        labels: [(PID_LABEL.to_owned(), std::process::id().to_string())].into(),
         log_directory: logs.display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: format!("/kubepods/besteffort/pod{uid}"),
@@ -147,7 +148,8 @@ impl CriContainer {
     /// its `pid 1` line.
     pub fn run(pod: &CriPod, comm: &str, steps: &[&str]) -> Self {
         let image = daemon::ready();
-        let cri = Cri::connect();
+        let mut cri = Cri::connect();
+        remove_orphans(&mut cri);
         let pod_uid = random_uuid();
         let logs = Path::new(daemon::LOGS).join(&pod_uid);
         std::fs::create_dir_all(&logs).expect("the pod's log directory");
@@ -327,19 +329,48 @@ impl Drop for CriContainer {
             let req = cri::RemoveContainerRequest { container_id: id };
             let _ = cri.rt.block_on(cri.client.remove_container(req));
         }
-        if !sandbox.is_empty() {
-            let req = cri::StopPodSandboxRequest {
-                pod_sandbox_id: sandbox.clone(),
-            };
-            let _ = cri.rt.block_on(cri.client.stop_pod_sandbox(req));
-            let req = cri::RemovePodSandboxRequest {
-                pod_sandbox_id: sandbox,
-            };
-            let _ = cri.rt.block_on(cri.client.remove_pod_sandbox(req));
-        }
-        let _ = std::fs::remove_dir_all(&self.logs);
-        remove_kubepods_parents(&self.pod_uid);
+        remove_pod(cri, &sandbox, &self.pod_uid);
     }
+}
+
+/// Stops and removes a pod sandbox (with whatever containers are left in it), its logs and its
+/// kubepods cgroups. Errors are ignored: it may be half made, or gone already.
+fn remove_pod(cri: &mut Cri, sandbox: &str, pod_uid: &str) {
+    if !sandbox.is_empty() {
+        let req = cri::StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.to_owned(),
+        };
+        let _ = cri.rt.block_on(cri.client.stop_pod_sandbox(req));
+        let req = cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox.to_owned(),
+        };
+        let _ = cri.rt.block_on(cri.client.remove_pod_sandbox(req));
+    }
+    let _ = std::fs::remove_dir_all(Path::new(daemon::LOGS).join(pod_uid));
+    remove_kubepods_parents(pod_uid);
+}
+
+/// The label naming the test process that made a pod.
+const PID_LABEL: &str = "rstt-test-pid";
+
+/// Removes, once per process, the pods of test processes that are gone (killed before their
+/// drop ran), so that the containerd kept across runs does not collect them, nor run out of
+/// the bridge's addresses.
+fn remove_orphans(cri: &mut Cri) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let req = cri::ListPodSandboxRequest { filter: None };
+        for pod in call!(cri, list_pod_sandbox, req).items {
+            let Some(pid) = pod.labels.get(PID_LABEL) else {
+                continue;
+            };
+            if Path::new("/proc").join(pid).exists() {
+                continue;
+            }
+            let uid = pod.metadata.map(|m| m.uid).unwrap_or_default();
+            remove_pod(cri, &pod.id, &uid);
+        }
+    });
 }
 
 /// runc removed the pod's containers' cgroups; the kubepods parents (a kubelet's, on a node) are
