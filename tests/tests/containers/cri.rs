@@ -5,9 +5,9 @@
 //! cgroup path itself: the test only reads them back.
 
 mod daemon;
+mod log;
 
 use std::{
-    io::{Read as _, Seek as _, SeekFrom},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -227,7 +227,7 @@ impl CriContainer {
             sandbox_config: Some(sandbox_config),
         };
         self.id = call!(&mut self.cri, create_container, req).container_id;
-        (self.lines, self.stop_tail) = tail_cri_log(self.logs.join(log_path));
+        (self.lines, self.stop_tail) = log::follow(self.logs.join(log_path));
         let req = cri::StartContainerRequest {
             container_id: self.id.clone(),
         };
@@ -267,36 +267,6 @@ impl CriContainer {
             .filter(|ip| !ip.is_empty())
             .unwrap_or_else(|| panic!("pod sandbox {} has no IP address", self.sandbox));
     }
-}
-
-/// Follows a CRI log file (`<RFC 3339 time> <stream> <F|P> <text>`, a line per write, `P` for
-/// a partial one) and sends each whole line's text; stops when the flag is set.
-fn tail_cri_log(file: PathBuf) -> (mpsc::Receiver<String>, Arc<AtomicBool>) {
-    let (tx, rx) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = Arc::clone(&stop);
-    std::thread::spawn(move || {
-        let (mut offset, mut pending, mut partial) = (0, Vec::new(), String::new());
-        while !stopped.load(Ordering::Relaxed) {
-            if let Ok(mut f) = std::fs::File::open(&file) {
-                let _ = f.seek(SeekFrom::Start(offset));
-                let n = f.read_to_end(&mut pending).unwrap_or(0);
-                offset += n as u64;
-            }
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line[..end]).into_owned();
-                let mut f = line.splitn(4, ' ');
-                let (_time, _stream, tag) = (f.next(), f.next(), f.next());
-                partial.push_str(f.next().unwrap_or_default());
-                if tag == Some("F") && tx.send(std::mem::take(&mut partial)).is_err() {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
-    (rx, stop)
 }
 
 impl Output for CriContainer {
