@@ -269,6 +269,16 @@ impl CriContainer {
     }
 }
 
+impl CriContainer {
+    /// The OCI bundle's config.json containerd wrote for the container: what rst-trace reads.
+    pub fn bundle_config(&self) -> serde_json::Value {
+        let file = Path::new(daemon::TASKS).join(&self.id).join("config.json");
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("containerd's bundle {}: {e}", file.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    }
+}
+
 impl Output for CriContainer {
     fn line(&self) -> String {
         self.lines

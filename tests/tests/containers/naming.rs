@@ -140,6 +140,15 @@ fn cri_pod_container_is_named_from_containerds_annotations() {
     let bind = format!("0.0.0.0:{port}");
     let cart = CriContainer::run(&pod, "rstt-cart", &strs(&server_steps(&bind)));
     let client = abort_from(&cart, host_client, &format!("{}:{port}", cart.ip));
+    // What containerd wrote, outside /run/containerd: the names must come from there.
+    let bundle = cart.bundle_config();
+    let ann = &bundle["annotations"];
+    assert_eq!(ann["io.kubernetes.cri.sandbox-name"], pod.pod, "{ann:#}");
+    assert_eq!(
+        ann["io.kubernetes.cri.container-name"], pod.container,
+        "{ann:#}"
+    );
+    assert_eq!(bundle["linux"]["cgroupsPath"], cart.cgroup_path.as_str());
     let snt = sent_by(&tracer, cart.pid);
     assert_eq!(s(&snt, "cgroup.path"), cart.cgroup_path.as_str(), "{snt:#}");
     assert!(

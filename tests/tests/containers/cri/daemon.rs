@@ -28,6 +28,8 @@ const DIR: &str = "/run/rstt-containerd";
 pub const SOCK: &str = "/run/rstt-containerd/containerd.sock";
 const CONFIG: &str = "/run/rstt-containerd/config.toml";
 const PID_FILE: &str = "/run/rstt-containerd/containerd.pid";
+/// Where this containerd keeps its Kubernetes containers' OCI bundles (`<TASKS>/<id>`).
+pub const TASKS: &str = "/run/rstt-containerd/state/io.containerd.runtime.v2.task/k8s.io";
 /// Where the pods' container logs go (`<DIR>/logs/<pod uid>/<container>.log`).
 pub const LOGS: &str = "/run/rstt-containerd/logs";
 /// Its images and snapshots: kept across runs (the images are small, and reimported anyway).
