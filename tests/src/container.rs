@@ -1,7 +1,8 @@
 //! Real containers for the container tests (tests/tests/containers/): a docker image built
-//! here `FROM scratch` holding the static (musl) test peer, docker containers running it, and
-//! bare `runc` containers shaped like those containerd's CRI plugin starts for a kubelet (CRI
-//! annotations in the bundle's config.json, a kubepods cgroupfs path).
+//! here `FROM scratch` holding the static (musl) test peer, and docker containers running it.
+//! The same image runs in the tests' own containerd through its CRI API, as a kubelet's pods
+//! do (tests/tests/containers/cri/: the CRI client is a dev-dependency, so that the static
+//! peer's build does not compile it).
 //!
 //! No registry is needed: the image is built locally (`DOCKER_BUILDKIT=0`), once per peer
 //! binary (its tag is the binary's hash), and reused. Containers are removed on drop.
@@ -13,30 +14,21 @@ use std::{
     io::{BufRead as _, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Mutex, OnceLock, atomic::Ordering, mpsc},
-    time::{Duration, Instant},
+    sync::{OnceLock, atomic::Ordering, mpsc},
+    time::Duration,
 };
 
-use serde_json::json;
-
-use crate::{Netns, SEQ, peer_bin, require_root};
+use crate::{SEQ, peer_bin, require_root};
 
 /// Debian's docker CLI: a `docker` earlier on PATH may be another one (this project's VMs have
 /// an unrelated one in /usr/local/bin).
 pub const DOCKER: &str = "/usr/bin/docker";
-/// Debian's runc (docker.io depends on it).
-pub const RUNC: &str = "/usr/sbin/runc";
 /// Where `./x` logs the dockerd it starts (xtask/src/docker.rs).
 const DOCKERD_LOG: &str = "/var/log/rst-trace-dockerd.log";
-/// runc's state for the containers made here, apart from docker's.
-const RUNC_ROOT: &str = "/run/rstt-runc";
-/// containerd's task directory for the Kubernetes namespace: where containerd keeps each
-/// container's OCI bundle, and where rst-trace looks for its annotations.
-pub const CONTAINERD_K8S_TASKS: &str = "/run/containerd/io.containerd.runtime.v2.task/k8s.io";
 const MUSL: &str = "x86_64-unknown-linux-musl";
 
 /// Runs a command, returning its trimmed stdout; panics with its stderr unless it succeeds.
-fn output(cmd: &mut Command) -> String {
+pub fn output(cmd: &mut Command) -> String {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -216,9 +208,5 @@ pub trait Output {
 }
 
 mod docker;
-mod runc;
 
-pub use self::{
-    docker::{DockerContainer, DockerRun},
-    runc::{CriPod, RuncContainer},
-};
+pub use self::docker::{DockerContainer, DockerRun};

@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     // toolchain links with cc); libc6-dev is only recommended by gcc, which is not installed.
     "gcc",
     "libc6-dev",
+    // The container tests' CRI client (k8s-cri) compiles the CRI protobufs with protoc.
+    "protobuf-compiler",
 ];
 
 fn setup_apt() -> Result<()> {

@@ -42,8 +42,13 @@ pub const GUEST_SKIPS: &[(&str, &str)] = &[(
 pub const GUEST_SKIP_FILES: &[(&str, &str)] = &[
     (
         "containers",
-        "the guests have no container runtime: docker and runc need a dockerd and state the \
-         read-only guest cannot hold; what they test is rst-trace's userspace, not the kernel",
+        "the guests have no container runtime: docker and containerd need daemons and state \
+         the read-only guest cannot hold; what they test is rst-trace's userspace, not the kernel",
+    ),
+    (
+        "manifests",
+        "validating deploy/'s Kubernetes manifests against the API's schemas does not involve \
+         the kernel",
     ),
     (
         "prometheus",

@@ -4,7 +4,11 @@
 //! Container ids reach here only from `path::container`, which admits hex digits alone, so
 //! joining them to a root cannot leave it.
 
-use std::{fs, io::Read as _, path::Path};
+use std::{
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+};
 
 use serde_json::{Map, Value};
 
@@ -109,7 +113,61 @@ fn containerd(roots: &Roots, c: &mut Container) -> bool {
             }
         }
     }
-    false
+    let bundle = containerd_bundle_from_mounts(roots, &c.id);
+    bundle
+        .and_then(|b| read_json(&b.join("config.json")))
+        .is_some_and(|v| apply_oci(&v, &CRI_KEYS, c))
+}
+
+/// containerd's task directory: `<state>/io.containerd.runtime.v2.task/<namespace>/<id>`.
+const CONTAINERD_TASKS: &str = "io.containerd.runtime.v2.task";
+
+/// The bundle of containerd's container `id` wherever that containerd keeps its state (its
+/// config's `state`, not always /run/containerd: a second containerd beside dockerd's, a
+/// distribution's own): containerd mounts the container's root filesystem at the bundle's
+/// `rootfs`, so the mount point `<state>/io.containerd.runtime.v2.task/<ns>/<id>/rootfs` names
+/// it in this mount namespace's mountinfo.
+fn containerd_bundle_from_mounts(roots: &Roots, id: &str) -> Option<PathBuf> {
+    let mut text = String::new();
+    fs::File::open(roots.proc.join("self/mountinfo"))
+        .ok()?
+        .take(MAX_FILE)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.lines().find_map(|line| {
+        // ID PARENT MAJ:MIN ROOT MOUNT_POINT ...
+        let mount_point = unescape_mountinfo(line.split(' ').nth(4)?);
+        let bundle = Path::new(&mount_point).parent()?;
+        let mut up = Path::new(&mount_point).iter().rev();
+        let is_bundle = up.next()? == "rootfs"
+            && up.next()? == id
+            && up.next().is_some()
+            && up.next()? == CONTAINERD_TASKS;
+        is_bundle.then(|| bundle.to_path_buf())
+    })
+}
+
+/// mountinfo writes a space, tab, newline and backslash in a path as `\ooo` (octal).
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) if b[i] == b'\\' => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn crio(roots: &Roots, c: &mut Container) -> bool {
@@ -276,6 +334,36 @@ mod tests {
         let c = filled(&t, &nowhere, Runtime::Unknown("pod1".into()));
         assert_eq!(c.runtime, Runtime::Unknown("pod1".into()));
         assert_eq!(c.name, None);
+    }
+
+    /// A containerd with a state directory of its own: found by its bundle's rootfs mount.
+    #[test]
+    fn containerd_bundle_outside_the_known_roots() {
+        let t = host();
+        let state = t.dir.join("run/my\tcontainerd");
+        let id = "e".repeat(64);
+        let bundle = state.join("io.containerd.runtime.v2.task/k8s.io").join(&id);
+        put(
+            &bundle.join("config.json"),
+            &fixture("containerd-config.json"),
+        );
+        let rootfs = bundle.join("rootfs").display().to_string();
+        let escaped = rootfs.replace('\t', "\\011");
+        let mountinfo = format!(
+            "22 1 0:21 / /proc rw - proc proc rw\n\
+             31 22 0:30 / {}/other/rootfs rw - overlay overlay rw\n\
+             32 22 0:31 / {escaped} rw,relatime - overlay overlay rw,lowerdir=/x\n",
+            state.display()
+        );
+        put(&t.roots.proc.join("self/mountinfo"), &mountinfo);
+        let c = filled(&t, &id, Runtime::Unknown("pod1".into()));
+        assert_eq!(c.runtime, Runtime::Containerd);
+        assert_eq!(c.pod.as_deref(), Some("gateway-5c8b7d9f4-qw7zt"));
+        assert_eq!(c.container_name.as_deref(), Some("envoy"));
+        // Another id's rootfs, or a rootfs outside a task directory, names nothing.
+        let other = "0".repeat(64);
+        assert_eq!(containerd_bundle_from_mounts(&t.roots, &other), None);
+        assert_eq!(unescape_mountinfo("/a\\040b\\134c\\9"), "/a b\\c\\9");
     }
 
     #[test]

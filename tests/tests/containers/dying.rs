@@ -3,12 +3,15 @@
 //! rst-trace learned them while the process lived, when it first owned a socket there.
 
 use rst_trace_tests::{
-    Netns, Peer, Tracer, Value, cgroup_v2_id,
-    container::{CriPod, DockerRun, Output, RuncContainer},
+    Peer, Tracer, Value, cgroup_v2_id,
+    container::{DockerRun, Output},
     is_rst, s,
 };
 
-use crate::{host_client, server_steps, strs};
+use crate::{
+    cri::{CriContainer, CriPod},
+    host_client, server_steps, strs,
+};
 
 /// The naming tests' server (reads 128 of the 256 bytes it was sent, closes: an RST), without
 /// its final hold: it exits at once.
@@ -153,32 +156,27 @@ fn docker_container_killed_with_sigkill_is_named() {
     assert!(status.success(), "rst-trace exit {status:?}");
 }
 
-/// A pod's container as containerd's CRI plugin runs it (runc, cgroupfs driver), whose process
-/// exits right after the abort: runc removes its cgroup at once.
+/// A pod's container run through containerd's CRI service (runc, cgroupfs driver), whose process
+/// exits right after the abort: containerd deletes the task, and runc its cgroup, at once.
 #[test]
-fn runc_pod_exiting_right_after_the_abort_is_named() {
+fn cri_pod_exiting_right_after_the_abort_is_named() {
     let port = 23014;
-    let ns = Netns::new("runcexit");
     let tracer = Tracer::start(&["--port", &port.to_string()]);
     let pod = CriPod {
         pod: "cart-7f9c8d6b5-x8k2p",
         namespace: "shop",
         container: "cart",
     };
-    let bind = format!("127.0.0.1:{port}");
-    let cart = RuncContainer::run(&ns, &pod, "rstt-cart", &strs(&close_and_exit(&bind)));
+    let bind = format!("0.0.0.0:{port}");
+    let cart = CriContainer::run(&pod, "rstt-cart", &strs(&close_and_exit(&bind)));
     cart.expect("listening");
     let cgroup = cgroup_v2_id(cart.pid);
-    let client = Peer::spawn(
-        &ns,
-        "rstt-client",
-        &[
-            &format!("connect={bind}"),
-            "send=256",
-            "say=sent",
-            "read_err",
-        ],
-    );
+    let client = host_client(&[
+        &format!("connect={}:{port}", cart.ip),
+        "send=256",
+        "say=sent",
+        "read_err",
+    ]);
     client.expect("sent");
     cart.expect("closed");
     client.expect("errno ECONNRESET");

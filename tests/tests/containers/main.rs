@@ -1,14 +1,17 @@
-//! End-to-end with real container runtimes: docker (Debian's docker.io) and a bare runc
-//! container shaped like containerd's CRI plugin's. A server in a container reads 128 of the 256
-//! bytes its client sent and closes, so the kernel resets the connection; the tests assert
-//! which container (and pod) rst-trace names on the sent reset, that the client's received
-//! reset is not blamed on it, and the `--container` and `--pod` filters.
+//! End-to-end with real container runtimes: docker (Debian's docker.io) and pods made through
+//! the CRI API of a real containerd (Debian's, started by these tests: `cri`). A server in a
+//! container reads 128 of the 256 bytes its client sent and closes, so the kernel resets the
+//! connection; the tests assert which container (and pod) rst-trace names on the sent reset,
+//! that the client's received reset is not blamed on it, and the `--container` and `--pod`
+//! filters.
 //!
-//! They need a running dockerd (`./x test` starts one) and fail, saying so, without it. The
-//! kernel-matrix guests have no docker: this test binary is not run there (xtask/src/vm.rs).
+//! They need a running dockerd (`./x test` starts one; it builds the images) and Debian's
+//! containerd, runc and CNI plugins, and fail, saying so, without them. The kernel-matrix
+//! guests have no container runtime: this test binary is not run there (xtask/src/vm.rs).
 //!
-//! Ports 23001-23015 (in namespaces of their own), and free ports of the host's.
+//! Ports 23001-23018 (in namespaces of their own), and free ports of the host's.
 
+mod cri;
 mod dying;
 mod filters;
 mod naming;

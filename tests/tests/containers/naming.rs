@@ -1,12 +1,17 @@
-//! Which container and pod a reset names: docker on the bridge and the host network, CRI runc.
+//! Which container and pod a reset names: docker on the bridge and the host network, and a
+//! pod made through containerd's CRI service.
 
 use rst_trace_tests::{
-    Netns, Peer, Tracer, Value, cgroup_v2_id,
-    container::{CriPod, DockerRun, Output, RuncContainer},
+    Peer, Tracer, Value, cgroup_v2_id,
+    container::{DockerRun, Output},
     s,
 };
 
-use crate::{abort_from, docker_bridge, host_client, received_by, sent_by, server_steps, strs};
+use crate::{
+    abort_from,
+    cri::{CriContainer, CriPod},
+    docker_bridge, host_client, received_by, sent_by, server_steps, strs,
+};
 
 /// What a reset's `container` object must hold.
 struct Want<'a> {
@@ -120,24 +125,38 @@ fn docker_host_network_container_is_named() {
     assert!(status.success(), "rst-trace exit {status:?}");
 }
 
-/// A container as containerd's CRI plugin runs it for a kubelet with the cgroupfs driver: the
-/// cgroup path (`/kubepods/besteffort/pod<uid>/<id>`) does not name the runtime; the OCI bundle
-/// in containerd's k8s.io task directory does, and its annotations name the pod.
+/// A pod's container as a kubelet has containerd's CRI service run it, with the cgroupfs driver:
+/// the cgroup path (`/kubepods/besteffort/pod<uid>/<id>`) does not name the runtime; the OCI
+/// bundle containerd wrote in its task directory does, and its annotations name the pod.
 #[test]
-fn runc_container_with_cri_annotations() {
+fn cri_pod_container_is_named_from_containerds_annotations() {
     let port = 23004;
-    let ns = Netns::new("runc");
     let tracer = Tracer::start(&["--port", &port.to_string()]);
     let pod = CriPod {
         pod: "cart-7f9c8d6b5-z4xkq",
         namespace: "shop",
         container: "cart",
     };
-    let bind = format!("127.0.0.1:{port}");
-    let cart = RuncContainer::run(&ns, &pod, "rstt-cart", &strs(&server_steps(&bind)));
-    let client = abort_from(&cart, |st| Peer::spawn(&ns, "rstt-client", st), &bind);
+    let bind = format!("0.0.0.0:{port}");
+    let cart = CriContainer::run(&pod, "rstt-cart", &strs(&server_steps(&bind)));
+    let client = abort_from(&cart, host_client, &format!("{}:{port}", cart.ip));
+    // What containerd wrote, outside /run/containerd: the names must come from there.
+    let bundle = cart.bundle_config();
+    let ann = &bundle["annotations"];
+    assert_eq!(ann["io.kubernetes.cri.sandbox-name"], pod.pod, "{ann:#}");
+    assert_eq!(
+        ann["io.kubernetes.cri.container-name"], pod.container,
+        "{ann:#}"
+    );
+    assert_eq!(bundle["linux"]["cgroupsPath"], cart.cgroup_path.as_str());
     let snt = sent_by(&tracer, cart.pid);
     assert_eq!(s(&snt, "cgroup.path"), cart.cgroup_path.as_str(), "{snt:#}");
+    assert!(
+        cart.cgroup_path
+            .starts_with(&format!("/kubepods/besteffort/pod{}/", cart.pod_uid)),
+        "{}",
+        cart.cgroup_path
+    );
     let want = Want {
         id: &cart.id,
         runtime: "containerd",
@@ -229,6 +248,39 @@ fn hostile_pod_label_is_visible_in_text_and_exact_in_json() {
         sent_line.contains(&format!("rstt-web[{}]@shop/web-0\\nFAKE\\x1b[31m", web.pid)),
         "{sent_line}"
     );
+    let (status, _) = tracer.stop();
+    assert!(status.success(), "rst-trace exit {status:?}");
+}
+
+/// The same through containerd's CRI: the pod name containerd writes into its bundle's
+/// annotations is whatever the pod's deployer chose, newline and escape sequence included.
+#[test]
+fn hostile_cri_pod_name_is_visible_in_text_and_exact_in_json() {
+    const HOSTILE: &str = "cart-0\nFAKE\x1b[31m";
+    let port = 23016;
+    let p = port.to_string();
+    // containerd may have to start first (seconds): not within the text tracer's duration.
+    crate::cri::ready();
+    let (mut text, _errs) = rst_trace_tests::spawn_attached(&["--port", &p, "--duration", "10"]);
+    let tracer = Tracer::start(&["--port", &p]);
+    let pod = CriPod {
+        pod: HOSTILE,
+        namespace: "shop",
+        container: "cart",
+    };
+    let bind = format!("0.0.0.0:{port}");
+    let cart = CriContainer::run(&pod, "rstt-cart", &strs(&server_steps(&bind)));
+    let _client = abort_from(&cart, host_client, &format!("{}:{port}", cart.ip));
+    let snt = sent_by(&tracer, cart.pid);
+    assert_eq!(snt["container"]["pod"], HOSTILE, "{snt:#}");
+    assert_eq!(snt["container"]["runtime"], "containerd", "{snt:#}");
+    let out = rst_trace_tests::visible_text_output(&mut text);
+    let sent_line = out
+        .lines()
+        .find(|l| l.contains("SENT") && l.contains("close_with_unread_data"))
+        .unwrap_or_else(|| panic!("no SENT line: {out}"));
+    let want = format!("rstt-cart[{}]@shop/cart-0\\nFAKE\\x1b[31m", cart.pid);
+    assert!(sent_line.contains(&want), "{sent_line}");
     let (status, _) = tracer.stop();
     assert!(status.success(), "rst-trace exit {status:?}");
 }
