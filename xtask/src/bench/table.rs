@@ -56,10 +56,17 @@ pub(super) const CONFIGS: [(&str, Mode, usize, &[&str]); 12] = [
         &["--json", "--otlp", super::receiver::URL],
     ),
     (
-        "refused, 2 threads, -q --otlp",
+        "refused, 2 threads, -q -s --otlp",
         Mode::Refused,
         2,
-        &["--json", "--quiet", "--otlp", super::receiver::URL],
+        // --summary: its totals are the count (nothing else is printed).
+        &[
+            "--json",
+            "--summary",
+            "--quiet",
+            "--otlp",
+            super::receiver::URL,
+        ],
     ),
     (
         "refused, 1 thread, --otlp down",
