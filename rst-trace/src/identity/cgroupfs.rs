@@ -30,8 +30,8 @@ impl Cgroup2 {
             }
             let fields: Vec<&str> = left.split(' ').collect();
             Some(Self {
-                mount: PathBuf::from(unescape(fields.get(4)?)),
-                root: unescape(fields.get(3)?),
+                mount: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
+                root: unescape_mountinfo(fields.get(3)?),
             })
         })
     }
@@ -107,8 +107,9 @@ impl Cgroup2 {
     }
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo octal.
-fn unescape(s: &str) -> String {
+/// mountinfo escapes space, tab, newline and backslash as \ooo octal (also read by the
+/// containerd bundle search in `meta.rs`).
+pub(super) fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -151,6 +152,8 @@ mod tests {
         let v2 = "1205 1201 0:27 /../.. /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw,nsdelegate\n";
         let c = Cgroup2::from_mountinfo(v2).unwrap();
         assert_eq!(c.root, "/../..");
+        // Octal escapes; a backslash not followed by three octal digits stays as it is.
+        assert_eq!(unescape_mountinfo("/a\\040b\\134c\\9"), "/a b\\c\\9");
         let odd = "50 31 0:40 / /mnt/cg\\040two rw - cgroup2 none rw\n";
         assert_eq!(
             Cgroup2::from_mountinfo(odd).unwrap().mount,

@@ -136,7 +136,7 @@ fn containerd_bundle_from_mounts(roots: &Roots, id: &str) -> Option<PathBuf> {
         .ok()?;
     text.lines().find_map(|line| {
         // ID PARENT MAJ:MIN ROOT MOUNT_POINT ...
-        let mount_point = unescape_mountinfo(line.split(' ').nth(4)?);
+        let mount_point = super::cgroupfs::unescape_mountinfo(line.split(' ').nth(4)?);
         let bundle = Path::new(&mount_point).parent()?;
         let mut up = Path::new(&mount_point).iter().rev();
         let is_bundle = up.next()? == "rootfs"
@@ -145,29 +145,6 @@ fn containerd_bundle_from_mounts(roots: &Roots, id: &str) -> Option<PathBuf> {
             && up.next()? == CONTAINERD_TASKS;
         is_bundle.then(|| bundle.to_path_buf())
     })
-}
-
-/// mountinfo writes a space, tab, newline and backslash in a path as `\ooo` (octal).
-fn unescape_mountinfo(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) if b[i] == b'\\' => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            _ => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn crio(roots: &Roots, c: &mut Container) -> bool {
@@ -363,7 +340,6 @@ mod tests {
         // Another id's rootfs, or a rootfs outside a task directory, names nothing.
         let other = "0".repeat(64);
         assert_eq!(containerd_bundle_from_mounts(&t.roots, &other), None);
-        assert_eq!(unescape_mountinfo("/a\\040b\\134c\\9"), "/a b\\c\\9");
     }
 
     #[test]
