@@ -22,6 +22,8 @@ pub struct Archive {
     keyring: &'static str,
     /// The packages of one kernel release, `{}` standing for the release.
     packages: &'static [&'static str],
+    /// Debian's name of the architecture its packages are for.
+    arch: &'static str,
 }
 
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -38,6 +40,20 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
 ",
     keyring: DEBIAN_KEYRING,
     packages: &["linux-image-{}"],
+    arch: "amd64",
+};
+
+/// Debian's arm64 kernels (the same archive, lists of their own for the other architecture).
+const DEBIAN_ARM64: Archive = Archive {
+    name: "Debian arm64",
+    dir: "apt-arm64",
+    sources: "\
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
+",
+    keyring: DEBIAN_KEYRING,
+    packages: &["linux-image-{}"],
+    arch: "arm64",
 };
 
 /// Debian's `ubuntu-keyring`, which Ubuntu's Release files are checked against: in
@@ -50,6 +66,7 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
 ",
     keyring: DEBIAN_KEYRING,
     packages: &[],
+    arch: "amd64",
 };
 
 /// Ubuntu signs its images (`linux-image-*`) and splits the modules: `linux-modules-*` has the
@@ -69,6 +86,7 @@ deb [signed-by=/usr/share/keyrings/ubuntu-archive-keyring.gpg] http://security.u
         "linux-modules-{}",
         "linux-modules-extra-{}",
     ],
+    arch: "amd64",
 };
 
 /// Which test files (`tests/tests/NAME.rs` or `tests/tests/NAME/`) a series runs.
@@ -87,11 +105,14 @@ pub struct Series {
     /// The meta package's version starts with this (one meta package name spans 5.10 and 6.1).
     version_prefix: &'static str,
     pub files: TestFiles,
+    /// Booted as an arm64 guest (TCG, with a Debian arm64 root: see `arm64.rs`).
+    pub arm64: bool,
 }
 
 /// 5.4: Ubuntu 20.04's, without a BPF ring buffer; 5.10: Debian 11 (bullseye) and Amazon
 /// Linux 2's; 5.15: Ubuntu 22.04's; 6.1: Debian 12 and Amazon Linux 2023's; 6.12: the next LTS,
-/// the first with `tcp_send_reset`'s `reason` and socketless resets.
+/// the first with `tcp_send_reset`'s `reason` and socketless resets. arm64-6.1 and arm64-6.12:
+/// Debian's cloud kernels for arm64 (Graviton, Ampere), the same two series.
 pub const SERIES: &[Series] = &[
     Series {
         name: "5.4",
@@ -103,6 +124,7 @@ pub const SERIES: &[Series] = &[
             "Linux 5.4 has no BPF ring buffer: rst-trace only says so and exits 1, \
              which tests/tests/startup.rs checks",
         ),
+        arm64: false,
     },
     Series {
         name: "5.10",
@@ -110,6 +132,7 @@ pub const SERIES: &[Series] = &[
         meta: "linux-image-cloud-amd64",
         version_prefix: "5.10.",
         files: TestFiles::All,
+        arm64: false,
     },
     Series {
         name: "5.15",
@@ -117,6 +140,7 @@ pub const SERIES: &[Series] = &[
         meta: "linux-image-generic",
         version_prefix: "5.15.0.",
         files: TestFiles::All,
+        arm64: false,
     },
     Series {
         name: "6.1",
@@ -124,6 +148,7 @@ pub const SERIES: &[Series] = &[
         meta: "linux-image-cloud-amd64",
         version_prefix: "6.1.",
         files: TestFiles::All,
+        arm64: false,
     },
     Series {
         name: "6.12",
@@ -131,6 +156,23 @@ pub const SERIES: &[Series] = &[
         meta: "linux-image-6.12-cloud-amd64",
         version_prefix: "6.12.",
         files: TestFiles::All,
+        arm64: false,
+    },
+    Series {
+        name: "arm64-6.1",
+        archive: &DEBIAN_ARM64,
+        meta: "linux-image-cloud-arm64",
+        version_prefix: "6.1.",
+        files: TestFiles::All,
+        arm64: true,
+    },
+    Series {
+        name: "arm64-6.12",
+        archive: &DEBIAN_ARM64,
+        meta: "linux-image-6.12-cloud-arm64",
+        version_prefix: "6.12.",
+        files: TestFiles::All,
+        arm64: true,
     },
 ];
 
@@ -181,6 +223,8 @@ impl Archive {
             format!("-oDir::State::Lists={}", c.join("lists").display()),
             format!("-oDir::Cache={}", c.display()),
             "-oDir::State::status=/dev/null".into(),
+            format!("-oAPT::Architecture={}", self.arch),
+            format!("-oAPT::Architectures={}", self.arch),
             "-oAPT::Sandbox::User=root".into(),
             "-qq".into(),
         ]
