@@ -18,6 +18,13 @@ use rst_trace_tests::{Netns, Peer, Scenario, Tracer, Value, received, s, sent};
 const SYS_CLOSE: &str = "__x64_sys_close";
 #[cfg(target_arch = "x86_64")]
 const SYSCALL_ENTRY: &str = "entry_SYSCALL_64";
+/// Where the `sys_exit` tracepoint fires, as the kernel stack names it: x86_64's
+/// `__traceiter_sys_exit`; arm64's caller, syscall_trace_exit() (arch/arm64/kernel/ptrace.c),
+/// since there the iterator tail-calls the program's trampoline (`__bpf_trace_sys_exit`).
+#[cfg(target_arch = "x86_64")]
+const SYS_EXIT_TRACE: &str = "__traceiter_sys_exit";
+#[cfg(target_arch = "aarch64")]
+const SYS_EXIT_TRACE: &str = "syscall_trace_exit";
 #[cfg(target_arch = "aarch64")]
 const SYS_CLOSE: &str = "__arm64_sys_close";
 #[cfg(target_arch = "aarch64")]
@@ -216,7 +223,7 @@ fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
     let seen_at = if rst_trace_tests::kernel() >= (6, 3) {
         "sock_recvmsg"
     } else {
-        "__traceiter_sys_exit"
+        SYS_EXIT_TRACE
     };
     assert!(
         kernel.contains(&seen_at) && kernel.iter().any(|f| f.starts_with(SYSCALL_ENTRY)),
