@@ -81,7 +81,7 @@ pub fn current_regs() -> Option<u64> {
     let task = unsafe { bpf_get_current_task() };
     let stack = kread::<u64>(task, off)?;
     let top = stack + u64::from(conf!(thread_size));
-    let regs = match conf!(regs_arch) {
+    let end = match conf!(regs_arch) {
         REGS_X86_64 => x86_64_regs_end(top)?,
         // arm64: task_pt_regs() is exactly the top of the stack less sizeof(struct pt_regs)
         // (arch/arm64/include/asm/processor.h), no padding; a kernel thread's pstate is EL1
@@ -93,7 +93,7 @@ pub fn current_regs() -> Option<u64> {
         }
         _ => return None,
     };
-    Some(regs - u64::from(size))
+    Some(end - u64::from(size))
 }
 
 /// Where x86_64's `struct pt_regs` ends: right below the top of the kernel stack (..., ip, cs,

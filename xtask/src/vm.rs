@@ -338,10 +338,15 @@ fn vng_command(kver: &str, arm64_root: Option<&Path>) -> Command {
         say(&format!("{kver}: arm64 under TCG, root {}", r.display()));
         // Cortex-A72 (Graviton 1's core; `-cpu max` boots 4x slower here). Multi-threaded TCG
         // is qemu's default for an arm64 guest on an x86_64 host.
-        cmd.args(["--arch", "arm64", "--disable-kvm", "--qemu-opts=-cpu cortex-a72"])
-            .arg("--root")
-            .arg(r)
-            .arg(format!("--rodir={0}={0}", root().display()));
+        cmd.args([
+            "--arch",
+            "arm64",
+            "--disable-kvm",
+            "--qemu-opts=-cpu cortex-a72",
+        ])
+        .arg("--root")
+        .arg(r)
+        .arg(format!("--rodir={0}={0}", root().display()));
         return cmd;
     }
     let kvm = kvm_usable();

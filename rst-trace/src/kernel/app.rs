@@ -12,8 +12,8 @@ use rst_trace_common::{
 use super::{
     attach::{attach, attach_raw},
     btf::Btf,
-    layout,
     errors::Notes,
+    layout,
     tracefs::{self, Format},
 };
 

@@ -52,11 +52,12 @@ pub fn binfmt() -> Result<()> {
     let dir = Path::new("/proc/sys/fs/binfmt_misc");
     if !dir.join("register").exists() {
         say("mounting binfmt_misc");
-        run(Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc"]).arg(dir))?;
+        run(Command::new("mount")
+            .args(["-t", "binfmt_misc", "binfmt_misc"])
+            .arg(dir))?;
     }
-    let enabled = |p: &Path| {
-        std::fs::read_to_string(p).is_ok_and(|s| s.lines().next() == Some("enabled"))
-    };
+    let enabled =
+        |p: &Path| std::fs::read_to_string(p).is_ok_and(|s| s.lines().next() == Some("enabled"));
     let handler = dir.join("qemu-aarch64");
     if !enabled(&handler) {
         say("enabling qemu-user's aarch64 binfmt handler");
