@@ -4,7 +4,8 @@
 //!
 //! Everything is installed and downloaded idempotently: qemu, udev and kmod from Debian,
 //! virtme-ng from PyPI, virtiofsd from crates.io (Debian 12 ships only the C one, which vng does
-//! not drive), and the kernels from their archives (see [`kernels`]).
+//! not drive), and the kernels from their archives (see [`kernels`]). The arm64 guests boot on a
+//! Debian arm64 root of their own instead, with this repository shared in (see [`arm64`]).
 
 use std::{
     path::{Path, PathBuf},
