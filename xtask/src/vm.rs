@@ -19,8 +19,10 @@ use crate::{cargo, output_ok, root, run, say};
 
 mod arm64;
 mod kernels;
+mod series;
 pub use arm64::{TARGET as ARM64_TARGET, binfmt as arm64_binfmt, guest_root as arm64_root};
-pub use kernels::{Series, TestFiles, kernel, select};
+pub use kernels::kernel;
+pub use series::{Series, TestFiles, select};
 
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
