@@ -80,7 +80,7 @@ fn installed_packages(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The guest's root with [`ROOT_PACKAGES`] (made the first time, ~3 minutes and 600 MB), the
+/// The guest's root with [`ROOT_PACKAGES`] (made the first time, ~3.5 minutes and 650 MB), the
 /// kernel `kver`'s modules in its /lib/modules (vng boots the guest with the root's), and a
 /// mount point for this repository.
 pub fn guest_root(kvers: &[&str]) -> Result<PathBuf> {
