@@ -63,7 +63,8 @@ pub struct AppErrorEvent {
     pub local_port: u16,
     pub remote_port: u16,
     pub netns: u32,
-    /// The system call's number (x86_64 numbering: `pt_regs.orig_ax`).
+    /// The system call's number, in the running architecture's numbering (as syscall_get_nr()
+    /// reads it: x86_64 `orig_ax`, arm64 `syscallno`).
     pub nr: u32,
     /// Positive errno.
     pub errno: u32,
@@ -123,7 +124,7 @@ mod tests {
             stacks: StackIds {
                 user: 1,
                 kernel: -14,
-                user_sp_word: 0x5500_0000_1234,
+                user_caller: 0x5500_0000_1234,
             },
             local_addr: [0; 16],
             remote_addr: [0; 16],

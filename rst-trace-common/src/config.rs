@@ -115,21 +115,23 @@ pub struct Config {
     /// `sock_recv_length` carry the call's return value, 6.3+) rather than at every system
     /// call's exit: the owner hook then also reports them.
     pub app_sock: u8,
-    /// `task_struct.stack` (x86_64 only, else [`OFF_NONE`]): the kernel stack, whose top holds
-    /// the registers of the task's system call entry (`task_pt_regs()`), for the word at the
-    /// user stack pointer ([`RstEvent::user_sp_word`](crate::RstEvent::user_sp_word)).
+    /// `task_struct.stack` ([`OFF_NONE`] where unknown): the kernel stack, whose top holds the
+    /// registers of the task's system call entry (`task_pt_regs()`), for the hooks that run
+    /// inside a system call without being handed them, and for the caller of a frameless
+    /// function ([`StackIds::user_caller`](crate::StackIds::user_caller)).
     pub task_stack: u16,
-    /// `sizeof(struct pt_regs)`: the registers at system call entry end at the top of the
-    /// kernel stack (x86_64 only, else [`OFF_NONE`]).
+    /// `sizeof(struct pt_regs)` from BTF: the registers at system call entry end at the top of
+    /// the kernel stack (x86_64: or 16 bytes lower, FRED's reserve).
     pub pt_regs_size: u16,
-    /// `THREAD_SIZE`: the kernel stack's size (16 KiB on x86_64, 32 KiB with KASAN).
+    /// `THREAD_SIZE`: the kernel stack's size (16 KiB on x86_64 and arm64, 32 KiB with KASAN).
     pub thread_size: u32,
-    // Failing socket calls (`sys_exit`): x86_64 `struct pt_regs` (the syscall number, and the
-    // first three arguments as the syscall ABI passes them: di, si, dx).
-    pub regs_orig_ax: u16,
-    pub regs_di: u16,
-    pub regs_si: u16,
-    pub regs_dx: u16,
+    // Failing socket calls: the running architecture's `struct pt_regs` (see `REGS_*`), from
+    // BTF: where syscall_get_nr() and syscall_get_arguments() read the call's number (a 32-bit
+    // read: arm64's `syscallno` is an s32) and its first four arguments as they were at entry.
+    pub regs_nr: u16,
+    pub regs_arg0: u16,
+    pub regs_arg1: u16,
+    pub regs_arg2: u16,
     /// `socket.file`: a socket's back-pointer to its file, which tells a socket's
     /// `file.private_data` from another file's.
     pub socket_file: u16,
@@ -151,10 +153,18 @@ pub struct Config {
     /// connect(): a failed connect has disconnected its socket (tcp_disconnect() zeroes the
     /// ports) by the time it returns; the address it asked for is still its second argument.
     pub sys_connect: u16,
-    /// `pt_regs.r10`: the fourth argument (getsockopt's `optval`), read at the call's exit
-    /// from the registers at entry, so no hook runs at every system call's entry.
-    pub regs_r10: u16,
-    pub _pad4: [u16; 3],
+    /// The fourth argument (getsockopt's `optval`; x86_64 `r10`, arm64 `regs[3]`), read at the
+    /// call's exit from the registers at entry, so no hook runs at every system call's entry.
+    pub regs_arg3: u16,
+    /// Which architecture's entry registers these are ([`REGS_X86_64`](crate::REGS_X86_64),
+    /// [`REGS_ARM64`](crate::REGS_ARM64), 0: none): how the eBPF side finds them on the kernel
+    /// stack and checks they are a 64-bit user task's.
+    pub regs_arch: u16,
+    /// The register that locates a frameless function's caller: x86_64 `sp` (the return
+    /// address is the word it points at), arm64 `regs[30]` (the link register holds it).
+    pub regs_caller: u16,
+    /// arm64 `pstate`: its mode bits say the registers were saved on entry from 64-bit EL0.
+    pub regs_pstate: u16,
     /// One bit per syscall number ([`SOCK_CALLS_BITS`](crate::SOCK_CALLS_BITS)): the calls on
     /// a socket whose first argument is its fd (read, write, send*, recv*, connect, ...),
     /// filled in by userspace from libc's numbers.
@@ -233,10 +243,10 @@ impl Config {
             task_stack: OFF_NONE,
             pt_regs_size: OFF_NONE,
             thread_size: 0,
-            regs_orig_ax: OFF_NONE,
-            regs_di: OFF_NONE,
-            regs_si: OFF_NONE,
-            regs_dx: OFF_NONE,
+            regs_nr: OFF_NONE,
+            regs_arg0: OFF_NONE,
+            regs_arg1: OFF_NONE,
+            regs_arg2: OFF_NONE,
             socket_file: OFF_NONE,
             icsk_user_timeout: OFF_NONE,
             sock_dead_bit: OFF_NONE,
@@ -249,8 +259,10 @@ impl Config {
             sys_sendfile: OFF_NONE,
             sys_splice: OFF_NONE,
             sys_connect: OFF_NONE,
-            regs_r10: OFF_NONE,
-            _pad4: [0; 3],
+            regs_arg3: OFF_NONE,
+            regs_arch: 0,
+            regs_caller: OFF_NONE,
+            regs_pstate: OFF_NONE,
             sock_calls: [0; 8],
         }
     }

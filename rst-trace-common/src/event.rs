@@ -121,10 +121,11 @@ pub struct StackIds {
     pub user: i32,
     /// The kernel stack's id, or `-errno`.
     pub kernel: i32,
-    /// The word at the user stack pointer when the task entered the kernel, 0 if unknown. A
-    /// frame-pointer walk misses the caller of a function that keeps no frame, as libc's system
-    /// call wrappers (close()) do: their return address is this word.
-    pub user_sp_word: u64,
+    /// The return address of the function that made the system call, as the entry registers
+    /// hold it, 0 if unknown: x86_64, the word at the user stack pointer; arm64, the link
+    /// register (x30). A frame-pointer walk misses the caller of a function that keeps no frame,
+    /// as libc's system call wrappers (close()) do: this is it.
+    pub user_caller: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<StackIds>() == 16);
@@ -232,7 +233,7 @@ impl RstEvent {
         unsafe {
             (&raw mut (*st).user).write_volatile(0);
             (&raw mut (*st).kernel).write_volatile(0);
-            (&raw mut (*st).user_sp_word).write_volatile(0);
+            (&raw mut (*st).user_caller).write_volatile(0);
         }
         self._pad1 = 0;
     }

@@ -110,6 +110,13 @@ pub const TCP_WINDOW: usize = 512;
 
 /// Offset value meaning "this field does not exist on the running kernel".
 pub const OFF_NONE: u16 = u16::MAX;
+
+/// [`Config::regs_arch`]: x86_64's `struct pt_regs` (ends with cs, flags, sp, ss; FRED may
+/// reserve 16 bytes above it).
+pub const REGS_X86_64: u16 = 1;
+/// [`Config::regs_arch`]: arm64's `struct pt_regs` (exactly at the top of the kernel stack:
+/// task_pt_regs() in arch/arm64/include/asm/processor.h).
+pub const REGS_ARM64: u16 = 2;
 /// `RstEvent::reason` when the tracepoint has no `reason` field (kernels before 6.10).
 pub const REASON_NONE: u32 = u32::MAX;
 

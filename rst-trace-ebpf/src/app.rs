@@ -50,24 +50,26 @@ pub fn on_failed_syscall<C: StackIdContext>(ctx: &C, regs: u64, errno: u32) {
 /// 0, else whichever its fd argument names.
 #[inline(always)]
 fn failed_call<C: StackIdContext>(ctx: &C, regs: u64, errno: u32, want_sk: u64) {
-    // The syscall number is orig_ax (syscall_get_nr() on x86_64); its arguments di, si, dx.
-    let Some(nr) = kread::<u64>(regs, conf!(regs_orig_ax)) else {
+    // The syscall number where syscall_get_nr() reads it (x86_64 orig_ax, arm64 syscallno, an
+    // s32: a 32-bit read, -1 for no call), its arguments as at entry (userspace chose them).
+    let Some(nr) = kread::<u32>(regs, conf!(regs_nr)) else {
         return;
     };
+    let nr = u64::from(nr);
     if !sock_call(nr) {
         return;
     }
     let arg = |off: u16| kread::<u64>(regs, off).map(|v| i64::from(v as i32));
-    let Some(fd) = arg(conf!(regs_di)) else {
+    let Some(fd) = arg(conf!(regs_arg0)) else {
         return;
     };
     // sendfile(out_fd, in_fd, ...) and splice(fd_in, off_in, fd_out, ...) may fail on a socket
     // in another argument.
     let nr16 = nr as u16;
     let other = if nr16 == conf!(sys_sendfile) {
-        conf!(regs_si)
+        conf!(regs_arg1)
     } else if nr16 == conf!(sys_splice) {
-        conf!(regs_dx)
+        conf!(regs_arg2)
     } else {
         OFF_NONE
     };
@@ -75,7 +77,7 @@ fn failed_call<C: StackIdContext>(ctx: &C, regs: u64, errno: u32, want_sk: u64) 
     // error path of __inet_stream_connect() calls tcp_disconnect(), which zeroes inet_dport
     // and releases the local port before the call returns).
     let addr = if nr16 == conf!(sys_connect) {
-        kread::<u64>(regs, conf!(regs_si)).unwrap_or(0)
+        kread::<u64>(regs, conf!(regs_arg1)).unwrap_or(0)
     } else {
         0
     };
@@ -146,11 +148,12 @@ pub fn on_enter_getsockopt(fd: u64, level: u64, optname: u64, optval: u64) {
 }
 
 /// `syscalls:sys_exit_getsockopt`: a `SO_ERROR` read that returned one of the errors. Its
-/// arguments come from the registers at the call's entry where they can be found (x86_64:
-/// fd, level, optname, optval in di, si, dx, r10), else from what the entry hook noted.
+/// arguments come from the registers at the call's entry where they can be found (fd, level,
+/// optname, optval: x86_64 di, si, dx, r10; arm64 orig_x0, x1, x2, x3), else from what the
+/// entry hook noted.
 #[inline(always)]
 pub fn on_exit_getsockopt<C: StackIdContext>(ctx: &C, nr: u32, ret: i64) {
-    let (fd, optval) = if conf!(regs_r10) != OFF_NONE {
+    let (fd, optval) = if conf!(regs_arg3) != OFF_NONE {
         if ret != 0 {
             return;
         }
@@ -158,10 +161,10 @@ pub fn on_exit_getsockopt<C: StackIdContext>(ctx: &C, nr: u32, ret: i64) {
             return;
         };
         let arg = |off: u16| kread::<u64>(regs, off).unwrap_or(u64::MAX);
-        if !so_error_read(arg(conf!(regs_si)), arg(conf!(regs_dx))) {
+        if !so_error_read(arg(conf!(regs_arg1)), arg(conf!(regs_arg2))) {
             return;
         }
-        (arg(conf!(regs_di)), arg(conf!(regs_r10)))
+        (arg(conf!(regs_arg0)), arg(conf!(regs_arg3)))
     } else {
         let tid = bpf_get_current_pid_tgid() as u32;
         // SAFETY: the value is copied out at once.

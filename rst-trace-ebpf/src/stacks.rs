@@ -12,7 +12,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_user},
     programs::tracing::StackIdContext,
 };
-use rst_trace_common::{OFF_NONE, StackIds};
+use rst_trace_common::{OFF_NONE, REGS_ARM64, REGS_X86_64, StackIds};
 
 use crate::{
     maps::STACKS,
@@ -23,6 +23,9 @@ use crate::{
 /// code saves them in `pt_regs.cs`/`pt_regs.ss` for a 64-bit task.
 const USER_CS: u64 = 0x33;
 const USER_DS: u64 = 0x2b;
+/// arm64 `pstate`'s mode bits (`PSR_MODE_MASK` with `PSR_MODE32_BIT`): 0 is `PSR_MODE_EL0t`,
+/// a 64-bit task's user mode (user_mode() && !compat_user_mode()).
+const PSR_MODE_BITS: u64 = 0x1f;
 
 /// The user and kernel stack ids of the current call, each an id in `STACKS` or `-errno`
 /// (`-EFAULT`: no such stack, e.g. no user memory left in an exiting process; `-EEXIST`: the id's
@@ -39,56 +42,72 @@ pub fn capture<C: StackIdContext>(ctx: &C) -> Option<StackIds> {
     Some(StackIds {
         user: id(BPF_F_USER_STACK),
         kernel: id(0),
-        user_sp_word: user_sp_word(),
+        user_caller: user_caller(),
     })
 }
 
-/// The word at the user stack pointer saved at system call entry, 0 if unknown: the return
-/// address of a function that keeps no frame (libc's system call wrappers), which the kernel's
-/// frame-pointer walk skips (userspace checks it follows a call instruction).
+/// The return address of the function that made the system call, 0 if unknown: a function
+/// that keeps no frame (libc's system call wrappers), which the kernel's frame-pointer walk
+/// skips (userspace checks it follows a call instruction). x86_64: the word at the user stack
+/// pointer (`call` pushed it); arm64: the link register (`bl` put it in x30, and a leaf
+/// wrapper leaves it there).
 #[inline(always)]
-fn user_sp_word() -> u64 {
-    let Some((_, sp)) = regs_end_and_sp() else {
+fn user_caller() -> u64 {
+    let Some(regs) = current_regs() else {
         return 0;
     };
+    let Some(reg) = kread::<u64>(regs, conf!(regs_caller)) else {
+        return 0;
+    };
+    if conf!(regs_arch) == REGS_ARM64 {
+        return reg;
+    }
     // SAFETY: bpf_probe_read_user never faults (0 when the task has no user memory left).
-    unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
+    unsafe { bpf_probe_read_user(reg as *const u64) }.unwrap_or(0)
 }
 
 /// The current task's registers at system call entry (`task_pt_regs(current)`), for a hook
 /// that runs inside a system call without being handed them; None where they cannot be found
-/// (not x86_64, or no user registers: a kernel thread).
+/// (an architecture or kernel without what it takes, or no 64-bit user registers: a kernel
+/// thread, a 32-bit task).
 #[inline(always)]
 pub fn current_regs() -> Option<u64> {
-    let size = conf!(pt_regs_size);
-    if size == OFF_NONE {
-        return None;
-    }
-    regs_end_and_sp().map(|(end, _)| end - u64::from(size))
-}
-
-/// Where the current task's `struct pt_regs` ends, and its saved user stack pointer.
-///
-/// The registers are the last `struct pt_regs` (x86_64: ..., ip, cs, flags, sp, ss) below the
-/// top of the kernel stack, or 16 bytes lower where the kernel reserves room for FRED
-/// (CONFIG_X86_FRED, 6.9+); the user segment selectors in cs and ss tell which, and that the
-/// task entered from 64-bit user mode.
-#[inline(always)]
-fn regs_end_and_sp() -> Option<(u64, u64)> {
     let off = conf!(task_stack);
-    if off == OFF_NONE {
+    let size = conf!(pt_regs_size);
+    if off == OFF_NONE || size == OFF_NONE {
         return None;
     }
     // SAFETY: helper without preconditions; the result is only used as a number.
     let task = unsafe { bpf_get_current_task() };
     let stack = kread::<u64>(task, off)?;
     let top = stack + u64::from(conf!(thread_size));
+    let end = match conf!(regs_arch) {
+        REGS_X86_64 => x86_64_regs_end(top)?,
+        // arm64: task_pt_regs() is exactly the top of the stack less sizeof(struct pt_regs)
+        // (arch/arm64/include/asm/processor.h), no padding; a kernel thread's pstate is EL1
+        // (copy_thread()), a compat task's has PSR_MODE32_BIT.
+        REGS_ARM64 => {
+            let regs = top - u64::from(size);
+            let pstate = kread::<u64>(regs, conf!(regs_pstate))?;
+            return (pstate & PSR_MODE_BITS == 0).then_some(regs);
+        }
+        _ => return None,
+    };
+    Some(end - u64::from(size))
+}
+
+/// Where x86_64's `struct pt_regs` ends: right below the top of the kernel stack (..., ip, cs,
+/// flags, sp, ss), or 16 bytes lower where the kernel reserves room for FRED
+/// (CONFIG_X86_FRED, 6.9+); the user segment selectors in cs and ss tell which, and that the
+/// task entered from 64-bit user mode.
+#[inline(always)]
+fn x86_64_regs_end(top: u64) -> Option<u64> {
     let w = kread_at::<[u64; 8]>(top - 64)?;
     if w[4] == USER_CS && w[7] == USER_DS {
-        Some((top, w[6]))
+        Some(top)
     } else if w[2] & 0xffff == USER_CS && w[5] & 0xffff == USER_DS {
         // FRED keeps more bits beside the selectors.
-        Some((top - 16, w[4]))
+        Some(top - 16)
     } else {
         None
     }

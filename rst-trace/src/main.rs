@@ -135,10 +135,14 @@ fn announce(st: &State, tracer: &Tracer, count_in_kernel: bool, started: std::ti
         } else {
             ""
         },
-        if st.stacks.is_some() {
-            "; stacks of process-context aborts"
-        } else {
-            ""
+        match (st.stacks.is_some(), tracer.entry_regs) {
+            (false, _) => String::new(),
+            (true, true) => "; stacks of process-context aborts".into(),
+            (true, false) => format!(
+                "; stacks of process-context aborts (without the callers of frameless functions: \
+                 no system call entry registers on {})",
+                std::env::consts::ARCH
+            ),
         },
         if st.info.reasons.is_empty() {
             "none, inferring"

@@ -12,6 +12,24 @@ use std::{
 
 use rst_trace_tests::{Netns, Peer, Scenario, Tracer, Value, received, s, sent};
 
+/// The architecture's close() system call and system call entry, as kernel stacks name them
+/// (arch/x86/entry/entry_64.S; arch/arm64/kernel/entry-common.c's el0_svc()).
+#[cfg(target_arch = "x86_64")]
+const SYS_CLOSE: &str = "__x64_sys_close";
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_ENTRY: &str = "entry_SYSCALL_64";
+/// Where the `sys_exit` tracepoint fires, as the kernel stack names it: x86_64's
+/// `__traceiter_sys_exit`; arm64's caller, syscall_trace_exit() (arch/arm64/kernel/ptrace.c),
+/// since there the iterator tail-calls the program's trampoline (`__bpf_trace_sys_exit`).
+#[cfg(target_arch = "x86_64")]
+const SYS_EXIT_TRACE: &str = "__traceiter_sys_exit";
+#[cfg(target_arch = "aarch64")]
+const SYS_EXIT_TRACE: &str = "syscall_trace_exit";
+#[cfg(target_arch = "aarch64")]
+const SYS_CLOSE: &str = "__arm64_sys_close";
+#[cfg(target_arch = "aarch64")]
+const SYSCALL_ENTRY: &str = "el0_svc";
+
 const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/c/abort_unread.c");
 
 /// `cc -O0 -g -fno-omit-frame-pointer` of the test program, into a directory of this test's own
@@ -176,7 +194,7 @@ fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
     let kernel = functions(&ev["stacks"]["kernel"]);
     assert!(
         kernel.contains(&"tcp_close")
-            && (kernel.contains(&"__x64_sys_close") || kernel.contains(&"task_work_run")),
+            && (kernel.contains(&SYS_CLOSE) || kernel.contains(&"task_work_run")),
         "kernel stack: {kernel:?}"
     );
     // The client's failing read, in read_after_reset() (libc's single-threaded read() keeps no
@@ -200,15 +218,15 @@ fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
     // From 6.3 the failing read is seen at the socket layer: the kernel stack is the read's own
     // path (sock_recvmsg() under vfs_read()). Before, the exit path: the sys_exit tracepoint,
     // from the system call's entry (5.10's do_syscall_64() tail-calls
-    // syscall_exit_to_user_mode(): not in its stack).
+    // syscall_exit_to_user_mode(): not in its stack; arm64's el0_svc() calls el0_svc_common()).
     let kernel = functions(&app["stacks"]["kernel"]);
     let seen_at = if rst_trace_tests::kernel() >= (6, 3) {
         "sock_recvmsg"
     } else {
-        "__traceiter_sys_exit"
+        SYS_EXIT_TRACE
     };
     assert!(
-        kernel.contains(&seen_at) && kernel.iter().any(|f| f.starts_with("entry_SYSCALL_64")),
+        kernel.contains(&seen_at) && kernel.iter().any(|f| f.starts_with(SYSCALL_ENTRY)),
         "kernel stack: {kernel:?}"
     );
     // Nothing of the kind without --stacks.

@@ -49,8 +49,8 @@ fn expected_notes(k: (u32, u32)) -> Vec<&'static str> {
     notes
 }
 
-/// The parts of the readiness line that depend on the kernel. (Application errors need x86_64's
-/// `pt_regs.orig_ax`; the matrix runs on x86_64.)
+/// The parts of the readiness line that depend on the kernel. (Application errors need the
+/// architecture's `pt_regs`, which rst-trace knows on both of the matrix's: x86_64 and arm64.)
 fn expected_ready(k: (u32, u32)) -> Vec<&'static str> {
     vec![
         if k >= (5, 12) {

@@ -23,6 +23,23 @@ pub fn check() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // What only builds for arm64 (its pt_regs names, its call instructions, its kernel stack
+    // names in the tests): the crates the arm64 guests run.
+    say("cargo clippy --target aarch64-unknown-linux-musl -p rst-trace -p rst-trace-tests");
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--target",
+        crate::vm::ARM64_TARGET,
+        "-p",
+        "rst-trace",
+        "-p",
+        "rst-trace-tests",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     no_mem_calls()
 }
 

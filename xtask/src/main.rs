@@ -55,12 +55,13 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run the end-to-end suite inside Debian's and Ubuntu's kernels booted under qemu
-    /// (virtme-ng; KVM where /dev/kvm works, TCG otherwise), installing and caching what it
-    /// needs. `./x vmtest 5.10 6.1 -- closed_port` runs the tests matching closed_port in two
+    /// (virtme-ng; KVM where /dev/kvm works, TCG otherwise; arm64 ones under TCG), installing
+    /// and caching what it needs. `./x vmtest 5.10 6.1 -- closed_port` runs the tests matching closed_port in two
     /// kernels.
     Vmtest {
         /// Kernel series: 5.4 and 5.15 (Ubuntu 20.04's and 22.04's), 5.10, 6.1, 6.12 (Debian's
-        /// cloud kernels), or all (the default: the matrix of `./x test`).
+        /// cloud kernels), arm64-6.1 and arm64-6.12 (Debian's arm64 cloud kernels, under TCG
+        /// with dist/rst-trace-aarch64), or all (the default: the matrix of `./x test`).
         kernels: Vec<String>,
         /// Test name filters, after `--`.
         #[arg(last = true)]
@@ -71,8 +72,9 @@ enum Cmd {
     /// Install Debian's docker.io and start dockerd unless one answers (as root): what the
     /// container tests need; `./x test` does it too.
     Docker,
-    /// Build the static (musl) release binary into dist/, with the systemd unit and the
-    /// DaemonSet, and check that it runs from a clean directory with an empty environment.
+    /// Build the static (musl) release binaries into dist/ (rst-trace for x86_64,
+    /// rst-trace-aarch64 for arm64), with the systemd unit and the DaemonSet, and check that
+    /// they run from a clean directory with an empty environment.
     Dist,
     /// Measure rst-trace during a reset storm (as root): rates with and without it, events
     /// captured and lost, CPU, memory, start-up time, kernel cost per event.

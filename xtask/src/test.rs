@@ -97,7 +97,8 @@ pub fn test(args: &[String], host_only: bool) -> Result<()> {
 }
 
 /// The end-to-end suite in each kernel of `kernels` (all when empty), with the static binary
-/// `./x dist` builds, so that it is the one checked on every kernel. Prints a table at the end.
+/// `./x dist` builds for the guest's architecture (dist/rst-trace, dist/rst-trace-aarch64), so
+/// that it is the one checked on every kernel. Prints a table at the end.
 fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
     let series = vm::select(kernels)?;
     vm::setup_tools()?;
@@ -107,49 +108,47 @@ fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
         .collect::<Result<Vec<_>>>()?;
     vm::preflight()?;
     dist::dist()?;
-    let bin = root().join("dist/rst-trace");
-    let exes = vm::e2e_executables()?;
+    let arm64: Vec<&str> = series
+        .iter()
+        .zip(&kvers)
+        .filter(|(s, _)| s.arm64)
+        .map(|(_, k)| k.as_str())
+        .collect();
+    let arm64_root = if arm64.is_empty() {
+        None
+    } else {
+        Some(vm::arm64_root(&arm64)?)
+    };
+    let exes = vm::e2e_executables(None)?;
+    let exes_arm64 = match arm64_root {
+        Some(_) => vm::e2e_executables(Some(vm::ARM64_TARGET))?,
+        None => Vec::new(),
+    };
     for (t, why) in vm::GUEST_SKIPS {
         say(&format!("in the guests, not run: {t} ({why})"));
     }
     for (f, why) in vm::GUEST_SKIP_FILES {
         say(&format!("in the guests, not run: the {f} tests ({why})"));
     }
-    // Per kernel, the executables its series runs.
-    let mut runs = Vec::new();
-    for (s, kver) in series.iter().zip(&kvers) {
-        let mut run = Vec::new();
-        for (name, exe) in &exes {
-            match s.not_run(name) {
-                Some(why) => say(&format!(
-                    "in {} ({kver}), not run: the {name} tests ({why})",
-                    s.name
-                )),
-                None => run.push(exe.clone()),
-            }
-        }
-        if let vm::TestFiles::Only(files, _) = s.files {
-            for f in files.iter().filter(|f| !exes.iter().any(|(n, _)| n == *f)) {
-                say(&format!(
-                    "in {} ({kver}): no {f} tests were built to run",
-                    s.name
-                ));
-            }
-        }
-        runs.push((kver, run));
-    }
     let mut outcomes = Vec::new();
-    for (kver, run) in &runs {
+    for (s, kver) in series.iter().zip(&kvers) {
+        let (bin, exes, r) = if s.arm64 {
+            (dist::AARCH64_BIN, &exes_arm64, arm64_root.as_deref())
+        } else {
+            (dist::X86_64_BIN, &exes, None)
+        };
+        let run = series_executables(s, kver, exes);
         // A filter may match nothing a kernel runs (5.4 runs only the start-up tests): that
         // kernel is not booted, rather than counted as a guest that ran no test.
-        if !filter.is_empty() && matching_tests(run, filter)? == 0 {
+        if !filter.is_empty() && matching_tests(&run, filter)? == 0 {
             say(&format!(
                 "{kver}: no test it runs matches the filter: not booted"
             ));
             continue;
         }
         say(&format!("booting {kver}"));
-        outcomes.push(vm::run_guest(kver, &bin, run, filter)?);
+        let bin = root().join(bin);
+        outcomes.push(vm::run_guest(kver, r, &bin, &run, filter)?);
     }
     say("kernel matrix:");
     for o in &outcomes {
@@ -162,6 +161,29 @@ fn vmtest(kernels: &[String], filter: &[String]) -> Result<Vec<vm::Outcome>> {
         ));
     }
     Ok(outcomes)
+}
+
+/// The executables of `exes` that series `s` runs, saying which it does not and why.
+fn series_executables(s: &vm::Series, kver: &str, exes: &[(String, PathBuf)]) -> Vec<PathBuf> {
+    let mut run = Vec::new();
+    for (name, exe) in exes {
+        match s.not_run(name) {
+            Some(why) => say(&format!(
+                "in {} ({kver}), not run: the {name} tests ({why})",
+                s.name
+            )),
+            None => run.push(exe.clone()),
+        }
+    }
+    if let vm::TestFiles::Only(files, _) = s.files {
+        for f in files.iter().filter(|f| !exes.iter().any(|(n, _)| n == *f)) {
+            say(&format!(
+                "in {} ({kver}): no {f} tests were built to run",
+                s.name
+            ));
+        }
+    }
+    run
 }
 
 /// `./x vmtest`: the kernel matrix alone, ending with its `passed, failed` total line.

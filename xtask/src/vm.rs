@@ -4,7 +4,8 @@
 //!
 //! Everything is installed and downloaded idempotently: qemu, udev and kmod from Debian,
 //! virtme-ng from PyPI, virtiofsd from crates.io (Debian 12 ships only the C one, which vng does
-//! not drive), and the kernels from their archives (see [`kernels`]).
+//! not drive), and the kernels from their archives (see [`kernels`]). The arm64 guests boot on a
+//! Debian arm64 root of their own instead, with this repository shared in (see [`arm64`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -16,8 +17,12 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo, output_ok, root, run, say};
 
+mod arm64;
 mod kernels;
-pub use kernels::{TestFiles, kernel, select};
+mod series;
+pub use arm64::{TARGET as ARM64_TARGET, binfmt as arm64_binfmt, guest_root as arm64_root};
+pub use kernels::kernel;
+pub use series::{Series, TestFiles, select};
 
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -73,9 +78,11 @@ pub struct Outcome {
     pub wall: Duration,
 }
 
-/// qemu, udev, kmod, virtme-ng and virtiofsd.
+/// qemu, udev, kmod, virtme-ng and virtiofsd; for the arm64 guests qemu-system-arm,
+/// qemu-user with binfmt_misc, debootstrap.
 pub fn setup_tools() -> Result<()> {
     crate::setup_apt_packages(APT_PACKAGES)?;
+    crate::setup_apt_packages(arm64::APT_PACKAGES)?;
     let vng = output_ok(Command::new(vng()).arg("--version")).unwrap_or_default();
     if vng.contains(VIRTME_NG) {
         say(&format!("virtme-ng {VIRTME_NG} present"));
@@ -119,6 +126,10 @@ pub fn preflight() -> Result<()> {
     for (prog, from) in [
         ("virtiofsd", "crates.io's virtiofsd"),
         ("qemu-system-x86_64", "Debian's qemu-system-x86"),
+        ("qemu-system-aarch64", "Debian's qemu-system-arm"),
+        ("qemu-aarch64-static", "Debian's qemu-user-static"),
+        ("update-binfmts", "Debian's binfmt-support"),
+        ("debootstrap", "Debian's debootstrap"),
         ("udevadm", "Debian's udev"),
         ("depmod", "Debian's kmod"),
         ("python3", "Debian's python3"),
@@ -172,13 +183,18 @@ fn vng() -> PathBuf {
     .unwrap_or_else(|| PathBuf::from("vng"))
 }
 
-/// The test executables the guests run, built, with their NAME: the end-to-end ones
-/// (tests/tests/NAME.rs or NAME/) but [`GUEST_SKIP_FILES`], and rst-trace's unit tests
-/// (`rst-trace`).
-pub fn e2e_executables() -> Result<Vec<(String, PathBuf)>> {
-    let out = cargo()
+/// The test executables the guests run, built (for `target`, else the host), with their NAME:
+/// the end-to-end ones (tests/tests/NAME.rs or NAME/) but [`GUEST_SKIP_FILES`], and rst-trace's
+/// unit tests (`rst-trace`).
+pub fn e2e_executables(target: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
+    let mut cmd = cargo();
+    cmd.arg("test");
+    if let Some(t) = target {
+        say(&format!("building the tests for {t}"));
+        cmd.args(["--target", t]);
+    }
+    let out = cmd
         .args([
-            "test",
             "--release",
             "-p",
             "rst-trace-tests",
@@ -224,8 +240,19 @@ pub fn e2e_executables() -> Result<Vec<(String, PathBuf)>> {
 }
 
 /// Boots `kver` and runs the test executables in it; `bin` is the rst-trace binary under test.
-pub fn run_guest(kver: &str, bin: &Path, exes: &[PathBuf], filter: &[String]) -> Result<Outcome> {
-    let script = std::env::temp_dir().join(format!("rst-trace-vm-{}.sh", std::process::id()));
+/// `arm64_root`: an arm64 guest, with that root filesystem.
+pub fn run_guest(
+    kver: &str,
+    arm64_root: Option<&Path>,
+    bin: &Path,
+    exes: &[PathBuf],
+    filter: &[String],
+) -> Result<Outcome> {
+    // Under target/, which every guest sees (the arm64 ones have a root of their own, with this
+    // repository shared in at its path).
+    let script = root()
+        .join("target")
+        .join(format!("rst-trace-vm-{}.sh", std::process::id()));
     let mut s = String::from("set -u\nuname -r\nrc=0\n");
     // The guest's /tmp is an overlay on the host's (virtiofs), where a directory's inode from
     // stat() is not the one readdir() lists: the cgroup walk's unit tests, which stand a
@@ -255,21 +282,7 @@ pub fn run_guest(kver: &str, bin: &Path, exes: &[PathBuf], filter: &[String]) ->
     }
     s.push_str("exit $rc\n");
     std::fs::write(&script, s)?;
-    let mut cmd = Command::new(vng());
-    cmd.args(["--run", kver, "--cpus", "2", "--memory", "2G"]);
-    let kvm = kvm_usable();
-    say(&format!(
-        "{kver}: {}",
-        if kvm {
-            "KVM"
-        } else {
-            "TCG, one thread (no vmx/svm, or no /dev/kvm)"
-        }
-    ));
-    if !kvm {
-        // Multi-threaded TCG crashed 6.12 here; one thread for both vCPUs did not.
-        cmd.args(["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]);
-    }
+    let mut cmd = vng_command(kver, arm64_root);
     cmd.arg("--exec").arg(format!("bash {}", script.display()));
     let start = Instant::now();
     // Both piped: qemu reopens the guest's console streams as /proc/self/fd/1 and 2, and
@@ -317,4 +330,40 @@ fn kvm_usable() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+/// vng booting `kver` with 2 vCPUs and 2 GiB: an x86_64 guest on this host's filesystem (KVM
+/// where usable), or an arm64 one on `arm64_root` with this repository shared in (TCG).
+fn vng_command(kver: &str, arm64_root: Option<&Path>) -> Command {
+    let mut cmd = Command::new(vng());
+    cmd.args(["--run", kver, "--cpus", "2", "--memory", "2G"]);
+    if let Some(r) = arm64_root {
+        say(&format!("{kver}: arm64 under TCG, root {}", r.display()));
+        // Cortex-A72 (Graviton 1's core; `-cpu max` boots 4x slower here). Multi-threaded TCG
+        // is qemu's default for an arm64 guest on an x86_64 host.
+        cmd.args([
+            "--arch",
+            "arm64",
+            "--disable-kvm",
+            "--qemu-opts=-cpu cortex-a72",
+        ])
+        .arg("--root")
+        .arg(r)
+        .arg(format!("--rodir={0}={0}", root().display()));
+        return cmd;
+    }
+    let kvm = kvm_usable();
+    say(&format!(
+        "{kver}: {}",
+        if kvm {
+            "KVM"
+        } else {
+            "TCG, one thread (no vmx/svm, or no /dev/kvm)"
+        }
+    ));
+    if !kvm {
+        // Multi-threaded TCG crashed 6.12 here; one thread for both vCPUs did not.
+        cmd.args(["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]);
+    }
+    cmd
 }

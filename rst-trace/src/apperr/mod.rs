@@ -20,8 +20,8 @@ use crate::{
     stacks::Stacks,
 };
 
-/// The system call that failed. Numbers are the running architecture's (x86_64), from libc, as
-/// the kernel side's bitmap (`kernel::SOCK_CALLS`).
+/// The system call that failed. Numbers are the running architecture's (x86_64, arm64), from
+/// libc, as the kernel side's bitmap (`kernel::SOCK_CALLS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
     Read,

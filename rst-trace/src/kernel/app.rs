@@ -1,6 +1,6 @@
 //! The application-error hooks (failing socket calls): what they need from the running kernel
-//! (x86_64 `struct pt_regs`, the socket's file back-pointer, the getsockopt records, syscall
-//! numbers) and attaching them.
+//! (the architecture's `struct pt_regs`, the socket's file back-pointer, the getsockopt records,
+//! syscall numbers) and attaching them.
 
 use anyhow::Result;
 use aya::Ebpf;
@@ -13,12 +13,14 @@ use super::{
     attach::{attach, attach_raw},
     btf::Btf,
     errors::Notes,
+    layout,
     tracefs::{self, Format},
 };
 
 /// The calls on a socket whose first argument is its fd and that return the error of a dead
 /// connection (sock_error() in their receive or send path, or connect's sk_err). Numbers are
-/// the running architecture's, from libc (x86_64: the only one whose `pt_regs` rst-trace reads).
+/// the running architecture's, from libc built for it (x86_64's own table; arm64's is the
+/// generic one, include/uapi/asm-generic/unistd.h: no read/write aliases of its own).
 pub const SOCK_CALLS: &[i64] = &[
     libc::SYS_read,
     libc::SYS_write,
@@ -83,16 +85,10 @@ pub fn app_config(btf: &Btf, cfg: &mut Config) -> Result<(), String> {
             .and_then(|o| u16::try_from(o).ok())
             .ok_or_else(|| format!("no {root}.{path} in vmlinux BTF"))
     };
-    // x86_64's syscall ABI: syscall_get_nr() is orig_ax, the arguments di, si, dx, r10, ...
-    cfg.regs_orig_ax = off("pt_regs", "orig_ax").map_err(|e| format!("{e}: not x86_64"))?;
-    cfg.regs_di = off("pt_regs", "di")?;
-    cfg.regs_si = off("pt_regs", "si")?;
-    cfg.regs_dx = off("pt_regs", "dx")?;
-    // getsockopt's optval, read at its exit from the registers at entry (see
-    // `attach_app_hooks`): only where those registers can be found.
-    if cfg.pt_regs_size != OFF_NONE && cfg.task_stack != OFF_NONE {
-        cfg.regs_r10 = off("pt_regs", "r10").unwrap_or(OFF_NONE);
-    }
+    // The call's number and arguments in the running architecture's struct pt_regs (x86_64,
+    // arm64); getsockopt's optval too where the entry registers can be found from inside the
+    // call (see `attach_app_hooks`).
+    layout::syscall_config(btf, cfg)?;
     cfg.icsk_user_timeout = off("inet_connection_sock", "icsk_user_timeout")?;
     cfg.sys_sendfile = libc::SYS_sendfile as u16;
     cfg.sys_splice = libc::SYS_splice as u16;
@@ -201,7 +197,7 @@ pub fn attach_app_hooks(
     }
     // Where getsockopt's arguments are read at its exit from the registers at entry, no hook
     // runs at system call entry: one there costs every system call of the host.
-    let exit_only = cfg.regs_r10 != OFF_NONE;
+    let exit_only = cfg.regs_arg3 != OFF_NONE;
     let so_error = so_error
         && match (if exit_only {
             Ok(())

@@ -1,6 +1,7 @@
 //! Builds the eBPF side's [`Config`] from the running kernel: tracepoint record layouts from the
 //! tracefs `format` files, struct offsets from vmlinux BTF. Nothing kernel-specific is compiled in.
 
+mod regs;
 mod structs;
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use rst_trace_common::{Config, OFF_NONE};
 
 use super::{btf::Btf, tracefs::Format};
 
+pub use regs::syscall_config;
 pub use structs::struct_config;
 
 /// The tracepoints rst-trace reads, as found on the running kernel.

@@ -44,6 +44,10 @@ pub struct Tracer {
     pub resets: Resets,
     /// Whether failing application calls are traced.
     pub app: AppErrors,
+    /// Whether the registers saved at system call entry are found (x86_64, arm64: regs.rs):
+    /// without them stacks lack the caller of a frameless function, which the readiness line
+    /// says.
+    pub entry_regs: bool,
 }
 
 /// Whether this kernel can send netfilter REJECT resets right now. The transmit hook that sees
@@ -289,6 +293,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
         socketless,
         resets,
         app,
+        entry_regs: cfg.regs_arch != 0,
     })
 }
 

@@ -146,7 +146,7 @@ impl StackReader {
     pub fn resolve_ids(&mut self, pid: u32, ids: &StackIds) -> Stacks {
         let user = match self.raw(ids.user) {
             Ok(mut ips) => {
-                add_frameless_caller(pid, ids.user_sp_word, &mut ips);
+                add_frameless_caller(pid, ids.user_caller, &mut ips);
                 let named = self.symbols.user(pid, ips.clone());
                 Stack::named(&ips, named)
             }

@@ -9,6 +9,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
+use super::series::Series;
 use crate::{output_ok, run, say};
 
 const CACHE: &str = "/var/cache/rst-trace-vm";
@@ -22,12 +23,14 @@ pub struct Archive {
     keyring: &'static str,
     /// The packages of one kernel release, `{}` standing for the release.
     packages: &'static [&'static str],
+    /// Debian's name of the architecture its packages are for.
+    arch: &'static str,
 }
 
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const UBUNTU_KEYRING: &str = "/usr/share/keyrings/ubuntu-archive-keyring.gpg";
 
-const DEBIAN: Archive = Archive {
+pub(super) const DEBIAN: Archive = Archive {
     name: "Debian",
     dir: "apt",
     sources: "\
@@ -38,6 +41,20 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
 ",
     keyring: DEBIAN_KEYRING,
     packages: &["linux-image-{}"],
+    arch: "amd64",
+};
+
+/// Debian's arm64 kernels (the same archive, lists of their own for the other architecture).
+pub(super) const DEBIAN_ARM64: Archive = Archive {
+    name: "Debian arm64",
+    dir: "apt-arm64",
+    sources: "\
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
+",
+    keyring: DEBIAN_KEYRING,
+    packages: &["linux-image-{}"],
+    arch: "arm64",
 };
 
 /// Debian's `ubuntu-keyring`, which Ubuntu's Release files are checked against: in
@@ -50,11 +67,12 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
 ",
     keyring: DEBIAN_KEYRING,
     packages: &[],
+    arch: "amd64",
 };
 
 /// Ubuntu signs its images (`linux-image-*`) and splits the modules: `linux-modules-*` has the
 /// common ones (virtio_fs, veth, nf_tables), `linux-modules-extra-*` the rest.
-const UBUNTU: Archive = Archive {
+pub(super) const UBUNTU: Archive = Archive {
     name: "Ubuntu",
     dir: "apt-ubuntu",
     sources: "\
@@ -69,101 +87,8 @@ deb [signed-by=/usr/share/keyrings/ubuntu-archive-keyring.gpg] http://security.u
         "linux-modules-{}",
         "linux-modules-extra-{}",
     ],
+    arch: "amd64",
 };
-
-/// Which test files (`tests/tests/NAME.rs` or `tests/tests/NAME/`) a series runs.
-pub enum TestFiles {
-    All,
-    /// Only these, and why not the others.
-    Only(&'static [&'static str], &'static str),
-}
-
-/// A kernel series of the matrix: the meta package that depends on the newest image of the
-/// series, and the archive that carries it.
-pub struct Series {
-    pub name: &'static str,
-    archive: &'static Archive,
-    meta: &'static str,
-    /// The meta package's version starts with this (one meta package name spans 5.10 and 6.1).
-    version_prefix: &'static str,
-    pub files: TestFiles,
-}
-
-/// 5.4: Ubuntu 20.04's, without a BPF ring buffer; 5.10: Debian 11 (bullseye) and Amazon
-/// Linux 2's; 5.15: Ubuntu 22.04's; 6.1: Debian 12 and Amazon Linux 2023's; 6.12: the next LTS,
-/// the first with `tcp_send_reset`'s `reason` and socketless resets.
-pub const SERIES: &[Series] = &[
-    Series {
-        name: "5.4",
-        archive: &UBUNTU,
-        meta: "linux-image-generic",
-        version_prefix: "5.4.0.",
-        files: TestFiles::Only(
-            &["startup"],
-            "Linux 5.4 has no BPF ring buffer: rst-trace only says so and exits 1, \
-             which tests/tests/startup.rs checks",
-        ),
-    },
-    Series {
-        name: "5.10",
-        archive: &DEBIAN,
-        meta: "linux-image-cloud-amd64",
-        version_prefix: "5.10.",
-        files: TestFiles::All,
-    },
-    Series {
-        name: "5.15",
-        archive: &UBUNTU,
-        meta: "linux-image-generic",
-        version_prefix: "5.15.0.",
-        files: TestFiles::All,
-    },
-    Series {
-        name: "6.1",
-        archive: &DEBIAN,
-        meta: "linux-image-cloud-amd64",
-        version_prefix: "6.1.",
-        files: TestFiles::All,
-    },
-    Series {
-        name: "6.12",
-        archive: &DEBIAN,
-        meta: "linux-image-6.12-cloud-amd64",
-        version_prefix: "6.12.",
-        files: TestFiles::All,
-    },
-];
-
-/// Resolves names from the command line ("5.4", "5.10", ... or "all"); none: all of them, the
-/// matrix of `./x test`.
-pub fn select(names: &[String]) -> Result<Vec<&'static Series>> {
-    if names.is_empty() || names.iter().any(|n| n == "all") {
-        return Ok(SERIES.iter().collect());
-    }
-    names
-        .iter()
-        .map(|n| {
-            SERIES.iter().find(|s| s.name == n).with_context(|| {
-                let known: Vec<&str> = SERIES.iter().map(|s| s.name).collect();
-                format!(
-                    "unknown kernel {n:?}: choose from {}, all",
-                    known.join(", ")
-                )
-            })
-        })
-        .collect()
-}
-
-impl Series {
-    /// Why the series does not run test file `name` (`tests/tests/NAME.rs` or
-    /// `tests/tests/NAME/`), if it does not.
-    pub fn not_run(&self, name: &str) -> Option<&'static str> {
-        match self.files {
-            TestFiles::Only(files, why) if !files.contains(&name) => Some(why),
-            _ => None,
-        }
-    }
-}
 
 impl Archive {
     fn apt(&self) -> std::path::PathBuf {
@@ -181,6 +106,8 @@ impl Archive {
             format!("-oDir::State::Lists={}", c.join("lists").display()),
             format!("-oDir::Cache={}", c.display()),
             "-oDir::State::status=/dev/null".into(),
+            format!("-oAPT::Architecture={}", self.arch),
+            format!("-oAPT::Architectures={}", self.arch),
             "-oAPT::Sandbox::User=root".into(),
             "-qq".into(),
         ]

@@ -24,6 +24,8 @@ enum Type {
     Composite {
         start: u32,
         len: u32,
+        /// `sizeof` in bytes.
+        size: u32,
     },
     /// typedef, const, volatile, restrict, type tag: all just refer to another type
     Alias {
@@ -95,7 +97,7 @@ impl Btf {
 
     fn composite_members(&self, t: &Type) -> Option<&[Member]> {
         match *t {
-            Type::Composite { start, len } => {
+            Type::Composite { start, len, .. } => {
                 self.members.get(start as usize..(start + len) as usize)
             }
             _ => None,
@@ -141,6 +143,17 @@ impl Btf {
             }
         }
         None
+    }
+
+    /// `sizeof(struct root)` (e.g. `pt_regs`, whose copy at system call entry ends at the top of
+    /// the task's kernel stack).
+    pub fn struct_size(&self, root: &str) -> Result<u32> {
+        self.ids_named(root)
+            .find_map(|id| match self.resolve(id) {
+                Some(Type::Composite { size, len, .. }) if *len > 0 => Some(*size),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("kernel BTF has no struct {root}"))
     }
 
     /// Byte offset of `path` (e.g. `__sk_common.skc_net.net`) inside `struct` (or union) `root`.

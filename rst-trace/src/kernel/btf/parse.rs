@@ -148,7 +148,13 @@ fn read_type(
             *pos += 12;
             Type::Other
         }
-        KIND_STRUCT | KIND_UNION => read_members(types_sec, pos, vlen, kind_flag, members_all)?,
+        KIND_STRUCT | KIND_UNION => {
+            let mut t = read_members(types_sec, pos, vlen, kind_flag, members_all)?;
+            if let Type::Composite { size, .. } = &mut t {
+                *size = size_or_type;
+            }
+            t
+        }
         KIND_ENUM => read_enum(types_sec, pos, vlen, false)?,
         KIND_ENUM64 => read_enum(types_sec, pos, vlen, true)?,
         KIND_FUNC_PROTO => {
@@ -202,6 +208,7 @@ fn read_members(
     Ok(Type::Composite {
         start,
         len: vlen as u32,
+        size: 0,
     })
 }
 

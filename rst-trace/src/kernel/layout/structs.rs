@@ -22,27 +22,6 @@ fn btf_off_any(btf: &Btf, root: &str, paths: &[&str]) -> Result<u16> {
     Err(last.unwrap_or_else(|| anyhow!("no path given for {root}")))
 }
 
-/// `--stacks`: where the system call entry's registers are (x86_64: the top of the task's
-/// kernel stack, `THREAD_SIZE` bytes, 32 KiB with KASAN). Without it (another architecture, a
-/// kernel without the field) stacks lack only the caller of a frameless function.
-fn stack_top_config(btf: &Btf, cfg: &mut Config) {
-    if cfg!(target_arch = "x86_64")
-        && let Ok(off) = btf_off(btf, "task_struct", "stack")
-    {
-        cfg.task_stack = off;
-        cfg.thread_size = if btf.has_function("kasan_report") {
-            32 << 10
-        } else {
-            16 << 10
-        };
-        // x86_64's struct pt_regs ends with ss (a union with FRED's fields since 6.9, still 8
-        // bytes): its size, for the registers at the top of the stack.
-        if let Ok(ss) = btf_off(btf, "pt_regs", "ss") {
-            cfg.pt_regs_size = ss + 8;
-        }
-    }
-}
-
 /// Fills in the kernel struct offsets from BTF.
 pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     cfg.sk_daddr = btf_off(btf, "sock", "__sk_common.skc_daddr")?;
@@ -90,7 +69,8 @@ pub fn struct_config(btf: &Btf, cfg: &mut Config) -> Result<()> {
     // The process's name: current->group_leader->comm.
     cfg.task_group_leader = btf_off(btf, "task_struct", "group_leader")?;
     cfg.task_comm = btf_off(btf, "task_struct", "comm")?;
-    stack_top_config(btf, cfg);
+    // The registers at system call entry, per architecture (regs.rs).
+    super::regs::stack_top_config(btf, cfg);
     cfg.sock_linger_bit = u16::try_from(btf.enum_value("sock_flags", "SOCK_LINGER")?)
         .context("SOCK_LINGER out of range")?;
     cfg.sock_dead_bit = u16::try_from(btf.enum_value("sock_flags", "SOCK_DEAD")?)
@@ -242,8 +222,6 @@ mod tests {
         assert_ne!(cfg.task_group_leader, OFF_NONE);
         assert_ne!(cfg.task_comm, OFF_NONE);
         assert_eq!(cfg.task_group_leader % 8, 0);
-        // x86_64's struct pt_regs: 21 longs, with or without FRED's unions.
-        assert_eq!(cfg.pt_regs_size, 168);
         assert!(btf.has_function("tcp_v4_rcv"));
         assert!(!btf.has_function("no_such_function_in_any_kernel"));
         // enum sk_rst_reason came with the reason argument (6.10).
