@@ -146,7 +146,17 @@ fn top_shows_who_resets_what_and_answers_its_keys() {
     tmux.keys(&["q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !exit_file.exists() {
-        assert!(Instant::now() < deadline, "rst-trace top did not exit on q");
+        if Instant::now() >= deadline {
+            let diag = Command::new("sh")
+                .args(["-c", "for p in $(pgrep -f 'rst-trace top'); do for t in /proc/$p/task/*; do echo $t $(cat $t/comm) $(cat $t/wchan) $(cut -d' ' -f3 $t/stat); cat $t/stack 2>/dev/null | head -5; done; done"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!(
+                "rst-trace top did not exit on q; its threads:\n{diag}\nscreen:\n{}",
+                tmux.screen()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let status = std::fs::read_to_string(&exit_file).unwrap();
