@@ -401,6 +401,7 @@ async fn event_loop(
                 }
             }
             Some(ev) = top_key(&mut ui) => {
+                let ev = ev.context("rst-trace top: reading the terminal's keys")?;
                 if let (Some(ui), Some(t)) = (ui.as_deref_mut(), st.sink.top.as_ref()) {
                     match ui.handle(&ev) {
                         top::Action::Quit => break,
@@ -447,7 +448,9 @@ async fn event_loop(
 }
 
 /// The next key of `rst-trace top`'s terminal; never, without it.
-async fn top_key(ui: &mut Option<&mut top::Ui>) -> Option<ratatui::crossterm::event::Event> {
+async fn top_key(
+    ui: &mut Option<&mut top::Ui>,
+) -> Option<std::io::Result<ratatui::crossterm::event::Event>> {
     match ui {
         Some(ui) => ui.keys.recv().await,
         None => std::future::pending().await,

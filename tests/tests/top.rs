@@ -2,7 +2,13 @@
 //! screen, while real resets happen in a namespace of the test's own.
 
 use std::{
-    process::Command,
+    fs::File,
+    io::{BufRead as _, BufReader, Read as _},
+    os::{
+        fd::{FromRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -182,4 +188,104 @@ fn top_without_a_terminal_is_a_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("rst-trace top needs a terminal"), "{err}");
+}
+
+/// The terminal going away (its other end closed, as when an ssh session drops) ends the view
+/// with status 1 and a line that says so, instead of a tracer left running with no one to see
+/// it or to press `q`.
+#[test]
+fn top_ends_with_an_error_when_its_terminal_goes_away() {
+    require_root();
+    let (master, slave) = pty(30, 100);
+    let mut child = Reaped(
+        Command::new(rst_trace_bin())
+            .args(["top", "--port", &(PORT + 1).to_string()])
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave))
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut ready = String::new();
+    while !ready.contains("tracing TCP resets") {
+        let n = stderr.read_line(&mut ready).unwrap();
+        assert!(n > 0, "no readiness line: {ready}");
+    }
+    // Let it draw a frame or two (read here, so that its writes never wait on a full pty).
+    let mut screen = File::from(master);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut drawn = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // ratatui moves the cursor over blanks: a word of the header, not the phrase.
+    while !String::from_utf8_lossy(&drawn).contains("resets/s") {
+        assert!(Instant::now() < deadline, "no view drawn");
+        let n = screen.read(&mut buf).unwrap();
+        drawn.extend_from_slice(&buf[..n]);
+    }
+    drop(screen);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            panic!("rst-trace top still runs 10 s after its terminal went away");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(1), "{rest}");
+    assert!(
+        rest.contains("rst-trace: error: rst-trace top: drawing on the terminal (is it gone?)")
+            || rest.contains("rst-trace: error: rst-trace top: reading the terminal's keys"),
+        "{rest}"
+    );
+}
+
+/// A child killed and reaped when the test ends, whichever way it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A new pseudo-terminal of `rows` x `cols`: its master and its slave, both close-on-exec from
+/// the start (`openpty` leaves them inheritable, and a copy of the master in any process this
+/// test binary starts meanwhile would keep the terminal from going away).
+fn pty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+    let err = || std::io::Error::last_os_error();
+    // SAFETY: plain system calls on descriptors owned here; ptsname_r writes into `name`.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0, "posix_openpt: {}", err());
+        let master = OwnedFd::from_raw_fd(m);
+        assert_eq!(libc::grantpt(m), 0, "grantpt: {}", err());
+        assert_eq!(libc::unlockpt(m), 0, "unlockpt: {}", err());
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        assert_eq!(
+            libc::ioctl(m, libc::TIOCSWINSZ, &size),
+            0,
+            "TIOCSWINSZ: {}",
+            err()
+        );
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        assert!(s >= 0, "open the pty's slave: {}", err());
+        (master, OwnedFd::from_raw_fd(s))
+    }
 }

@@ -9,7 +9,7 @@ mod ui;
 
 use std::io::IsTerminal as _;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use ratatui::{
     DefaultTerminal,
     crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
@@ -39,7 +39,8 @@ pub enum Action {
 /// The terminal, the keys and the view's choices.
 pub struct Ui {
     terminal: DefaultTerminal,
-    pub keys: UnboundedReceiver<Event>,
+    /// The terminal's events; an `Err` (the last) when reading it failed.
+    pub keys: UnboundedReceiver<std::io::Result<Event>>,
     view: View,
     /// The tracer's CPU time (clock ticks) at the last tick.
     cpu_ticks: u64,
@@ -55,8 +56,12 @@ impl Ui {
         std::thread::Builder::new()
             .name("rst-top-keys".into())
             .spawn(move || {
-                while let Ok(ev) = event::read() {
-                    if tx.send(ev).is_err() {
+                // A read error ends the reader: it is sent, so that the view stops with it
+                // instead of going on deaf to `q`.
+                loop {
+                    let ev = event::read();
+                    let failed = ev.is_err();
+                    if tx.send(ev).is_err() || failed {
                         break;
                     }
                 }
@@ -84,7 +89,9 @@ impl Ui {
 
     pub fn draw(&mut self, s: &TopState) -> Result<()> {
         let view = self.view;
-        self.terminal.draw(|f| ui::draw(f, s, &view))?;
+        self.terminal
+            .draw(|f| ui::draw(f, s, &view))
+            .context("rst-trace top: drawing on the terminal (is it gone?)")?;
         Ok(())
     }
 
