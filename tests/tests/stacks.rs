@@ -195,7 +195,7 @@ fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
     assert!(
         kernel.contains(&"tcp_close")
             && (kernel.contains(&SYS_CLOSE) || kernel.contains(&"task_work_run")),
-        "kernel stack: {kernel:?}"
+        "kernel stack: {kernel:?} in {ev:#}"
     );
     // The client's failing read, in read_after_reset() (libc's single-threaded read() keeps no
     // frame either), taken at the system call's exit.
