@@ -207,17 +207,10 @@ fn filter_config(filter: &Filter, cfg: &mut Config) {
 }
 
 /// The eBPF object with this kernel's configuration (offsets, filters' flags) in its globals.
-fn load_object(
-    cfg: &Config,
-    ring_size: u32,
-    hooks: Hooks,
-    aya_btf: Option<&aya::Btf>,
-) -> Result<Ebpf> {
-    let mut loader = EbpfLoader::new();
-    if let Some(b) = aya_btf {
-        loader.btf(b);
-    }
-    loader
+fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks) -> Result<Ebpf> {
+    // No target BTF: aya reads it only for CO-RE relocations and typed ksyms, which the object
+    // has none of (offsets come from `CONFIG`); the BTF tracepoints get aya's parse later.
+    EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, cfg, true)
         .map_max_entries(MAP_EVENTS, ring_size)
         // Without --stacks the stack map is never written: 1 entry (~1 KiB), not 2 MiB.
@@ -231,8 +224,9 @@ fn load_object(
 
 pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Result<Tracer> {
     require_ringbuf()?;
-    // aya's own parse of vmlinux BTF (the loader and the BTF tracepoints need it; ~15 ms here)
-    // runs on another core while we read tracefs and take offsets from our lighter parse.
+    // aya's own parse of vmlinux BTF (the BTF tracepoints need it; ~15 ms here) runs on another
+    // core while we read tracefs, take offsets from our lighter parse, create the maps and
+    // attach the owner hooks.
     let aya_btf = std::thread::spawn(aya::Btf::from_sys_fs);
     let tracefs = tracefs::locate()?;
     let tps = read_tracepoints(&tracefs)?;
@@ -250,14 +244,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     cfg.stacks = u8::from(hooks.stacks);
     filter_config(filter, &mut cfg);
 
-    // aya's own BTF parse, done once: the loader and the BTF tracepoints both need it. Without
-    // it (a BTF aya cannot read), the record-based tracepoints still work.
-    let aya_btf = match aya_btf.join() {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => Err(anyhow!("aya cannot parse vmlinux BTF: {e}")),
-        Err(_) => Err(anyhow!("aya's vmlinux BTF parse panicked")),
-    };
-    let mut ebpf = load_object(&cfg, ring_size, hooks, aya_btf.as_ref().ok())?;
+    let mut ebpf = load_object(&cfg, ring_size, hooks)?;
     fill_filters(&mut ebpf, filter)?;
 
     // Owner tracking first, so no socket created meanwhile is missed; resets last.
@@ -271,8 +258,17 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
             &e,
         );
     }
-    // With the owner hooks live, seed the sockets that already existed.
-    let seeded = seed_owners(&mut ebpf)?;
+    // With the owner hooks live, find the sockets that already existed: a scan of /proc and
+    // sock_diag, on another core while the other programs load (on a host with many
+    // processes it is the longest step of start-up).
+    let existing = std::thread::spawn(crate::owners::existing);
+    // aya's BTF parse, for the BTF tracepoints. Without it (a BTF aya cannot read), the
+    // record-based tracepoints still work.
+    let aya_btf = match aya_btf.join() {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(anyhow!("aya cannot parse vmlinux BTF: {e}")),
+        Err(_) => Err(anyhow!("aya's vmlinux BTF parse panicked")),
+    };
     let resets = attach_resets(&mut ebpf, aya_btf.as_ref().ok(), notes)?;
     if let Err(e) = &aya_btf {
         notes.note(&format!("record-based reset tracepoints: {e:#}"));
@@ -284,6 +280,10 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
         Ok(plan) => app::attach_app_hooks(&mut ebpf, plan, &cfg, notes),
         Err(off) => off,
     };
+    let existing = existing
+        .join()
+        .map_err(|_| anyhow!("the scan for existing sockets panicked"))?;
+    let seeded = seed_owners(&mut ebpf, &existing)?;
     Ok(Tracer {
         ebpf,
         info,

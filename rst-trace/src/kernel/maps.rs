@@ -1,6 +1,8 @@
 //! The eBPF maps userspace fills (filters, seeded owners) and reads (lost events, in-kernel
 //! counts).
 
+use std::collections::HashMap;
+
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
@@ -14,7 +16,7 @@ use rst_trace_common::{
 use tokio::io::unix::AsyncFd;
 
 use super::{Tracer, attach::PROG_SEND_RESET_BTF_NC};
-use crate::{filter::Filter, owners};
+use crate::filter::Filter;
 
 /// The `--pid` and `--port` values into their in-kernel maps.
 pub(super) fn fill_filters(ebpf: &mut Ebpf, filter: &Filter) -> Result<()> {
@@ -41,9 +43,9 @@ pub fn hide_cgroup(ebpf: &mut Ebpf, id: u64) -> Result<()> {
     Ok(())
 }
 
-/// Seeds the owners of the sockets that existed before rst-trace started; returns how many.
-pub(super) fn seed_owners(ebpf: &mut Ebpf) -> Result<usize> {
-    let existing = owners::existing();
+/// Seeds the owners of the sockets that existed before rst-trace started (`existing`, from
+/// `owners::existing`); returns how many.
+pub(super) fn seed_owners(ebpf: &mut Ebpf, existing: &HashMap<u64, Task>) -> Result<usize> {
     let mut seeded = 0;
     let mut seed: BpfHashMap<_, u64, Task> =
         BpfHashMap::try_from(ebpf.map_mut(MAP_SEED_OWNERS).context("seed owner map")?)?;
