@@ -127,7 +127,7 @@ fn start(settings: &Settings) -> Result<(Tracer, Ring)> {
 /// The readiness line on stderr: tracing has begun, with what.
 fn announce(st: &State, tracer: &Tracer, count_in_kernel: bool, started: std::time::Instant) {
     eprintln!(
-        "rst-trace: tracing TCP resets ({}; {} tracepoints{}{}; kernel reasons: {}; {}; {}; {}; {} existing sockets owned; attached in {} ms)",
+        "rst-trace: tracing TCP resets ({}; {} tracepoints{}{}; kernel reasons: {}; {}; {}; {}{}; {} existing sockets owned; attached in {} ms)",
         st.filter.describe(),
         tracer.resets.describe(),
         if count_in_kernel {
@@ -152,6 +152,11 @@ fn announce(st: &State, tracer: &Tracer, count_in_kernel: bool, started: std::ti
         tracer.reject.describe(),
         tracer.socketless.describe(),
         tracer.app.describe(),
+        if tracer.syscall_hooks {
+            ""
+        } else {
+            "; no system call hooks (accepted sockets owned from their first send or receive)"
+        },
         tracer.seeded,
         started.elapsed().as_millis()
     );

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rst_trace_tests::{
     Netns, Peer, Scenario, Tracer, Value,
     clients::{Failed, Lang, spawn_client},
-    received, s, sent,
+    is_rst, received, s, sent,
 };
 
 /// The call joined to reset `rst`: its `app_error` object (the call came while the reset was
@@ -373,4 +373,94 @@ fn apperr_no_app_errors_flag() {
             .any(|v| v["type"] == "app_error" || v["type"] == "not_noticed"),
         "{events:#?}"
     );
+}
+
+/// `--no-syscall-hooks`: no program on any system call, and the readiness line says what that
+/// leaves out. A refused connect() is then not reported as a failing call. An accepted socket is
+/// owned from its first receive (no accept() hook): the reset that comes after it names the
+/// server; one that comes before any send or receive names no process.
+#[test]
+fn apperr_no_syscall_hooks_flag() {
+    let t = Tracer::start(&[
+        "--port",
+        "24061",
+        "--port",
+        "24062",
+        "--port",
+        "24063",
+        "--no-syscall-hooks",
+    ]);
+    let ready = t.ready_line();
+    assert!(
+        ready.contains(
+            "; no system call hooks (accepted sockets owned from their first send or receive);"
+        ),
+        "{ready}"
+    );
+    assert!(
+        ready.contains(
+            "application errors: yes (socket layer; not connect() or SO_ERROR: --no-syscall-hooks)"
+        ) || ready.contains("application errors: no (--no-syscall-hooks: before Linux 6.3"),
+        "{ready}"
+    );
+    let ns = Netns::new("aensh");
+    let inode = ns.inode();
+
+    let client = spawn_client(&ns, Lang::C, "connect", "127.0.0.1", 24061);
+    failed(&client, "ECONNREFUSED");
+    let refused = t.wait_for("connection_refused", |v| {
+        v["type"] == "rst" && v["condition"] == "connection_refused" && v["netns"] == inode
+    });
+    assert_eq!(s(&refused, "process.pid"), client.pid(), "{refused:#}");
+
+    // Owned at its first receive.
+    let served = |port: u16, read: bool| {
+        let bind = format!("127.0.0.1:{port}");
+        let mut steps = vec![format!("listen={bind}"), "accept".into()];
+        if read {
+            steps.push("read=1".into());
+        }
+        steps.extend(["say=ready".into(), "hold".into()]);
+        let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+        let server = Peer::spawn(&ns, "rstt-nshsrv", &steps);
+        let mut client = Peer::spawn(
+            &ns,
+            "rstt-nshcli",
+            &[
+                &format!("connect={bind}"),
+                "send=1",
+                "wait",
+                "linger0",
+                "close",
+                "say=closed",
+                "hold",
+            ],
+        );
+        server.expect("ready");
+        client.go();
+        client.expect("closed");
+        let rst = t.wait_for("peer_reset", |v| {
+            is_rst(v, "received", "peer_reset") && v["netns"] == inode && v["local"]["port"] == port
+        });
+        (server, client, rst)
+    };
+    let (server, _client, after_read) = served(24062, true);
+    assert_eq!(
+        s(&after_read, "process.pid"),
+        server.pid(),
+        "{after_read:#}"
+    );
+    // Not owned yet: no accept() hook, no send or receive.
+    let (server, _client, before_io) = served(24063, false);
+    assert_ne!(before_io["process"]["pid"], server.pid(), "{before_io:#}");
+
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, events) = t.stop();
+    assert!(
+        !events.iter().any(|v| v["type"] == "app_error"
+            && v["call"] == "connect"
+            && v["process"]["pid"] == client.pid()),
+        "{events:#?}"
+    );
+    assert!(refused.get("app_error").is_none(), "{refused:#}");
 }

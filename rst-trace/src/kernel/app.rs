@@ -44,8 +44,13 @@ pub const SOCK_CALLS: &[i64] = &[
 pub enum AppErrors {
     /// Traced; `SO_ERROR` reads too if the getsockopt tracepoints exist. `sock_layer`: seen
     /// where the socket layer reports each call's result (6.3+), else at every system call's
-    /// exit (`sys_exit`).
-    On { so_error: bool, sock_layer: bool },
+    /// exit (`sys_exit`). `syscalls`: the exits of connect, sendfile and splice are hooked
+    /// beside the socket layer (not `--no-syscall-hooks`).
+    On {
+        so_error: bool,
+        sock_layer: bool,
+        syscalls: bool,
+    },
     /// `--no-app-errors`.
     Off,
     /// Not on this kernel or in this mode: why.
@@ -56,8 +61,14 @@ impl AppErrors {
     pub fn describe(&self) -> String {
         match self {
             Self::On {
+                syscalls: false, ..
+            } => "application errors: yes (socket layer; not connect() or SO_ERROR: \
+                  --no-syscall-hooks)"
+                .into(),
+            Self::On {
                 so_error,
                 sock_layer,
+                syscalls: true,
             } => format!(
                 "application errors: yes ({}{})",
                 if *sock_layer {
@@ -149,11 +160,19 @@ const EXITS_BESIDE_SOCK_LAYER: [&str; 3] =
 /// entry (to tell the call and its fd), and the exits of the calls that layer does not show.
 /// `RST_TRACE_APP_HOOK=sys_exit` keeps the hook at every system call's exit (tests, and a way
 /// around a problem with the socket-layer hooks).
-pub fn sock_layer_config(tracefs: &std::path::Path, send_length: bool, cfg: &mut Config) -> bool {
+/// Without `syscalls` (`--no-syscall-hooks`) those exits are not needed: their failures are
+/// then not seen.
+pub fn sock_layer_config(
+    tracefs: &std::path::Path,
+    send_length: bool,
+    syscalls: bool,
+    cfg: &mut Config,
+) -> bool {
     let forced = std::env::var("RST_TRACE_APP_HOOK").as_deref() == Ok("sys_exit");
-    let exits = EXITS_BESIDE_SOCK_LAYER
-        .iter()
-        .all(|n| matches!(tracefs::read_format(tracefs, "syscalls", n), Ok(Some(_))));
+    let exits = !syscalls
+        || EXITS_BESIDE_SOCK_LAYER
+            .iter()
+            .all(|n| matches!(tracefs::read_format(tracefs, "syscalls", n), Ok(Some(_))));
     let ok = !forced
         && send_length
         && exits
@@ -170,9 +189,17 @@ pub fn sock_layer_config(tracefs: &std::path::Path, send_length: bool, cfg: &mut
 pub fn attach_app_hooks(
     ebpf: &mut Ebpf,
     (so_error, sock_layer): (bool, bool),
-    cfg: &Config,
+    (cfg, syscalls): (&Config, bool),
     notes: Notes,
 ) -> AppErrors {
+    if !syscalls {
+        // `app_plan` chose the socket layer alone: its hook is the owner hook.
+        return AppErrors::On {
+            so_error: false,
+            sock_layer: true,
+            syscalls: false,
+        };
+    }
     let exits = sock_layer
         && match EXITS_BESIDE_SOCK_LAYER
             .iter()
@@ -229,5 +256,6 @@ pub fn attach_app_hooks(
     AppErrors::On {
         so_error,
         sock_layer: exits,
+        syscalls: true,
     }
 }

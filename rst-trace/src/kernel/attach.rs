@@ -49,7 +49,7 @@ fn raw_or_record(
 /// required; the others are optional, and each one missing is named on stderr.
 pub(super) fn attach_owner_hooks(
     ebpf: &mut Ebpf,
-    cfg: &Config,
+    (cfg, syscalls): (&Config, bool),
     tps: &Tracepoints,
     tracefs: &Path,
     notes: Notes,
@@ -81,14 +81,15 @@ pub(super) fn attach_owner_hooks(
         );
         raw_or_record(ebpf, destroy, notes)?;
     }
-    // Optional owner hooks: without them, accepted sockets are owned from their first reset-free
-    // history only (connect/listen) or the start-up seed.
-    if tps.exit_accept.is_none() {
+    // Optional owner hooks: without them, accepted sockets are owned from their first send or
+    // receive (the hook below), or the start-up seed. `--no-syscall-hooks` (the readiness line
+    // says so) leaves this one out.
+    if syscalls && tps.exit_accept.is_none() {
         notes.note(
             "no syscalls:sys_exit_accept4 (CONFIG_FTRACE_SYSCALLS off): accepted sockets are \
              not owned at accept()",
         );
-    } else {
+    } else if syscalls {
         let mut r = attach(ebpf, PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept4");
         if r.is_ok() && tracefs::read_format(tracefs, "syscalls", "sys_exit_accept")?.is_some() {
             r = attach(ebpf, PROG_EXIT_ACCEPT, "syscalls", "sys_exit_accept");

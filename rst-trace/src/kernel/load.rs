@@ -48,6 +48,9 @@ pub struct Tracer {
     /// without them stacks lack the caller of a frameless function, which the readiness line
     /// says.
     pub entry_regs: bool,
+    /// Whether programs run at system calls (accept's, and the application-error hooks'):
+    /// not with `--no-syscall-hooks`.
+    pub syscall_hooks: bool,
 }
 
 /// Whether this kernel can send netfilter REJECT resets right now. The transmit hook that sees
@@ -158,6 +161,9 @@ pub struct Hooks {
     pub stacks: bool,
     /// `sys_exit`: failing application calls (not `--no-app-errors`).
     pub app_errors: bool,
+    /// Programs on system calls (`syscalls:*`, `raw_syscalls:sys_exit`): not
+    /// `--no-syscall-hooks`.
+    pub syscalls: bool,
 }
 
 /// The BPF ring buffer (BPF_MAP_TYPE_RINGBUF, 5.8, commit 457f44363a88) carries every event:
@@ -248,7 +254,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     fill_filters(&mut ebpf, filter)?;
 
     // Owner tracking first, so no socket created meanwhile is missed; resets last.
-    attach_owner_hooks(&mut ebpf, &cfg, &tps, &tracefs, notes)?;
+    attach_owner_hooks(&mut ebpf, (&cfg, hooks.syscalls), &tps, &tracefs, notes)?;
     // TTL evidence for received resets (raw tracepoints: 4.17+).
     if hooks.ttl
         && let Err(e) = attach_raw(&mut ebpf, PROG_TCP_PROBE, "tcp_probe")
@@ -277,7 +283,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     let (reject, socketless, reject_attached) =
         attach_transmit_hooks(&mut ebpf, &cfg, &tps, &btf, hooks, notes)?;
     let app = match app_plan {
-        Ok(plan) => app::attach_app_hooks(&mut ebpf, plan, &cfg, notes),
+        Ok(plan) => app::attach_app_hooks(&mut ebpf, plan, (&cfg, hooks.syscalls), notes),
         Err(off) => off,
     };
     let existing = existing
@@ -294,6 +300,7 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
         resets,
         app,
         entry_regs: cfg.regs_arch != 0,
+        syscall_hooks: hooks.syscalls,
     })
 }
 
@@ -319,7 +326,18 @@ fn app_plan(
         notes.note(&format!("application errors are not traced: {why}"));
         return Err(AppErrors::Unavailable(why));
     }
-    let sock_layer = app::sock_layer_config(tracefs, tps.send_length.is_some(), cfg);
+    if !hooks.syscalls {
+        // Only the socket layer's own tracepoints then: sends and receives, from 6.3.
+        if !app::sock_layer_config(tracefs, tps.send_length.is_some(), false, cfg) {
+            return Err(AppErrors::Unavailable(
+                "--no-syscall-hooks: before Linux 6.3 failing calls are seen only at system \
+                 call exits"
+                    .into(),
+            ));
+        }
+        return Ok((false, true));
+    }
+    let sock_layer = app::sock_layer_config(tracefs, tps.send_length.is_some(), true, cfg);
     Ok((app::so_error_config(tracefs, cfg, notes), sock_layer))
 }
 
