@@ -201,7 +201,7 @@ fn new_state(
         } else {
             None
         },
-        noticing: apperr::Noticing::new(tracer.app.is_on()),
+        noticing: apperr::Noticing::new(tracer.app.is_on()).connects_seen(tracer.syscall_hooks),
     };
     if let Some(s) = &mut st.sink.summary {
         s.app_errors = tracer.app.is_on();

@@ -376,7 +376,8 @@ fn apperr_no_app_errors_flag() {
 }
 
 /// `--no-syscall-hooks`: no program on any system call, and the readiness line says what that
-/// leaves out. A refused connect() is then not reported as a failing call. An accepted socket is
+/// leaves out. A refused connect() is then not reported as a failing call, nor its reset as
+/// unnoticed. An accepted socket is
 /// owned from its first receive (no accept() hook): the reset that comes after it names the
 /// server; one that comes before any send or receive names no process.
 #[test]
@@ -463,4 +464,11 @@ fn apperr_no_syscall_hooks_flag() {
         "{events:#?}"
     );
     assert!(refused.get("app_error").is_none(), "{refused:#}");
+    // connect() noticed it, unseen: never said to be unnoticed (at exit, what still waits is).
+    assert!(
+        !events
+            .iter()
+            .any(|v| v["type"] == "not_noticed" && v["reset"]["mono_ns"] == refused["mono_ns"]),
+        "{events:#?}"
+    );
 }

@@ -90,6 +90,9 @@ pub struct Noticing {
     /// Failing calls are traced (not `--no-app-errors`, and the kernel has the hook): else no
     /// reset waits to be noticed.
     pub enabled: bool,
+    /// A failing connect() (and an `SO_ERROR` read) is seen: else (`--no-syscall-hooks`) a
+    /// refused connection attempt, which its application notices there, waits for nothing.
+    connects: bool,
 }
 
 /// Whether a reset leaves an error for its application to notice: a received reset on a socket
@@ -112,8 +115,14 @@ impl Noticing {
     pub fn new(enabled: bool) -> Self {
         Self {
             enabled,
+            connects: true,
             ..Self::default()
         }
+    }
+
+    /// Whether failing connect() calls are seen (see `connects`).
+    pub fn connects_seen(self, connects: bool) -> Self {
+        Self { connects, ..self }
     }
 
     /// A failing call arrived (read by userspace at `now`, monotonic ns).
@@ -150,7 +159,10 @@ impl Noticing {
     /// A reset is about to be printed: the call that already noticed it (attached to its
     /// report), else it waits for one.
     pub fn reset_printed(&mut self, r: &mut Report) {
-        if !self.enabled || !awaits_app(r) {
+        if !self.enabled
+            || !awaits_app(r)
+            || (!self.connects && r.condition == cond::CONNECTION_REFUSED)
+        {
             return;
         }
         let k = key(r.skaddr, r.socket_cookie);

@@ -208,6 +208,31 @@ fn only_resets_that_leave_an_error_wait() {
     assert!(out.is_empty());
 }
 
+/// `--no-syscall-hooks`: a refused connection attempt is noticed by connect() or an `SO_ERROR`
+/// read, which are then not seen, so it is never said to be unnoticed; a peer's reset still is.
+#[test]
+fn without_connects_a_refused_attempt_waits_for_nothing() {
+    let mut n = Noticing::new(true).connects_seen(false);
+    let mut refused = reset(7, S);
+    refused.condition = cond::CONNECTION_REFUSED;
+    n.reset_printed(&mut refused);
+    let mut peer = reset(8, S);
+    n.reset_printed(&mut peer);
+    let mut out = Vec::new();
+    n.tick(100 * S, true, &mut out);
+    assert!(
+        matches!(&out[..], [Outcome::NotNoticed(p, _)] if p.condition == cond::PEER_RESET),
+        "{out:?}"
+    );
+    // With them, both wait.
+    let mut n = Noticing::new(true);
+    n.reset_printed(&mut refused);
+    n.reset_printed(&mut peer);
+    out.clear();
+    n.tick(100 * S, true, &mut out);
+    assert_eq!(out.len(), 2, "{out:?}");
+}
+
 /// A connection storm reuses a socket's address within microseconds (the slab hands the freed
 /// memory to the next socket): each socket's call still joins its own reset, by cookie.
 #[test]
