@@ -377,9 +377,9 @@ fn apperr_no_app_errors_flag() {
 
 /// `--no-syscall-hooks`: no program on any system call, and the readiness line says what that
 /// leaves out. A refused connect() is then not reported as a failing call, nor its reset as
-/// unnoticed. An accepted socket is
-/// owned from its first receive (no accept() hook): the reset that comes after it names the
-/// server; one that comes before any send or receive names no process.
+/// unnoticed. An accepted socket is owned from its first receive (no accept() hook): the reset
+/// that comes after it names the server; one that comes before any send or receive names no
+/// process.
 #[test]
 fn apperr_no_syscall_hooks_flag() {
     let t = Tracer::start(&[
