@@ -455,7 +455,7 @@ async fn event_loop(
 /// The next key of `rst-trace top`'s terminal; never, without it.
 async fn top_key(
     ui: &mut Option<&mut top::Ui>,
-) -> Option<std::io::Result<ratatui::crossterm::event::Event>> {
+) -> Option<std::io::Result<crossterm::event::Event>> {
     match ui {
         Some(ui) => ui.keys.recv().await,
         None => std::future::pending().await,

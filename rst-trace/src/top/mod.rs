@@ -10,10 +10,10 @@ mod ui;
 use std::io::IsTerminal as _;
 
 use anyhow::{Context as _, Result, bail};
-use ratatui::{
-    DefaultTerminal,
-    crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
-};
+// crossterm itself, not ratatui's re-export: the same crate, with the key reader chosen in
+// Cargo.toml (`use-dev-tty`).
+use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use ratatui::DefaultTerminal;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 pub use self::state::TopState;

@@ -159,7 +159,8 @@ fn calls_table(s: &TopState) -> Table<'static> {
     Table::new(
         body,
         [
-            Constraint::Length(12),
+            // The longest call name: `getsockopt(SO_ERROR)`.
+            Constraint::Length(20),
             Constraint::Length(14),
             Constraint::Length(10),
             Constraint::Min(20),
