@@ -4,7 +4,7 @@ use rst_trace_common::RstEvent;
 
 use super::{
     Sentences,
-    model::{Detail, DetailValue, Origin, Report, cond},
+    model::{Detail, DetailValue, Ep, Origin, Report, cond},
     tcp::ACK,
 };
 
@@ -40,7 +40,7 @@ pub(super) fn explain_netfilter(ev: &RstEvent, words: Sentences, r: &mut Report)
         words,
         r,
         "a netfilter rule on this host (REJECT --reject-with tcp-reset, iptables or nft) rejected the {what} from {remote} to {local} and sent RST in its place; {remote} sees {errno}",
-        remote = r.remote,
-        local = r.local
+        remote = Ep(r.remote),
+        local = Ep(r.local)
     );
 }

@@ -5,7 +5,7 @@ use rst_trace_common::{FACT_RST_TTL, RstEvent};
 
 use super::{
     Sentences,
-    model::{Detail, DetailValue, Linked, Report, cond},
+    model::{Detail, DetailValue, Ep, Linked, Report, cond},
     tcp::TcpState,
     who,
 };
@@ -25,7 +25,7 @@ pub(super) fn explain_received(
     r: &mut Report,
 ) {
     let proc_ = who(r);
-    let remote = r.remote;
+    let remote = Ep(r.remote);
     let state_name = r
         .state
         .map(TcpState::name)
@@ -91,7 +91,7 @@ fn sent_by(linked: Option<&Linked>) -> String {
 
 /// The idle and TTL details of a peer reset, and the suspicion they raise (empty if none).
 fn evidence(ev: &RstEvent, linked: bool, idle_ms: Option<(u64, u64)>, r: &mut Report) -> String {
-    let remote = r.remote;
+    let remote = Ep(r.remote);
     if let Some((ms, recv_ms)) = idle_ms {
         r.detail.push((Detail::IdleMs, DetailValue::Num(ms)));
         r.detail

@@ -5,7 +5,7 @@ use rst_trace_common::{FACT_LINGER_ZERO, FACT_LISTENER_CLOSING};
 
 use super::{Sent, unread_data};
 use crate::explain::{
-    model::{Detail, DetailValue, KernelReason, Report, cond},
+    model::{Detail, DetailValue, Ep, KernelReason, Report, cond},
     tcp::TcpState,
 };
 
@@ -31,7 +31,8 @@ pub(super) fn close_with_unread_data(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn killed(s: &Sent, r: &mut Report) {
-    let (local, remote, state_name, reason) = (r.local, r.remote, &s.state_name, s.reason_words());
+    let (local, remote, state_name, reason) =
+        (Ep(r.local), Ep(r.remote), &s.state_name, s.reason_words());
     // tcp_abort() (ss -K, SOCK_DESTROY) also says TCP_STATE, but without moving the
     // socket to CLOSE first: not a close() or disconnect() of the application's.
     r.condition = cond::OTHER;
@@ -43,7 +44,7 @@ pub(super) fn killed(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn closed_or_disconnected(s: &Sent, r: &mut Report) {
-    let (local, remote, proc_, ev, prev) = (r.local, r.remote, &s.proc_, s.ev, s.prev);
+    let (local, remote, proc_, ev, prev) = (Ep(r.local), Ep(r.remote), &s.proc_, s.ev, s.prev);
     // write_seq counts a FIN that is queued or in flight: it is not data.
     let fin = u32::from(matches!(
         prev,
@@ -86,7 +87,7 @@ pub(super) fn closed_or_disconnected(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn abort_on_data(s: &Sent, r: &mut Report) {
-    let (remote, proc_) = (r.remote, &s.proc_);
+    let (remote, proc_) = (Ep(r.remote), &s.proc_);
     if s.tcp_sock && s.ev.linger2 < 0 {
         r.condition = cond::FIN_WAIT2_ABORT;
         say!(
@@ -115,7 +116,7 @@ pub(super) fn abort_on_linger(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn orphan_limit(s: &Sent, r: &mut Report) {
-    let (local, remote) = (r.local, r.remote);
+    let (local, remote) = (Ep(r.local), Ep(r.remote));
     r.condition = cond::ORPHAN_LIMIT;
     say!(
         s.words,
@@ -125,7 +126,7 @@ pub(super) fn orphan_limit(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn keepalive_timeout(s: &Sent, r: &mut Report) {
-    let (remote, proc_) = (r.remote, &s.proc_);
+    let (remote, proc_) = (Ep(r.remote), &s.proc_);
     r.condition = cond::KEEPALIVE_TIMEOUT;
     say!(
         s.words,

@@ -5,12 +5,12 @@ use rst_trace_common::FACT_BACKLOG;
 
 use super::Sent;
 use crate::explain::{
-    model::{Detail, DetailValue, Report, cond},
+    model::{Detail, DetailValue, Ep, Report, cond},
     tcp::{ACK, SYN},
 };
 
 pub(super) fn no_socket(s: &Sent, r: &mut Report) {
-    let (local, remote, incoming, flags) = (r.local, r.remote, &s.incoming, s.flags);
+    let (local, remote, incoming, flags) = (Ep(r.local), Ep(r.remote), &s.incoming, s.flags);
     r.state = None;
     r.socket_cookie = None;
     r.no_process_why = Some("no socket");
@@ -39,7 +39,7 @@ pub(super) fn no_socket(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn time_wait_segment(s: &Sent, r: &mut Report) {
-    let (local, remote, incoming) = (r.local, r.remote, &s.incoming);
+    let (local, remote, incoming) = (Ep(r.local), Ep(r.remote), &s.incoming);
     r.condition = cond::TIME_WAIT_SEGMENT;
     r.no_process_why = Some("closed, in TIME_WAIT");
     say!(
@@ -50,7 +50,7 @@ pub(super) fn time_wait_segment(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn accept_queue_overflow(s: &Sent, r: &mut Report) {
-    let (local, remote, proc_, ev) = (r.local, r.remote, &s.proc_, s.ev);
+    let (local, remote, proc_, ev) = (Ep(r.local), Ep(r.remote), &s.proc_, s.ev);
     r.condition = cond::ACCEPT_QUEUE_OVERFLOW;
     if ev.facts & FACT_BACKLOG != 0 {
         r.detail.push((
@@ -70,7 +70,7 @@ pub(super) fn accept_queue_overflow(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn unexpected_ack_on_listener(s: &Sent, r: &mut Report) {
-    let (local, remote, proc_, incoming) = (r.local, r.remote, &s.proc_, &s.incoming);
+    let (local, remote, proc_, incoming) = (Ep(r.local), Ep(r.remote), &s.proc_, &s.incoming);
     r.condition = cond::UNEXPECTED_ACK_ON_LISTENER;
     say!(
         s.words,
@@ -80,7 +80,7 @@ pub(super) fn unexpected_ack_on_listener(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn invalid_ack_in_syn_sent(s: &Sent, r: &mut Report) {
-    let (local, remote) = (r.local, r.remote);
+    let (local, remote) = (Ep(r.local), Ep(r.remote));
     // tcp_rcv_synsent_state_process() resets both a wrong ACK number and a TSecr
     // failing PAWS through reset_and_undo; only the 6.10+ reason tells them apart.
     r.condition = cond::INVALID_ACK;
@@ -92,7 +92,7 @@ pub(super) fn invalid_ack_in_syn_sent(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn invalid_ack(s: &Sent, r: &mut Report) {
-    let (local, remote, state_name) = (r.local, r.remote, &s.state_name);
+    let (local, remote, state_name) = (Ep(r.local), Ep(r.remote), &s.state_name);
     r.condition = cond::INVALID_ACK;
     say!(
         s.words,
@@ -102,7 +102,7 @@ pub(super) fn invalid_ack(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn paws_reject(s: &Sent, r: &mut Report) {
-    let (remote, state_name) = (r.remote, &s.state_name);
+    let (remote, state_name) = (Ep(r.remote), &s.state_name);
     r.condition = cond::PAWS_REJECT;
     say!(
         s.words,
@@ -112,7 +112,7 @@ pub(super) fn paws_reject(s: &Sent, r: &mut Report) {
 }
 
 pub(super) fn other(s: &Sent, r: &mut Report) {
-    let (remote, state_name) = (r.remote, &s.state_name);
+    let (remote, state_name) = (Ep(r.remote), &s.state_name);
     r.condition = cond::OTHER;
     let why = s.reason_words();
     say!(
