@@ -207,8 +207,8 @@ impl Process {
 
 /// An endpoint in an explanation, written as `SocketAddr`'s `Display` writes it. IPv4 by hand:
 /// std writes each octet and the port through the integer formatter and `pad_integral`, and
-/// the two or three endpoints of every explanation were 7% of a `--json` storm's userspace CPU
-/// (`perf record`, a refused-connection storm).
+/// every explanation names two or three endpoints, which showed in a storm's profile (README,
+/// Reset storms).
 #[derive(Clone, Copy, Debug)]
 pub struct Ep(pub SocketAddr);
 

@@ -27,7 +27,7 @@ pub struct Sink {
     /// queue with records of the export failing, which stderr says once.
     pub otlp: Option<crate::otlp::Otlp>,
     /// rst-trace's own pid, read once: `std::process::id()` is a getpid() system call (glibc
-    /// caches no pid), which per event was 2.6% of a `--json` storm's CPU (`perf record`).
+    /// caches no pid), which per event showed in a storm's profile (README, Reset storms).
     own_pid: u32,
 }
 
