@@ -227,7 +227,7 @@ fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
     };
     assert!(
         kernel.contains(&seen_at) && kernel.iter().any(|f| f.starts_with(SYSCALL_ENTRY)),
-        "kernel stack: {kernel:?}"
+        "kernel stack: {kernel:?} in {app:#}"
     );
     // Nothing of the kind without --stacks.
     let ev = sent(&plain, &ns, "close_with_unread_data");
@@ -255,7 +255,7 @@ fn stacks_of_exit_with_unread_data_have_the_kernel_one() {
     let kernel = functions(&ev["stacks"]["kernel"]);
     assert!(
         kernel.contains(&"tcp_close") && kernel.contains(&"do_exit"),
-        "kernel stack: {kernel:?}"
+        "kernel stack: {kernel:?} in {ev:#}"
     );
     // bpf_get_stackid() finds no user memory to walk: -EFAULT, said, and no frames.
     let stacks = &ev["stacks"];
