@@ -214,21 +214,27 @@ pub struct Ep(pub SocketAddr);
 
 impl std::fmt::Display for Ep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            // Padded (never, in a sentence): std pads the whole endpoint.
-            SocketAddr::V4(a) if f.width().is_none() && f.precision().is_none() => {
-                let mut num = itoa::Buffer::new();
-                for (i, o) in a.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(".")?;
-                    }
-                    f.write_str(num.format(o))?;
-                }
-                f.write_str(":")?;
-                f.write_str(num.format(a.port()))
+        let SocketAddr::V4(a) = self.0 else {
+            return std::fmt::Display::fmt(&self.0, f);
+        };
+        // "255.255.255.255:65535"
+        let mut buf = [0u8; 21];
+        let mut n = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[n..n + bytes.len()].copy_from_slice(bytes);
+            n += bytes.len();
+        };
+        let mut num = itoa::Buffer::new();
+        for (i, o) in a.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                put(b".");
             }
-            _ => std::fmt::Display::fmt(&self.0, f),
+            put(num.format(o).as_bytes());
         }
+        put(b":");
+        put(num.format(a.port()).as_bytes());
+        // ASCII digits, dots and a colon.
+        f.pad(std::str::from_utf8(&buf[..n]).unwrap_or_default())
     }
 }
 
