@@ -39,6 +39,19 @@ fn refused(family_addr: &str, port: u16, tag: &str) {
     };
     assert_eq!(sent["family"], expect_family);
     assert_eq!(recv["family"], expect_family);
+    // The sentence names both endpoints as `SocketAddr` writes them (IPv4 by hand, `Ep`).
+    let client_addr = s(&sent, "remote.addr").as_str().unwrap_or_default();
+    let client = if expect_family == "ipv6" {
+        format!("[{client_addr}]:{}", s(&sent, "remote.port"))
+    } else {
+        format!("{client_addr}:{}", s(&sent, "remote.port"))
+    };
+    let words = s(&sent, "explanation").as_str().unwrap_or_default();
+    assert!(
+        words.starts_with(&format!("nothing listens on {target}: "))
+            && words.contains(&format!(" from {client} with RST")),
+        "{sent:#}"
+    );
     assert_eq!(s(&recv, "linked_sent.condition"), "port_not_listening");
     let (status, _) = tracer.stop();
     assert!(status.success(), "rst-trace exit {status:?}");
