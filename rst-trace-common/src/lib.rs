@@ -27,6 +27,8 @@ pub const MAP_APP_LOST: &str = "APP_LOST";
 /// `--summary --quiet`: per-CPU counts of resets, keyed by the event reduced to what decides its
 /// process, condition and direction ([`RstEvent::count_key`]), instead of one ring record each.
 pub const MAP_COUNTS: &str = "COUNTS";
+/// Entries of [`MAP_COUNTS`] with `--summary --quiet` (1 otherwise, set at load: it is never
+/// written then, and a preallocated per-CPU map of this size takes ~1 ms to create).
 pub const COUNTS_MAX_ENTRIES: u32 = 4096;
 /// Per-CPU count of failed inserts into the socket, TIME_WAIT and closing-listener maps (LRU
 /// maps evict rather than fail, so this stays 0 but for a kernel out of memory).
@@ -89,6 +91,10 @@ pub const PROG_NETIF_RECEIVE: &str = "netif_receive_skb";
 /// userspace from sock_diag and /proc/*/fd).
 pub const MAP_SEED_OWNERS: &str = "SEED_OWNERS";
 pub const SEED_MAX_ENTRIES: u32 = 65536;
+/// Before 6.10: connections handed to a TIME_WAIT mini-socket, for the transmit hook. Entries:
+/// [`TIMEWAIT_MAX_ENTRIES`] where the transmit hook sees socketless resets, else 1 (set at load).
+pub const MAP_TIMEWAIT: &str = "TIMEWAIT";
+pub const TIMEWAIT_MAX_ENTRIES: u32 = 16384;
 
 /// Default number of sockets remembered in the LRU map from socket address to [`SockInfo`].
 pub const SOCKS_MAX_ENTRIES: u32 = 65536;

@@ -6,14 +6,15 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, maps::MapType};
 use rst_trace_common::{
-    Config, FILTER_CGROUP, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT, GLOBAL_CONFIG, MAP_EVENTS,
-    MAP_STACKS, PROG_DEV_QUEUE, PROG_NETIF_RECEIVE, PROG_TCP_PROBE, STACKS_MAX_ENTRIES,
+    COUNTS_MAX_ENTRIES, Config, FILTER_CGROUP, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT,
+    GLOBAL_CONFIG, MAP_COUNTS, MAP_EVENTS, MAP_STACKS, MAP_TIMEWAIT, PROG_DEV_QUEUE,
+    PROG_NETIF_RECEIVE, PROG_TCP_PROBE, STACKS_MAX_ENTRIES, TIMEWAIT_MAX_ENTRIES,
 };
 
 use super::{
     app::{self, AppErrors},
     attach::{Resets, attach_owner_hooks, attach_raw, attach_resets},
-    btf::Btf,
+    btf::{self, Btf},
     errors::Notes,
     layout::{self, KernelInfo, Tracepoints},
     maps::{fill_filters, seed_owners},
@@ -224,21 +225,43 @@ fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks) -> Result<Ebpf> {
             MAP_STACKS,
             if hooks.stacks { STACKS_MAX_ENTRIES } else { 1 },
         )
+        // Preallocated maps only the kernel's configuration writes: 1 entry where they are
+        // never written (their creation is most of the object's load time).
+        .map_max_entries(
+            MAP_COUNTS,
+            if hooks.count_in_kernel {
+                COUNTS_MAX_ENTRIES
+            } else {
+                1
+            },
+        )
+        .map_max_entries(
+            MAP_TIMEWAIT,
+            if cfg.xmit_socketless != 0 {
+                TIMEWAIT_MAX_ENTRIES
+            } else {
+                1
+            },
+        )
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)")
 }
 
 pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Result<Tracer> {
     require_ringbuf()?;
-    // aya's own parse of vmlinux BTF (the BTF tracepoints need it; ~15 ms here) runs on another
-    // core while we read tracefs, take offsets from our lighter parse, create the maps and
-    // attach the owner hooks.
-    let aya_btf = std::thread::spawn(aya::Btf::from_sys_fs);
+    // vmlinux BTF is read once. aya's own parse of it (the BTF tracepoints need it; ~15 ms
+    // here) runs on another core while we read tracefs, take offsets from our lighter parse,
+    // create the maps and attach the owner hooks.
+    let btf_data = btf::read_sys_fs()?;
+    let aya_btf = {
+        let data = btf_data.clone();
+        std::thread::spawn(move || aya::Btf::parse(&data, aya::Endianness::default()))
+    };
     let tracefs = tracefs::locate()?;
     let tps = read_tracepoints(&tracefs)?;
     let mut cfg = Config::empty();
     layout::tracepoint_config(&tps, &mut cfg)?;
-    let btf = Btf::from_sys_fs()?;
+    let btf = Btf::parse(btf_data)?;
     layout::struct_config(&btf, &mut cfg)?;
     let info = KernelInfo {
         reasons: layout::reason_names(&tps.send_reset, Some(&btf)),

@@ -5,52 +5,39 @@
 //! Format: Documentation/bpf/btf.rst (header, type section, string section).
 
 mod parse;
+#[cfg(test)]
+mod tests;
+
+use std::{ops::Range, sync::Arc};
 
 use anyhow::{Result, anyhow, bail};
+use parse::{
+    HEADER_LEN, Header, KIND_CONST, KIND_ENUM, KIND_ENUM64, KIND_FUNC_PROTO, KIND_PTR,
+    KIND_RESTRICT, KIND_STRUCT, KIND_TYPE_TAG, KIND_TYPEDEF, KIND_UNION, KIND_VOLATILE, u32_at,
+};
 
-/// Names are kept as offsets into the string section, and members in one flat array: vmlinux has
-/// ~100k types, and an allocation per type or name is most of the start-up time (more so with
-/// the static binary's musl allocator).
-#[derive(Clone, Debug)]
+/// A struct or union member.
+#[derive(Clone, Copy, Debug)]
 struct Member {
     name: u32,
     type_id: u32,
     bit_offset: u32,
 }
 
-#[derive(Clone, Debug)]
-enum Type {
-    /// struct or union: `Btf::members[start..start + len]`
-    Composite {
-        start: u32,
-        len: u32,
-        /// `sizeof` in bytes.
-        size: u32,
-    },
-    /// typedef, const, volatile, restrict, type tag: all just refer to another type
-    Alias {
-        type_id: u32,
-    },
-    Enum {
-        values: Vec<(u32, i64)>,
-    },
-    Ptr {
-        type_id: u32,
-    },
-    FuncProto {
-        params: u32,
-    },
-    Other,
-}
-
+/// vmlinux BTF, decoded only where it is looked at: start-up reads a few dozen of its ~100k
+/// types, and decoding them all (an allocation per enum, a copy of every member) was most of
+/// the parse's time.
 pub struct Btf {
-    /// Index = type id (id 0 is `void`).
-    types: Vec<Type>,
-    members: Vec<Member>,
+    /// The whole file.
+    data: Arc<Vec<u8>>,
+    /// The type and string sections' places in `data`.
+    types: Range<usize>,
+    strs: Range<usize>,
+    /// Index = type id: where the type starts in the type section (id 0 is `void`).
+    offsets: Vec<u32>,
     /// (hash of the name, type id, name offset) of named structs, unions, enums and
     /// `btf_trace_*` typedefs, sorted: looked up by binary search, then the name compared.
     by_name: Vec<(u64, u32, u32)>,
-    strings: Vec<u8>,
     /// Name offsets of the functions (KIND_FUNC) in this BTF: built-in code only.
     functions: Vec<u32>,
 }
@@ -62,26 +49,48 @@ fn name_hash(name: &[u8]) -> u64 {
     })
 }
 
+/// The NUL-terminated string at `off` in a string section.
+fn c_str(strs: &[u8], off: u32) -> &[u8] {
+    let s = strs.get(off as usize..).unwrap_or_default();
+    &s[..memchr::memchr(0, s).unwrap_or(s.len())]
+}
+
+/// vmlinux BTF's bytes, read once for both parses (ours and aya's).
+pub fn read_sys_fs() -> Result<Arc<Vec<u8>>> {
+    let path = "/sys/kernel/btf/vmlinux";
+    std::fs::read(path).map(Arc::new).map_err(|e| {
+        anyhow!(
+            "cannot read {path} ({e}): rst-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        )
+    })
+}
+
 impl Btf {
+    /// For tests: start-up reads the file once for both parses ([`read_sys_fs`]).
+    #[cfg(test)]
     pub fn from_sys_fs() -> Result<Self> {
-        let path = "/sys/kernel/btf/vmlinux";
-        let data = std::fs::read(path).map_err(|e| {
-            anyhow!(
-                "cannot read {path} ({e}): rst-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
-            )
-        })?;
-        Self::parse(&data)
+        Self::parse(read_sys_fs()?)
     }
 
-    fn name(&self, off: u32) -> &str {
-        let s = self.strings.get(off as usize..).unwrap_or_default();
-        let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
-        std::str::from_utf8(&s[..end]).unwrap_or("")
+    fn types_sec(&self) -> &[u8] {
+        &self.data[self.types.clone()]
     }
 
-    /// Whether the kernel image (not a module) has function `name`.
+    fn name(&self, off: u32) -> &[u8] {
+        c_str(&self.data[self.strs.clone()], off)
+    }
+
+    fn header(&self, id: u32) -> Option<Header> {
+        let pos = *self.offsets.get(id as usize).filter(|&&p| p != u32::MAX)?;
+        Header::read(self.types_sec(), pos as usize)
+    }
+
+    /// Whether the kernel image (not a module) has function `name`: the name's places in the
+    /// string section (`"\0name\0"`, found with memmem), then the functions' name offsets.
     pub fn has_function(&self, name: &str) -> bool {
-        self.functions.iter().any(|&off| self.name(off) == name)
+        let needle = [&[0u8][..], name.as_bytes(), &[0u8][..]].concat();
+        memchr::memmem::find_iter(&self.data[self.strs.clone()], &needle)
+            .any(|at| self.functions.contains(&(at as u32 + 1)))
     }
 
     /// Ids of the indexed types named `name`, in id order.
@@ -91,53 +100,65 @@ impl Btf {
         self.by_name[first..]
             .iter()
             .take_while(move |&&(x, _, _)| x == h)
-            .filter(move |&&(_, _, off)| self.name(off) == name)
+            .filter(move |&&(_, _, off)| self.name(off) == name.as_bytes())
             .map(|&(_, id, _)| id)
     }
 
-    fn composite_members(&self, t: &Type) -> Option<&[Member]> {
-        match *t {
-            Type::Composite { start, len, .. } => {
-                self.members.get(start as usize..(start + len) as usize)
-            }
-            _ => None,
+    /// The members of a struct or union.
+    fn members(&self, h: &Header) -> Option<impl Iterator<Item = Member> + '_> {
+        if !matches!(h.kind, KIND_STRUCT | KIND_UNION) {
+            return None;
         }
+        let sec = self.types_sec();
+        let (body, kind_flag) = (h.body, h.kind_flag);
+        Some((0..h.vlen).map_while(move |i| {
+            let at = body + i * HEADER_LEN;
+            let off = u32_at(sec, at + 8)?;
+            Some(Member {
+                name: u32_at(sec, at)?,
+                type_id: u32_at(sec, at + 4)?,
+                // With kind_flag the offset word is bitfield_size << 24 | bit_offset.
+                bit_offset: if kind_flag { off & 0x00ff_ffff } else { off },
+            })
+        }))
     }
 
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    /// The type `id` refers to, through typedefs and qualifiers.
+    fn resolve(&self, mut id: u32) -> Option<Header> {
         for _ in 0..32 {
-            match self.types.get(id as usize)? {
-                Type::Alias { type_id } => id = *type_id,
-                t => return Some(t),
+            let h = self.header(id)?;
+            match h.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = h.size_or_type;
+                }
+                _ => return Some(h),
             }
         }
         None
     }
 
-    fn composite(&self, name: &str) -> Option<&[Member]> {
+    /// The first struct or union named `name` that has members (not a forward declaration).
+    fn composite(&self, name: &str) -> Option<Header> {
         self.ids_named(name).find_map(|id| {
             self.resolve(id)
-                .and_then(|t| self.composite_members(t))
-                .filter(|m| !m.is_empty())
+                .filter(|h| matches!(h.kind, KIND_STRUCT | KIND_UNION) && h.vlen > 0)
         })
     }
 
-    /// Finds member `name` in `members`, looking through anonymous structs and unions as C does.
+    /// Finds member `name` of `parent`, looking through anonymous structs and unions as C does.
     /// Returns its bit offset and type id.
-    fn find_member(&self, members: &[Member], name: &str, depth: u32) -> Option<(u32, u32)> {
+    fn find_member(&self, parent: &Header, name: &str, depth: u32) -> Option<(u32, u32)> {
         if depth > 8 {
             return None;
         }
-        for m in members {
+        for m in self.members(parent)? {
             let m_name = self.name(m.name);
-            if m_name == name {
+            if m_name == name.as_bytes() {
                 return Some((m.bit_offset, m.type_id));
             }
             if m_name.is_empty()
-                && let Some(inner) = self
-                    .resolve(m.type_id)
-                    .and_then(|t| self.composite_members(t))
-                && let Some((off, ty)) = self.find_member(inner, name, depth + 1)
+                && let Some(inner) = self.resolve(m.type_id)
+                && let Some((off, ty)) = self.find_member(&inner, name, depth + 1)
             {
                 return Some((m.bit_offset + off, ty));
             }
@@ -148,11 +169,8 @@ impl Btf {
     /// `sizeof(struct root)` (e.g. `pt_regs`, whose copy at system call entry ends at the top of
     /// the task's kernel stack).
     pub fn struct_size(&self, root: &str) -> Result<u32> {
-        self.ids_named(root)
-            .find_map(|id| match self.resolve(id) {
-                Some(Type::Composite { size, len, .. }) if *len > 0 => Some(*size),
-                _ => None,
-            })
+        self.composite(root)
+            .map(|h| h.size_or_type)
             .ok_or_else(|| anyhow!("kernel BTF has no struct {root}"))
     }
 
@@ -167,20 +185,20 @@ impl Btf {
 
     /// Bit offset of `path` inside `root` (bitfields included).
     pub fn bit_offset_of(&self, root: &str, path: &str) -> Result<u32> {
-        let mut members = self
+        let mut parent = self
             .composite(root)
             .ok_or_else(|| anyhow!("kernel BTF has no struct {root}"))?;
         let mut bits = 0u32;
         let mut parts = path.split('.').peekable();
         while let Some(part) = parts.next() {
             let (off, ty) = self
-                .find_member(members, part, 0)
+                .find_member(&parent, part, 0)
                 .ok_or_else(|| anyhow!("kernel BTF: struct {root} has no member {path}"))?;
             bits += off;
             if parts.peek().is_some() {
-                members = match self.resolve(ty).and_then(|t| self.composite_members(t)) {
-                    Some(members) => members,
-                    None => bail!("kernel BTF: {root}.{path}: {part} is not a struct"),
+                parent = match self.resolve(ty) {
+                    Some(h) if matches!(h.kind, KIND_STRUCT | KIND_UNION) => h,
+                    _ => bail!("kernel BTF: {root}.{path}: {part} is not a struct"),
                 };
             }
         }
@@ -191,16 +209,12 @@ impl Btf {
     /// parameters after the leading `void *`), or None if the kernel has no such tracepoint.
     pub fn tracepoint_args(&self, name: &str) -> Option<u32> {
         let id = self.ids_named(&format!("btf_trace_{name}")).next()?;
-        let Type::Alias { type_id } = self.types.get(id as usize)? else {
-            return None;
-        };
-        let Some(Type::Ptr { type_id }) = self.resolve(*type_id) else {
-            return None;
-        };
-        match self.resolve(*type_id)? {
-            Type::FuncProto { params } => params.checked_sub(1),
-            _ => None,
-        }
+        let typedef = self.header(id).filter(|h| h.kind == KIND_TYPEDEF)?;
+        let ptr = self
+            .resolve(typedef.size_or_type)
+            .filter(|h| h.kind == KIND_PTR)?;
+        let proto = self.resolve(ptr.size_or_type)?;
+        (proto.kind == KIND_FUNC_PROTO).then(|| (proto.vlen as u32).checked_sub(1))?
     }
 
     /// Value of enumerator `name` in `enum enum_name`.
@@ -215,15 +229,31 @@ impl Btf {
     /// All enumerators of `enum enum_name`.
     pub fn enum_values(&self, enum_name: &str) -> Result<Vec<(String, i64)>> {
         self.ids_named(enum_name)
-            .find_map(|id| match self.resolve(id) {
-                Some(Type::Enum { values }) => Some(
-                    values
-                        .iter()
-                        .map(|(n, v)| (self.name(*n).to_owned(), *v))
-                        .collect(),
-                ),
-                _ => None,
+            .find_map(|id| {
+                self.resolve(id)
+                    .filter(|h| matches!(h.kind, KIND_ENUM | KIND_ENUM64))
             })
+            .map(|h| self.enumerators(&h))
             .ok_or_else(|| anyhow!("kernel BTF has no enum {enum_name}"))
+    }
+
+    /// An enum's values: 32-bit signed ones (`BTF_KIND_ENUM`), or 64-bit (`BTF_KIND_ENUM64`).
+    fn enumerators(&self, h: &Header) -> Vec<(String, i64)> {
+        let sec = self.types_sec();
+        let wide = h.kind == KIND_ENUM64;
+        let step = if wide { 12 } else { 8 };
+        (0..h.vlen)
+            .map_while(|i| {
+                let at = h.body + i * step;
+                let name = String::from_utf8_lossy(self.name(u32_at(sec, at)?)).into_owned();
+                let lo = u32_at(sec, at + 4)?;
+                let v = if wide {
+                    ((u64::from(u32_at(sec, at + 8)?) << 32) | u64::from(lo)) as i64
+                } else {
+                    i64::from(lo as i32)
+                };
+                Some((name, v))
+            })
+            .collect()
     }
 }

@@ -1,233 +1,155 @@
-//! Reading BTF data: the header, then the type section in one pass.
+//! Reading BTF data: the header, then one pass over the type section that records where each
+//! type starts and indexes the names looked up later. Nothing else is decoded up front.
 
 use anyhow::{Result, anyhow, bail};
 
-use super::{Btf, Member, Type, name_hash};
+use super::{Btf, name_hash};
 
 const BTF_MAGIC: u16 = 0xeb9f;
 
-const KIND_INT: u32 = 1;
-const KIND_PTR: u32 = 2;
-const KIND_ARRAY: u32 = 3;
-const KIND_STRUCT: u32 = 4;
-const KIND_UNION: u32 = 5;
-const KIND_ENUM: u32 = 6;
-const KIND_FWD: u32 = 7;
-const KIND_TYPEDEF: u32 = 8;
-const KIND_VOLATILE: u32 = 9;
-const KIND_CONST: u32 = 10;
-const KIND_RESTRICT: u32 = 11;
-const KIND_FUNC: u32 = 12;
-const KIND_FUNC_PROTO: u32 = 13;
-const KIND_VAR: u32 = 14;
-const KIND_DATASEC: u32 = 15;
-const KIND_FLOAT: u32 = 16;
-const KIND_DECL_TAG: u32 = 17;
-const KIND_TYPE_TAG: u32 = 18;
-const KIND_ENUM64: u32 = 19;
+pub const KIND_INT: u32 = 1;
+pub const KIND_PTR: u32 = 2;
+pub const KIND_ARRAY: u32 = 3;
+pub const KIND_STRUCT: u32 = 4;
+pub const KIND_UNION: u32 = 5;
+pub const KIND_ENUM: u32 = 6;
+pub const KIND_FWD: u32 = 7;
+pub const KIND_TYPEDEF: u32 = 8;
+pub const KIND_VOLATILE: u32 = 9;
+pub const KIND_CONST: u32 = 10;
+pub const KIND_RESTRICT: u32 = 11;
+pub const KIND_FUNC: u32 = 12;
+pub const KIND_FUNC_PROTO: u32 = 13;
+pub const KIND_VAR: u32 = 14;
+pub const KIND_DATASEC: u32 = 15;
+pub const KIND_FLOAT: u32 = 16;
+pub const KIND_DECL_TAG: u32 = 17;
+pub const KIND_TYPE_TAG: u32 = 18;
+pub const KIND_ENUM64: u32 = 19;
 
-fn u32_at(data: &[u8], off: usize) -> Result<u32> {
-    data.get(off..off + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| anyhow!("BTF truncated at offset {off}"))
+/// Every type starts with `struct btf_type`: name_off, info, size_or_type.
+pub const HEADER_LEN: usize = 12;
+
+pub fn u32_at(data: &[u8], off: usize) -> Option<u32> {
+    let b = data.get(off..off.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-impl Btf {
-    pub fn parse(data: &[u8]) -> Result<Self> {
-        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
-            bail!("not little-endian BTF data");
-        }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
-        let types_sec = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or_else(|| anyhow!("BTF type section out of bounds"))?;
-        let strs = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or_else(|| anyhow!("BTF string section out of bounds"))?;
-        let name = |off: u32| -> &[u8] {
-            let s = strs.get(off as usize..).unwrap_or_default();
-            let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
-            &s[..end]
-        };
+/// A type's `struct btf_type`, decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    pub name_off: u32,
+    pub kind: u32,
+    pub vlen: usize,
+    pub kind_flag: bool,
+    pub size_or_type: u32,
+    /// Where what follows the header (members, enumerators, ...) starts in the type section.
+    pub body: usize,
+}
 
-        // Roughly 16 bytes of type section per type, 3 members per composite.
-        let mut types = Vec::with_capacity(type_len / 16 + 1);
-        types.push(Type::Other);
-        let mut members_all: Vec<Member> = Vec::with_capacity(type_len / 24);
-        let mut functions = Vec::new();
-        let mut by_name: Vec<(u64, u32, u32)> = Vec::new();
-        let mut pos = 0usize;
-        while pos + 12 <= types_sec.len() {
-            let name_off = u32_at(types_sec, pos)?;
-            let info = u32_at(types_sec, pos + 4)?;
-            let size_or_type = u32_at(types_sec, pos + 8)?;
-            pos += 12;
-            let kind = (info >> 24) & 0x1f;
-            let entry = Entry {
-                kind,
-                vlen: (info & 0xffff) as usize,
-                kind_flag: info >> 31 != 0,
-                size_or_type,
-            };
-            let ty = read_type(
-                types_sec,
-                &mut pos,
-                entry,
-                &mut members_all,
-                &mut functions,
-                name_off,
-            )?;
-            let id = types.len() as u32;
-            // Structs, unions, enums; and the prototypes of BTF tracepoints,
-            // `typedef void (*btf_trace_<name>)(void *, ...)`.
-            if name_off != 0
-                && (matches!(kind, KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64)
-                    || (kind == KIND_TYPEDEF && name(name_off).starts_with(b"btf_trace_")))
-            {
-                by_name.push((name_hash(name(name_off)), id, name_off));
-            }
-            types.push(ty);
-        }
-        // Stable: types of one name stay in id order.
-        by_name.sort_by_key(|&(h, _, _)| h);
-        Ok(Self {
-            types,
-            members: members_all,
-            by_name,
-            strings: strs.to_vec(),
-            functions,
+impl Header {
+    pub fn read(types_sec: &[u8], pos: usize) -> Option<Self> {
+        let info = u32_at(types_sec, pos + 4)?;
+        Some(Self {
+            name_off: u32_at(types_sec, pos)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 != 0,
+            size_or_type: u32_at(types_sec, pos + 8)?,
+            body: pos + HEADER_LEN,
+        })
+    }
+
+    /// How many bytes follow the header (Documentation/bpf/btf.rst, "Type Encoding").
+    fn body_len(&self) -> Result<usize> {
+        Ok(match self.kind {
+            KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+            KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+            | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+            KIND_ARRAY => 12,
+            KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * self.vlen,
+            KIND_ENUM | KIND_FUNC_PROTO => 8 * self.vlen,
+            other => bail!("unknown BTF kind {other}"),
         })
     }
 }
 
-/// A type's header fields that decide how much follows it.
-struct Entry {
-    kind: u32,
-    vlen: usize,
-    kind_flag: bool,
-    size_or_type: u32,
-}
-
-/// Reads the rest of the type `e` at `pos` in the type section (advancing `pos` past it);
-/// composites' members go to `members`, functions' names to `functions`.
-fn read_type(
-    types_sec: &[u8],
-    pos: &mut usize,
-    e: Entry,
-    members_all: &mut Vec<Member>,
-    functions: &mut Vec<u32>,
-    name_off: u32,
-) -> Result<Type> {
-    let Entry {
-        kind,
-        vlen,
-        kind_flag,
-        size_or_type,
-    } = e;
-    Ok(match kind {
-        KIND_INT => {
-            *pos += 4;
-            Type::Other
+impl Btf {
+    /// Parses `data`, the whole BTF file, which the result keeps.
+    pub fn parse(data: std::sync::Arc<Vec<u8>>) -> Result<Self> {
+        let d = data.as_slice();
+        if d.len() < 24 || u16::from_le_bytes([d[0], d[1]]) != BTF_MAGIC {
+            bail!("not little-endian BTF data");
         }
-        KIND_FUNC => {
-            functions.push(name_off);
-            Type::Other
-        }
-        KIND_PTR => Type::Ptr {
-            type_id: size_or_type,
-        },
-        KIND_FWD | KIND_FLOAT => Type::Other,
-        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => Type::Alias {
-            type_id: size_or_type,
-        },
-        KIND_ARRAY => {
-            *pos += 12;
-            Type::Other
-        }
-        KIND_STRUCT | KIND_UNION => {
-            let mut t = read_members(types_sec, pos, vlen, kind_flag, members_all)?;
-            if let Type::Composite { size, .. } = &mut t {
-                *size = size_or_type;
-            }
-            t
-        }
-        KIND_ENUM => read_enum(types_sec, pos, vlen, false)?,
-        KIND_ENUM64 => read_enum(types_sec, pos, vlen, true)?,
-        KIND_FUNC_PROTO => {
-            *pos += 8 * vlen;
-            Type::FuncProto {
-                params: vlen as u32,
-            }
-        }
-        KIND_VAR => {
-            *pos += 4;
-            Type::Other
-        }
-        KIND_DATASEC => {
-            *pos += 12 * vlen;
-            Type::Other
-        }
-        KIND_DECL_TAG => {
-            *pos += 4;
-            Type::Other
-        }
-        other => bail!("unknown BTF kind {other}"),
-    })
-}
-
-/// A struct's or union's `vlen` members, appended to `members_all`.
-fn read_members(
-    types_sec: &[u8],
-    pos: &mut usize,
-    vlen: usize,
-    kind_flag: bool,
-    members_all: &mut Vec<Member>,
-) -> Result<Type> {
-    let start = members_all.len() as u32;
-    for _ in 0..vlen {
-        let m_name = u32_at(types_sec, *pos)?;
-        let m_type = u32_at(types_sec, *pos + 4)?;
-        let m_off = u32_at(types_sec, *pos + 8)?;
-        *pos += 12;
-        // With kind_flag the offset word is bitfield_size << 24 | bit_offset.
-        let bit_offset = if kind_flag {
-            m_off & 0x00ff_ffff
-        } else {
-            m_off
+        let field = |off| u32_at(d, off).map(|v| v as usize);
+        let (Some(hdr_len), Some(type_off), Some(type_len), Some(str_off), Some(str_len)) =
+            (field(4), field(8), field(12), field(16), field(20))
+        else {
+            bail!("BTF header truncated");
         };
-        members_all.push(Member {
-            name: m_name,
-            type_id: m_type,
-            bit_offset,
-        });
+        let types = hdr_len + type_off..hdr_len + type_off + type_len;
+        let strs = hdr_len + str_off..hdr_len + str_off + str_len;
+        if d.get(types.clone()).is_none() || d.get(strs.clone()).is_none() {
+            bail!("BTF section out of bounds");
+        }
+        let index = index_types(&d[types.clone()], &d[strs.clone()])?;
+        Ok(Self {
+            data,
+            types,
+            strs,
+            offsets: index.offsets,
+            by_name: index.by_name,
+            functions: index.functions,
+        })
     }
-    Ok(Type::Composite {
-        start,
-        len: vlen as u32,
-        size: 0,
-    })
 }
 
-/// An enum's `vlen` values: 32-bit signed ones (`BTF_KIND_ENUM`), or 64-bit (`wide`,
-/// `BTF_KIND_ENUM64`).
-fn read_enum(types_sec: &[u8], pos: &mut usize, vlen: usize, wide: bool) -> Result<Type> {
-    let mut values = Vec::with_capacity(vlen);
-    for _ in 0..vlen {
-        let n = u32_at(types_sec, *pos)?;
-        if wide {
-            let lo = u32_at(types_sec, *pos + 4)?;
-            let hi = u32_at(types_sec, *pos + 8)?;
-            *pos += 12;
-            values.push((n, ((u64::from(hi) << 32) | u64::from(lo)) as i64));
-        } else {
-            let v = u32_at(types_sec, *pos + 4)? as i32;
-            *pos += 8;
-            values.push((n, i64::from(v)));
+/// What the pass over the type section records.
+struct Index {
+    offsets: Vec<u32>,
+    by_name: Vec<(u64, u32, u32)>,
+    functions: Vec<u32>,
+}
+
+/// Where each type starts (index = type id; id 0 is `void`, which has no entry in the
+/// section), the names of structs, unions, enums and BTF tracepoint prototypes, and the
+/// functions' names.
+fn index_types(types_sec: &[u8], strs: &[u8]) -> Result<Index> {
+    // Roughly 16 bytes of type section per type.
+    let mut offsets = Vec::with_capacity(types_sec.len() / 16 + 1);
+    offsets.push(u32::MAX);
+    let mut by_name = Vec::new();
+    let mut functions = Vec::new();
+    let name = |off: u32| super::c_str(strs, off);
+    let mut pos = 0usize;
+    while pos + HEADER_LEN <= types_sec.len() {
+        let h = Header::read(types_sec, pos).ok_or_else(|| anyhow!("BTF truncated at {pos}"))?;
+        let id = offsets.len() as u32;
+        offsets.push(pos as u32);
+        pos = h.body + h.body_len()?;
+        if h.name_off == 0 {
+            continue;
+        }
+        match h.kind {
+            KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => {
+                by_name.push((name_hash(name(h.name_off)), id, h.name_off));
+            }
+            // `typedef void (*btf_trace_<name>)(void *, ...)`: a BTF tracepoint's prototype.
+            KIND_TYPEDEF if name(h.name_off).starts_with(b"btf_trace_") => {
+                by_name.push((name_hash(name(h.name_off)), id, h.name_off));
+            }
+            KIND_FUNC => functions.push(h.name_off),
+            _ => {}
         }
     }
-    Ok(Type::Enum { values })
+    if pos != types_sec.len() {
+        bail!("BTF truncated: the last type does not end with the type section");
+    }
+    // Types of one name stay in id order.
+    by_name.sort_unstable_by_key(|&(h, id, _)| (h, id));
+    Ok(Index {
+        offsets,
+        by_name,
+        functions,
+    })
 }
