@@ -14,7 +14,7 @@ use rst_trace_common::{
 use super::{
     app::{self, AppErrors},
     attach::{Resets, attach_owner_hooks, attach_raw, attach_resets},
-    btf::{self, Btf},
+    btf::Btf,
     errors::Notes,
     layout::{self, KernelInfo, Tracepoints},
     maps::{fill_filters, seed_owners},
@@ -216,7 +216,8 @@ fn filter_config(filter: &Filter, cfg: &mut Config) {
 /// The eBPF object with this kernel's configuration (offsets, filters' flags) in its globals.
 fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks) -> Result<Ebpf> {
     // No target BTF: aya reads it only for CO-RE relocations and typed ksyms, which the object
-    // has none of (offsets come from `CONFIG`); the BTF tracepoints get aya's parse later.
+    // has none of (offsets come from `CONFIG`); the BTF tracepoints get a BTF of their own
+    // (btf/for_aya.rs).
     EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, cfg, true)
         .map_max_entries(MAP_EVENTS, ring_size)
@@ -249,19 +250,11 @@ fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks) -> Result<Ebpf> {
 
 pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Result<Tracer> {
     require_ringbuf()?;
-    // vmlinux BTF is read once. aya's own parse of it (the BTF tracepoints need it; ~15 ms
-    // here) runs on another core while we read tracefs, take offsets from our lighter parse,
-    // create the maps and attach the owner hooks.
-    let btf_data = btf::read_sys_fs()?;
-    let aya_btf = {
-        let data = btf_data.clone();
-        std::thread::spawn(move || aya::Btf::parse(&data, aya::Endianness::default()))
-    };
     let tracefs = tracefs::locate()?;
     let tps = read_tracepoints(&tracefs)?;
     let mut cfg = Config::empty();
     layout::tracepoint_config(&tps, &mut cfg)?;
-    let btf = Btf::parse(btf_data)?;
+    let btf = Btf::from_sys_fs()?;
     layout::struct_config(&btf, &mut cfg)?;
     let info = KernelInfo {
         reasons: layout::reason_names(&tps.send_reset, Some(&btf)),
@@ -291,13 +284,9 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     // sock_diag, on another core while the other programs load (on a host with many
     // processes it is the longest step of start-up).
     let existing = std::thread::spawn(crate::owners::existing);
-    // aya's BTF parse, for the BTF tracepoints. Without it (a BTF aya cannot read), the
+    // The BTF aya loads the BTF tracepoints with (see btf/for_aya.rs). Without it, the
     // record-based tracepoints still work.
-    let aya_btf = match aya_btf.join() {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => Err(anyhow!("aya cannot parse vmlinux BTF: {e}")),
-        Err(_) => Err(anyhow!("aya's vmlinux BTF parse panicked")),
-    };
+    let aya_btf = btf.for_aya(&["tcp_send_reset", "tcp_receive_reset"]);
     let resets = attach_resets(&mut ebpf, aya_btf.as_ref().ok(), notes)?;
     if let Err(e) = &aya_btf {
         notes.note(&format!("record-based reset tracepoints: {e:#}"));

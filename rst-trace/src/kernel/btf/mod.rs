@@ -4,11 +4,12 @@
 //!
 //! Format: Documentation/bpf/btf.rst (header, type section, string section).
 
+mod for_aya;
 mod parse;
 #[cfg(test)]
 mod tests;
 
-use std::{ops::Range, sync::Arc};
+use std::ops::Range;
 
 use anyhow::{Result, anyhow, bail};
 use parse::{
@@ -29,7 +30,7 @@ struct Member {
 /// the parse's time.
 pub struct Btf {
     /// The whole file.
-    data: Arc<Vec<u8>>,
+    data: Vec<u8>,
     /// The type and string sections' places in `data`.
     types: Range<usize>,
     strs: Range<usize>,
@@ -55,10 +56,10 @@ fn c_str(strs: &[u8], off: u32) -> &[u8] {
     &s[..memchr::memchr(0, s).unwrap_or(s.len())]
 }
 
-/// vmlinux BTF's bytes, read once for both parses (ours and aya's).
-pub fn read_sys_fs() -> Result<Arc<Vec<u8>>> {
+/// vmlinux BTF's bytes.
+fn read_sys_fs() -> Result<Vec<u8>> {
     let path = "/sys/kernel/btf/vmlinux";
-    std::fs::read(path).map(Arc::new).map_err(|e| {
+    std::fs::read(path).map_err(|e| {
         anyhow!(
             "cannot read {path} ({e}): rst-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
         )
@@ -66,8 +67,6 @@ pub fn read_sys_fs() -> Result<Arc<Vec<u8>>> {
 }
 
 impl Btf {
-    /// For tests: start-up reads the file once for both parses ([`read_sys_fs`]).
-    #[cfg(test)]
     pub fn from_sys_fs() -> Result<Self> {
         Self::parse(read_sys_fs()?)
     }

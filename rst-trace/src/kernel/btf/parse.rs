@@ -76,7 +76,7 @@ impl Header {
 
 impl Btf {
     /// Parses `data`, the whole BTF file, which the result keeps.
-    pub fn parse(data: std::sync::Arc<Vec<u8>>) -> Result<Self> {
+    pub fn parse(data: Vec<u8>) -> Result<Self> {
         let d = data.as_slice();
         if d.len() < 24 || u16::from_le_bytes([d[0], d[1]]) != BTF_MAGIC {
             bail!("not little-endian BTF data");
