@@ -167,6 +167,6 @@ pub(super) fn print_row(name: &str, r: &Row) {
 /// What the columns mean.
 pub(super) fn print_legend() {
     println!(
-        "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss0/rss1/peak = MiB of RSS once attached, after the storm, and at\nits peak (VmHWM: BTF parsing at start-up); attach = spawn to readiness line; reset ns = BPF run time per run of\na reset program; all ns/ev = run time of all rst-trace BPF programs (owner tracking, transmit hook)\nper captured event; app ns = run time of the sys_exit hook (failing application calls; before 6.3\nonly, - from 6.3, where the socket layer shows them) per system call. All from kernel.bpf_stats_enabled, in one extra traced round with it on."
+        "\ncaptured/generated counts events (2 per reset); lost = reported by rst-trace; cpu s/1M = rst-trace\nCPU seconds per million events; rss0/rss1/peak = MiB of RSS once attached, after the storm, and at\nits peak (VmHWM); attach = spawn to readiness line; reset ns = BPF run time per run of\na reset program; all ns/ev = run time of all rst-trace BPF programs (owner tracking, transmit hook)\nper captured event; app ns = run time of the sys_exit hook (failing application calls; before 6.3\nonly, - from 6.3, where the socket layer shows them) per system call. All from kernel.bpf_stats_enabled, in one extra traced round with it on."
     );
 }

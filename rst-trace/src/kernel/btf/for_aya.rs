@@ -90,5 +90,13 @@ mod tests {
             );
             assert_eq!(want.is_some(), tp != "no_such_tracepoint", "{name}");
         }
+        // None found: an empty BTF, in which aya finds nothing (the reset programs then fall
+        // back to the record-based tracepoints).
+        let empty = ours.for_aya(&["no_such_tracepoint"]).unwrap();
+        assert!(
+            empty
+                .id_by_type_name_kind("btf_trace_no_such_tracepoint", BtfKind::Typedef)
+                .is_err()
+        );
     }
 }
