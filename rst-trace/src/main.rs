@@ -318,7 +318,9 @@ async fn run(settings: Settings) -> Result<()> {
             eprintln!("{l}");
         }
     }
-    finish(&mut st, &tracer, count_in_kernel)
+    let done = finish(&mut st, &tracer, count_in_kernel);
+    kernel::detach_record_links();
+    done
 }
 
 /// The kernel's per-program accounting, when the cost is asked for; said on stderr if it

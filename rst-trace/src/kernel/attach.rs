@@ -1,12 +1,15 @@
 //! Attaching the programs to their tracepoints: owner hooks, then the reset programs (the
 //! first kind that loads).
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{Mutex, PoisonError},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint, trace_point::TracePointLink},
 };
 use rst_trace_common::{
     Config, OFF_NONE, PROG_DESTROY_SOCK, PROG_DESTROY_SOCK_RAW, PROG_EXIT_ACCEPT,
@@ -235,15 +238,40 @@ where
         .try_into()?)
 }
 
+/// The record-based tracepoints' links (perf events), taken from aya: closing one waits in
+/// perf_trace_event_unreg() for tracepoint_synchronize_unregister() (~80 ms here), and closed
+/// one after another at exit (up to 6 of them) that held the exit up ~0.45 s. See
+/// [`detach_record_links`].
+static RECORD_LINKS: Mutex<Vec<TracePointLink>> = Mutex::new(Vec::new());
+
 /// Loads (once) and attaches program `prog` to tracepoint `cat:name`.
 pub(super) fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
     let p: &mut TracePoint = program(ebpf, prog)?;
     if p.fd().is_err() {
         p.load().map_err(|e| load_failure(prog, e))?;
     }
-    p.attach(cat, name)
+    let id = p
+        .attach(cat, name)
         .with_context(|| format!("attaching to tracepoint {cat}:{name}"))?;
+    // (take_link only fails for an unknown id: the link then stays with the program.)
+    if let Ok(link) = p.take_link(id) {
+        RECORD_LINKS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(link);
+    }
     Ok(())
+}
+
+/// Detaches the record-based tracepoints at once, each on a thread of its own, so that their
+/// waits for the kernel overlap (at exit: the other programs go with the process).
+pub fn detach_record_links() {
+    let links = std::mem::take(&mut *RECORD_LINKS.lock().unwrap_or_else(PoisonError::into_inner));
+    std::thread::scope(|s| {
+        for link in links {
+            s.spawn(move || drop(link));
+        }
+    });
 }
 
 /// Loads (once) and attaches raw-tracepoint program `prog` to raw tracepoint `name`: no trace

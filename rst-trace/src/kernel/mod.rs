@@ -12,6 +12,7 @@ mod load;
 mod maps;
 mod tracefs;
 
+pub use attach::detach_record_links;
 pub use cost::{ProgramCost, SelfCost, cost_lines, program_costs};
 pub use errors::{LoadFailure, Notes, first_line, print_details};
 pub use host::{check_privileges, raise_memlock};
