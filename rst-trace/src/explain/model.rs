@@ -205,10 +205,22 @@ impl Process {
     }
 }
 
-/// An endpoint in an explanation, written as `SocketAddr`'s `Display` writes it. IPv4 by hand:
-/// std writes each octet and the port through the integer formatter and `pad_integral`, and
-/// every explanation names two or three endpoints, which showed in a storm's profile (README,
-/// Reset storms).
+/// Writes an IPv4 address as std's `Display` does, piece by piece to `put`, by hand: std writes
+/// each octet through the integer formatter and `pad_integral`, and every record names two
+/// addresses and every explanation two or three, which showed in a storm's profile (README,
+/// Reset storms). The one IPv4 writer of the JSON records and the explanations.
+pub fn put_ipv4(ip: std::net::Ipv4Addr, mut put: impl FnMut(&str)) {
+    let mut num = itoa::Buffer::new();
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            put(".");
+        }
+        put(num.format(o));
+    }
+}
+
+/// An endpoint in an explanation, written as `SocketAddr`'s `Display` writes it (IPv4 by hand,
+/// see [`put_ipv4`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Ep(pub SocketAddr);
 
@@ -220,19 +232,13 @@ impl std::fmt::Display for Ep {
         // "255.255.255.255:65535"
         let mut buf = [0u8; 21];
         let mut n = 0;
-        let mut put = |bytes: &[u8]| {
-            buf[n..n + bytes.len()].copy_from_slice(bytes);
-            n += bytes.len();
+        let mut put = |s: &str| {
+            buf[n..n + s.len()].copy_from_slice(s.as_bytes());
+            n += s.len();
         };
-        let mut num = itoa::Buffer::new();
-        for (i, o) in a.ip().octets().into_iter().enumerate() {
-            if i > 0 {
-                put(b".");
-            }
-            put(num.format(o).as_bytes());
-        }
-        put(b":");
-        put(num.format(a.port()).as_bytes());
+        put_ipv4(*a.ip(), &mut put);
+        put(":");
+        put(itoa::Buffer::new().format(a.port()));
         // ASCII digits, dots and a colon.
         f.pad(std::str::from_utf8(&buf[..n]).unwrap_or_default())
     }

@@ -211,14 +211,7 @@ pub fn push_u64(out: &mut String, n: u64) {
 /// Appends an IP address: IPv4 by hand (the common case), IPv6 through `Display`.
 pub(super) fn push_ip(out: &mut String, ip: &std::net::IpAddr) {
     match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_u64(out, u64::from(*o));
-            }
-        }
+        std::net::IpAddr::V4(v4) => crate::explain::put_ipv4(*v4, |s| out.push_str(s)),
         std::net::IpAddr::V6(_) => {
             let _ = write!(out, "{ip}");
         }
@@ -251,6 +244,23 @@ mod tests {
             let mut s = String::new();
             push_u64(&mut s, n);
             assert_eq!(s, n.to_string());
+        }
+    }
+
+    #[test]
+    fn push_ip_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.9",
+            "255.255.255.255",
+            "::1",
+            "fd77::2",
+            "::ffff:10.1.2.3",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, &ip);
+            assert_eq!(s, ip.to_string());
         }
     }
 
