@@ -28,7 +28,7 @@ pub const MAP_APP_LOST: &str = "APP_LOST";
 /// process, condition and direction ([`RstEvent::count_key`]), instead of one ring record each.
 pub const MAP_COUNTS: &str = "COUNTS";
 /// Entries of [`MAP_COUNTS`] with `--summary --quiet` (1 otherwise, set at load: it is never
-/// written then, and a preallocated per-CPU map of this size takes ~1 ms to create).
+/// written then, and creating a preallocated per-CPU map of this size is a start-up cost).
 pub const COUNTS_MAX_ENTRIES: u32 = 4096;
 /// Per-CPU count of failed inserts into the socket, TIME_WAIT and closing-listener maps (LRU
 /// maps evict rather than fail, so this stays 0 but for a kernel out of memory).

@@ -239,8 +239,8 @@ where
 }
 
 /// The record-based tracepoints' links (perf events), taken from aya: closing one waits in
-/// perf_trace_event_unreg() for tracepoint_synchronize_unregister() (~80 ms here), and closed
-/// one after another at exit (up to 6 of them) that held the exit up ~0.45 s. See
+/// perf_trace_event_unreg() for tracepoint_synchronize_unregister(), and closed one after
+/// another at exit (up to 6 of them) those waits added up (README, Start-up). See
 /// [`detach_record_links`].
 static RECORD_LINKS: Mutex<Vec<TracePointLink>> = Mutex::new(Vec::new());
 

@@ -2,10 +2,11 @@
 //!
 //! All that aya's `BtfTracePoint::load(name, btf)` takes from vmlinux BTF is the type id of the
 //! typedef `btf_trace_<name>`, which it passes to the kernel as `attach_btf_id` (the kernel
-//! checks the program against its own BTF). aya finds it by parsing the whole of vmlinux BTF:
-//! ~15 ms of CPU (25-35 with musl's allocator, whose lock the start-up's main thread then waits
-//! on) and ~10 MiB, for one number each. So it gets a BTF of its own instead: the typedefs at
-//! the ids our reader found, every other id a bare `void *`.
+//! checks the program against its own BTF). aya finds it by parsing the whole of vmlinux BTF,
+//! which was most of the start-up's CPU and its peak memory (more so with musl's allocator,
+//! whose lock the main thread then waited on; README, Start-up), for one number each. So it
+//! gets a BTF of its own instead: the typedefs at the ids our reader found, every other id a
+//! bare `void *`.
 
 use anyhow::{Context as _, Result};
 
