@@ -53,7 +53,7 @@ impl Btf {
 }
 
 /// A BTF file: the header, the type section, the string section.
-fn blob(types: &[u8], strs: &[u8]) -> Vec<u8> {
+pub(super) fn blob(types: &[u8], strs: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(24 + types.len() + strs.len());
     out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
     out.extend_from_slice(&[1, 0]); // version, flags

@@ -13,8 +13,8 @@ use std::ops::Range;
 
 use anyhow::{Result, anyhow, bail};
 use parse::{
-    HEADER_LEN, Header, KIND_CONST, KIND_ENUM, KIND_ENUM64, KIND_FUNC_PROTO, KIND_PTR,
-    KIND_RESTRICT, KIND_STRUCT, KIND_TYPE_TAG, KIND_TYPEDEF, KIND_UNION, KIND_VOLATILE, u32_at,
+    Header, KIND_CONST, KIND_ENUM, KIND_ENUM64, KIND_FUNC_PROTO, KIND_PTR, KIND_RESTRICT,
+    KIND_STRUCT, KIND_TYPE_TAG, KIND_TYPEDEF, KIND_UNION, KIND_VOLATILE, MEMBER_LEN, u32_at,
 };
 
 /// A struct or union member.
@@ -111,7 +111,7 @@ impl Btf {
         let sec = self.types_sec();
         let (body, kind_flag) = (h.body, h.kind_flag);
         Some((0..h.vlen).map_while(move |i| {
-            let at = body + i * HEADER_LEN;
+            let at = body + i * MEMBER_LEN;
             let off = u32_at(sec, at + 8)?;
             Some(Member {
                 name: u32_at(sec, at)?,
@@ -207,8 +207,7 @@ impl Btf {
     /// How many arguments tracepoint `name` passes to a BTF tracepoint program (the prototype's
     /// parameters after the leading `void *`), or None if the kernel has no such tracepoint.
     pub fn tracepoint_args(&self, name: &str) -> Option<u32> {
-        let id = self.ids_named(&format!("btf_trace_{name}")).next()?;
-        let typedef = self.header(id).filter(|h| h.kind == KIND_TYPEDEF)?;
+        let typedef = self.header(self.tracepoint_typedef(name)?)?;
         let ptr = self
             .resolve(typedef.size_or_type)
             .filter(|h| h.kind == KIND_PTR)?;

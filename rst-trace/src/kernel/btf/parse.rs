@@ -29,6 +29,8 @@ pub const KIND_ENUM64: u32 = 19;
 
 /// Every type starts with `struct btf_type`: name_off, info, size_or_type.
 pub const HEADER_LEN: usize = 12;
+/// A struct's or union's `struct btf_member`: name_off, type, offset.
+pub const MEMBER_LEN: usize = 12;
 
 pub fn u32_at(data: &[u8], off: usize) -> Option<u32> {
     let b = data.get(off..off.checked_add(4)?)?;
@@ -67,7 +69,8 @@ impl Header {
             KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
             | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
             KIND_ARRAY => 12,
-            KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * self.vlen,
+            KIND_STRUCT | KIND_UNION => MEMBER_LEN * self.vlen,
+            KIND_DATASEC | KIND_ENUM64 => 12 * self.vlen,
             KIND_ENUM | KIND_FUNC_PROTO => 8 * self.vlen,
             other => bail!("unknown BTF kind {other}"),
         })

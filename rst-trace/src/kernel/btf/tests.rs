@@ -57,16 +57,7 @@ impl Blob {
     }
 
     fn bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
-        out.extend_from_slice(&[1, 0]);
-        let len = self.types.len() as u32;
-        for w in [24, 0, len, len, self.strs.len() as u32] {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-        out.extend_from_slice(&self.types);
-        out.extend_from_slice(&self.strs);
-        out
+        super::for_aya::blob(&self.types, &self.strs)
     }
 }
 
