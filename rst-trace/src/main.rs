@@ -113,7 +113,7 @@ fn start(settings: &Settings) -> Result<(Tracer, Ring)> {
         verbose: settings.verbose,
     };
     let mut tracer = kernel::load(&settings.filter, settings.ring_size, settings.hooks, notes)?;
-    // The start-up's BTF buffers (vmlinux BTF, ~6 MiB here, and aya's parse of the BTF built
+    // The start-up's BTF buffers (the whole of vmlinux BTF, and aya's parse of the BTF built
     // for it) are freed; hand the memory back to the kernel, or it stays in our RSS for good.
     #[cfg(target_env = "gnu")]
     // SAFETY: no preconditions; only releases free heap pages.

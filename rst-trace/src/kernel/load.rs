@@ -226,8 +226,8 @@ fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks) -> Result<Ebpf> {
             MAP_STACKS,
             if hooks.stacks { STACKS_MAX_ENTRIES } else { 1 },
         )
-        // Preallocated maps only the kernel's configuration writes: 1 entry where they are
-        // never written (their creation is most of the object's load time).
+        // Preallocated maps only some configurations write: 1 entry where they are never
+        // written (creating a preallocated map is a start-up cost).
         .map_max_entries(
             MAP_COUNTS,
             if hooks.count_in_kernel {
