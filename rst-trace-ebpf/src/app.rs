@@ -17,7 +17,7 @@ use rst_trace_common::{
 };
 
 use crate::{
-    deliver::{count_app_lost, wake_flags},
+    deliver::{count_app_lost, wake_flags_reserved},
     maps::{EVENTS, FILTER_PIDS, FILTER_PORTS, HIDDEN_CGROUPS, SO_ERROR_CALLS, SOCKS},
     owners::{fd_sock, fill_current_task, insert_fresh},
     read::{kread, zero_words},
@@ -245,7 +245,9 @@ fn report<C: StackIdContext>(
         ev.stacks = ids;
         ev.flags |= APP_STACKS;
     }
-    entry.submit(wake_flags(core::mem::size_of::<AppErrorEvent>() as u64));
+    entry.submit(wake_flags_reserved(
+        core::mem::size_of::<AppErrorEvent>() as u64
+    ));
 }
 
 /// The remote endpoint from connect()'s `struct sockaddr_in`/`sockaddr_in6` (family, port in
