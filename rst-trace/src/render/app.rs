@@ -30,11 +30,11 @@ fn json_call(out: &mut String, e: &AppError, clock: &Clock) {
     out.push_str("\"call\":");
     json_str(out, &e.call.name());
     out.push_str(",\"fd\":");
-    out.push_str(&e.fd.to_string());
+    out.push_str(itoa::Buffer::new().format(e.fd));
     out.push_str(",\"errno\":");
     json_str(out, &e.errno.name());
     out.push_str(",\"process\":");
-    json_process(out, &Some(e.process.clone()));
+    json_process(out, Some(&e.process));
     out.push_str(",\"time\":");
     json_str(out, &rfc3339(clock.wall_ns(e.mono_ns), 9));
     out.push_str(",\"mono_ns\":");
@@ -228,7 +228,7 @@ pub fn outcome(o: &Outcome, clock: &Clock, fmt: Format) -> String {
             out.push_str("},\"waited_ns\":");
             push_u64(&mut out, *waited);
             out.push_str(",\"process\":");
-            json_process(&mut out, &p.process);
+            json_process(&mut out, p.process.as_ref());
             json_socket(
                 &mut out, p.ipv6, &p.local, &p.remote, p.state, p.netns, p.cookie,
             );

@@ -78,7 +78,7 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
     out.push_str(",\"remote\":");
     json_endpoint(out, &r.remote);
     out.push_str(",\"process\":");
-    json_process(out, &r.process);
+    json_process(out, r.process.as_ref());
     out.push_str(",\"cgroup\":");
     json_cgroup(out, r.process.as_ref());
     out.push_str(",\"container\":");
@@ -112,7 +112,7 @@ pub fn report_json_into(out: &mut String, r: &Report, clock: &Clock) {
         out.push_str(",\"linked_sent\":{\"condition\":");
         json_str(out, l.condition.as_str());
         out.push_str(",\"process\":");
-        json_process(out, &l.process);
+        json_process(out, l.process.as_ref());
         out.push_str(",\"container\":");
         json_container(out, l.process.as_ref());
         let _ = write!(out, ",\"mono_ns\":{}}}", l.mono_ns);

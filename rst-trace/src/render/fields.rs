@@ -22,7 +22,7 @@ pub(super) fn json_endpoint(out: &mut String, a: &SocketAddr) {
     out.push('}');
 }
 
-pub(super) fn json_process(out: &mut String, p: &Option<Process>) {
+pub(super) fn json_process(out: &mut String, p: Option<&Process>) {
     match p {
         Some(p) => {
             out.push_str("{\"pid\":");
