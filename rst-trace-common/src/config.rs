@@ -87,7 +87,8 @@ pub struct Config {
     pub sk_type: u16,
     /// `FILTER_*` bits.
     pub filters: u32,
-    /// Wake userspace once the ring buffer holds this many bytes (0: on every event).
+    /// Wake userspace each time the ring's unread bytes cross a multiple of this many
+    /// ([`ring_wake_crossed`](crate::ring_wake_crossed); 0: on every event).
     pub wake_bytes: u32,
     /// [`REASON_ARG`](crate::REASON_ARG) or 0.
     pub send_reason_arg: u8,

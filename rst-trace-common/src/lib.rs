@@ -10,12 +10,14 @@ mod cgroup_seen;
 mod config;
 mod event;
 mod kernel;
+mod ring;
 
 pub use app_error::*;
 pub use cgroup_seen::*;
 pub use config::Config;
 pub use event::*;
 pub use kernel::*;
+pub use ring::*;
 
 /// Ring buffer carrying [`RstEvent`]s, [`AppErrorEvent`]s and [`CgroupSeen`]s to userspace (told
 /// apart by length).

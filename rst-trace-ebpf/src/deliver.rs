@@ -6,7 +6,8 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
 };
 use rst_trace_common::{
-    ATTR_NONE, FILTER_CGROUP, FILTER_PID, FILTER_PORT, KIND_RECEIVED, RstEvent,
+    ATTR_NONE, FILTER_CGROUP, FILTER_PID, FILTER_PORT, KIND_RECEIVED, RstEvent, ring_record_len,
+    ring_wake_crossed,
 };
 
 use crate::{
@@ -144,37 +145,33 @@ fn submit(ev: &RstEvent) {
 /// The ring buffer flags for a record of `size` bytes about to be written with `output()`.
 #[inline(always)]
 pub fn wake_flags(size: u64) -> u64 {
-    let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    wake_on_crossing(avail, size)
+    let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    flags(ring_wake_crossed(
+        unread,
+        size,
+        u64::from(conf!(wake_bytes)),
+    ))
 }
 
 /// The ring buffer flags for a record of `size` bytes already reserved (the unread bytes the
 /// ring reports include it).
 #[inline(always)]
 pub fn wake_flags_reserved(size: u64) -> u64 {
-    let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    wake_on_crossing(avail.saturating_sub(ring_len(size)), size)
+    let unread = EVENTS
+        .query(u64::from(BPF_RB_AVAIL_DATA))
+        .saturating_sub(ring_record_len(size));
+    flags(ring_wake_crossed(
+        unread,
+        size,
+        u64::from(conf!(wake_bytes)),
+    ))
 }
 
-/// The bytes a record of `size` takes in the ring: an 8-byte header, 8-byte aligned
-/// (BPF_RINGBUF_HDR_SZ, kernel/bpf/ringbuf.c).
+/// Wake only as [`ring_wake_crossed`] says; userspace also drains on a short timer, so a lone
+/// event still shows promptly.
 #[inline(always)]
-fn ring_len(size: u64) -> u64 {
-    (size + 8 + 7) & !7
-}
-
-/// Do not wake userspace for every event (a reset storm would cost a wakeup each): wake it each
-/// time the unread bytes cross a multiple of `wake_bytes`; userspace also drains on a short
-/// timer, so a lone event still shows promptly.
-///
-/// Only the records that cross wake it: a wakeup is an irq_work, a self-IPI (a VM exit under a
-/// hypervisor), and while userspace is behind it is awake and draining anyway. Every multiple,
-/// not only the first: two CPUs that read the unread bytes at once can both miss a crossing,
-/// and a ring past its only wake point would then wait for the timer while it fills.
-#[inline(always)]
-fn wake_on_crossing(avail_before: u64, size: u64) -> u64 {
-    let wake = u64::from(conf!(wake_bytes));
-    if wake == 0 || avail_before / wake != (avail_before + ring_len(size)) / wake {
+fn flags(wake: bool) -> u64 {
+    if wake {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
