@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     Btf,
-    parse::{KIND_PTR, KIND_TYPEDEF},
+    parse::{HEADER_LEN, KIND_PTR, KIND_TYPEDEF},
 };
 
 impl Btf {
@@ -36,7 +36,7 @@ impl Btf {
             strs.extend_from_slice(name.as_bytes());
             strs.push(0);
         }
-        let mut types = Vec::with_capacity(last as usize * 12);
+        let mut types = Vec::with_capacity(last as usize * HEADER_LEN);
         for id in 1..=last {
             let (kind, name) = match named.iter().find(|&&(i, _)| i == id) {
                 Some(&(_, name)) => (KIND_TYPEDEF, name),
