@@ -145,33 +145,22 @@ fn submit(ev: &RstEvent) {
 /// The ring buffer flags for a record of `size` bytes about to be written with `output()`.
 #[inline(always)]
 pub fn wake_flags(size: u64) -> u64 {
-    let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    flags(ring_wake_crossed(
-        unread,
-        size,
-        u64::from(conf!(wake_bytes)),
-    ))
+    flags_after(EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)), size)
 }
 
 /// The ring buffer flags for a record of `size` bytes already reserved (the unread bytes the
 /// ring reports include it).
 #[inline(always)]
 pub fn wake_flags_reserved(size: u64) -> u64 {
-    let unread = EVENTS
-        .query(u64::from(BPF_RB_AVAIL_DATA))
-        .saturating_sub(ring_record_len(size));
-    flags(ring_wake_crossed(
-        unread,
-        size,
-        u64::from(conf!(wake_bytes)),
-    ))
+    let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    flags_after(unread.saturating_sub(ring_record_len(size)), size)
 }
 
 /// Wake only as [`ring_wake_crossed`] says; userspace also drains on a short timer, so a lone
 /// event still shows promptly.
 #[inline(always)]
-fn flags(wake: bool) -> u64 {
-    if wake {
+fn flags_after(unread_before: u64, size: u64) -> u64 {
+    if ring_wake_crossed(unread_before, size, u64::from(conf!(wake_bytes))) {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
