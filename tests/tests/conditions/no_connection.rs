@@ -1,6 +1,11 @@
 //! Segments that find no connection (forgotten, TIME_WAIT, given up): the kernel answers RST.
 
-use rst_trace_tests::{Peer, Scenario, assert_only, assert_reason, received, s, sent};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use rst_trace_tests::{Netns, Peer, Scenario, assert_only, assert_reason, received, s, sent};
 
 use crate::{assert_no_process, assert_process};
 
@@ -112,16 +117,31 @@ fn segment_to_time_wait() {
         ],
     );
     server.expect("listening");
-    // The client closes first; with the server's ACK its orphan becomes a FIN_WAIT2
-    // TIME_WAIT mini-socket; the server's later data gets an RST from it.
-    let client = Peer::spawn(
+    // The client finishes first: its FIN, the server's ACK (FIN_WAIT2), then close(), which
+    // turns the FIN_WAIT2 socket into a TIME_WAIT mini-socket; the server's later data gets an
+    // RST from it. Not close() alone: an ACK of its FIN that waits in the socket's backlog
+    // until close() releases it leaves a full FIN_WAIT2 orphan for tcp_fin_timeout
+    // (tcp_rcv_state_process(): "th->fin || sock_owned_by_user(sk)"), and the data then gets
+    // an RST from that (data_after_close; seen once under TCG, where the ACK came late).
+    let mut client = Peer::spawn(
         &ns,
         "rstt-client",
-        &[&format!("connect={bind}"), "close", "say=closed", "hold"],
+        &[
+            &format!("connect={bind}"),
+            "shutdown=wr",
+            "say=shut",
+            "wait",
+            "close",
+            "say=closed",
+            "hold",
+        ],
     );
-    client.expect("closed");
+    client.expect("shut");
     server.expect("eof");
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    wait_tcp(&ns, "in FIN_WAIT2 with its fd open", held_fin_wait2);
+    client.go();
+    client.expect("closed");
+    wait_tcp(&ns, "in TIME_WAIT", time_wait);
     server.go();
     server.expect("errno EPIPE");
     let v = sent(&t, &ns, "time_wait_segment");
@@ -181,4 +201,41 @@ fn stale_synack_after_connect_timeout() {
     assert_eq!(s(&v, "detail.incoming_flags"), "SYN|ACK");
     assert_eq!(s(&v, "remote.port"), 21030);
     assert_reason(&v, "NO_SOCKET");
+}
+
+/// A full socket in FIN_WAIT2 (`st` 05, include/net/tcp_states.h) that a process still holds
+/// (an inode), in a /proc/net/tcp line split on whitespace.
+fn held_fin_wait2(f: &[&str]) -> bool {
+    f.get(3) == Some(&"05") && f.get(9).is_some_and(|inode| *inode != "0")
+}
+
+/// A TIME_WAIT mini-socket: get_timewait4_sock() prints timer 3 (and its substate as `st`,
+/// FIN_WAIT2 for one made by tcp_close() from FIN_WAIT2).
+fn time_wait(f: &[&str]) -> bool {
+    f.get(5).is_some_and(|tr| tr.starts_with("03:"))
+}
+
+/// Waits until a TCP socket of `ns` is `what`, as `test` tells from its /proc/net/tcp line;
+/// fails after 10 s with what the table held.
+fn wait_tcp(ns: &Netns, what: &str, test: fn(&[&str]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "cat", "/proc/net/tcp"])
+            .output()
+            .expect("ip netns exec cat /proc/net/tcp");
+        let table = String::from_utf8_lossy(&out.stdout);
+        if table.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            test(&f)
+        }) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TCP socket {what} in {} after 10 s:\n{table}",
+            ns.name
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
