@@ -2,15 +2,13 @@
 //! that caused them when both ends are on this host (the link history), and dropped when they
 //! are this host's own abort (the self-abort of data_after_close and fin_wait2_abort).
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, net::SocketAddr};
 
 use rst_trace_common::{RstEvent, self_abort_state};
 
 use crate::{
     explain::{self, Condition, Direction, Linked, Report, Sentences, cond},
+    hashing::{FastMap, take_if},
     kernel::KernelInfo,
 };
 
@@ -20,66 +18,8 @@ pub struct History {
     /// Recent sent resets by (local, remote), to link a received reset to its local sender
     /// (loopback, another namespace); the queue gives the age order for expiry. O(1) per event,
     /// which matters in a reset storm.
-    by_tuple: HashMap<(SocketAddr, SocketAddr), Linked, TupleHash>,
+    by_tuple: FastMap<(SocketAddr, SocketAddr), Linked>,
     order: VecDeque<(SocketAddr, SocketAddr, u64)>,
-}
-
-/// Hashes a (local, remote) pair in one pass over a packed copy, with a per-run random key:
-/// the default SipHash over `SocketAddr`'s many small writes was a tenth of the CPU rst-trace
-/// spends per event. The key keeps peers from choosing colliding tuples on purpose.
-#[derive(Clone, Copy)]
-struct TupleHash(u64);
-
-impl Default for TupleHash {
-    fn default() -> Self {
-        use std::hash::BuildHasher as _;
-        Self(std::collections::hash_map::RandomState::new().hash_one(0u8) | 1)
-    }
-}
-
-impl std::hash::BuildHasher for TupleHash {
-    type Hasher = TupleHasher;
-    fn build_hasher(&self) -> TupleHasher {
-        TupleHasher(self.0)
-    }
-}
-
-struct TupleHasher(u64);
-
-impl std::hash::Hasher for TupleHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(w));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        // A multiply-xorshift round (as in wyhash/foldhash) per word, keyed by the seed.
-        let m = u128::from(self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-        self.0 = (m as u64) ^ ((m >> 64) as u64);
-    }
-
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_u16(&mut self, v: u16) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 /// How long a sent reset stays linkable to a received one.
@@ -117,9 +57,7 @@ impl History {
             if self.order.len() >= LINK_MAX || r.mono_ns.saturating_sub(t) > LINK_WINDOW_NS {
                 self.order.pop_front();
                 // Only if no newer reset on the same tuple replaced it.
-                if self.by_tuple.get(&(l, rm)).is_some_and(|x| x.mono_ns == t) {
-                    self.by_tuple.remove(&(l, rm));
-                }
+                take_if(&mut self.by_tuple, (l, rm), |x| x.mono_ns == t);
             } else {
                 break;
             }

@@ -11,6 +11,7 @@ mod correlate;
 mod enrich;
 mod explain;
 mod filter;
+mod hashing;
 mod identity;
 mod kernel;
 mod otlp;

@@ -4,12 +4,15 @@
 //! time; a reset no call notices within [`NOTICE_WINDOW_NS`] is said to be not (yet) noticed.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{VecDeque, hash_map::Entry},
     net::SocketAddr,
 };
 
 use super::AppError;
-use crate::explain::{AppNotice, Condition, Direction, Process, Report, cond};
+use crate::{
+    explain::{AppNotice, Condition, Direction, Process, Report, cond},
+    hashing::{FastMap, take_if},
+};
 
 /// How long after a reset its application has to notice it (a failing call on the socket)
 /// before rst-trace says it has not yet: a request/response client notices at once, a pooled
@@ -77,12 +80,12 @@ pub enum Outcome {
 pub struct Noticing {
     /// Calls waiting for their reset, by socket, with their arrival order: (socket, the call's
     /// kernel time, when userspace read it).
-    early: HashMap<Sock, AppError>,
+    early: FastMap<Sock, AppError>,
     early_order: VecDeque<(Sock, u64, u64)>,
     /// Resets waiting for their call, by socket; `order` in reset time, `late` those announced
     /// as not noticed. (The queues may hold entries already joined: they are skipped, and
     /// compacted once they outgrow the maps.)
-    pending: HashMap<Sock, Pending>,
+    pending: FastMap<Sock, Pending>,
     order: VecDeque<(Sock, u64)>,
     late: VecDeque<(Sock, u64)>,
     /// Resets forgotten before a call noticed them, [`PENDING_MAX`] being reached.
@@ -128,12 +131,7 @@ impl Noticing {
     /// A failing call arrived (read by userspace at `now`, monotonic ns).
     pub fn app_error(&mut self, e: AppError, now: u64, out: &mut Vec<Outcome>) {
         let k = key(e.skaddr, e.cookie);
-        if self
-            .pending
-            .get(&k)
-            .is_some_and(|p| e.mono_ns >= p.reset_mono_ns)
-            && let Some(reset) = self.pending.remove(&k)
-        {
+        if let Some(reset) = take_if(&mut self.pending, k, |p| e.mono_ns >= p.reset_mono_ns) {
             let delay_ns = e.mono_ns - reset.reset_mono_ns;
             out.push(Outcome::Joined(Joined {
                 error: e,
@@ -143,12 +141,20 @@ impl Noticing {
             return;
         }
         // Its reset may still be on its way.
-        if self.early.len() >= EARLY_MAX || self.early.contains_key(&k) {
+        if self.early.len() >= EARLY_MAX {
             out.push(Outcome::Alone(e));
             return;
         }
-        self.early_order.push_back((k, e.mono_ns, now));
-        self.early.insert(k, e);
+        match self.early.entry(k) {
+            Entry::Occupied(_) => {
+                out.push(Outcome::Alone(e));
+                return;
+            }
+            Entry::Vacant(v) => {
+                self.early_order.push_back((k, e.mono_ns, now));
+                v.insert(e);
+            }
+        }
         if self.early_order.len() > 2 * EARLY_MAX {
             let early = &self.early;
             self.early_order
@@ -166,15 +172,12 @@ impl Noticing {
             return;
         }
         let k = key(r.skaddr, r.socket_cookie);
-        if let Some(e) = self.early.remove(&k) {
-            // A call before the reset is not its consequence (an earlier failure on the
-            // socket): it stays on its own, and the delay is never negative.
-            if e.mono_ns >= r.mono_ns {
-                let delay_ns = e.mono_ns - r.mono_ns;
-                r.app_notice = Some(Box::new(AppNotice { error: e, delay_ns }));
-                return;
-            }
-            self.early.insert(k, e);
+        // A call before the reset is not its consequence (an earlier failure on the socket):
+        // it stays on its own, and the delay is never negative.
+        if let Some(e) = take_if(&mut self.early, k, |e| e.mono_ns >= r.mono_ns) {
+            let delay_ns = e.mono_ns - r.mono_ns;
+            r.app_notice = Some(Box::new(AppNotice { error: e, delay_ns }));
+            return;
         }
         while self.pending.len() >= PENDING_MAX {
             let Some((k, t)) = self.order.pop_front().or_else(|| self.late.pop_front()) else {
@@ -211,11 +214,7 @@ impl Noticing {
 
     /// Removes `k`'s pending reset if it is the one of time `t`; true if it was.
     fn forget(&mut self, k: Sock, t: u64) -> bool {
-        if self.pending.get(&k).is_some_and(|p| p.reset_mono_ns == t) {
-            self.pending.remove(&k);
-            return true;
-        }
-        false
+        take_if(&mut self.pending, k, |p| p.reset_mono_ns == t).is_some()
     }
 
     /// Time passes (`now`, monotonic ns): calls that waited long enough for a reset stand alone,
@@ -227,9 +226,7 @@ impl Noticing {
                 break;
             }
             self.early_order.pop_front();
-            if self.early.get(&k).is_some_and(|e| e.mono_ns == t)
-                && let Some(e) = self.early.remove(&k)
-            {
+            if let Some(e) = take_if(&mut self.early, k, |e| e.mono_ns == t) {
                 out.push(Outcome::Alone(e));
             }
         }
