@@ -203,9 +203,12 @@ fn report<C: StackIdContext>(
     flags: u32,
     connect_addr: u64,
 ) {
-    if !caller_wanted() || !first_failure(sk) {
+    if !caller_wanted() {
         return;
     }
+    let Some(prev_state) = first_failure(sk) else {
+        return;
+    };
     let Some(mut entry) = EVENTS.reserve::<AppErrorEvent>(0) else {
         count_app_lost();
         return;
@@ -226,6 +229,10 @@ fn report<C: StackIdContext>(
     ev.flags = flags;
     fill_current_task(&mut ev.task);
     socket_facts(sk, ev);
+    if prev_state != 0 {
+        ev.prev_state = prev_state;
+        ev.flags |= APP_PREV_STATE;
+    }
     if ev.remote_port == 0 && connect_addr != 0 {
         asked_address(connect_addr, ev);
     }
@@ -269,21 +276,22 @@ fn asked_address(uaddr: u64, ev: &mut AppErrorEvent) {
     }
 }
 
-/// Marks `sk` as having had its failure reported; false if it already had.
+/// Marks `sk` as having had its failure reported: `None` if it already had, else the state
+/// the socket left for CLOSE (0 if not known), read from the same map entry.
 #[inline(always)]
-fn first_failure(sk: u64) -> bool {
+fn first_failure(sk: u64) -> Option<u8> {
     match SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a map value pointer, valid for this program run.
         Some(info) => unsafe {
             if (*info).flags & SOCK_APP_ERROR_SEEN != 0 {
-                return false;
+                return None;
             }
             (*info).flags |= SOCK_APP_ERROR_SEEN;
-            true
+            Some((*info).close_prev_state)
         },
         None => {
             insert_fresh(sk, |info| info.flags = SOCK_APP_ERROR_SEEN);
-            true
+            Some(0)
         }
     }
 }
@@ -321,8 +329,8 @@ fn ports(sk: u64) -> (u16, u16) {
     (local, remote)
 }
 
-/// Endpoints, state, cookie, netns, the state it left for CLOSE and the user timeout. Read
-/// field by field: this runs only for a failing call.
+/// Endpoints, state, cookie, netns and the user timeout. Read field by field: this runs only
+/// for a failing call.
 #[inline(always)]
 fn socket_facts(sk: u64, ev: &mut AppErrorEvent) {
     (ev.local_port, ev.remote_port) = ports(sk);
@@ -346,13 +354,6 @@ fn socket_facts(sk: u64, ev: &mut AppErrorEvent) {
     ev.netns = kread::<u64>(sk, conf!(sk_net))
         .and_then(|net| kread::<u32>(net, conf!(net_inum)))
         .unwrap_or(0);
-    // SAFETY: the value is copied out at once.
-    if let Some(info) = unsafe { SOCKS.get(&sk) }
-        && info.close_prev_state != 0
-    {
-        ev.prev_state = info.close_prev_state;
-        ev.flags |= APP_PREV_STATE;
-    }
     if ev.errno == ETIMEDOUT
         && let Some(ms) = kread::<u32>(sk, conf!(icsk_user_timeout))
     {
