@@ -77,7 +77,7 @@ impl Filter {
             && !r
                 .process
                 .as_ref()
-                .is_some_and(|p| self.comms.contains(&p.comm))
+                .is_some_and(|p| self.comms.contains(&*p.comm))
         {
             return false;
         }
@@ -110,7 +110,7 @@ impl Filter {
             return false;
         }
         (self.pids.is_empty() || self.pids.contains(&e.process.pid))
-            && (self.comms.is_empty() || self.comms.contains(&e.process.comm))
+            && (self.comms.is_empty() || self.comms.contains(&*e.process.comm))
     }
 
     pub fn describe(&self) -> String {

@@ -173,7 +173,7 @@ pub struct Process {
     pub pid: u32,
     pub tid: u32,
     /// The process's name: its thread-group leader's comm.
-    pub comm: String,
+    pub comm: std::sync::Arc<str>,
     /// The acting thread's own name, when it differs from `comm`.
     pub thread: Option<String>,
     pub uid: u32,
@@ -183,21 +183,23 @@ pub struct Process {
     pub identity: Option<std::sync::Arc<crate::identity::Identity>>,
 }
 
-/// A NUL-padded kernel comm as a string.
-fn comm_str(c: &[u8; 16]) -> String {
+/// A NUL-padded kernel comm's bytes.
+fn comm_bytes(c: &[u8; 16]) -> &[u8] {
     let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-    String::from_utf8_lossy(&c[..end]).into_owned()
+    &c[..end]
 }
 
 impl Process {
     pub fn from_task(t: &Task) -> Self {
-        let comm = comm_str(&t.comm);
-        let thread = comm_str(&t.thread);
+        // Compared as bytes first: the thread's name is the process's in most events, and
+        // is then not allocated at all.
+        let (comm, thread) = (comm_bytes(&t.comm), comm_bytes(&t.thread));
         Self {
             pid: t.pid,
             tid: t.tid,
-            thread: (!thread.is_empty() && thread != comm).then_some(thread),
-            comm,
+            thread: (!thread.is_empty() && thread != comm)
+                .then(|| String::from_utf8_lossy(thread).into_owned()),
+            comm: String::from_utf8_lossy(comm).into(),
             uid: t.uid,
             cgroup: t.cgroup,
             identity: None,

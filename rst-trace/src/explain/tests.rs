@@ -378,5 +378,5 @@ fn received_reset_links_to_local_sender() {
     assert_eq!(r.process, None);
     let l = r.linked.unwrap();
     assert_eq!(l.condition, cond::CLOSE_WITH_UNREAD_DATA);
-    assert_eq!(l.process.unwrap().comm, "server");
+    assert_eq!(&*l.process.unwrap().comm, "server");
 }

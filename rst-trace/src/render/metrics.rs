@@ -163,7 +163,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn record(&mut self, r: &Report) {
-        let comm = r.process.as_ref().map_or("-", |p| p.comm.as_str());
+        let comm = r.process.as_ref().map_or("-", |p| &*p.comm);
         let container = r
             .process
             .as_ref()
