@@ -311,6 +311,10 @@ mod tests {
             for pos in 0..20 {
                 let mut v: String = "x".repeat(pos);
                 v.push(special);
+                // Last in the string, too.
+                let mut s = String::new();
+                json_str(&mut s, &v);
+                assert_eq!(s, serde_json::to_string(&v).unwrap(), "{v:?}");
                 v.push_str("tail text é");
                 let mut s = String::new();
                 json_str(&mut s, &v);
