@@ -12,15 +12,16 @@ use aya_ebpf::{
 };
 use rst_trace_common::{
     AF_INET, AF_INET6, APP_PREV_STATE, APP_SO_ERROR, APP_STACKS, APP_USER_TIMEOUT, AppErrorEvent,
-    ETIMEDOUT, FILTER_CGROUP, FILTER_PID, FILTER_PORT, IPPROTO_TCP, OFF_NONE, SOCK_APP_ERROR_SEEN,
-    SOCK_CALLS_BITS, failing_ret,
+    ETIMEDOUT, FILTER_CGROUP, FILTER_PID, FILTER_PORT, IPPROTO_TCP, OFF_NONE, SKC_WINDOW,
+    SOCK_APP_ERROR_SEEN, SOCK_CALLS_BITS, failing_ret,
 };
 
 use crate::{
     deliver::{count_app_lost, wake_flags_reserved},
-    maps::{EVENTS, FILTER_PIDS, FILTER_PORTS, HIDDEN_CGROUPS, SO_ERROR_CALLS, SOCKS},
+    maps::{EVENTS, FILTER_PIDS, FILTER_PORTS, HIDDEN_CGROUPS, SO_ERROR_CALLS, SOCKS, Window},
     owners::{fd_sock, fill_current_task, insert_fresh},
     read::{kread, zero_words},
+    sock::{Endpoints, put16, skc, window_endpoints},
     stacks,
 };
 
@@ -214,8 +215,10 @@ fn report<C: StackIdContext>(
         return;
     };
     let ev = entry.as_mut_ptr();
-    // SAFETY: an exclusive, 8-aligned reservation of the record's size; zeroed (every field is
-    // an integer), then filled.
+    // SAFETY: an exclusive, 8-aligned reservation of the record's size, which holds a window
+    // (asserted below); then zeroed (every field is an integer) and filled.
+    let facts = unsafe { socket_facts(ev.cast::<Window>(), sk) };
+    // SAFETY: as above.
     let ev = unsafe {
         zero_words(ev);
         &mut *ev
@@ -228,7 +231,19 @@ fn report<C: StackIdContext>(
     ev.fd = fd as i32;
     ev.flags = flags;
     fill_current_task(&mut ev.task);
-    socket_facts(sk, ev);
+    ev.family = facts.ends.family;
+    (ev.local_port, ev.remote_port) = (facts.ends.local_port, facts.ends.remote_port);
+    put16(&mut ev.local_addr, facts.ends.local);
+    put16(&mut ev.remote_addr, facts.ends.remote);
+    ev.state = facts.state;
+    ev.cookie = facts.cookie;
+    ev.netns = kread::<u32>(facts.net, conf!(net_inum)).unwrap_or(0);
+    if ev.errno == ETIMEDOUT
+        && let Some(ms) = kread::<u32>(sk, conf!(icsk_user_timeout))
+    {
+        ev.user_timeout_ms = ms;
+        ev.flags |= APP_USER_TIMEOUT;
+    }
     if prev_state != 0 {
         ev.prev_state = prev_state;
         ev.flags |= APP_PREV_STATE;
@@ -317,54 +332,38 @@ fn caller_wanted() -> bool {
     true
 }
 
-/// Local and remote port, host order. A dead socket has released its port (skc_num 0):
-/// inet_sport keeps it.
-#[inline(always)]
-fn ports(sk: u64) -> (u16, u16) {
-    let mut local = kread::<u16>(sk, conf!(sk_num)).unwrap_or(0);
-    if local == 0 {
-        local = u16::from_be(kread::<u16>(sk, conf!(inet_sport)).unwrap_or(0));
-    }
-    let remote = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
-    (local, remote)
+/// What the record takes from the socket's `sock_common`.
+struct SockFacts {
+    ends: Endpoints,
+    state: u8,
+    cookie: u64,
+    net: u64,
 }
 
-/// Endpoints, state, cookie, netns and the user timeout. Read field by field: this runs only
-/// for a failing call.
-#[inline(always)]
-fn socket_facts(sk: u64, ev: &mut AppErrorEvent) {
-    (ev.local_port, ev.remote_port) = ports(sk);
-    let family = kread::<u16>(sk, conf!(sk_family)).unwrap_or(0);
-    ev.family = family as u8;
-    if family == AF_INET6 {
-        if let Some(a) = kread::<[u64; 2]>(sk, conf!(sk_v6_rcv_saddr)) {
-            put16(&mut ev.local_addr, a);
-        }
-        if let Some(a) = kread::<[u64; 2]>(sk, conf!(sk_v6_daddr)) {
-            put16(&mut ev.remote_addr, a);
-        }
-    } else {
-        let l = kread::<u32>(sk, conf!(sk_rcv_saddr)).unwrap_or(0);
-        let r = kread::<u32>(sk, conf!(sk_daddr)).unwrap_or(0);
-        ev.local_addr[..4].copy_from_slice(&l.to_ne_bytes());
-        ev.remote_addr[..4].copy_from_slice(&r.to_ne_bytes());
-    }
-    ev.state = kread::<u8>(sk, conf!(sk_state)).unwrap_or(0);
-    ev.cookie = kread::<u64>(sk, conf!(sk_cookie)).unwrap_or(0);
-    ev.netns = kread::<u64>(sk, conf!(sk_net))
-        .and_then(|net| kread::<u32>(net, conf!(net_inum)))
-        .unwrap_or(0);
-    if ev.errno == ETIMEDOUT
-        && let Some(ms) = kread::<u32>(sk, conf!(icsk_user_timeout))
-    {
-        ev.user_timeout_ms = ms;
-        ev.flags |= APP_USER_TIMEOUT;
-    }
-}
+// The window is read into the reserved record before the record is filled.
+const _: () = assert!(core::mem::size_of::<Window>() <= core::mem::size_of::<AppErrorEvent>());
 
-/// An address read as two words, stored as its 16 bytes (native order: a raw byte copy).
+/// Endpoints, state, cookie and netns of `sk`, from one read of its `sock_common` window into
+/// `w` (one copy instead of a read per field; no per-CPU slot: this may run preempted).
+///
+/// # Safety
+/// `w` must be valid for writes of a [`Window`], 8-aligned, and not used meanwhile.
 #[inline(always)]
-fn put16(dst: &mut [u8; 16], a: [u64; 2]) {
-    dst[..8].copy_from_slice(&a[0].to_ne_bytes());
-    dst[8..].copy_from_slice(&a[1].to_ne_bytes());
+unsafe fn socket_facts(w: *mut Window, sk: u64) -> SockFacts {
+    // SAFETY: as the caller promises; bpf_probe_read_kernel never faults, and zeroes the
+    // destination when it fails.
+    let w = unsafe {
+        let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            w.cast(),
+            SKC_WINDOW as u32,
+            sk as *const core::ffi::c_void,
+        );
+        &*w
+    };
+    SockFacts {
+        ends: window_endpoints(w, sk),
+        state: skc::<u8>(w, conf!(sk_state)),
+        cookie: skc::<u64>(w, conf!(sk_cookie)),
+        net: skc::<u64>(w, conf!(sk_net)),
+    }
 }

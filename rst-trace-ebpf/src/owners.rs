@@ -379,17 +379,32 @@ pub fn fd_sock(fd: i64) -> Option<u64> {
     let task = unsafe { bpf_get_current_task() };
     let files = kread::<u64>(task, conf!(task_files))?;
     let fdt = kread::<u64>(files, conf!(files_fdt))?;
-    let max = kread::<u32>(fdt, conf!(fdt_max_fds))?;
+    // fdtable { max_fds; fd; } and socket { ...; file; sk; } side by side, as in every
+    // kernel so far: one read each (this runs at every accept()'s exit).
+    let (max, fds) = if conf!(fdt_fd) == conf!(fdt_max_fds).wrapping_add(8) {
+        let [max, fds] = kread::<[u64; 2]>(fdt, conf!(fdt_max_fds))?;
+        (max as u32, fds)
+    } else {
+        (
+            kread::<u32>(fdt, conf!(fdt_max_fds))?,
+            kread::<u64>(fdt, conf!(fdt_fd))?,
+        )
+    };
     if fd as u64 >= u64::from(max) {
         return None;
     }
-    let fds = kread::<u64>(fdt, conf!(fdt_fd))?;
     let file = kread_at::<u64>(fds + (fd as u64) * 8)?;
     let sock = kread::<u64>(file, conf!(file_private_data))?;
-    if kread::<u64>(sock, conf!(socket_file)) != Some(file) {
-        return None;
-    }
-    kread::<u64>(sock, conf!(socket_sk))
+    let (back, sk) = if conf!(socket_sk) == conf!(socket_file).wrapping_add(8) {
+        let [back, sk] = kread::<[u64; 2]>(sock, conf!(socket_file))?;
+        (back, sk)
+    } else {
+        (
+            kread::<u64>(sock, conf!(socket_file))?,
+            kread::<u64>(sock, conf!(socket_sk))?,
+        )
+    };
+    (back == file).then_some(sk)
 }
 
 /// `accept()` returned `fd`: its socket belongs to the caller.

@@ -72,34 +72,67 @@ pub fn btf_sock_cookie(ctx: &BtfTracePointContext) -> u64 {
     unsafe { bpf_get_socket_cookie(sk) }
 }
 
-/// Family, addresses and ports of a socket, as TP_STORE_ADDR_PORTS does for the tracepoints:
-/// local = skc_rcv_saddr:skc_num, remote = skc_daddr:skc_dport.
+/// A socket's family, addresses (network order, as raw bytes: IPv4 in the first four) and
+/// ports (host order).
+pub struct Endpoints {
+    pub family: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub local: [u64; 2],
+    pub remote: [u64; 2],
+}
+
+/// Family, addresses and ports of a socket from its window, as TP_STORE_ADDR_PORTS does for
+/// the tracepoints: local = skc_rcv_saddr:skc_num, remote = skc_daddr:skc_dport.
 #[inline(always)]
-pub fn sock_endpoints(w: &Window, sk: u64, ev: &mut RstEvent) {
+pub fn window_endpoints(w: &Window, sk: u64) -> Endpoints {
     let family = skc::<u16>(w, conf!(sk_family));
-    ev.family = family as u8;
     // skc_num is host byte order, skc_dport network order (include/net/sock.h). A socket
     // closed just before its reset (tcp_close()) has released its port: skc_num is 0 then, and
     // inet_sport, which the tracepoint itself reports, still holds it.
-    ev.local_port = skc::<u16>(w, conf!(sk_num));
-    if ev.local_port == 0 {
-        ev.local_port = u16::from_be(kread::<u16>(sk, conf!(inet_sport)).unwrap_or(0));
+    let mut local_port = skc::<u16>(w, conf!(sk_num));
+    if local_port == 0 {
+        local_port = u16::from_be(kread::<u16>(sk, conf!(inet_sport)).unwrap_or(0));
     }
-    ev.remote_port = u16::from_be(skc::<u16>(w, conf!(sk_dport)));
-    // Addresses stay in network byte order: copied as raw bytes (native-endian round trip).
-    if family == AF_INET6 {
-        let l = skc::<[u64; 2]>(w, conf!(sk_v6_rcv_saddr));
-        let r = skc::<[u64; 2]>(w, conf!(sk_v6_daddr));
-        ev.local_addr[..8].copy_from_slice(&l[0].to_ne_bytes());
-        ev.local_addr[8..].copy_from_slice(&l[1].to_ne_bytes());
-        ev.remote_addr[..8].copy_from_slice(&r[0].to_ne_bytes());
-        ev.remote_addr[8..].copy_from_slice(&r[1].to_ne_bytes());
+    let remote_port = u16::from_be(skc::<u16>(w, conf!(sk_dport)));
+    // Addresses stay in network byte order: copied as raw bytes (native-endian round trip;
+    // an IPv4 address widened to the first word lands in the first four bytes, little-endian).
+    let (local, remote) = if family == AF_INET6 {
+        (
+            skc::<[u64; 2]>(w, conf!(sk_v6_rcv_saddr)),
+            skc::<[u64; 2]>(w, conf!(sk_v6_daddr)),
+        )
     } else {
-        let l = skc::<u32>(w, conf!(sk_rcv_saddr));
-        let r = skc::<u32>(w, conf!(sk_daddr));
-        ev.local_addr[..4].copy_from_slice(&l.to_ne_bytes());
-        ev.remote_addr[..4].copy_from_slice(&r.to_ne_bytes());
+        (
+            [u64::from(skc::<u32>(w, conf!(sk_rcv_saddr))), 0],
+            [u64::from(skc::<u32>(w, conf!(sk_daddr))), 0],
+        )
+    };
+    Endpoints {
+        family: family as u8,
+        local_port,
+        remote_port,
+        local,
+        remote,
     }
+}
+
+/// [`window_endpoints`] into a reset's event.
+#[inline(always)]
+pub fn sock_endpoints(w: &Window, sk: u64, ev: &mut RstEvent) {
+    let e = window_endpoints(w, sk);
+    ev.family = e.family;
+    ev.local_port = e.local_port;
+    ev.remote_port = e.remote_port;
+    put16(&mut ev.local_addr, e.local);
+    put16(&mut ev.remote_addr, e.remote);
+}
+
+/// An address held as two words, stored as its 16 bytes (native order: a raw byte copy).
+#[inline(always)]
+pub fn put16(dst: &mut [u8; 16], a: [u64; 2]) {
+    dst[..8].copy_from_slice(&a[0].to_ne_bytes());
+    dst[8..].copy_from_slice(&a[1].to_ne_bytes());
 }
 
 /// `sock_net(sk)->ns.inum`
