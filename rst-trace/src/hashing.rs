@@ -11,9 +11,9 @@ use std::{
 /// A map keyed by [`KeyedHash`].
 pub type FastMap<K, V> = HashMap<K, V, KeyedHash>;
 
-/// Hashes a key in 64-bit words with a per-run random key: SipHash over `SocketAddr`'s many
-/// small writes was a tenth of the CPU rst-trace spent per event. The key keeps peers from
-/// choosing colliding tuples on purpose.
+/// Hashes a key in 64-bit words with a per-run random key: std's SipHash over `SocketAddr`'s
+/// many small writes showed in a storm's profile (README, Reset storms). The key keeps peers
+/// from choosing colliding tuples on purpose.
 #[derive(Clone, Copy)]
 pub struct KeyedHash(u64);
 
