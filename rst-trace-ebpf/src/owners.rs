@@ -380,7 +380,8 @@ pub fn fd_sock(fd: i64) -> Option<u64> {
     let files = kread::<u64>(task, conf!(task_files))?;
     let fdt = kread::<u64>(files, conf!(files_fdt))?;
     // fdtable { max_fds; fd; } and socket { ...; file; sk; } side by side, as in every
-    // kernel so far: one read each (this runs at every accept()'s exit).
+    // kernel so far: one read each (this runs at every accept()'s exit). The unsigned int
+    // max_fds is the low half of its word: the eBPF target is little-endian (bpfel).
     let (max, fds) = if conf!(fdt_fd) == conf!(fdt_max_fds).wrapping_add(8) {
         let [max, fds] = kread::<[u64; 2]>(fdt, conf!(fdt_max_fds))?;
         (max as u32, fds)
