@@ -124,6 +124,7 @@ mod tests {
             stacks: StackIds {
                 user: 1,
                 kernel: -14,
+                generation: 3,
                 user_caller: 0x5500_0000_1234,
             },
             local_addr: [0; 16],

@@ -43,7 +43,7 @@ pub const FACT_RST_TTL: u32 = 256;
 pub const FACT_XMIT: u32 = 512;
 /// `--stacks`: the reset was sent in its owner's own system call (a process-context abort,
 /// [`ATTR_OWNER_CURRENT`]) and `stacks.user`/`stacks.kernel` hold what `bpf_get_stackid()`
-/// returned for it: an id in [`MAP_STACKS`](crate::MAP_STACKS), or `-errno`.
+/// returned for it: an id in [`MAP_STACKS`](crate::MAP_STACKS), or `-errno`, and its generation.
 pub const FACT_STACKS: u32 = 1024;
 /// Received resets: the socket was already orphaned (`SOCK_DEAD`: its process closed it), so no
 /// application call will ever fail because of this reset.
@@ -112,15 +112,20 @@ pub struct RstEvent {
 
 /// `--stacks`: the user and kernel stacks of the current task's system call, as the eBPF side's
 /// `stacks::capture()` takes them. Any record can carry one; userspace's `StackReader` resolves
-/// it (and deletes the ids from [`MAP_STACKS`](crate::MAP_STACKS)).
+/// it from the generation's map of [`MAP_STACKS`](crate::MAP_STACKS).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackIds {
-    /// The user stack's id in [`MAP_STACKS`](crate::MAP_STACKS), or `-errno` (e.g. `-EFAULT`:
-    /// no user stack, as in a process's exit; `-EEXIST`: another stack holds the id's bucket).
-    pub user: i32,
+    /// The user stack's id in the generation's map of [`MAP_STACKS`](crate::MAP_STACKS), or
+    /// `-errno` (e.g. `-EFAULT`: no user stack, as in a process's exit; `-EEXIST`: another
+    /// stack holds the id's bucket). Ids are below
+    /// [`STACKS_MAX_ENTRIES`](crate::STACKS_MAX_ENTRIES).
+    pub user: i16,
     /// The kernel stack's id, or `-errno`.
-    pub kernel: i32,
+    pub kernel: i16,
+    /// The stack generation the ids belong to (see [`MAP_STACKS`](crate::MAP_STACKS)): its
+    /// low bit picks the map.
+    pub generation: u32,
     /// The return address of the function that made the system call, as the entry registers
     /// hold it, 0 if unknown: x86_64, the word at the user stack pointer; arm64, the link
     /// register (x30). A frame-pointer walk misses the caller of a function that keeps no frame,
@@ -128,6 +133,7 @@ pub struct StackIds {
     pub user_caller: u64,
 }
 
+const _: () = assert!(crate::STACKS_MAX_ENTRIES <= i16::MAX as u32);
 const _: () = assert!(core::mem::size_of::<StackIds>() == 16);
 const _: () = assert!(core::mem::offset_of!(RstEvent, stacks) % 8 == 0);
 

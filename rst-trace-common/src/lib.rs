@@ -44,15 +44,26 @@ pub const MAP_FILTER_PORTS: &str = "FILTER_PORTS";
 /// (new containers) go to userspace, which resolves them and adds the ones to hide.
 pub const MAP_HIDDEN_CGROUPS: &str = "HIDDEN_CGROUPS";
 pub const HIDDEN_CGROUPS_MAX_ENTRIES: u32 = 4096;
-/// `--stacks`: `BPF_MAP_TYPE_STACK_TRACE` holding the user and kernel stacks of process-context
-/// aborts ([`FACT_STACKS`]). Userspace deletes each id once it has read it, so it holds only the
-/// stacks of events not yet read (at most a drain interval's worth); see [`STACKS_MAX_ENTRIES`].
-pub const MAP_STACKS: &str = "STACKS";
-/// Entries of [`MAP_STACKS`] with `--stacks` (1 without, set at load). Each entry is
-/// preallocated kernel memory of ~1 KiB (127 frames of 8 bytes), so 2 MiB in all. The kernel
-/// hashes a stack to a bucket and fails with `-EEXIST` when another stack holds it, so the map
-/// is kept far emptier than its size: with k distinct stacks waiting to be read, a new one
-/// collides with probability k/2048 (a storm of one code path's aborts is 2 stacks, shared).
+/// `--stacks`: two `BPF_MAP_TYPE_STACK_TRACE` maps holding the user and kernel stacks of
+/// process-context aborts ([`FACT_STACKS`]) and failing calls, by generation: a capture goes
+/// to the map of the generation [`MAP_STACK_GENERATION`] holds (even, odd), and its record
+/// names that generation ([`StackIds::generation`]). Userspace reads a generation's map only
+/// once captures have moved on to the next (reading an entry takes it out of its bucket for a
+/// moment, `bpf_stackmap_copy()`), deletes no id one by one, and empties the map of generation
+/// g-1 before it starts g+1 in it; a record of an older generation is reported as read too
+/// late. So an id names the same stack for as long as its record can be read: no other stack
+/// can take its bucket in between (the kernel fills a bucket only when empty, see
+/// `__bpf_get_stackid()`).
+pub const MAP_STACKS: [&str; 2] = ["STACKS_EVEN", "STACKS_ODD"];
+/// `--stacks`: the current stack generation (`Array<u32>`, one entry), written by userspace.
+pub const MAP_STACK_GENERATION: &str = "STACK_GENERATION";
+/// Entries of each of the [`MAP_STACKS`] with `--stacks` (1 without, set at load). Each entry
+/// is preallocated kernel memory of ~1 KiB (127 frames of 8 bytes), so 4 MiB in all. The
+/// kernel hashes a stack to a bucket and fails with `-EEXIST` when another stack holds it, so a
+/// map is kept far emptier than its size: it holds one generation's stacks (a generation ends
+/// when userspace reads one of its records, or after a second); with k distinct stacks in a
+/// generation, a new one collides with probability k/2048 (a storm of one code path's aborts
+/// is 2 stacks, shared). An id fits [`StackIds`]' `i16`.
 pub const STACKS_MAX_ENTRIES: u32 = 2048;
 /// The [`Config`] global, filled in by userspace before load.
 pub const GLOBAL_CONFIG: &str = "CONFIG";

@@ -50,10 +50,17 @@ pub fn bump_generation() {
     }
 }
 
-/// `--stacks`: user and kernel stacks by id (see `stacks::capture`). Userspace loads it with 1
-/// entry without `--stacks`, so that nothing is paid then.
+/// `--stacks`: user and kernel stacks by id, one map per stack generation's parity (see
+/// `stacks::capture` and `MAP_STACKS`). Userspace loads them with 1 entry without `--stacks`,
+/// so that nothing is paid then.
 #[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(STACKS_MAX_ENTRIES, 0);
+pub static STACKS_EVEN: StackTrace = StackTrace::with_max_entries(STACKS_MAX_ENTRIES, 0);
+#[map]
+pub static STACKS_ODD: StackTrace = StackTrace::with_max_entries(STACKS_MAX_ENTRIES, 0);
+
+/// `--stacks`: the stack generation, which userspace advances (`MAP_STACK_GENERATION`).
+#[map]
+pub static STACK_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-CPU: [sk, pid] pairs of the sockets `sock_io` saw used lately, direct-mapped by the
 /// socket's address: a request/response whose two ends, or a server whose connections, share a

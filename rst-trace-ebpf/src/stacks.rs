@@ -1,6 +1,6 @@
 //! `--stacks`: the user and kernel stacks of the call that made a reset, or of an application's
-//! call that failed because of one, as ids into the `STACKS` map (userspace reads, symbolizes
-//! and deletes them).
+//! call that failed because of one, as ids into the stack map of the current generation
+//! (userspace reads and symbolizes them, and empties a generation's map before reusing it).
 //!
 //! Any hook that runs in the acting task's own system call can call [`capture`] with its
 //! context and store the two ids in its record: the user stack is the current task's
@@ -15,7 +15,7 @@ use aya_ebpf::{
 use rst_trace_common::{OFF_NONE, REGS_ARM64, REGS_X86_64, StackIds};
 
 use crate::{
-    maps::STACKS,
+    maps::{STACK_GENERATION, STACKS_EVEN, STACKS_ODD},
     read::{kread, kread_at},
 };
 
@@ -27,21 +27,40 @@ const USER_DS: u64 = 0x2b;
 /// a 64-bit task's user mode (user_mode() && !compat_user_mode()).
 const PSR_MODE_BITS: u64 = 0x1f;
 
-/// The user and kernel stack ids of the current call, each an id in `STACKS` or `-errno`
-/// (`-EFAULT`: no such stack, e.g. no user memory left in an exiting process; `-EEXIST`: the id's
-/// bucket holds another stack). Nothing is captured, and `None` returned, without `--stacks`.
+/// The user and kernel stack ids of the current call in the current generation's map, each
+/// an id or `-errno` (`-EFAULT`: no such stack, e.g. no user memory left in an exiting process;
+/// `-EEXIST`: the id's bucket holds another stack). Nothing is captured, and `None` returned,
+/// without `--stacks`.
 #[inline(always)]
 pub fn capture<C: StackIdContext>(ctx: &C) -> Option<StackIds> {
     if conf!(stacks) == 0 {
         return None;
     }
-    let id = |flags: u32| match ctx.get_stackid(&STACKS, u64::from(flags)) {
-        Ok(id) => id as i32,
-        Err(errno) => errno,
+    // Read before the captures: if userspace moves on meanwhile, the record names the
+    // generation whose map it wrote to, and userspace tells it apart.
+    let generation = STACK_GENERATION.get(0).copied().unwrap_or(0);
+    // Ids are below STACKS_MAX_ENTRIES and errnos small: both fit an i16 (asserted in
+    // rst-trace-common).
+    let id = |r: Result<i64, i32>| match r {
+        Ok(id) => id as i16,
+        Err(errno) => errno as i16,
+    };
+    // The map is the helper's constant argument: one call site per map.
+    let (user, kernel) = if generation & 1 == 0 {
+        (
+            ctx.get_stackid(&STACKS_EVEN, u64::from(BPF_F_USER_STACK)),
+            ctx.get_stackid(&STACKS_EVEN, 0),
+        )
+    } else {
+        (
+            ctx.get_stackid(&STACKS_ODD, u64::from(BPF_F_USER_STACK)),
+            ctx.get_stackid(&STACKS_ODD, 0),
+        )
     };
     Some(StackIds {
-        user: id(BPF_F_USER_STACK),
-        kernel: id(0),
+        user: id(user),
+        kernel: id(kernel),
+        generation,
         user_caller: user_caller(),
     })
 }

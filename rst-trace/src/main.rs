@@ -196,7 +196,6 @@ fn new_state(
         bad_records: 0,
         ready: Vec::new(),
         to_hide: Vec::new(),
-        lost_swept: 0,
         stacks: if settings.hooks.stacks {
             Some(stacks::StackReader::new(&mut tracer.ebpf)?)
         } else {
@@ -214,7 +213,7 @@ fn new_state(
 /// far: counted on stderr and in the summary and metrics, never lost silently.
 fn report_losses(st: &mut State, tracer: &Tracer) -> Result<()> {
     let lost = kernel::lost_total(&tracer.ebpf)?;
-    st.stacks_tick(lost);
+    st.stacks_tick();
     st.sink.lost(lost);
     st.sink
         .app_losses(kernel::app_lost_total(&tracer.ebpf)?, st.noticing.evicted);

@@ -54,8 +54,6 @@ pub struct State {
     pub to_hide: Vec<u64>,
     /// `--stacks`: reads and symbolizes the stacks of process-context aborts and failing calls.
     pub stacks: Option<StackReader>,
-    /// The lost-event total when the stack map was last swept.
-    pub lost_swept: u64,
     /// Failing application calls and the resets they join.
     pub noticing: Noticing,
 }
@@ -96,11 +94,7 @@ impl State {
             Some(s) if self.filter.pids.is_empty() || self.filter.pids.contains(&ev.owner.pid) => {
                 s.resolve(&ev)
             }
-            Some(s) => {
-                s.discard(&ev);
-                None
-            }
-            None => None,
+            _ => None,
         };
         self.emit(&ev, stacks)
     }
@@ -123,22 +117,20 @@ impl State {
         let mut n = 0u32;
         while let Some(item) = rb.next() {
             if self.ingest(&item) {
-                self.flush_stacks();
                 return Drained::Done;
             }
             n += 1;
             // A full ring (4 MiB by default: ~20k records) takes a while: explain the held received resets
             // that are old enough on the way, while their senders are still in the link history.
             if n.is_multiple_of(1024) && self.release(false) {
-                self.flush_stacks();
                 return Drained::Done;
             }
             if n >= DRAIN_BATCH {
-                self.flush_stacks();
+                self.stacks_drained(false);
                 return Drained::More;
             }
         }
-        self.flush_stacks();
+        self.stacks_drained(true);
         Drained::Empty
     }
 
@@ -170,10 +162,11 @@ impl State {
         }
     }
 
-    /// The stack ids read in this drain leave the kernel's map (see `stacks`).
-    fn flush_stacks(&mut self) {
+    /// The end of a drain (`empty`: the ring was read empty): the stack generation may move on
+    /// (see `stacks`).
+    fn stacks_drained(&mut self, empty: bool) {
         if let Some(s) = &mut self.stacks {
-            s.flush();
+            s.drained(empty);
         }
     }
 
@@ -242,16 +235,11 @@ impl State {
         done
     }
 
-    /// Once a second (and at the end): stacks that could not be had are warned about, and after
-    /// lost events (`lost`: the running total) the stacks they referred to leave the map.
-    pub fn stacks_tick(&mut self, lost: u64) {
+    /// Once a second (and at the end): stacks that could not be had are warned about.
+    pub fn stacks_tick(&mut self) {
         let Some(s) = &mut self.stacks else {
             return;
         };
-        if lost > self.lost_swept {
-            self.lost_swept = lost;
-            s.sweep();
-        }
         for ((which, errno), n) in s.failed.drain() {
             eprintln!(
                 "rst-trace: warning: {n} {which} stacks not shown ({errno}; the events' `{which}_error` says why)"

@@ -218,14 +218,13 @@ fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks) -> Result<Ebpf> {
     // No target BTF: aya reads it only for CO-RE relocations and typed ksyms, which the object
     // has none of (offsets come from `CONFIG`); the BTF tracepoints get a BTF of their own
     // (btf/for_aya.rs).
+    let stacks_entries = if hooks.stacks { STACKS_MAX_ENTRIES } else { 1 };
     EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, cfg, true)
         .map_max_entries(MAP_EVENTS, ring_size)
-        // Without --stacks the stack map is never written: 1 entry (~1 KiB), not 2 MiB.
-        .map_max_entries(
-            MAP_STACKS,
-            if hooks.stacks { STACKS_MAX_ENTRIES } else { 1 },
-        )
+        // Without --stacks the stack maps are never written: 1 entry (~1 KiB), not 2 MiB each.
+        .map_max_entries(MAP_STACKS[0], stacks_entries)
+        .map_max_entries(MAP_STACKS[1], stacks_entries)
         // Preallocated maps only some configurations write: 1 entry where they are never
         // written (creating a preallocated map is a start-up cost).
         .map_max_entries(

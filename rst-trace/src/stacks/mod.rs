@@ -3,20 +3,31 @@
 //! the process most likely still runs (its mappings are needed to name user addresses; a process
 //! that exited first gets addresses and, where the binary was already parsed, names).
 //!
-//! Ids are deleted from the map once read, at the end of each drain of the ring: the map then
-//! only holds the stacks of events not read yet, and stays far from full (a full bucket makes
-//! `bpf_get_stackid()` fail with `-EEXIST`). The kernel gives identical stacks one id, so an
-//! id may come again in an event captured before the delete: the frames last read for each id
-//! are kept for that.
+//! Each record names the generation its ids belong to, and each generation has the map of its
+//! parity to itself. Userspace reads a generation's ids only once captures have moved on to
+//! the next generation (it starts one when it meets a record of the current one): reading an
+//! entry takes it out of its bucket for a moment (`bpf_stackmap_copy()`), and a capture of
+//! another stack hashing there meanwhile would take the bucket and name the wrong stack. It
+//! deletes nothing one by one: starting generation g+1 empties the map of g-1, whose records
+//! have all been read by then (one read later says it came too late). So an id names one
+//! stack for as long as a record of it can be read. (Deleting each id once read, as before,
+//! let a record still in the ring meet its id's bucket refilled by another stack.) A map holds
+//! one generation's stacks, so it stays far from full: a full bucket makes
+//! `bpf_get_stackid()` fail with `-EEXIST`.
 
 mod frameless;
 mod symbolize;
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, StackTraceMap};
-use rst_trace_common::{APP_STACKS, AppErrorEvent, FACT_STACKS, MAP_STACKS, RstEvent, StackIds};
+use aya::maps::{Array, MapData, StackTraceMap};
+use rst_trace_common::{
+    APP_STACKS, AppErrorEvent, FACT_STACKS, MAP_STACK_GENERATION, MAP_STACKS, RstEvent, StackIds,
+};
 
 use self::{
     frameless::add_frameless_caller,
@@ -96,30 +107,52 @@ fn stackid_error(errno: i32) -> String {
     }
 }
 
-/// Reads, symbolizes and deletes the stacks events refer to; counts the failures.
+/// An idle ring's generation moves on this often, so that the stacks of records never read
+/// (lost, or filtered out by `--pid`) leave the maps.
+const IDLE_ADVANCE: Duration = Duration::from_secs(1);
+/// The same for a ring that never empties (a storm userspace cannot keep up with): records of
+/// the generation before the last left unread by then are reported as read too late.
+const FORCE_ADVANCE: Duration = Duration::from_secs(2);
+
+/// Reads and symbolizes the stacks records refer to, and moves the stack generation on;
+/// counts the failures.
 pub struct StackReader {
-    map: StackTraceMap<MapData>,
+    /// The maps of the even and the odd generations.
+    maps: [StackTraceMap<MapData>; 2],
+    /// The kernel side's current generation (one entry).
+    generation_map: Array<MapData, u32>,
+    /// The generation captures go to now; records of the one before can be read.
+    generation: u32,
+    /// When the generation started.
+    started: Instant,
     /// The symbolizer's thread, and the stacks it symbolized.
     symbols: Worker,
-    /// The frames (raw addresses) last read for each id: ids are < the map's bucket count.
-    read: HashMap<u32, Vec<u64>>,
-    /// Ids read since the last [`StackReader::flush`].
-    to_delete: Vec<u32>,
+    /// The frames (raw addresses) read so far, by generation and id: within a generation an
+    /// id names one stack.
+    read: HashMap<(u32, i16), Vec<u64>>,
     /// Stacks that could not be captured or read, by reason, for the warning line.
     pub failed: HashMap<(&'static str, String), u64>,
 }
 
 impl StackReader {
-    /// Takes the stack map out of the loaded object.
+    /// Takes the stack maps out of the loaded object.
     pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self> {
-        let map = ebpf
-            .take_map(MAP_STACKS)
-            .context("stack map missing from the eBPF object")?;
+        let mut map = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the eBPF object"))
+        };
+        let maps = [
+            StackTraceMap::try_from(map(MAP_STACKS[0])?)?,
+            StackTraceMap::try_from(map(MAP_STACKS[1])?)?,
+        ];
+        let generation_map = Array::try_from(map(MAP_STACK_GENERATION)?)?;
         Ok(Self {
-            map: StackTraceMap::try_from(map)?,
+            maps,
+            generation_map,
+            generation: 0,
+            started: Instant::now(),
             symbols: Worker::start(),
             read: HashMap::new(),
-            to_delete: Vec::new(),
             failed: HashMap::new(),
         })
     }
@@ -142,9 +175,9 @@ impl StackReader {
 
     /// The stacks `ids` of a system call of process `pid` (what the eBPF side's
     /// `stacks::capture()` took), symbolized. Call it as soon as the record is read: the
-    /// process's mappings name its addresses; the ids are deleted at the next [`Self::flush`].
+    /// process's mappings name its addresses.
     pub fn resolve_ids(&mut self, pid: u32, ids: &StackIds) -> Stacks {
-        let user = match self.raw(ids.user) {
+        let user = match self.raw(ids.generation, ids.user) {
             Ok(mut ips) => {
                 add_frameless_caller(pid, ids.user_caller, &mut ips);
                 let named = self.symbols.user(pid, ips.clone());
@@ -152,7 +185,7 @@ impl StackReader {
             }
             Err(why) => Stack::none(why),
         };
-        let kernel = match self.raw(ids.kernel) {
+        let kernel = match self.raw(ids.generation, ids.kernel) {
             Ok(ips) => {
                 let named = self.symbols.kernel(ips.clone());
                 Stack::named(&ips, named)
@@ -168,51 +201,69 @@ impl StackReader {
         Stacks { user, kernel }
     }
 
-    /// Reads `ev`'s stack ids without symbolizing them (an event that will not be shown): they
-    /// leave the map at the next [`Self::flush`], and a later event sharing an id still finds
-    /// its addresses.
-    pub fn discard(&mut self, ev: &RstEvent) {
-        if ev.facts & FACT_STACKS != 0 {
-            let _ = self.raw(ev.stacks.user);
-            let _ = self.raw(ev.stacks.kernel);
-        }
-    }
-
-    /// The addresses of stack `id`, or why there are none.
-    fn raw(&mut self, id: i32) -> Result<Vec<u64>, String> {
+    /// The addresses of stack `id` of `generation`, or why there are none.
+    fn raw(&mut self, generation: u32, id: i16) -> Result<Vec<u64>, String> {
         if id < 0 {
-            Err(stackid_error(-id))
-        } else {
-            let id = id as u32;
-            match self.map.get(&id, 0) {
-                Ok(st) => {
-                    let ips: Vec<u64> = st.frames().iter().map(|f| f.ip).collect();
-                    self.to_delete.push(id);
-                    self.read.insert(id, ips.clone());
-                    Ok(ips)
-                }
-                Err(e) => self
-                    .read
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| format!("stack {id} not in the map: {e}")),
+            return Err(stackid_error(-i32::from(id)));
+        }
+        if generation == self.generation {
+            // Captures move to the other map before this one is read (see the module's
+            // comment).
+            self.advance();
+        }
+        // 1 once the kernel side moved on (0 only if it could not be made to).
+        let age = self.generation.wrapping_sub(generation);
+        if age > 1 {
+            return Err(format!(
+                "read too late: rst-trace fell behind, and the stack map of generation \
+                 {generation} was emptied for reuse (now {})",
+                self.generation
+            ));
+        }
+        if let Some(ips) = self.read.get(&(generation, id)) {
+            return Ok(ips.clone());
+        }
+        let map = &self.maps[(generation & 1) as usize];
+        match map.get(&(id as u32), 0) {
+            Ok(st) => {
+                let ips: Vec<u64> = st.frames().iter().map(|f| f.ip).collect();
+                self.read.insert((generation, id), ips.clone());
+                Ok(ips)
             }
+            Err(e) => Err(format!("stack {id} not in the map: {e}")),
         }
     }
 
-    /// Deletes the ids read so far (called once the ring is drained).
-    pub fn flush(&mut self) {
-        for id in self.to_delete.drain(..) {
-            // Already gone when an earlier event of this drain had the same id.
-            let _ = self.map.remove(&id);
+    /// The end of a drain of the ring (`empty`: it was read empty): a generation that has
+    /// lasted [`IDLE_ADVANCE`] (with a ring that never empties, [`FORCE_ADVANCE`]) ends.
+    pub fn drained(&mut self, empty: bool) {
+        let limit = if empty { IDLE_ADVANCE } else { FORCE_ADVANCE };
+        if self.started.elapsed() >= limit {
+            self.advance();
         }
     }
 
-    /// Deletes every id: after events were lost, their stacks would never be read.
-    pub fn sweep(&mut self) {
-        let ids: Vec<u32> = self.map.stack_ids().filter_map(Result::ok).collect();
+    /// Starts generation g+1 in the map of g-1, emptied first: the ring gives records in the
+    /// order they were written, so every record of g-1 has been read by now, or is reported
+    /// as read too late. (A capture still running with g-1 may write its stack into the map
+    /// after it was emptied: a record of g+1 then finds that entry only for the very same
+    /// stack, or `-EEXIST`.)
+    fn advance(&mut self) {
+        let next = self.generation.wrapping_add(1);
+        let map = &mut self.maps[(next & 1) as usize];
+        let ids: Vec<u32> = map.stack_ids().filter_map(Result::ok).collect();
         for id in ids {
-            let _ = self.map.remove(&id);
+            let _ = map.remove(&id);
         }
+        if let Err(e) = self.generation_map.set(0, &next, 0) {
+            // The kernel side stays on the current generation, whose map is never emptied
+            // under it: only collisions (`-EEXIST`) can grow.
+            eprintln!("rst-trace: warning: cannot start a new stack generation: {e}");
+            return;
+        }
+        let old = self.generation;
+        self.read.retain(|&(g, _), _| g == old);
+        self.generation = next;
+        self.started = Instant::now();
     }
 }
