@@ -186,64 +186,6 @@ impl RstEvent {
         }
     }
 
-    /// Reduces the event, in place, to what decides its process, condition and direction, so
-    /// that resets alike share one key: times, addresses, ports, cookie, netns, TTLs and idle
-    /// times go; pointers, byte counts and the accept queue become the comparisons userspace
-    /// makes of them. (A unit test in rst-trace checks that the explanation's condition,
-    /// process and direction survive this.)
-    pub fn count_key(&mut self) {
-        self.mono_ns = 0;
-        self.skaddr = u64::from(self.skaddr != 0);
-        self.skbaddr = u64::from(self.skbaddr != 0);
-        self.cookie = 0;
-        // The process is its pid and name (`owner.comm`, the thread-group leader's): the acting
-        // thread and the cgroup do not decide it.
-        self.owner.tid = 0;
-        self.owner.cgroup = 0;
-        self.owner_ns = 0;
-        // Word by word: the eBPF target turns a [u8; 16] store into a byte-loop memset call.
-        for a in [
-            &mut self.owner.thread,
-            &mut self.local_addr,
-            &mut self.remote_addr,
-        ] {
-            let w = a.as_mut_ptr().cast::<u64>();
-            // SAFETY: 16 bytes in place; RstEvent and Task are 8-aligned and the three arrays
-            // sit at 8-aligned offsets (asserted above and in lib.rs).
-            unsafe {
-                w.write_volatile(0);
-                w.add(1).write_volatile(0);
-            }
-        }
-        self.local_port = 0;
-        self.remote_port = 0;
-        self.netns = 0;
-        // "More than the FIN it may count" is all userspace asks of these.
-        self.unread = self.unread.min(2);
-        self.unsent = self.unsent.min(2);
-        self.linger2 = if self.linger2 < 0 { -1 } else { 0 };
-        self.ttl = 0;
-        self.peer_ttl = 0;
-        self.idle_jiffies = 0;
-        self.recv_idle_jiffies = 0;
-        self.facts &= !(FACT_IDLE | FACT_RST_TTL);
-        let full = self.ack_backlog > self.max_ack_backlog;
-        self.ack_backlog = u32::from(full);
-        self.max_ack_backlog = 0;
-        // Stacks are never counted (`--stacks` goes with event lines, not `--quiet`).
-        self.facts &= !FACT_STACKS;
-        // Field by field, volatile: merged with the neighbouring 4-byte stores into one range,
-        // these become a call to the eBPF target's byte-loop memset.
-        let st = &raw mut self.stacks;
-        // SAFETY: in-place writes of plain integers to fields of `self`.
-        unsafe {
-            (&raw mut (*st).user).write_volatile(0);
-            (&raw mut (*st).kernel).write_volatile(0);
-            (&raw mut (*st).user_caller).write_volatile(0);
-        }
-        self._pad1 = 0;
-    }
-
     /// Decodes one ring buffer record. Records of the wrong size are rejected, never guessed at.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() != RST_EVENT_SIZE {

@@ -8,6 +8,7 @@
 mod app_error;
 mod cgroup_seen;
 mod config;
+mod count;
 mod event;
 mod kernel;
 mod ring;
@@ -15,6 +16,7 @@ mod ring;
 pub use app_error::*;
 pub use cgroup_seen::*;
 pub use config::Config;
+pub use count::CountKey;
 pub use event::*;
 pub use kernel::*;
 pub use ring::*;
@@ -27,7 +29,7 @@ pub const MAP_LOST: &str = "LOST";
 /// Per-CPU count of [`AppErrorEvent`]s dropped because the ring buffer was full.
 pub const MAP_APP_LOST: &str = "APP_LOST";
 /// `--summary --quiet`: per-CPU counts of resets, keyed by the event reduced to what decides its
-/// process, condition and direction ([`RstEvent::count_key`]), instead of one ring record each.
+/// process, condition and direction ([`CountKey`]), instead of one ring record each.
 pub const MAP_COUNTS: &str = "COUNTS";
 /// Entries of [`MAP_COUNTS`] with `--summary --quiet` (1 otherwise, set at load: it is never
 /// written then, and creating a preallocated per-CPU map of this size is a start-up cost).
@@ -238,6 +240,7 @@ mod user {
     unsafe impl aya::Pod for super::Task {}
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::RstEvent {}
+    unsafe impl aya::Pod for super::CountKey {}
     unsafe impl aya::Pod for super::ListenerClose {}
     unsafe impl aya::Pod for super::StackIds {}
     unsafe impl aya::Pod for super::AppErrorEvent {}

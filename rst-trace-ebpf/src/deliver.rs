@@ -96,20 +96,24 @@ pub fn scratch_event(slot: u32) -> Option<&'static mut RstEvent> {
     }
 }
 
-/// Hands the event to userspace: counted in `COUNTS` when only a summary is wanted and the
-/// event can be (`RstEvent::countable`), else a ring record. A full count map falls back to the
-/// ring, so nothing is lost.
+/// Hands the event to userspace: counted in `COUNTS` under its `CountKey` when only a
+/// summary is wanted and the event can be (`RstEvent::countable`), else a ring record. A full
+/// count map falls back to the ring, so nothing is lost.
 #[inline(always)]
 pub fn deliver(slot: u32, ev: &mut RstEvent) {
     if conf!(count_in_kernel) != 0
         && ev.countable()
         && let Some(key) = COUNT_KEY.get_ptr_mut(slot)
     {
-        // SAFETY: per-CPU slot of this program, held by this run (claim()); RstEvent is
-        // 8-aligned, 160 bytes, as copy_words() needs.
+        // SAFETY: per-CPU slot of this program, held by this run (claim()); the map value is
+        // 8-aligned and `comm` is the key's first field, as the event's `owner.comm` sits at an
+        // 8-aligned offset (asserted in rst-trace-common): two words.
         let key = unsafe {
-            copy_words(key, ev);
-            (*key).count_key();
+            copy_words(
+                (*key).comm.as_mut_ptr().cast::<[u64; 2]>(),
+                ev.owner.comm.as_ptr().cast::<[u64; 2]>(),
+            );
+            (*key).fill(ev);
             &*key
         };
         if let Some(n) = COUNTS.get_ptr_mut(key) {

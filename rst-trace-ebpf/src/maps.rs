@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use rst_trace_common::{
-    COUNTS_MAX_ENTRIES, FILTER_MAX_ENTRIES, HIDDEN_CGROUPS_MAX_ENTRIES, ListenerClose, RstEvent,
-    SEED_MAX_ENTRIES, SEEN_CGROUPS_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES,
+    COUNTS_MAX_ENTRIES, CountKey, FILTER_MAX_ENTRIES, HIDDEN_CGROUPS_MAX_ENTRIES, ListenerClose,
+    RstEvent, SEED_MAX_ENTRIES, SEEN_CGROUPS_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES,
     STACKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, TIMEWAIT_MAX_ENTRIES, Task,
 };
 
@@ -174,12 +174,12 @@ pub fn count_insert<E>(r: Result<(), E>) {
 /// The key being built by `deliver`, per CPU and program slot (programs can run nested on one
 /// CPU: a softirq in a process-context send).
 #[map]
-pub static COUNT_KEY: PerCpuArray<RstEvent> = PerCpuArray::with_max_entries(SLOTS, 0);
+pub static COUNT_KEY: PerCpuArray<CountKey> = PerCpuArray::with_max_entries(SLOTS, 0);
 
-/// `--summary --quiet`: resets counted here, keyed by [`RstEvent::count_key`], instead of one
-/// ring record each (see `deliver`).
+/// `--summary --quiet`: resets counted here, keyed by [`CountKey`], instead of one ring record
+/// each (see `deliver`).
 #[map]
-pub static COUNTS: PerCpuHashMap<RstEvent, u64> =
+pub static COUNTS: PerCpuHashMap<CountKey, u64> =
     PerCpuHashMap::with_max_entries(COUNTS_MAX_ENTRIES, 0);
 
 /// Per CPU and slot: 1 while a program builds an event in that slot.

@@ -1,8 +1,8 @@
 //! The explainer's rules, case by case, and the property the in-kernel count relies on.
 
 use rst_trace_common::{
-    ATTR_NONE, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING, FACT_PACKET,
-    FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent, Task,
+    ATTR_NONE, CountKey, FACT_BACKLOG, FACT_IDLE, FACT_LINGER_ZERO, FACT_LISTENER_CLOSING,
+    FACT_PACKET, FACT_TCP_SOCK, KIND_RECEIVED, KIND_SENT, REASON_NONE, RstEvent, Task,
 };
 
 use super::{
@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{correlate::History, kernel::KernelInfo};
 
-/// The kernel counts `--summary --quiet` resets under `RstEvent::count_key`: the key must
+/// The kernel counts `--summary --quiet` resets under their `CountKey`: the key must
 /// explain to the same condition, direction and process as the event itself, for events of
 /// every kind, state, reason and fact.
 #[test]
@@ -22,8 +22,7 @@ fn count_key_keeps_condition_direction_and_process() {
     let mut conditions = std::collections::HashSet::new();
     for _ in 0..50_000 {
         let ev = random_event(&mut next);
-        let mut key = ev;
-        key.count_key();
+        let key = CountKey::of(&ev).event();
         let a = explain(&ev, &info, Sentences::Write, None);
         let b = explain(&key, &info, Sentences::Write, None);
         let (Some(a), Some(b)) = (a, b) else {

@@ -9,9 +9,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use rst_trace_common::{
-    MAP_APP_LOST, MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS, MAP_HIDDEN_CGROUPS,
-    MAP_INSERT_FAILED, MAP_LOST, MAP_SEED_OWNERS, PROG_RECEIVE_RESET, PROG_RECEIVE_RESET_BTF,
-    PROG_SEND_RESET, PROG_SEND_RESET_BTF, RstEvent, SEED_MAX_ENTRIES, Task,
+    CountKey, MAP_APP_LOST, MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS,
+    MAP_HIDDEN_CGROUPS, MAP_INSERT_FAILED, MAP_LOST, MAP_SEED_OWNERS, PROG_RECEIVE_RESET,
+    PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET, PROG_SEND_RESET_BTF, RstEvent, SEED_MAX_ENTRIES, Task,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -98,15 +98,15 @@ pub fn app_lost_total(ebpf: &Ebpf) -> Result<u64> {
     Ok(map.get(&0, 0)?.iter().sum())
 }
 
-/// The resets counted in the kernel so far (`--summary --quiet`): each key (an event reduced by
-/// `RstEvent::count_key`) with its count over all CPUs.
+/// The resets counted in the kernel so far (`--summary --quiet`): an event for each key (see
+/// `CountKey::event`) with its count over all CPUs.
 pub fn kernel_counts(ebpf: &Ebpf) -> Result<Vec<(RstEvent, u64)>> {
-    let map: PerCpuHashMap<_, RstEvent, u64> =
+    let map: PerCpuHashMap<_, CountKey, u64> =
         PerCpuHashMap::try_from(ebpf.map(MAP_COUNTS).context("count map")?)?;
     let mut out = Vec::new();
     for item in map.iter() {
         let (key, per_cpu) = item?;
-        out.push((key, per_cpu.iter().sum()));
+        out.push((key.event(), per_cpu.iter().sum()));
     }
     Ok(out)
 }
