@@ -105,13 +105,16 @@ pub const PROG_NETIF_RECEIVE: &str = "netif_receive_skb";
 /// Owners of sockets that existed before rst-trace started, keyed by socket cookie (seeded by
 /// userspace from sock_diag and /proc/*/fd).
 pub const MAP_SEED_OWNERS: &str = "SEED_OWNERS";
-pub const SEED_MAX_ENTRIES: u32 = 65536;
+/// The seed map's entries in the object; userspace sizes it from the host at load.
+pub const SEED_MAX_ENTRIES: u32 = 4096;
 /// Before 6.10: connections handed to a TIME_WAIT mini-socket, for the transmit hook. Entries:
 /// [`TIMEWAIT_MAX_ENTRIES`] where the transmit hook sees socketless resets, else 1 (set at load).
 pub const MAP_TIMEWAIT: &str = "TIMEWAIT";
 pub const TIMEWAIT_MAX_ENTRIES: u32 = 16384;
 
-/// Default number of sockets remembered in the LRU map from socket address to [`SockInfo`].
+/// The LRU map from socket address to [`SockInfo`]: the owners of sockets seen since start-up.
+pub const MAP_SOCKS: &str = "SOCKS";
+/// Its entries on a host with few sockets; userspace sizes it from the host at load.
 pub const SOCKS_MAX_ENTRIES: u32 = 65536;
 pub const FILTER_MAX_ENTRIES: u32 = 1024;
 

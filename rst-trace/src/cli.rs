@@ -261,6 +261,14 @@ pub struct Cli {
     /// ~26k events: a 500k events/s storm on two busy cores loses none (`./x bench`)
     #[arg(long, value_name = "BYTES", default_value = "4194304", value_parser = parse_ring_size)]
     pub ring_size: u32,
+
+    /// How many sockets the kernel side remembers the owners of (an LRU map of ~150 bytes of
+    /// kernel memory per entry). Default: 65536, or room for twice the host's TCP sockets at
+    /// start-up if that is more (at most 1048576). A host with more live TCP sockets than the
+    /// map keeps forgets the owners of the least recently used ones: rst-trace warns when the
+    /// host's count crosses it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_sockets: Option<u32>,
 }
 
 /// The filters the command line asks for (the filter stage knows nothing of the command line).
@@ -313,6 +321,8 @@ pub struct Settings {
     /// Measure the programs' own cost (`--self-cost` or `-v`).
     pub self_cost: bool,
     pub ring_size: u32,
+    /// `--max-sockets`: the socket owner map's entries, else sized from the host.
+    pub max_sockets: Option<u32>,
     /// Explanation sentences are built only when event lines print them.
     pub words: Sentences,
 }
@@ -359,6 +369,16 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
     if cli.quiet && !cli.summary && cli.metrics.is_none() && cli.otlp.is_none() {
         return Err("--quiet hides every event: add --summary, --metrics or --otlp".into());
     }
+    if let Some(n) = cli.max_sockets {
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
+        let least = crate::kernel::min_owners(cpus);
+        if u64::from(n) < least {
+            return Err(format!(
+                "--max-sockets {n} leaves no room: the kernel's LRU map keeps 128 entries free \
+                 per CPU ({cpus} CPUs here), so give at least {least}"
+            ));
+        }
+    }
     if cli.quiet && cli.stacks {
         return Err("--stacks shows stacks on event lines, which --quiet hides: drop one".into());
     }
@@ -403,6 +423,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
         top: false,
         self_cost: cli.self_cost || cli.verbose,
         ring_size: cli.ring_size,
+        max_sockets: cli.max_sockets,
         // OTLP log records carry the sentence as their body.
         words: if cli.quiet && !otlp_on {
             Sentences::Skip
@@ -433,6 +454,9 @@ mod tests {
         assert!(Cli::try_parse_from(["rst-trace", "--port", "70000"]).is_err());
         assert!(Cli::try_parse_from(["rst-trace", "--interval", "5"]).is_err());
         assert!(Cli::try_parse_from(["rst-trace", "--ring-size", "5000"]).is_err());
+        assert!(Cli::try_parse_from(["rst-trace", "--max-sockets", "1000"]).is_err());
+        let c = Cli::try_parse_from(["rst-trace", "--max-sockets", "1048576"]).unwrap();
+        assert_eq!(c.max_sockets, Some(1 << 20));
         assert!(Cli::try_parse_from(["rst-trace", "--comm", "a-very-long-process-name"]).is_err());
         assert!(Cli::try_parse_from(["rst-trace", "--comm", "nginx"]).is_ok());
         let e = Cli::try_parse_from(["rst-trace", "--bogus"]).unwrap_err();

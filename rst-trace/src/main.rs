@@ -113,7 +113,12 @@ fn start(settings: &Settings) -> Result<(Tracer, Ring)> {
     let notes = kernel::Notes {
         verbose: settings.verbose,
     };
-    let mut tracer = kernel::load(&settings.filter, settings.ring_size, settings.hooks, notes)?;
+    let mut tracer = kernel::load(
+        &settings.filter,
+        (settings.ring_size, settings.max_sockets),
+        settings.hooks,
+        notes,
+    )?;
     // The start-up's BTF buffers (the whole of vmlinux BTF, and aya's parse of the BTF built
     // for it) are freed; hand the memory back to the kernel, or it stays in our RSS for good.
     #[cfg(target_env = "gnu")]
@@ -367,6 +372,7 @@ async fn event_loop(
     let mut reject_failing = false;
     let mut reject_tick = interval(Duration::from_millis(100));
     let mut redraw_tick = interval(Duration::from_secs(1));
+    let mut sockets = kernel::SocketWatch::new(tracer.socket_maps);
     while !done && !st.sink.out.broken {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -423,6 +429,7 @@ async fn event_loop(
             _ = lost_tick.tick() => {
                 report_losses(st, tracer)?;
                 st.sink.insert_failures(kernel::insert_failures(&tracer.ebpf)?);
+                sockets.tick();
                 st.sink.unlabelled(st.identity.gave_up);
                 if cost && let Some(m) = &st.sink.metrics && let Ok(mut m) = m.lock() {
                     m.set_programs(kernel::program_costs(&tracer.ebpf));

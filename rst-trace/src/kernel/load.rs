@@ -7,14 +7,15 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, maps::MapType};
 use rst_trace_common::{
     COUNTS_MAX_ENTRIES, Config, FILTER_CGROUP, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT,
-    GLOBAL_CONFIG, MAP_COUNTS, MAP_EVENTS, MAP_STACKS, MAP_TIMEWAIT, PROG_DEV_QUEUE,
-    PROG_NETIF_RECEIVE, PROG_TCP_PROBE, STACKS_MAX_ENTRIES, TIMEWAIT_MAX_ENTRIES,
+    GLOBAL_CONFIG, MAP_COUNTS, MAP_EVENTS, MAP_SEED_OWNERS, MAP_SOCKS, MAP_STACKS, MAP_TIMEWAIT,
+    PROG_DEV_QUEUE, PROG_NETIF_RECEIVE, PROG_TCP_PROBE, STACKS_MAX_ENTRIES, TIMEWAIT_MAX_ENTRIES,
 };
 
 use super::{
     app::{self, AppErrors},
     attach::{Resets, attach_owner_hooks, attach_raw, attach_resets},
     btf::Btf,
+    capacity::{self, SocketMaps},
     errors::Notes,
     layout::{self, KernelInfo, Tracepoints},
     maps::{fill_filters, seed_owners},
@@ -36,6 +37,8 @@ pub struct Tracer {
     pub info: KernelInfo,
     /// Sockets that existed at start-up whose owner was seeded.
     pub seeded: usize,
+    /// The owner maps' sizes, set from the host's socket count.
+    pub socket_maps: SocketMaps,
     /// Whether netfilter REJECT resets are watched (see [`RejectSupport`]).
     pub reject: RejectSupport,
     reject_attached: bool,
@@ -214,7 +217,7 @@ fn filter_config(filter: &Filter, cfg: &mut Config) {
 }
 
 /// The eBPF object with this kernel's configuration (offsets, filters' flags) in its globals.
-fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks) -> Result<Ebpf> {
+fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks, socks: SocketMaps) -> Result<Ebpf> {
     // No target BTF: aya reads it only for CO-RE relocations and typed ksyms, which the object
     // has none of (offsets come from `CONFIG`); the BTF tracepoints get a BTF of their own
     // (btf/for_aya.rs).
@@ -222,6 +225,8 @@ fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks) -> Result<Ebpf> {
     EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, cfg, true)
         .map_max_entries(MAP_EVENTS, ring_size)
+        .map_max_entries(MAP_SOCKS, socks.owners)
+        .map_max_entries(MAP_SEED_OWNERS, socks.seeds)
         // Without --stacks the stack maps are never written: 1 entry (~1 KiB), not 2 MiB each.
         .map_max_entries(MAP_STACKS[0], stacks_entries)
         .map_max_entries(MAP_STACKS[1], stacks_entries)
@@ -247,7 +252,12 @@ fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks) -> Result<Ebpf> {
         .context("loading the eBPF object (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)")
 }
 
-pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Result<Tracer> {
+pub fn load(
+    filter: &Filter,
+    (ring_size, max_sockets): (u32, Option<u32>),
+    hooks: Hooks,
+    notes: Notes,
+) -> Result<Tracer> {
     require_ringbuf()?;
     let tracefs = tracefs::locate()?;
     let tps = read_tracepoints(&tracefs)?;
@@ -265,7 +275,9 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     cfg.stacks = u8::from(hooks.stacks);
     filter_config(filter, &mut cfg);
 
-    let mut ebpf = load_object(&cfg, ring_size, hooks)?;
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
+    let socket_maps = capacity::plan(max_sockets, capacity::tcp_sockets_or_warn(), cpus);
+    let mut ebpf = load_object(&cfg, ring_size, hooks, socket_maps)?;
     fill_filters(&mut ebpf, filter)?;
 
     // Owner tracking first, so no socket created meanwhile is missed; resets last.
@@ -300,11 +312,12 @@ pub fn load(filter: &Filter, ring_size: u32, hooks: Hooks, notes: Notes) -> Resu
     let existing = existing
         .join()
         .map_err(|_| anyhow!("the scan for existing sockets panicked"))?;
-    let seeded = seed_owners(&mut ebpf, &existing)?;
+    let seeded = seed_owners(&mut ebpf, &existing, socket_maps.seeds)?;
     Ok(Tracer {
         ebpf,
         info,
         seeded,
+        socket_maps,
         reject,
         reject_attached,
         socketless,

@@ -11,7 +11,7 @@ use aya::{
 use rst_trace_common::{
     CountKey, MAP_APP_LOST, MAP_COUNTS, MAP_EVENTS, MAP_FILTER_PIDS, MAP_FILTER_PORTS,
     MAP_HIDDEN_CGROUPS, MAP_INSERT_FAILED, MAP_LOST, MAP_SEED_OWNERS, PROG_RECEIVE_RESET,
-    PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET, PROG_SEND_RESET_BTF, RstEvent, SEED_MAX_ENTRIES, Task,
+    PROG_RECEIVE_RESET_BTF, PROG_SEND_RESET, PROG_SEND_RESET_BTF, RstEvent, Task,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -44,14 +44,28 @@ pub fn hide_cgroup(ebpf: &mut Ebpf, id: u64) -> Result<()> {
 }
 
 /// Seeds the owners of the sockets that existed before rst-trace started (`existing`, from
-/// `owners::existing`); returns how many.
-pub(super) fn seed_owners(ebpf: &mut Ebpf, existing: &HashMap<u64, Task>) -> Result<usize> {
+/// `owners::existing`), as many as the map's `capacity` holds; returns how many. The map was
+/// sized for the host's sockets before the scan: more found means many opened meanwhile, which
+/// is said, not silently cut.
+pub(super) fn seed_owners(
+    ebpf: &mut Ebpf,
+    existing: &HashMap<u64, Task>,
+    capacity: u32,
+) -> Result<usize> {
     let mut seeded = 0;
     let mut seed: BpfHashMap<_, u64, Task> =
         BpfHashMap::try_from(ebpf.map_mut(MAP_SEED_OWNERS).context("seed owner map")?)?;
-    for (cookie, task) in existing.iter().take(SEED_MAX_ENTRIES as usize) {
+    for (cookie, task) in existing.iter().take(capacity as usize) {
         seed.insert(cookie, task, 0)?;
         seeded += 1;
+    }
+    if existing.len() > seeded {
+        eprintln!(
+            "rst-trace: warning: {} sockets existed at start-up, {seeded} of them owned (the seed \
+             map's size, set from the host's socket count a moment before): the resets of the \
+             others name no process until the socket is used",
+            existing.len()
+        );
     }
     Ok(seeded)
 }

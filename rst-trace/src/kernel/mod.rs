@@ -4,6 +4,7 @@
 mod app;
 mod attach;
 mod btf;
+mod capacity;
 mod cost;
 mod errors;
 mod host;
@@ -13,6 +14,7 @@ mod maps;
 mod tracefs;
 
 pub use attach::detach_record_links;
+pub use capacity::{Watch as SocketWatch, min_owners};
 pub use cost::{ProgramCost, SelfCost, cost_lines, program_costs};
 pub use errors::{LoadFailure, Notes, first_line, print_details};
 pub use host::{check_privileges, raise_memlock};

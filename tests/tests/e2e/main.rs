@@ -1,6 +1,7 @@
 //! End-to-end: the real rst-trace binary and eBPF programs, real sockets in a network namespace
 //! of each test's own, real resets; assertions on what rst-trace printed.
 
+mod capacity;
 mod cli;
 mod demo;
 mod load;

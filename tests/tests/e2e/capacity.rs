@@ -1,0 +1,112 @@
+//! A host with more TCP sockets than the kernel side's owner map: said on stderr, never silent.
+
+use std::{
+    io::{BufRead as _, BufReader, Lines, Write as _},
+    process::{Child, ChildStdout, Command, Stdio},
+};
+
+use rst_trace_tests::{Netns, Tracer, Value, is_rst, s};
+
+/// The host's possible CPUs (`/sys/devices/system/cpu/possible`, e.g. `0-1` or `0-3,6`): the
+/// kernel's LRU map keeps 128 entries free on each.
+fn possible_cpus() -> u32 {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").expect("possible CPUs");
+    text.trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().unwrap() - a.parse::<u32>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// tests/scripts/crowd.py in `ns`: `pairs` idle connections to `port`, held until its stdin
+/// closes; a line on stdin aborts the first one's server end.
+struct Crowd {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Crowd {
+    fn start(ns: &Netns, port: u16, pairs: u32) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/crowd.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "/usr/bin/python3", script])
+            .args([port.to_string(), pairs.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting tests/scripts/crowd.py");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready", "crowd.py");
+        Self { child, lines }
+    }
+
+    /// Aborts the first connection's server end; the first client's port.
+    fn abort_first(&mut self) -> u64 {
+        writeln!(self.child.stdin.as_ref().unwrap()).unwrap();
+        let line = self.lines.next().unwrap().unwrap();
+        line.strip_prefix("aborted ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("crowd.py said {line:?}"))
+    }
+
+    /// Ends the crowd: every connection closes.
+    fn end(mut self) {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "crowd.py exit {status:?}");
+    }
+}
+
+/// The first client's received reset, in `t`'s output.
+fn first_client_reset(t: &Tracer, ns: &Netns, client_port: u64) -> Value {
+    let inode = ns.inode();
+    t.wait_for("the first client's peer_reset", |v| {
+        is_rst(v, "received", "peer_reset")
+            && v["netns"] == inode
+            && v["local"]["port"] == client_port
+    })
+}
+
+/// `--max-sockets` sizes the socket owner map. Once the host holds more TCP sockets than it
+/// keeps, rst-trace warns (once), and says so again when they fit; the map really is that
+/// size: the owner of an idle connection among 2x as many sockets is forgotten, as the warning
+/// says. The default map, sized from the host, keeps it.
+#[test]
+fn host_outgrowing_the_owner_map_is_warned() {
+    let cpus = possible_cpus();
+    let reserve = 128 * (cpus + 1);
+    let max = (2 * reserve).max(1024);
+    let usable = max - reserve;
+    let ns = Netns::new("capacity");
+    let port = "20071";
+    let small = Tracer::start(&["--port", port, "--max-sockets", &max.to_string()]);
+    let default = Tracer::start(&["--port", port]);
+    let mut crowd = Crowd::start(&ns, 20071, max);
+    let over = format!("more than the {usable} the socket owner map keeps (--max-sockets {max})");
+    small.wait_for_stderr("a host outgrowing --max-sockets", 5, |l| {
+        l.starts_with("rst-trace: warning: this host has ") && l.contains(&over)
+    });
+    let client_port = crowd.abort_first();
+    let kept = first_client_reset(&default, &ns, client_port);
+    assert_eq!(s(&kept, "process.pid"), crowd.child.id(), "{kept:#}");
+    assert_eq!(kept["attribution"], "socket_owner", "{kept:#}");
+    let lost = first_client_reset(&small, &ns, client_port);
+    assert_eq!(lost["process"], Value::Null, "{lost:#}");
+    crowd.end();
+    small.wait_for_stderr("the sockets fitting again", 5, |l| {
+        l.starts_with("rst-trace: note: this host's ") && l.contains("fit the socket owner map")
+    });
+    let (status, _, lines) = small.stop_with_stderr();
+    assert!(status.success(), "rst-trace exit {status:?}");
+    let warnings = lines.iter().filter(|l| l.contains(&over)).count();
+    assert_eq!(warnings, 1, "warned once while over: {lines:#?}");
+    let (status, _, lines) = default.stop_with_stderr();
+    assert!(status.success(), "rst-trace exit {status:?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("socket owner map")),
+        "the default map was outgrown by {} sockets: {lines:#?}",
+        2 * max
+    );
+}
