@@ -61,7 +61,6 @@ pub struct RstEvent {
     pub cookie: u64,
     /// The process the socket belongs to, see `attribution`.
     pub owner: Task,
-    pub owner_ns: u64,
     /// Local and remote address from this host's point of view; IPv4 in the first 4 bytes.
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
@@ -144,7 +143,7 @@ const _: () = assert!(core::mem::offset_of!(RstEvent, remote_addr) % 8 == 0);
 const _: () = assert!(core::mem::align_of::<RstEvent>() == 8);
 
 /// Size of one record in the ring buffer.
-pub const RST_EVENT_SIZE: usize = 200;
+pub const RST_EVENT_SIZE: usize = 192;
 const _: () = assert!(core::mem::size_of::<RstEvent>() == RST_EVENT_SIZE);
 
 /// Why a ring buffer record could not be decoded.

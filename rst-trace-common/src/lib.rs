@@ -189,8 +189,10 @@ const _: () = assert!(core::mem::offset_of!(Task, thread) % 8 == 0);
 pub struct SockInfo {
     /// The process that owns the socket, learned in its own system call.
     pub owner: Task,
-    /// `bpf_ktime_get_ns()` when `owner` was recorded; 0: no owner known.
-    pub owner_ns: u64,
+    /// 1 when `owner` is known, 0 when not (an entry made for its state history only). Not a
+    /// time: nothing reads when an owner was learned, and a clock read at every `connect()`,
+    /// `listen()` and `accept()` costs.
+    pub owned: u64,
     /// `bpf_ktime_get_ns()` when `tcp_destroy_sock` fired, in the per-CPU copy the eBPF side
     /// keeps of the last destroyed socket; 0 in the map. An orphaned socket is destroyed just
     /// *before* the reset it provokes is sent (tcp_done() in tcp_rcv_state_process(), then the

@@ -137,7 +137,6 @@ fn closed_by_current(ev: &mut RstEvent) {
         ev.facts |= FACT_LISTENER_CLOSING;
     }
     fill_current_task(&mut ev.owner);
-    ev.owner_ns = ev.mono_ns;
     ev.attribution = ATTR_OWNER_CURRENT;
 }
 

@@ -97,10 +97,9 @@ pub fn owner_from_map(sk: u64, ev: &mut RstEvent) {
     if let Some(info) = info {
         ev.prev_state = info.close_prev_state;
         ev.peer_ttl = info.peer_ttl;
-        if info.owner_ns != 0 {
+        if info.owned != 0 {
             // SAFETY: Tasks are 8-aligned (repr(align(8))), 56 bytes.
             unsafe { copy_words(&mut ev.owner, &info.owner) };
-            ev.owner_ns = info.owner_ns;
             ev.attribution = ATTR_OWNER_MAP;
             return;
         }
@@ -140,14 +139,15 @@ pub fn learn_owner(sk: u64) {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(info) = SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a map value pointer, valid for this program run.
-        unsafe {
-            if (*info).owner_ns != 0 && (*info).owner.pid == pid {
+        let cgroup = unsafe {
+            if (*info).owned != 0 && (*info).owner.pid == pid {
                 return;
             }
             fill_current_task(&mut (*info).owner);
-            (*info).owner_ns = bpf_ktime_get_ns();
-        }
-        note_cgroup();
+            (*info).owned = 1;
+            (*info).owner.cgroup
+        };
+        note_cgroup(cgroup);
         return;
     }
     new_owner(sk);
@@ -158,22 +158,22 @@ pub fn learn_owner(sk: u64) {
 #[inline(always)]
 fn new_owner(sk: u64) {
     bump_generation();
+    let mut cgroup = 0;
     insert_fresh(sk, |info| {
         fill_current_task(&mut info.owner);
-        // SAFETY: helper without preconditions.
-        info.owner_ns = unsafe { bpf_ktime_get_ns() };
+        info.owned = 1;
+        cgroup = info.owner.cgroup;
     });
-    note_cgroup();
+    note_cgroup(cgroup);
 }
 
 /// The first time an owner is learned in a cgroup, userspace is told (a [`CgroupSeen`]
 /// record), so that it resolves the cgroup's container while its processes live: one that dies
 /// with its connections takes its cgroup and the runtime's state along before the resets it
-/// leaves are read. One LRU look-up per new owner; nothing per send or receive.
+/// leaves are read. One LRU look-up per new owner; nothing per send or receive. `id`: the
+/// current task's cgroup, as the owner just filled in holds it.
 #[inline(always)]
-fn note_cgroup() {
-    // SAFETY: helper without preconditions.
-    let id = unsafe { generated::bpf_get_current_cgroup_id() };
+fn note_cgroup(id: u64) {
     let last = LAST_CGROUP.get_ptr_mut(0);
     // SAFETY: per-CPU slot, valid for this program run.
     if id == 0 || last.is_some_and(|l| unsafe { *l } == id) {
@@ -271,8 +271,8 @@ fn listener_closing(sk: u64, port: u16) {
 /// stays as small as the set of live sockets, so a connection storm never makes it evict.
 #[inline(always)]
 pub fn on_destroy(sk: u64) {
-    // SAFETY: the value is copied at once.
-    if let Some(info) = unsafe { SOCKS.get(&sk) }.copied() {
+    // SAFETY: the value is read at once, then the entry removed.
+    if let Some(info) = unsafe { SOCKS.get(&sk) } {
         if let Some(d) = LAST_DESTROYED.get_ptr_mut(0) {
             // SAFETY: per-CPU slot.
             // skc_num is host order; skc_dport network order (include/net/sock.h). They are
@@ -286,10 +286,12 @@ pub fn on_destroy(sk: u64) {
                     u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0)),
                 )
             };
+            // SAFETY: per-CPU slot; SockInfo is 8-aligned, a multiple of 8 bytes: copied
+            // from the map value in words, not through a copy on the stack.
             unsafe {
                 (*d).sk = sk;
                 (*d).ports = (u64::from(lport) << 16) | u64::from(rport);
-                (*d).info = info;
+                copy_words(&mut (*d).info, info);
                 (*d).info.destroyed_ns = bpf_ktime_get_ns();
             }
         }
