@@ -66,8 +66,8 @@ impl CountKey {
         self._pad = 0;
     }
 
-    /// The key of `ev` (userspace and tests; the eBPF side fills its slot with
-    /// [`CountKey::fill`]).
+    /// The key of `ev`, for the property test of the round trip (the eBPF side fills its slot
+    /// with [`CountKey::fill`], which this mirrors).
     pub fn of(ev: &RstEvent) -> Self {
         let mut k = Self {
             comm: ev.owner.comm,

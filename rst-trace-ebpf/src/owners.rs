@@ -6,8 +6,8 @@ use aya_ebpf::helpers::{
 };
 use rst_trace_common::{
     AF_INET6, ATTR_OWNER_MAP, ATTR_OWNER_SEED, CgroupSeen, DESTROYED_GRACE_NS, IPPROTO_TCP,
-    ListenerClose, OFF_NONE, RstEvent, SOCK_RESET_SEEN, SockInfo, TCP_CLOSE, TCP_FIN_WAIT2,
-    TCP_LISTEN, TCP_RST, TCP_SYN_SENT, Task,
+    ListenerClose, OFF_NONE, RstEvent, SOCK_REFUSED, SOCK_RESET_SEEN, SockInfo, TCP_CLOSE,
+    TCP_FIN_WAIT2, TCP_LISTEN, TCP_RST, TCP_SYN_SENT, Task,
 };
 
 use crate::{
@@ -90,6 +90,9 @@ pub fn owner_from_map(sk: u64, ev: &mut RstEvent) {
         Some(info) => unsafe {
             // Its coming move to CLOSE is this abort, not a hand-over to TIME_WAIT.
             (*info).flags |= SOCK_RESET_SEEN;
+            if ev.state == TCP_SYN_SENT {
+                (*info).flags |= SOCK_REFUSED;
+            }
             Some(&*info)
         },
         None => recently_destroyed(sk, ev),
@@ -269,11 +272,17 @@ fn listener_closing(sk: u64, port: u16) {
 /// The socket is freed after this and its address may be reused: forget it, keeping a per-CPU
 /// copy for the reset an orphan's destruction may still send (see `recently_destroyed`). The map
 /// stays as small as the set of live sockets, so a connection storm never makes it evict.
+/// A refused connection attempt keeps no copy: it sends no reset, and a refused storm destroys
+/// a socket per attempt. (Not every socket that saw a reset: an orphan that gets data after
+/// its close() passes through tcp_reset(), which fires `tcp_receive_reset`, before the reset
+/// it sends; tcp_rcv_state_process().)
 #[inline(always)]
 pub fn on_destroy(sk: u64) {
     // SAFETY: the value is read at once, then the entry removed.
     if let Some(info) = unsafe { SOCKS.get(&sk) } {
-        if let Some(d) = LAST_DESTROYED.get_ptr_mut(0) {
+        if info.flags & SOCK_REFUSED == 0
+            && let Some(d) = LAST_DESTROYED.get_ptr_mut(0)
+        {
             // SAFETY: per-CPU slot.
             // skc_num is host order; skc_dport network order (include/net/sock.h). They are
             // the two halves of skc_portpair: one read where they sit that way (always so far).
