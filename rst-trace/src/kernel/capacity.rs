@@ -11,7 +11,7 @@
 use anyhow::{Context as _, Result};
 
 /// The socket map's size on a host with few sockets (~10 MB of kernel memory).
-pub const DEFAULT_OWNERS: u32 = rst_trace_common::SOCKS_MAX_ENTRIES;
+const DEFAULT_OWNERS: u32 = rst_trace_common::SOCKS_MAX_ENTRIES;
 /// The largest socket map sized on its own (~160 MB); `--max-sockets` may ask for more.
 const AUTO_OWNERS_MAX: u32 = 1 << 20;
 /// The seed map's smallest size.
@@ -54,7 +54,7 @@ fn parse_sockstat(text: &str) -> Option<u64> {
 }
 
 /// The free entries the LRU keeps back on a host with `cpus` possible CPUs.
-pub fn lru_reserve(cpus: u32) -> u64 {
+fn lru_reserve(cpus: u32) -> u64 {
     LRU_FREE_PER_CPU * (u64::from(cpus) + 1)
 }
 
@@ -72,9 +72,10 @@ pub fn plan(requested: Option<u32>, tcp: u64, cpus: u32) -> SocketMaps {
         let want = (2 * tcp + reserve).next_power_of_two();
         want.clamp(u64::from(DEFAULT_OWNERS), u64::from(AUTO_OWNERS_MAX)) as u32
     });
+    // Capped like the socket map: beyond, the seeding says how many it could not hold.
     let seeds = (tcp + tcp / 4 + 1024)
         .next_power_of_two()
-        .clamp(u64::from(SEEDS_MIN), u64::from(u32::MAX >> 1)) as u32;
+        .clamp(u64::from(SEEDS_MIN), u64::from(AUTO_OWNERS_MAX)) as u32;
     SocketMaps {
         owners,
         seeds,
@@ -173,8 +174,12 @@ mod tests {
         assert_eq!(p.owners, 1 << 18);
         assert!(p.usable >= 200_000, "{p:?}");
         assert!(u64::from(p.seeds) >= 125_000, "{p:?}");
-        // The automatic size stops at 1M entries; --max-sockets decides beyond.
-        assert_eq!(plan(None, 10_000_000, 2).owners, AUTO_OWNERS_MAX);
+        // The automatic sizes stop at 1M entries; --max-sockets decides beyond.
+        let huge = plan(None, 10_000_000, 2);
+        assert_eq!(
+            (huge.owners, huge.seeds),
+            (AUTO_OWNERS_MAX, AUTO_OWNERS_MAX)
+        );
         assert_eq!(plan(Some(4096), 10_000_000, 2).owners, 4096);
     }
 
