@@ -215,8 +215,9 @@ pub const SOCK_RESET_SEEN: u16 = 1;
 /// `SockInfo::flags`: an application call on the socket already failed and was reported (only
 /// the first one is: a loop of failing writes must not flood the ring).
 pub const SOCK_APP_ERROR_SEEN: u16 = 2;
-/// `SockInfo::flags`: a connection attempt refused (a reset received in SYN_SENT). No reset
-/// can follow from the socket, so its destruction keeps no copy of its entry for one.
+/// `SockInfo::flags`: a reset in SYN_SENT, a connection attempt refused (or one that answered
+/// a bad SYN-ACK with RST). Such a socket sends no reset after its destruction, so that keeps
+/// no copy of its entry for one.
 pub const SOCK_REFUSED: u16 = 4;
 
 /// How long the copy of a destroyed socket's [`SockInfo`] still counts.
