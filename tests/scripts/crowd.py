@@ -8,12 +8,15 @@ stdin aborts the accepted end of the first pair (SO_LINGER 0, close: the kernel 
 the first client receives without any call of its own), prints "aborted CLIENT_PORT", and exits
 at the end of stdin. Run it inside the test's network namespace.
 """
+import os
 import resource
 import socket
 import struct
 import sys
 
 port, pairs = int(sys.argv[1]), int(sys.argv[2])
+# On one CPU: the kernel's LRU keeps per-CPU lists, so the owner map fills in one order.
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 need = 2 * pairs + 64
 resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
 srv = socket.socket()

@@ -101,6 +101,11 @@ impl Tracer {
         t
     }
 
+    /// rst-trace's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn events(&self) -> Vec<Value> {
         self.events.lock().unwrap().clone()
     }

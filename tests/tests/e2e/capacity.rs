@@ -59,6 +59,28 @@ impl Crowd {
     }
 }
 
+/// The entries of the kernel map `pid` holds of `map_type` with values of `value_size` bytes,
+/// from its descriptors' fdinfo (the socket owner map: an LRU hash, 9, of 80-byte values).
+fn map_entries(pid: u32, map_type: u32, value_size: u32) -> Vec<u64> {
+    let mut found = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
+        let Ok(text) = std::fs::read_to_string(fd.unwrap().path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if field("map_type:") == Some(u64::from(map_type))
+            && field("value_size:") == Some(u64::from(value_size))
+        {
+            found.push(field("max_entries:").expect("max_entries"));
+        }
+    }
+    found
+}
+
 /// The first client's received reset, in `t`'s output.
 fn first_client_reset(t: &Tracer, ns: &Netns, client_port: u64) -> Value {
     let inode = ns.inode();
@@ -69,10 +91,11 @@ fn first_client_reset(t: &Tracer, ns: &Netns, client_port: u64) -> Value {
     })
 }
 
-/// `--max-sockets` sizes the socket owner map. Once the host holds more TCP sockets than it
-/// keeps, rst-trace warns (once), and says so again when they fit; the map really is that
-/// size: the owner of an idle connection among 2x as many sockets is forgotten, as the warning
-/// says. The default map, sized from the host, keeps it.
+/// `--max-sockets` sizes the socket owner map (the kernel map has that many entries). Once the
+/// host holds more TCP sockets than it keeps, rst-trace warns (once), and says so again when
+/// they fit. The default map, sized from the host, keeps the owner of an idle connection among
+/// them. (Which entries the small map's LRU forgets depends on the CPUs the inserts ran on:
+/// not asserted.)
 #[test]
 fn host_outgrowing_the_owner_map_is_warned() {
     let cpus = possible_cpus();
@@ -83,6 +106,14 @@ fn host_outgrowing_the_owner_map_is_warned() {
     let port = "20071";
     let small = Tracer::start(&["--port", port, "--max-sockets", &max.to_string()]);
     let default = Tracer::start(&["--port", port]);
+    // SockInfo: 80 bytes (asserted in rst-trace-common); the only LRU map with such values.
+    let socks = 80;
+    assert_eq!(map_entries(small.pid(), 9, socks), vec![u64::from(max)]);
+    let default_entries = map_entries(default.pid(), 9, socks);
+    assert!(
+        default_entries.len() == 1 && default_entries[0] >= 65536,
+        "{default_entries:?}"
+    );
     let mut crowd = Crowd::start(&ns, 20071, max);
     let over = format!("more than the {usable} the socket owner map keeps (--max-sockets {max})");
     small.wait_for_stderr("a host outgrowing --max-sockets", 5, |l| {
@@ -92,8 +123,7 @@ fn host_outgrowing_the_owner_map_is_warned() {
     let kept = first_client_reset(&default, &ns, client_port);
     assert_eq!(s(&kept, "process.pid"), crowd.child.id(), "{kept:#}");
     assert_eq!(kept["attribution"], "socket_owner", "{kept:#}");
-    let lost = first_client_reset(&small, &ns, client_port);
-    assert_eq!(lost["process"], Value::Null, "{lost:#}");
+    first_client_reset(&small, &ns, client_port);
     crowd.end();
     small.wait_for_stderr("the sockets fitting again", 5, |l| {
         l.starts_with("rst-trace: note: this host's ") && l.contains("fit the socket owner map")
