@@ -107,9 +107,11 @@ pub const PROG_NETIF_RECEIVE: &str = "netif_receive_skb";
 pub const MAP_SEED_OWNERS: &str = "SEED_OWNERS";
 /// The seed map's entries in the object; userspace sizes it from the host at load.
 pub const SEED_MAX_ENTRIES: u32 = 4096;
-/// Before 6.10: connections handed to a TIME_WAIT mini-socket, for the transmit hook. Entries:
-/// [`TIMEWAIT_MAX_ENTRIES`] where the transmit hook sees socketless resets, else 1 (set at load).
+/// Before 6.10: connections handed to a TIME_WAIT mini-socket, for the transmit hook.
 pub const MAP_TIMEWAIT: &str = "TIMEWAIT";
+/// Its entries in the object, and the fewest userspace gives it where the transmit hook sees
+/// socketless resets; userspace sizes it from the host's TIME_WAIT count at load (1 entry where
+/// it is not read).
 pub const TIMEWAIT_MAX_ENTRIES: u32 = 16384;
 
 /// The LRU map from socket address to [`SockInfo`]: the owners of sockets seen since start-up.

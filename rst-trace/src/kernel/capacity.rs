@@ -6,7 +6,10 @@
 //! `tcp_destroy_sock`) and the seed map (sockets older than rst-trace). A host with more live
 //! TCP sockets than the socket map holds makes the LRU forget the owners of the least recently
 //! used ones, and their resets name no process: so the map is sized from the host's socket
-//! count, and a host that outgrows it is warned about.
+//! count, and a host that outgrows it is warned about. Before 6.10 the TIME_WAIT map
+//! (`TIMEWAIT`, the flows handed to a TIME_WAIT mini-socket) is sized and watched the same way
+//! from the host's TIME_WAIT count: a flow it forgot makes that mini-socket's reset look like
+//! one for no socket at all.
 
 use anyhow::{Context as _, Result};
 
@@ -16,12 +19,14 @@ const DEFAULT_OWNERS: u32 = rst_trace_common::SOCKS_MAX_ENTRIES;
 const AUTO_OWNERS_MAX: u32 = 1 << 20;
 /// The seed map's smallest size.
 const SEEDS_MIN: u32 = rst_trace_common::SEED_MAX_ENTRIES;
+/// The TIME_WAIT map's smallest size.
+const TIMEWAIT_MIN: u32 = rst_trace_common::TIMEWAIT_MAX_ENTRIES;
 /// Free entries the kernel's LRU keeps on each CPU's own list (`LOCAL_FREE_TARGET`,
 /// kernel/bpf/bpf_lru_list.c): it starts evicting while that many per CPU, and as many more on
 /// the global list, are still free.
 const LRU_FREE_PER_CPU: u64 = 128;
 
-/// Entries of the two owner maps.
+/// Entries of the owner maps and of the TIME_WAIT map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketMaps {
     /// The socket map (`SOCKS`).
@@ -31,26 +36,43 @@ pub struct SocketMaps {
     /// Live sockets the socket map holds before its LRU evicts (`owners` less the free
     /// entries the kernel keeps per CPU).
     pub usable: u64,
+    /// The TIME_WAIT map (`TIMEWAIT`): 1 where the kernel does not need it (6.10+, or no
+    /// transmit hook).
+    pub timewait: u32,
+    /// TIME_WAIT flows it holds before its LRU evicts; 0 where it is not used.
+    pub timewait_usable: u64,
 }
 
-/// TCP sockets allocated on the whole host: `alloc` of /proc/net/sockstat's TCP line, the
-/// kernel's `tcp_sockets_allocated` (IPv4 and IPv6, every network namespace, every state but
-/// TIME_WAIT and request mini-sockets, which are not in the socket map either).
-pub fn tcp_sockets() -> Result<u64> {
+/// The TCP line of /proc/net/sockstat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostSockets {
+    /// `alloc`: the kernel's `tcp_sockets_allocated` (IPv4 and IPv6, every network namespace,
+    /// every state but TIME_WAIT and request mini-sockets, which are not in the socket map
+    /// either).
+    pub alloc: u64,
+    /// `tw`: TIME_WAIT sockets of rst-trace's own network namespace (the count is kept per
+    /// namespace; containers' own namespaces are not in it).
+    pub tw: u64,
+}
+
+/// The host's TCP sockets, from /proc/net/sockstat.
+pub fn host_sockets() -> Result<HostSockets> {
     let text =
         std::fs::read_to_string("/proc/net/sockstat").context("reading /proc/net/sockstat")?;
-    parse_sockstat(&text).context("no `TCP: ... alloc N` line in /proc/net/sockstat")
+    parse_sockstat(&text).context("no `TCP: ... tw N alloc N` line in /proc/net/sockstat")
 }
 
-fn parse_sockstat(text: &str) -> Option<u64> {
+fn parse_sockstat(text: &str) -> Option<HostSockets> {
     let line = text.lines().find_map(|l| l.strip_prefix("TCP:"))?;
-    let mut words = line.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "alloc" {
-            return words.next()?.parse().ok();
-        }
-    }
-    None
+    let field = |name: &str| {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == name)?;
+        words.next()?.parse().ok()
+    };
+    Some(HostSockets {
+        alloc: field("alloc")?,
+        tw: field("tw")?,
+    })
 }
 
 /// The free entries the LRU keeps back on a host with `cpus` possible CPUs.
@@ -63,87 +85,125 @@ pub fn min_owners(cpus: u32) -> u64 {
     (2 * lru_reserve(cpus)).max(1024)
 }
 
+/// Room for twice `count` and the LRU's free lists, a power of two in `min..=1M`.
+fn lru_size(count: u64, reserve: u64, min: u32) -> u32 {
+    (2 * count + reserve)
+        .next_power_of_two()
+        .clamp(u64::from(min), u64::from(AUTO_OWNERS_MAX)) as u32
+}
+
 /// Sizes the maps: `requested` (`--max-sockets`) for the socket map, else room for twice the
-/// host's `tcp` sockets (the count at start-up) and never fewer than [`DEFAULT_OWNERS`]; the
-/// seed map for the sockets found now, with a margin for those opened during the scan.
-pub fn plan(requested: Option<u32>, tcp: u64, cpus: u32) -> SocketMaps {
+/// host's sockets (the count at start-up) and never fewer than [`DEFAULT_OWNERS`]; the seed
+/// map for the sockets found now, with a margin for those opened during the scan; the
+/// TIME_WAIT map, where `timewait` says the kernel side uses it, like the socket map.
+pub fn plan(requested: Option<u32>, host: HostSockets, cpus: u32, timewait: bool) -> SocketMaps {
     let reserve = lru_reserve(cpus);
-    let owners = requested.unwrap_or_else(|| {
-        let want = (2 * tcp + reserve).next_power_of_two();
-        want.clamp(u64::from(DEFAULT_OWNERS), u64::from(AUTO_OWNERS_MAX)) as u32
-    });
+    let tcp = host.alloc;
+    let owners = requested.unwrap_or_else(|| lru_size(tcp, reserve, DEFAULT_OWNERS));
     // Capped like the socket map: beyond, the seeding says how many it could not hold.
     let seeds = (tcp + tcp / 4 + 1024)
         .next_power_of_two()
         .clamp(u64::from(SEEDS_MIN), u64::from(AUTO_OWNERS_MAX)) as u32;
+    let (timewait, timewait_usable) = if timewait {
+        let n = lru_size(host.tw, reserve, TIMEWAIT_MIN);
+        (n, u64::from(n).saturating_sub(reserve))
+    } else {
+        (1, 0)
+    };
     SocketMaps {
         owners,
         seeds,
         usable: u64::from(owners).saturating_sub(reserve),
+        timewait,
+        timewait_usable,
     }
 }
 
-/// Watches the host's TCP socket count against the socket map: warns once when it outgrows
-/// the map, and once when it fits again.
+/// Watches the host's socket counts against the maps: warns once when they outgrow a map, and
+/// once when they fit again.
 pub struct Watch {
-    usable: u64,
-    owners: u32,
-    over: bool,
+    maps: SocketMaps,
+    /// Whether the host was over the socket map and over the TIME_WAIT map, as last said.
+    over: [bool; 2],
 }
 
 impl Watch {
     pub fn new(maps: SocketMaps) -> Self {
         Self {
-            usable: maps.usable,
-            owners: maps.owners,
-            over: false,
+            maps,
+            over: [false; 2],
         }
     }
 
-    /// Once a second: the host's socket count against the map, said on stderr when it
-    /// crosses. (A count that cannot be read was warned about at start-up.)
+    /// Once a second: the host's socket counts against the maps, said on stderr when they
+    /// cross. (Counts that cannot be read were warned about at start-up.)
     pub fn tick(&mut self) {
-        if let Ok(tcp) = tcp_sockets()
-            && let Some(line) = self.check(tcp)
-        {
-            eprintln!("{line}");
+        if let Ok(host) = host_sockets() {
+            for line in self.check(host) {
+                eprintln!("{line}");
+            }
         }
     }
 
-    /// The warning to print, if the host crossed the map's size since the last check.
-    fn check(&mut self, tcp: u64) -> Option<String> {
-        let over = tcp > self.usable;
-        if over == self.over {
-            return None;
+    /// The lines to print for the maps the host crossed since the last check.
+    fn check(&mut self, host: HostSockets) -> Vec<String> {
+        let m = self.maps;
+        let mut lines = Vec::new();
+        if let Some(over) = crossed(&mut self.over[0], host.alloc > m.usable) {
+            lines.push(if over {
+                format!(
+                    "rst-trace: warning: this host has {} TCP sockets, more than the {} the \
+                     socket owner map keeps (--max-sockets {}): the owners of the least \
+                     recently used ones may be forgotten, and their resets then name no \
+                     process. Restart rst-trace to size the map for this host, or give a \
+                     larger --max-sockets",
+                    host.alloc, m.usable, m.owners
+                )
+            } else {
+                format!(
+                    "rst-trace: note: this host's {} TCP sockets fit the socket owner map \
+                     again ({} entries)",
+                    host.alloc, m.usable
+                )
+            });
         }
-        self.over = over;
-        Some(if over {
-            format!(
-                "rst-trace: warning: this host has {tcp} TCP sockets, more than the {} the \
-                 socket owner map keeps (--max-sockets {}): the owners of the least recently \
-                 used ones may be forgotten, and their resets then name no process. Restart \
-                 rst-trace to size the map for this host, or give a larger --max-sockets",
-                self.usable, self.owners
-            )
-        } else {
-            format!(
-                "rst-trace: note: this host's {tcp} TCP sockets fit the socket owner map again \
-                 ({} entries)",
-                self.usable
-            )
-        })
+        let tw_over = host.tw > m.timewait_usable;
+        if m.timewait_usable > 0
+            && let Some(over) = crossed(&mut self.over[1], tw_over)
+        {
+            lines.push(if over {
+                format!(
+                    "rst-trace: warning: this host has {} TIME_WAIT sockets, more than the {} \
+                     the TIME_WAIT map keeps: a reset one of the oldest sends may be reported \
+                     as a reset for no socket. Restart rst-trace to size the map for this host",
+                    host.tw, m.timewait_usable
+                )
+            } else {
+                format!(
+                    "rst-trace: note: this host's {} TIME_WAIT sockets fit the TIME_WAIT map \
+                     again ({} entries)",
+                    host.tw, m.timewait_usable
+                )
+            });
+        }
+        lines
     }
 }
 
+/// `Some(now)` when `now` differs from `*was`, which then becomes `now`.
+fn crossed(was: &mut bool, now: bool) -> Option<bool> {
+    (std::mem::replace(was, now) != now).then_some(now)
+}
+
 /// Read on the way, so that a host without /proc/net/sockstat (never seen) still starts: the
-/// default size then, said on stderr.
-pub fn tcp_sockets_or_warn() -> u64 {
-    tcp_sockets().unwrap_or_else(|e| {
+/// default sizes then, said on stderr.
+pub fn host_sockets_or_warn() -> HostSockets {
+    host_sockets().unwrap_or_else(|e| {
         eprintln!(
             "rst-trace: warning: cannot count this host's TCP sockets ({e:#}): the socket \
              owner map gets the default {DEFAULT_OWNERS} entries and is not watched"
         );
-        0
+        HostSockets::default()
     })
 }
 
@@ -152,45 +212,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sockstat_alloc_is_read() {
+    fn sockstat_counts_are_read() {
         let text =
             "sockets: used 311\nTCP: inuse 12 orphan 0 tw 3 alloc 57 mem 4\nUDP: inuse 2 mem 1\n";
-        assert_eq!(parse_sockstat(text), Some(57));
+        assert_eq!(parse_sockstat(text), Some(HostSockets { alloc: 57, tw: 3 }));
         assert_eq!(
             parse_sockstat("sockets: used 1\nUDP: inuse 0 mem 0\n"),
             None
         );
-        assert_eq!(parse_sockstat("TCP: inuse 1 alloc\n"), None);
+        assert_eq!(parse_sockstat("TCP: inuse 1 tw 2 alloc\n"), None);
+        assert_eq!(parse_sockstat("TCP: inuse 1 alloc 2\n"), None);
     }
 
     #[test]
     fn maps_grow_with_the_host() {
         // A small host: the default socket map, the smallest seed map.
-        let p = plan(None, 40, 2);
+        let host = |alloc, tw| HostSockets { alloc, tw };
+        let p = plan(None, host(40, 10), 2, true);
         assert_eq!((p.owners, p.seeds), (DEFAULT_OWNERS, SEEDS_MIN));
         assert_eq!(p.usable, u64::from(DEFAULT_OWNERS) - 3 * 128);
+        assert_eq!(p.timewait, TIMEWAIT_MIN);
+        assert_eq!(p.timewait_usable, u64::from(TIMEWAIT_MIN) - 3 * 128);
         // 100k sockets on 64 CPUs: room for twice as many, and for the LRU's free lists.
-        let p = plan(None, 100_000, 64);
+        let p = plan(None, host(100_000, 50_000), 64, true);
         assert_eq!(p.owners, 1 << 18);
         assert!(p.usable >= 200_000, "{p:?}");
         assert!(u64::from(p.seeds) >= 125_000, "{p:?}");
+        assert_eq!(p.timewait, 1 << 17);
+        assert!(p.timewait_usable >= 100_000, "{p:?}");
         // The automatic sizes stop at 1M entries; --max-sockets decides beyond.
-        let huge = plan(None, 10_000_000, 2);
+        let huge = plan(None, host(10_000_000, 10_000_000), 2, true);
         assert_eq!(
-            (huge.owners, huge.seeds),
-            (AUTO_OWNERS_MAX, AUTO_OWNERS_MAX)
+            (huge.owners, huge.seeds, huge.timewait),
+            (AUTO_OWNERS_MAX, AUTO_OWNERS_MAX, AUTO_OWNERS_MAX)
         );
-        assert_eq!(plan(Some(4096), 10_000_000, 2).owners, 4096);
+        assert_eq!(plan(Some(4096), host(10_000_000, 0), 2, true).owners, 4096);
+        // 6.10+: the TIME_WAIT map is never written, one entry, not watched.
+        let p = plan(None, host(40, 100_000), 2, false);
+        assert_eq!((p.timewait, p.timewait_usable), (1, 0));
     }
 
     #[test]
     fn the_watch_warns_once_each_way() {
-        let mut w = Watch::new(plan(Some(4096), 0, 2));
-        assert_eq!(w.check(100), None);
-        let warn = w.check(4000).expect("over the map");
-        assert!(warn.contains("4000 TCP sockets") && warn.contains("--max-sockets 4096"));
-        assert_eq!(w.check(5000), None);
-        assert!(w.check(10).expect("fits again").contains("fit"));
-        assert_eq!(w.check(20), None);
+        let host = |alloc, tw| HostSockets { alloc, tw };
+        let mut w = Watch::new(plan(Some(4096), host(0, 0), 2, true));
+        assert!(w.check(host(100, 100)).is_empty());
+        let warn = w.check(host(4000, 100));
+        assert!(
+            warn.len() == 1
+                && warn[0].contains("4000 TCP sockets")
+                && warn[0].contains("--max-sockets 4096"),
+            "{warn:?}"
+        );
+        assert!(w.check(host(5000, 100)).is_empty());
+        let both = w.check(host(10, 20_000));
+        assert!(
+            both.len() == 2
+                && both[0].contains("fit the socket owner map")
+                && both[1].contains("20000 TIME_WAIT sockets, more than the 16000"),
+            "{both:?}"
+        );
+        assert!(w.check(host(20, 30_000)).is_empty());
+        let fits = w.check(host(20, 3));
+        assert!(
+            fits.len() == 1 && fits[0].contains("fit the TIME_WAIT map"),
+            "{fits:?}"
+        );
+        // 6.10+: TIME_WAIT sockets are not the map's business.
+        let mut w = Watch::new(plan(None, host(0, 0), 2, false));
+        assert!(w.check(host(0, 1_000_000)).is_empty());
     }
 }

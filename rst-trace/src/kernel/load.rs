@@ -8,7 +8,7 @@ use aya::{Ebpf, EbpfLoader, maps::MapType};
 use rst_trace_common::{
     COUNTS_MAX_ENTRIES, Config, FILTER_CGROUP, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT,
     GLOBAL_CONFIG, MAP_COUNTS, MAP_EVENTS, MAP_SEED_OWNERS, MAP_SOCKS, MAP_STACKS, MAP_TIMEWAIT,
-    PROG_DEV_QUEUE, PROG_NETIF_RECEIVE, PROG_TCP_PROBE, STACKS_MAX_ENTRIES, TIMEWAIT_MAX_ENTRIES,
+    PROG_DEV_QUEUE, PROG_NETIF_RECEIVE, PROG_TCP_PROBE, STACKS_MAX_ENTRIES,
 };
 
 use super::{
@@ -240,14 +240,7 @@ fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks, socks: SocketMaps) ->
                 1
             },
         )
-        .map_max_entries(
-            MAP_TIMEWAIT,
-            if cfg.xmit_socketless != 0 {
-                TIMEWAIT_MAX_ENTRIES
-            } else {
-                1
-            },
-        )
+        .map_max_entries(MAP_TIMEWAIT, socks.timewait)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (is the kernel built with CONFIG_BPF_SYSCALL and BTF?)")
 }
@@ -276,7 +269,13 @@ pub fn load(
     filter_config(filter, &mut cfg);
 
     let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
-    let socket_maps = capacity::plan(max_sockets, capacity::tcp_sockets_or_warn(), cpus);
+    // The TIME_WAIT map is read only where the transmit hook sees socketless resets.
+    let socket_maps = capacity::plan(
+        max_sockets,
+        capacity::host_sockets_or_warn(),
+        cpus,
+        cfg.xmit_socketless != 0 && hooks.firewall,
+    );
     let mut ebpf = load_object(&cfg, ring_size, hooks, socket_maps)?;
     fill_filters(&mut ebpf, filter)?;
 

@@ -5,7 +5,7 @@ use std::{
     process::{Child, ChildStdout, Command, Stdio},
 };
 
-use rst_trace_tests::{Netns, Tracer, Value, is_rst, s};
+use rst_trace_tests::{Netns, Tracer, Value, is_rst, kernel_has_reasons, s};
 
 /// The host's possible CPUs (`/sys/devices/system/cpu/possible`, e.g. `0-1` or `0-3,6`): the
 /// kernel's LRU map keeps 128 entries free on each.
@@ -59,9 +59,9 @@ impl Crowd {
     }
 }
 
-/// The entries of the kernel map `pid` holds of `map_type` with values of `value_size` bytes,
-/// from its descriptors' fdinfo (the socket owner map: an LRU hash, 9, of 80-byte values).
-fn map_entries(pid: u32, map_type: u32, value_size: u32) -> Vec<u64> {
+/// The entries of the kernel maps `pid` holds of `map_type` with keys and values of
+/// `(key_size, value_size)` bytes, from its descriptors' fdinfo.
+fn map_entries(pid: u32, map_type: u32, (key_size, value_size): (u32, u32)) -> Vec<u64> {
     let mut found = Vec::new();
     for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
         let Ok(text) = std::fs::read_to_string(fd.unwrap().path()) else {
@@ -73,6 +73,7 @@ fn map_entries(pid: u32, map_type: u32, value_size: u32) -> Vec<u64> {
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
         if field("map_type:") == Some(u64::from(map_type))
+            && field("key_size:") == Some(u64::from(key_size))
             && field("value_size:") == Some(u64::from(value_size))
         {
             found.push(field("max_entries:").expect("max_entries"));
@@ -106,8 +107,9 @@ fn host_outgrowing_the_owner_map_is_warned() {
     let port = "20071";
     let small = Tracer::start(&["--port", port, "--max-sockets", &max.to_string()]);
     let default = Tracer::start(&["--port", port]);
-    // SockInfo: 80 bytes (asserted in rst-trace-common); the only LRU map with such values.
-    let socks = 80;
+    // The socket map: an LRU hash (9) from a socket's address to its SockInfo (80 bytes,
+    // asserted in rst-trace-common).
+    let socks = (8, 80);
     assert_eq!(map_entries(small.pid(), 9, socks), vec![u64::from(max)]);
     let default_entries = map_entries(default.pid(), 9, socks);
     assert!(
@@ -138,5 +140,51 @@ fn host_outgrowing_the_owner_map_is_warned() {
         !lines.iter().any(|l| l.contains("socket owner map")),
         "the default map was outgrown by {} sockets: {lines:#?}",
         2 * max
+    );
+}
+
+/// Before 6.10 the TIME_WAIT map (an LRU hash, 9, from a 40-byte flow to a time) is sized from
+/// the TIME_WAIT sockets of rst-trace's network namespace at start-up: room for twice as many
+/// and the LRU's free lists, so with more than ~8000 of them it outgrows its smallest size,
+/// 16384. From 6.10, `tcp_send_reset` shows those resets and the map is never read: one entry.
+#[test]
+fn time_wait_map_is_sized_from_the_host() {
+    // TIME_WAIT sockets are counted per network namespace: these are rst-trace's, the host's
+    // (on a port of this test's own; nothing sends them a segment).
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/timewait.py");
+    let out = Command::new("/usr/bin/python3")
+        .args([script, "20072", "9000"])
+        .output()
+        .expect("running tests/scripts/timewait.py");
+    assert!(out.status.success(), "timewait.py: {out:?}");
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap();
+    let tw: u64 = sockstat
+        .lines()
+        .find_map(|l| l.strip_prefix("TCP:"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "tw").nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("tw in /proc/net/sockstat");
+    // The kernel keeps at most net.ipv4.tcp_max_tw_buckets (8192 on a small VM).
+    let reserve = 128 * (u64::from(possible_cpus()) + 1);
+    assert!(
+        2 * tw + reserve > 16384,
+        "only {tw} TIME_WAIT sockets (net.ipv4.tcp_max_tw_buckets?): {sockstat}"
+    );
+    let t = Tracer::start(&["--port", "20072"]);
+    let entries = map_entries(t.pid(), 9, (40, 8));
+    let (status, _, lines) = t.stop_with_stderr();
+    assert!(status.success(), "rst-trace exit {status:?}: {lines:#?}");
+    if kernel_has_reasons() {
+        assert_eq!(entries, vec![1], "6.10+: the TIME_WAIT map is never read");
+    } else {
+        let want = (2 * tw + reserve).next_power_of_two();
+        assert!(
+            entries.len() == 1 && entries[0] >= want && entries[0].is_power_of_two(),
+            "{tw} TIME_WAIT sockets: map entries {entries:?}, want at least {want}"
+        );
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("TIME_WAIT map")),
+        "the map sized for them was outgrown: {lines:#?}"
     );
 }
