@@ -429,10 +429,15 @@ async fn event_loop(
             _ = lost_tick.tick() => {
                 report_losses(st, tracer)?;
                 st.sink.insert_failures(kernel::insert_failures(&tracer.ebpf)?);
-                sockets.tick();
+                let maps = sockets.tick();
                 st.sink.unlabelled(st.identity.gave_up);
-                if cost && let Some(m) = &st.sink.metrics && let Ok(mut m) = m.lock() {
-                    m.set_programs(kernel::program_costs(&tracer.ebpf));
+                if let Some(m) = &st.sink.metrics && let Ok(mut m) = m.lock() {
+                    if cost {
+                        m.set_programs(kernel::program_costs(&tracer.ebpf));
+                    }
+                    if let Some(maps) = maps {
+                        m.set_maps(maps);
+                    }
                 }
                 st.sink.otlp_tick();
                 st.sink.out.flush();

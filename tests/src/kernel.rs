@@ -19,6 +19,27 @@ pub fn kernel() -> (u32, u32) {
     (nums.next().unwrap_or(0), nums.next().unwrap_or(0))
 }
 
+/// The host's possible CPUs (`/sys/devices/system/cpu/possible`, e.g. `0-1` or `0-3,6`): the
+/// kernel's LRU maps keep 128 entries free on each.
+pub fn possible_cpus() -> u32 {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").expect("possible CPUs");
+    text.trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().unwrap() - a.parse::<u32>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// The smallest `--max-sockets` on this host, and the live sockets such a socket map keeps
+/// before its LRU evicts (rst-trace's `kernel::capacity`).
+pub fn smallest_socket_map() -> (u32, u32) {
+    let reserve = 128 * (possible_cpus() + 1);
+    let max = (2 * reserve).max(1024);
+    (max, max - reserve)
+}
+
 /// `tcp_send_reset` passes the kernel's reset reason since 6.10 (commit 5cb2cb3cb271): before,
 /// rst-trace infers the condition and says so.
 pub fn kernel_has_reasons() -> bool {

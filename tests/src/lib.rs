@@ -18,7 +18,10 @@ mod tracer;
 
 pub use cgroup::{cgroup_v2_id, cgroup_v2_path};
 pub use events::{assert_only, is_rst, received, s, sent, visible_text_output};
-pub use kernel::{assert_reason, kernel, kernel_generates_cookies, kernel_has_reasons};
+pub use kernel::{
+    assert_reason, kernel, kernel_generates_cookies, kernel_has_reasons, possible_cpus,
+    smallest_socket_map,
+};
 pub use netns::{Netns, enter as enter_netns};
 pub use peer::Peer;
 pub use scenario::Scenario;

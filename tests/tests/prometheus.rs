@@ -4,16 +4,20 @@
 //! HTTP API: each must return series, and the right ones.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use rst_trace_tests::{Netns, Peer, Tracer, Value, require_root};
+use rst_trace_tests::{Netns, Peer, Tracer, Value, require_root, smallest_socket_map};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
 const PORT: u16 = 20099;
+/// The crowd of idle connections (tests/scripts/crowd.py) that outgrows the small instance's
+/// socket owner map.
+const CROWD_PORT: u16 = 20098;
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -145,7 +149,10 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
         "127.0.0.1:0",
         "--self-cost",
     ]);
-    // The smallest ring: in a storm it overflows, and the lost-events rule must fire.
+    // The smallest ring: in a storm it overflows, and the lost-events rule must fire. The
+    // smallest socket owner map: a crowd of idle connections outgrows it, and the forgotten
+    // owners rule must fire.
+    let (max_sockets, usable) = smallest_socket_map();
     let small = Tracer::start(&[
         "--port",
         &port,
@@ -154,7 +161,22 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
         "127.0.0.1:0",
         "--ring-size",
         "4096",
+        "--max-sockets",
+        &max_sockets.to_string(),
     ]);
+    let mut crowd = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "/usr/bin/python3"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/crowd.py"))
+        .args([CROWD_PORT.to_string(), (usable / 2 + 50).to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting tests/scripts/crowd.py");
+    // Read until it ends: at the end of its stdin it writes one more line.
+    let mut said = BufReader::new(crowd.stdout.take().unwrap());
+    let mut ready = String::new();
+    said.read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready", "crowd.py");
     let targets = [metrics_target(&main), metrics_target(&small)];
     let prom = Prometheus::start(&targets);
     // A storm of refused connects for 15 s, several hundred a second.
@@ -199,7 +221,7 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("expr: "))
         .collect();
-    assert_eq!(exprs.len(), 2, "{exprs:?}");
+    assert_eq!(exprs.len(), 3, "{exprs:?}");
     let storm = prom.query(exprs[0]);
     assert!(
         storm
@@ -214,6 +236,16 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
         "lost events rule: {lost:?} (small ring at {})",
         targets[1]
     );
+    let forgotten = prom.query(exprs[2]);
+    let instances: Vec<&Value> = forgotten.iter().map(|s| &s["metric"]["instance"]).collect();
+    assert!(
+        instances.len() == 1 && instances[0] == targets[1].as_str(),
+        "forgotten owners rule: {forgotten:?} (small map at {})",
+        targets[1]
+    );
+    drop(crowd.stdin.take());
+    std::io::copy(&mut said, &mut std::io::sink()).unwrap();
+    assert!(crowd.wait().unwrap().success(), "crowd.py");
     // Prometheus itself evaluates the rules without errors.
     let body = ureq::get(format!("{}/api/v1/rules", prom.url))
         .call()
@@ -226,7 +258,7 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(rules.len(), 2, "{body}");
+    assert_eq!(rules.len(), 3, "{body}");
     assert!(rules.iter().all(|r| r["health"] == "ok"), "{body}");
     let (s1, _) = main.stop();
     let (s2, _) = small.stop();

@@ -119,6 +119,17 @@ pub fn plan(requested: Option<u32>, host: HostSockets, cpus: u32, timewait: bool
     }
 }
 
+/// The host's sockets against the maps that remember them, for the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapUse {
+    /// The host's TCP sockets ([`HostSockets::alloc`]).
+    pub tcp_sockets: u64,
+    /// Live sockets the socket map holds before its LRU evicts.
+    pub owner_capacity: u64,
+    /// Where the TIME_WAIT map is read (before 6.10): TIME_WAIT sockets, and flows it holds.
+    pub time_wait: Option<(u64, u64)>,
+}
+
 /// Watches the host's socket counts against the maps: warns once when they outgrow a map, and
 /// once when they fit again.
 pub struct Watch {
@@ -136,13 +147,19 @@ impl Watch {
     }
 
     /// Once a second: the host's socket counts against the maps, said on stderr when they
-    /// cross. (Counts that cannot be read were warned about at start-up.)
-    pub fn tick(&mut self) {
-        if let Ok(host) = host_sockets() {
-            for line in self.check(host) {
-                eprintln!("{line}");
-            }
+    /// cross, and returned for the metrics. (Counts that cannot be read were warned about at
+    /// start-up.)
+    pub fn tick(&mut self) -> Option<MapUse> {
+        let host = host_sockets().ok()?;
+        for line in self.check(host) {
+            eprintln!("{line}");
         }
+        let m = self.maps;
+        Some(MapUse {
+            tcp_sockets: host.alloc,
+            owner_capacity: m.usable,
+            time_wait: (m.timewait_usable > 0).then_some((host.tw, m.timewait_usable)),
+        })
     }
 
     /// The lines to print for the maps the host crossed since the last check.

@@ -213,6 +213,51 @@ fn register(provider: &SdkMeterProvider, counts: &metrics::Shared) {
             .build();
     }
     register_cost(&meter, &snap);
+    register_maps(&meter, &snap);
+}
+
+/// The host's sockets against the kernel side's maps, as gauges (the TIME_WAIT pair before
+/// 6.10 only).
+fn register_maps(
+    meter: &opentelemetry::metrics::Meter,
+    snap: &Arc<dyn Fn() -> Snapshot + Send + Sync>,
+) {
+    type Read = fn(&crate::kernel::MapUse) -> Option<u64>;
+    let gauges: [(&'static str, &'static str, Read); 4] = [
+        (
+            "rst_trace.host.tcp_sockets",
+            "TCP sockets on the host, every network namespace",
+            |m| Some(m.tcp_sockets),
+        ),
+        (
+            "rst_trace.socket_owner_map.capacity",
+            "Live TCP sockets whose owners the kernel side remembers",
+            |m| Some(m.owner_capacity),
+        ),
+        (
+            "rst_trace.host.time_wait_sockets",
+            "TIME_WAIT sockets of rst-trace's network namespace (before Linux 6.10)",
+            |m| m.time_wait.map(|(tw, _)| tw),
+        ),
+        (
+            "rst_trace.time_wait_map.capacity",
+            "TIME_WAIT connections the kernel side remembers (before Linux 6.10)",
+            |m| m.time_wait.map(|(_, cap)| cap),
+        ),
+    ];
+    for (name, what, read) in gauges {
+        let s = snap.clone();
+        meter
+            .u64_observable_gauge(name)
+            .with_description(what)
+            .with_unit("{socket}")
+            .with_callback(move |o| {
+                if let Some(v) = s().maps.as_ref().and_then(read) {
+                    o.observe(v, &[]);
+                }
+            })
+            .build();
+    }
 }
 
 /// `--self-cost`: each eBPF program's runs and CPU time (no series without it).

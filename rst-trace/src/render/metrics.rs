@@ -19,17 +19,16 @@ use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, prometheus_text},
-    metrics::{
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::ConstGauge,
-    },
+    encoding::{EncodeLabelSet, prometheus_text},
+    metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
 
-use crate::{explain::Report, kernel::ProgramCost};
+use super::collectors::{MapMetrics, ProcessMetrics, ProgramMetrics};
+use crate::{
+    explain::Report,
+    kernel::{MapUse, ProgramCost},
+};
 
 pub const MAX_COMMS: usize = 100;
 
@@ -56,6 +55,8 @@ pub struct Snapshot {
     pub lost: u64,
     pub otlp_dropped: u64,
     pub programs: Vec<ProgramCost>,
+    /// The host's sockets against the kernel side's maps, as last read.
+    pub maps: Option<MapUse>,
 }
 
 /// The label of `rst_trace_app_errors_total`.
@@ -109,6 +110,7 @@ pub struct Metrics {
     not_noticed: Counter,
     /// Each program's runs and run time, as last read (only with the accounting on).
     programs: ProgramMetrics,
+    maps: MapMetrics,
 }
 
 pub type Shared = Arc<Mutex<Metrics>>;
@@ -144,8 +146,11 @@ impl Default for Metrics {
         registry.register_collector(Box::new(ProcessMetrics));
         let programs = ProgramMetrics::default();
         registry.register_collector(Box::new(programs.clone()));
+        let maps = MapMetrics::default();
+        registry.register_collector(Box::new(maps.clone()));
         Self {
             programs,
+            maps,
             registry,
             resets,
             series: HashMap::new(),
@@ -249,6 +254,7 @@ impl Metrics {
                 .lock()
                 .map(|p| p.clone())
                 .unwrap_or_default(),
+            maps: self.maps.0.lock().ok().and_then(|m| *m),
         }
     }
 
@@ -263,106 +269,19 @@ impl Metrics {
         }
     }
 
+    /// The host's sockets against the maps, as read now.
+    pub fn set_maps(&mut self, m: MapUse) {
+        if let Ok(mut maps) = self.maps.0.lock() {
+            *maps = Some(m);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut s, &self.registry);
         s
     }
-}
-
-/// The standard process metrics, read from /proc/self at each scrape.
-#[derive(Debug)]
-struct ProcessMetrics;
-
-impl Collector for ProcessMetrics {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use procfs::WithCurrentSystemInfo as _;
-        let Ok(stat) = procfs::process::Process::myself().and_then(|p| p.stat()) else {
-            return Ok(());
-        };
-        let cpu = ConstCounter::new(
-            (stat.utime + stat.stime) as f64 / procfs::ticks_per_second().max(1) as f64,
-        );
-        cpu.encode(encoder.encode_descriptor(
-            "process_cpu_seconds",
-            "User and system CPU time.",
-            None,
-            cpu.metric_type(),
-        )?)?;
-        let rss = ConstGauge::new(stat.rss_bytes().get());
-        rss.encode(encoder.encode_descriptor(
-            "process_resident_memory_bytes",
-            "Resident memory.",
-            None,
-            rss.metric_type(),
-        )?)
-    }
-}
-
-/// The label of the per-program cost metrics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProgramLabel {
-    program: String,
-}
-
-/// `rst_trace_bpf_program_runs_total{program}` and
-/// `rst_trace_bpf_program_run_seconds_total{program}`: rst-trace's own cost, from the kernel's
-/// accounting (see `kernel::cost`), as last read.
-#[derive(Clone, Debug, Default)]
-struct ProgramMetrics(Arc<Mutex<Vec<ProgramCost>>>);
-
-impl Collector for ProgramMetrics {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(costs) = self.0.lock() else {
-            return Ok(());
-        };
-        if costs.is_empty() {
-            return Ok(());
-        }
-        per_program(
-            &mut encoder,
-            (
-                "rst_trace_bpf_program_runs",
-                "Runs of each rst-trace eBPF program",
-            ),
-            &costs,
-            |c| c.runs,
-        )?;
-        per_program(
-            &mut encoder,
-            (
-                "rst_trace_bpf_program_run_seconds",
-                "CPU time of each rst-trace eBPF program",
-            ),
-            &costs,
-            |c| c.run_time.as_secs_f64(),
-        )?;
-        Ok(())
-    }
-}
-
-/// One counter family, a counter per program, of `value` (runs as integers, seconds as floats).
-fn per_program<N: prometheus_client::encoding::EncodeCounterValue>(
-    encoder: &mut DescriptorEncoder,
-    (name, what): (&str, &str),
-    costs: &[ProgramCost],
-    value: impl Fn(&ProgramCost) -> N,
-) -> Result<(), std::fmt::Error> {
-    let help = format!("{what} (kernel accounting, while rst-trace runs).");
-    let mut family = encoder.encode_descriptor(
-        name,
-        &help,
-        None,
-        prometheus_client::metrics::MetricType::Counter,
-    )?;
-    for c in costs {
-        let label = ProgramLabel {
-            program: c.name.clone(),
-        };
-        ConstCounter::new(value(c)).encode(family.encode_family(&label)?)?;
-    }
-    Ok(())
 }
 
 /// `--metrics` value: `ADDR:PORT`, or a bare `PORT` meaning 127.0.0.1:PORT (loopback unless the

@@ -89,3 +89,39 @@ fn address_forms() {
     );
     assert!(parse_addr("localhost").is_err());
 }
+
+#[test]
+fn socket_maps_against_the_host() {
+    let mut m = Metrics::default();
+    assert!(!m.render().contains("rst_trace_host_tcp_sockets"));
+    m.set_maps(MapUse {
+        tcp_sockets: 700,
+        owner_capacity: 640,
+        time_wait: None,
+    });
+    let out = m.render();
+    assert!(out.contains("\nrst_trace_host_tcp_sockets 700\n"), "{out}");
+    assert!(
+        out.contains("\nrst_trace_socket_owner_map_capacity 640\n"),
+        "{out}"
+    );
+    assert!(!out.contains("time_wait"), "6.10+: no TIME_WAIT map: {out}");
+    m.set_maps(MapUse {
+        tcp_sockets: 10,
+        owner_capacity: 640,
+        time_wait: Some((20_000, 16_000)),
+    });
+    let out = m.render();
+    assert!(
+        out.contains("\nrst_trace_host_time_wait_sockets 20000\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\nrst_trace_time_wait_map_capacity 16000\n"),
+        "{out}"
+    );
+    assert_eq!(
+        m.snapshot().maps.and_then(|u| u.time_wait),
+        Some((20_000, 16_000))
+    );
+}

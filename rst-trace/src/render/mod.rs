@@ -2,6 +2,7 @@
 //! the fast formatting helpers they share.
 
 mod app;
+mod collectors;
 mod event;
 mod fast;
 mod fields;

@@ -5,20 +5,9 @@ use std::{
     process::{Child, ChildStdout, Command, Stdio},
 };
 
-use rst_trace_tests::{Netns, Tracer, Value, is_rst, kernel_has_reasons, s};
-
-/// The host's possible CPUs (`/sys/devices/system/cpu/possible`, e.g. `0-1` or `0-3,6`): the
-/// kernel's LRU map keeps 128 entries free on each.
-fn possible_cpus() -> u32 {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").expect("possible CPUs");
-    text.trim()
-        .split(',')
-        .map(|r| match r.split_once('-') {
-            Some((a, b)) => b.parse::<u32>().unwrap() - a.parse::<u32>().unwrap() + 1,
-            None => 1,
-        })
-        .sum()
-}
+use rst_trace_tests::{
+    Netns, Tracer, Value, is_rst, kernel_has_reasons, possible_cpus, s, smallest_socket_map,
+};
 
 /// tests/scripts/crowd.py in `ns`: `pairs` idle connections to `port`, held until its stdin
 /// closes; a line on stdin aborts the first one's server end.
@@ -99,10 +88,7 @@ fn first_client_reset(t: &Tracer, ns: &Netns, client_port: u64) -> Value {
 /// not asserted.)
 #[test]
 fn host_outgrowing_the_owner_map_is_warned() {
-    let cpus = possible_cpus();
-    let reserve = 128 * (cpus + 1);
-    let max = (2 * reserve).max(1024);
-    let usable = max - reserve;
+    let (max, usable) = smallest_socket_map();
     let ns = Netns::new("capacity");
     let port = "20071";
     let small = Tracer::start(&["--port", port, "--max-sockets", &max.to_string()]);

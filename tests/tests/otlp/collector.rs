@@ -28,7 +28,7 @@ pub struct Log {
     pub resource: BTreeMap<String, Value>,
 }
 
-/// One data point of a Sum, as received.
+/// One data point of a Sum or a Gauge, as received.
 #[derive(Clone, Debug)]
 pub struct Point {
     pub metric: String,
@@ -105,14 +105,21 @@ fn take_metrics(body: &[u8], got: &mut Got) {
     for rm in req.resource_metrics {
         for sm in rm.scope_metrics {
             for m in sm.metrics {
-                let Some(Data::Sum(sum)) = m.data else {
-                    continue;
+                // A Sum's points, or a Gauge's (not monotonic, temporality 0).
+                let (points, monotonic, temporality) = match m.data {
+                    Some(Data::Sum(sum)) => (
+                        sum.data_points,
+                        sum.is_monotonic,
+                        sum.aggregation_temporality,
+                    ),
+                    Some(Data::Gauge(gauge)) => (gauge.data_points, false, 0),
+                    _ => continue,
                 };
-                for p in sum.data_points {
+                for p in points {
                     got.points.push(Point {
                         metric: m.name.clone(),
-                        monotonic: sum.is_monotonic,
-                        temporality: sum.aggregation_temporality,
+                        monotonic,
+                        temporality,
                         value: match p.value {
                             Some(Number::AsInt(i)) => i as f64,
                             Some(Number::AsDouble(d)) => d,

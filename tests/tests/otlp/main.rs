@@ -165,6 +165,14 @@ fn resets_and_failing_calls_reach_the_collector_as_logs_and_metrics() {
             && p.attrs.get("error.type") == Some(&json!("ECONNRESET"))
     });
     assert!(p.value >= 1.0);
+    // The host's sockets against the socket owner map, as gauges.
+    for name in [
+        "rst_trace.host.tcp_sockets",
+        "rst_trace.socket_owner_map.capacity",
+    ] {
+        let p = c.wait_point(name, 10, |p| p.metric == name);
+        assert!(!p.monotonic && p.value >= 1.0, "{p:#?}");
+    }
 
     // A refusal right before the end goes out in the flush at exit.
     let last = Peer::spawn(
