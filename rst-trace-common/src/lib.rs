@@ -109,9 +109,8 @@ pub const MAP_SEED_OWNERS: &str = "SEED_OWNERS";
 pub const SEED_MAX_ENTRIES: u32 = 4096;
 /// Before 6.10: connections handed to a TIME_WAIT mini-socket, for the transmit hook.
 pub const MAP_TIMEWAIT: &str = "TIMEWAIT";
-/// Its entries in the object, and the fewest userspace gives it where the transmit hook sees
-/// socketless resets; userspace sizes it from the host's TIME_WAIT count at load (1 entry where
-/// it is not read).
+/// Its entries in the object, and the fewest userspace gives it before 6.10; userspace sizes
+/// it from the host's TIME_WAIT count at load (1 entry from 6.10, where it is never written).
 pub const TIMEWAIT_MAX_ENTRIES: u32 = 16384;
 
 /// The LRU map from socket address to [`SockInfo`]: the owners of sockets seen since start-up.

@@ -36,8 +36,7 @@ pub struct SocketMaps {
     /// Live sockets the socket map holds before its LRU evicts (`owners` less the free
     /// entries the kernel keeps per CPU).
     pub usable: u64,
-    /// The TIME_WAIT map (`TIMEWAIT`): 1 where the kernel does not need it (6.10+, or no
-    /// transmit hook).
+    /// The TIME_WAIT map (`TIMEWAIT`): 1 where the kernel side never writes it (6.10+).
     pub timewait: u32,
     /// TIME_WAIT flows it holds before its LRU evicts; 0 where it is not used.
     pub timewait_usable: u64,

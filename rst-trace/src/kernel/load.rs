@@ -269,12 +269,13 @@ pub fn load(
     filter_config(filter, &mut cfg);
 
     let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
-    // The TIME_WAIT map is read only where the transmit hook sees socketless resets.
+    // The TIME_WAIT map is written where the transmit hook would see socketless resets (with
+    // --no-firewall too: an LRU map of one entry would fail the inserts).
     let socket_maps = capacity::plan(
         max_sockets,
         capacity::host_sockets_or_warn(),
         cpus,
-        cfg.xmit_socketless != 0 && hooks.firewall,
+        cfg.xmit_socketless != 0,
     );
     let mut ebpf = load_object(&cfg, ring_size, hooks, socket_maps)?;
     fill_filters(&mut ebpf, filter)?;
