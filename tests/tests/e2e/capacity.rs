@@ -133,6 +133,7 @@ fn host_outgrowing_the_owner_map_is_warned() {
 /// the TIME_WAIT sockets of rst-trace's network namespace at start-up: room for twice as many
 /// and the LRU's free lists, so with more than ~8000 of them it outgrows its smallest size,
 /// 16384. From 6.10, `tcp_send_reset` shows those resets and the map is never read: one entry.
+/// `--metrics` says the TIME_WAIT count and the map's capacity before 6.10, and neither after.
 #[test]
 fn time_wait_map_is_sized_from_the_host() {
     // TIME_WAIT sockets are counted per network namespace: these are rst-trace's, the host's
@@ -156,21 +157,65 @@ fn time_wait_map_is_sized_from_the_host() {
         2 * tw + reserve > 16384,
         "only {tw} TIME_WAIT sockets (net.ipv4.tcp_max_tw_buckets?): {sockstat}"
     );
-    let t = Tracer::start(&["--port", "20072"]);
+    let t = Tracer::start(&["--port", "20072", "--metrics", "127.0.0.1:0"]);
     let entries = map_entries(t.pid(), 9, (40, 8));
+    let owners = map_entries(t.pid(), 9, (8, 80));
+    let page = metrics_page(&t);
     let (status, _, lines) = t.stop_with_stderr();
     assert!(status.success(), "rst-trace exit {status:?}: {lines:#?}");
+    let gauge = |name: &str| {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+    };
+    assert!(gauge("rst_trace_host_tcp_sockets") >= Some(1), "{page}");
+    assert_eq!(
+        gauge("rst_trace_socket_owner_map_capacity"),
+        Some(owners[0] - reserve),
+        "{page}"
+    );
     if kernel_has_reasons() {
         assert_eq!(entries, vec![1], "6.10+: the TIME_WAIT map is never read");
+        assert!(!page.contains("time_wait"), "6.10+: {page}");
     } else {
         let want = (2 * tw + reserve).next_power_of_two();
         assert!(
             entries.len() == 1 && entries[0] >= want && entries[0].is_power_of_two(),
             "{tw} TIME_WAIT sockets: map entries {entries:?}, want at least {want}"
         );
+        assert!(
+            gauge("rst_trace_host_time_wait_sockets") > Some(8000),
+            "{page}"
+        );
+        assert_eq!(
+            gauge("rst_trace_time_wait_map_capacity"),
+            Some(entries[0] - reserve),
+            "{page}"
+        );
     }
     assert!(
         !lines.iter().any(|l| l.contains("TIME_WAIT map")),
         "the map sized for them was outgrown: {lines:#?}"
     );
+}
+
+/// `t`'s `--metrics 127.0.0.1:0` page once it has the socket map gauges (read each second).
+fn metrics_page(t: &Tracer) -> String {
+    let addr = t
+        .stderr()
+        .iter()
+        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
+        .expect("the metrics address line");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let page = ureq::get(&addr)
+            .call()
+            .expect("GET /metrics")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if page.contains("rst_trace_host_tcp_sockets") || std::time::Instant::now() > deadline {
+            return page;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
