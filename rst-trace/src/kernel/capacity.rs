@@ -217,7 +217,8 @@ pub fn host_sockets_or_warn() -> HostSockets {
     host_sockets().unwrap_or_else(|e| {
         eprintln!(
             "rst-trace: warning: cannot count this host's TCP sockets ({e:#}): the socket \
-             owner map gets the default {DEFAULT_OWNERS} entries and is not watched"
+             owner map gets the default {DEFAULT_OWNERS} entries (before 6.10 the TIME_WAIT \
+             map {TIMEWAIT_MIN}), and neither is watched"
         );
         HostSockets::default()
     })
