@@ -27,7 +27,7 @@ pub use peer::Peer;
 pub use scenario::Scenario;
 pub use serde_json::Value;
 pub use topology::{CLIENT_ADDR, ROUTER_CLIENT_SIDE, ROUTER_SERVER_SIDE, SERVER_ADDR, Topology};
-pub use tracer::{Tracer, spawn_attached};
+pub use tracer::{Tracer, scrape_until, spawn_attached};
 
 /// Makes names unique within the process: namespaces, interfaces, containers.
 static SEQ: AtomicU32 = AtomicU32::new(0);

@@ -118,6 +118,14 @@ impl Tracer {
             .expect("readiness line")
     }
 
+    /// The page `--metrics 127.0.0.1:0` serves (`http://ADDR/metrics`), from the ready lines.
+    pub fn metrics_url(&self) -> String {
+        self.stderr()
+            .iter()
+            .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
+            .expect("metrics address line")
+    }
+
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
     }
@@ -181,5 +189,23 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Scrapes the `--metrics` page at `url` until it contains `want` (the counters lag the resets,
+/// the gauges are read once a second), for up to 10 s; returns the last page.
+pub fn scrape_until(url: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = ureq::get(url)
+            .call()
+            .expect("scrape")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if body.contains(want) || Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -29,11 +29,10 @@ fn deploy(file: &str) -> PathBuf {
 
 /// `host:port` of `--metrics 127.0.0.1:0`, from the tracer's ready lines.
 fn metrics_target(t: &Tracer) -> String {
-    t.stderr()
-        .iter()
-        .find_map(|l| l.strip_prefix("rst-trace: metrics at http://"))
+    let url = t.metrics_url();
+    url.strip_prefix("http://")
         .and_then(|l| l.strip_suffix("/metrics"))
-        .expect("metrics address line")
+        .expect("an http://ADDR/metrics URL")
         .to_owned()
 }
 

@@ -1,8 +1,6 @@
 //! `--summary --by container|pod`, the metrics' labels and the text line of a container's reset.
 
-use std::time::Duration;
-
-use rst_trace_tests::{Tracer, Value, container::DockerRun, spawn_attached};
+use rst_trace_tests::{Tracer, Value, container::DockerRun, scrape_until, spawn_attached};
 
 use crate::{docker_bridge, received_by, sent_by};
 
@@ -17,7 +15,7 @@ fn summary_metrics_and_text_by_container_and_pod() {
     let by_pod = Tracer::start(&["--port", &p, "--quiet", "--summary", "--by", "pod"]);
     let (text, _) = spawn_attached(&["--port", &p]);
     let metrics = Tracer::start(&["--port", &p, "--quiet", "--metrics", "127.0.0.1:0"]);
-    let url = metrics_url(&metrics);
+    let url = metrics.metrics_url();
     let (tracer, web, client) =
         docker_bridge(port, DockerRun::new("sum").k8s("sum-0", "shop", "api"));
     // The per-event tracer saw both resets, so the summaries must count them.
@@ -86,31 +84,4 @@ fn rows(v: &Value, key: &str) -> Vec<(String, String, u64)> {
         .collect();
     r.sort();
     r
-}
-
-/// The address `--metrics 127.0.0.1:0` bound, from the tracer's ready lines.
-fn metrics_url(tracer: &Tracer) -> String {
-    tracer
-        .stderr()
-        .iter()
-        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
-        .expect("metrics address line")
-}
-
-/// Scrapes `url` until the body contains `want` (the counters lag the resets), for up to 10 s;
-/// returns the last body.
-fn scrape_until(url: &str, want: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let body = ureq::get(url)
-            .call()
-            .expect("scrape")
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        if body.contains(want) || std::time::Instant::now() > deadline {
-            return body;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -6,7 +6,8 @@ use std::{
 };
 
 use rst_trace_tests::{
-    Netns, Tracer, Value, is_rst, kernel_has_reasons, possible_cpus, s, smallest_socket_map,
+    Netns, Tracer, Value, is_rst, kernel_has_reasons, possible_cpus, s, scrape_until,
+    smallest_socket_map,
 };
 
 /// tests/scripts/crowd.py in `ns`: `pairs` idle connections to `port`, held until its stdin
@@ -160,7 +161,7 @@ fn time_wait_map_is_sized_from_the_host() {
     let t = Tracer::start(&["--port", "20072", "--metrics", "127.0.0.1:0"]);
     let entries = map_entries(t.pid(), 9, (40, 8));
     let owners = map_entries(t.pid(), 9, (8, 80));
-    let page = metrics_page(&t);
+    let page = scrape_until(&t.metrics_url(), "rst_trace_host_tcp_sockets");
     let (status, _, lines) = t.stop_with_stderr();
     assert!(status.success(), "rst-trace exit {status:?}: {lines:#?}");
     let gauge = |name: &str| {
@@ -196,26 +197,4 @@ fn time_wait_map_is_sized_from_the_host() {
         !lines.iter().any(|l| l.contains("TIME_WAIT map")),
         "the map sized for them was outgrown: {lines:#?}"
     );
-}
-
-/// `t`'s `--metrics 127.0.0.1:0` page once it has the socket map gauges (read each second).
-fn metrics_page(t: &Tracer) -> String {
-    let addr = t
-        .stderr()
-        .iter()
-        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
-        .expect("the metrics address line");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let page = ureq::get(&addr)
-            .call()
-            .expect("GET /metrics")
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        if page.contains("rst_trace_host_tcp_sockets") || std::time::Instant::now() > deadline {
-            return page;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rst_trace_tests::{Netns, Peer, Scenario, Tracer, Value};
+use rst_trace_tests::{Netns, Peer, Scenario, Tracer, Value, scrape_until};
 
 /// `--metrics`: a real HTTP client scrapes the Prometheus text during a scenario.
 #[test]
@@ -11,7 +11,7 @@ fn metrics_are_served_and_count_resets() {
         Scenario::new("metrics")
             .port(20041)
             .tracer(&["--quiet", "--metrics", "127.0.0.1:0"]);
-    let url = metrics_url(&tracer);
+    let url = tracer.metrics_url();
     for _ in 0..2 {
         let c = Peer::spawn(&ns, "rstt-metrics", &["connect=127.0.0.1:20041"]);
         c.expect("errno ECONNREFUSED");
@@ -47,7 +47,7 @@ fn self_cost_in_metrics_and_at_exit() {
         "--self-cost",
         "-v",
     ]);
-    let url = metrics_url(&tracer);
+    let url = tracer.metrics_url();
     let c = Peer::spawn(&ns, "rstt-selfcost", &["connect=127.0.0.1:20098"]);
     c.expect("errno ECONNREFUSED");
     // The received reset's program: tcp_receive_reset_btf, or the record-based
@@ -77,33 +77,6 @@ fn self_cost_in_metrics_and_at_exit() {
             .any(|l| l.starts_with("rst-trace:   tcp_receive_reset") && l.ends_with(" ns/run")),
         "{stderr:?}"
     );
-}
-
-/// The address `--metrics 127.0.0.1:0` bound, from the tracer's ready lines.
-fn metrics_url(tracer: &Tracer) -> String {
-    tracer
-        .stderr()
-        .iter()
-        .find_map(|l| l.strip_prefix("rst-trace: metrics at ").map(str::to_owned))
-        .expect("metrics address line")
-}
-
-/// Scrapes `url` until the body contains `want` (the counters lag the resets), for up to 10 s;
-/// returns the last body.
-fn scrape_until(url: &str, want: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let body = ureq::get(url)
-            .call()
-            .expect("scrape")
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        if body.contains(want) || std::time::Instant::now() > deadline {
-            return body;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// `--summary` prints a table at exit (JSON here), counting by process, condition, direction.
