@@ -370,7 +370,7 @@ pub fn validate(cli: Cli) -> Result<Settings, String> {
         return Err("--quiet hides every event: add --summary, --metrics or --otlp".into());
     }
     if let Some(n) = cli.max_sockets {
-        let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
+        let cpus = crate::kernel::possible_cpus();
         let least = crate::kernel::min_owners(cpus);
         if u64::from(n) < least {
             return Err(format!(

@@ -74,6 +74,12 @@ fn parse_sockstat(text: &str) -> Option<HostSockets> {
     })
 }
 
+/// The host's possible CPUs, by which the kernel's LRU maps keep entries back (aya reads
+/// `/sys/devices/system/cpu/possible`; where it cannot, 1, and aya cannot read per-CPU maps).
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n.get())
+}
+
 /// The free entries the LRU keeps back on a host with `cpus` possible CPUs.
 fn lru_reserve(cpus: u32) -> u64 {
     LRU_FREE_PER_CPU * (u64::from(cpus) + 1)

@@ -268,7 +268,7 @@ pub fn load(
     cfg.stacks = u8::from(hooks.stacks);
     filter_config(filter, &mut cfg);
 
-    let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
+    let cpus = capacity::possible_cpus();
     // The TIME_WAIT map is written where the transmit hook would see socketless resets (with
     // --no-firewall too: an LRU map of one entry would fail the inserts).
     let socket_maps = capacity::plan(

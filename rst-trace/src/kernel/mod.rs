@@ -14,7 +14,7 @@ mod maps;
 mod tracefs;
 
 pub use attach::detach_record_links;
-pub use capacity::{MapUse, Watch as SocketWatch, min_owners};
+pub use capacity::{MapUse, Watch as SocketWatch, min_owners, possible_cpus};
 pub use cost::{ProgramCost, SelfCost, cost_lines, program_costs};
 pub use errors::{LoadFailure, Notes, first_line, print_details};
 pub use host::{check_privileges, raise_memlock};
