@@ -68,11 +68,15 @@ pub fn visible_text_output(child: &mut std::process::Child) -> String {
         .read_to_end(&mut out)
         .expect("reading rst-trace's stdout");
     assert!(child.wait().expect("wait rst-trace").success());
-    let out = String::from_utf8(out).expect("UTF-8 output");
-    assert!(
-        !out.bytes().any(|b| (b < 0x20 && b != b'\n') || b == 0x7f),
-        "{out:?}"
-    );
+    let out = no_raw_controls(out);
     assert!(out.lines().all(|l| l.starts_with("20")), "{out}");
+    out
+}
+
+/// `out` as UTF-8 with no control character but the newlines: no C0 byte, no DEL, no C1
+/// control (U+0080-U+009F).
+pub fn no_raw_controls(out: Vec<u8>) -> String {
+    let out = String::from_utf8(out).expect("UTF-8 output");
+    assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
     out
 }

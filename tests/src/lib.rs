@@ -17,7 +17,7 @@ mod topology;
 mod tracer;
 
 pub use cgroup::{cgroup_v2_id, cgroup_v2_path};
-pub use events::{assert_only, is_rst, received, s, sent, visible_text_output};
+pub use events::{assert_only, is_rst, no_raw_controls, received, s, sent, visible_text_output};
 pub use kernel::{
     assert_reason, kernel, kernel_generates_cookies, kernel_has_reasons, possible_cpus,
     smallest_socket_map,

@@ -29,7 +29,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub use model::{
     AppNotice, Attribution, Condition, Detail, DetailValue, Linked, Origin, Process, Report, cond,
-    put_ipv4,
+    name_text, put_ipv4,
 };
 use rst_trace_common::{ATTR_NONE, FACT_IDLE, RstEvent};
 pub use tcp::{Direction, TcpState};

@@ -1,7 +1,7 @@
 //! What an explanation is made of: the [`Report`] and its closed vocabularies (conditions,
 //! attributions, origins, kernel reasons), each rendering to the strings output.md fixes.
 
-use std::net::SocketAddr;
+use std::{fmt::Write as _, net::SocketAddr};
 
 use rst_trace_common::Task;
 
@@ -184,6 +184,20 @@ pub struct Process {
 }
 
 /// A NUL-padded kernel comm's bytes.
+/// A kernel name (a comm) as text: its UTF-8 as it is, and each byte that is not UTF-8 as the
+/// four characters `\xNN`. `prctl(PR_SET_NAME)` takes any byte but NUL; a lossy decoding
+/// would make every such byte U+FFFD and hide it in both outputs.
+pub fn name_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
 fn comm_bytes(c: &[u8; 16]) -> &[u8] {
     let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
     &c[..end]
@@ -197,9 +211,8 @@ impl Process {
         Self {
             pid: t.pid,
             tid: t.tid,
-            thread: (!thread.is_empty() && thread != comm)
-                .then(|| String::from_utf8_lossy(thread).into_owned()),
-            comm: String::from_utf8_lossy(comm).into(),
+            thread: (!thread.is_empty() && thread != comm).then(|| name_text(thread)),
+            comm: name_text(comm).into(),
             uid: t.uid,
             cgroup: t.cgroup,
             identity: None,
@@ -379,5 +392,17 @@ mod tests {
                 format!("{a:>24}|{a:<24}|")
             );
         }
+    }
+
+    #[test]
+    fn names_keep_their_bytes_that_are_not_utf8_as_hex() {
+        assert_eq!(name_text(b"nginx"), "nginx");
+        assert_eq!(name_text("é\u{9b}".as_bytes()), "é\u{9b}");
+        assert_eq!(
+            name_text(b"bad\xff\xfe\x01\x9b2J"),
+            "bad\\xff\\xfe\x01\\x9b2J"
+        );
+        // A UTF-8 sequence cut short by the kernel's 15-byte limit.
+        assert_eq!(name_text(b"abc\xc3"), "abc\\xc3");
     }
 }

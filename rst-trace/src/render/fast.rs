@@ -118,7 +118,9 @@ pub enum Format {
     Json,
 }
 
-/// Appends `v` as a JSON string (quotes and escapes as serde_json writes them).
+/// Appends `v` as a JSON string: quotes and escapes as serde_json writes them, and also DEL and
+/// the C1 controls (U+0080-U+009F, which some terminals obey as escape sequences) as `\u00NN`:
+/// JSON lines read in a terminal (`tail -f`) carry no control character at all.
 pub(super) fn json_str(out: &mut String, v: &str) {
     out.push('"');
     // Copy runs that need no escaping in one go, eight bytes checked at a time: almost every
@@ -142,7 +144,15 @@ pub(super) fn json_str(out: &mut String, v: &str) {
             b'\t' => "\\t",
             0x08 => "\\b",
             0x0c => "\\f",
-            b if b < 0x20 => "",
+            b if b < 0x20 || b == 0x7f => "",
+            // U+0080-U+009F are 0xc2 0x80-0x9f in UTF-8.
+            0xc2 if bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)) => {
+                out.push_str(&v[start..i]);
+                let _ = write!(out, "\\u{:04x}", bytes[i + 1]);
+                i += 2;
+                start = i;
+                continue;
+            }
             _ => {
                 i += 1;
                 continue;
@@ -162,15 +172,16 @@ pub(super) fn json_str(out: &mut String, v: &str) {
     out.push('"');
 }
 
-/// Whether any of eight bytes is a control character, `"` or `\\` (the classic "has a byte
-/// less than n" and "has a zero byte" bit tricks; may only err towards true).
+/// Whether any of eight bytes is a control character, `"`, `\\`, DEL or 0xc2 (the first byte
+/// of a C1 control) (the classic "has a byte less than n" and "has a zero byte" bit tricks;
+/// may only err towards true).
 fn needs_escape8(x: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let has_zero = |y: u64| y.wrapping_sub(ONES) & !y & HIGH;
+    let has = |b: u8| has_zero(x ^ (ONES * u64::from(b)));
     let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-    (below_space | has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\'))))
-        != 0
+    (below_space | has(b'"') | has(b'\\') | has(0x7f) | has(0xc2)) != 0
 }
 
 /// `s` with its control characters made visible, for the text output: `\n`, `\r`, `\t`, and
@@ -290,35 +301,54 @@ mod tests {
         );
     }
 
+    /// serde_json's string, with DEL and the C1 controls escaped as well.
+    fn serde_and_c1(v: &str) -> String {
+        let mut out = String::new();
+        for c in serde_json::to_string(v).unwrap().chars() {
+            if c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c) {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     #[test]
-    fn json_strings_escape_like_serde() {
+    fn json_strings_escape_like_serde_and_c1_controls_too() {
         for v in [
             "plain",
             "q\"uote",
             "back\\slash",
             "nl\n tab\t cr\r",
             "\u{01}\u{08}\u{0c}\u{1f}",
-            "émoji ✓",
+            "émoji ✓ © Â \u{a0}",
             "a run of plain text longer than eight bytes \" then more text \\ and\u{1f} end",
             "éééééééé\"ééééééé\n\u{7f}",
+            "csi \u{9b}2J and \u{80}\u{9f} in a longer name",
         ] {
             let mut s = String::new();
             json_str(&mut s, v);
-            assert_eq!(s, serde_json::to_string(v).unwrap());
+            assert_eq!(s, serde_and_c1(v));
         }
-        // Every byte that needs escaping, at every position of a chunk.
-        for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', '\u{08}'] {
+        let mut s = String::new();
+        json_str(&mut s, "a\u{7f}\u{9b}©");
+        assert_eq!(s, r#""a\u007f\u009b©""#);
+        // Every character that needs escaping, at every position of a chunk.
+        for special in [
+            '"', '\\', '\n', '\u{0}', '\u{1f}', '\u{08}', '\u{7f}', '\u{80}', '\u{9b}',
+        ] {
             for pos in 0..20 {
                 let mut v: String = "x".repeat(pos);
                 v.push(special);
                 // Last in the string, too.
                 let mut s = String::new();
                 json_str(&mut s, &v);
-                assert_eq!(s, serde_json::to_string(&v).unwrap(), "{v:?}");
+                assert_eq!(s, serde_and_c1(&v), "{v:?}");
                 v.push_str("tail text é");
                 let mut s = String::new();
                 json_str(&mut s, &v);
-                assert_eq!(s, serde_json::to_string(&v).unwrap(), "{v:?}");
+                assert_eq!(s, serde_and_c1(&v), "{v:?}");
             }
         }
     }

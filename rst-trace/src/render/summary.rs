@@ -35,7 +35,7 @@ impl Who {
         match self {
             Self::Process(pid, comm) => {
                 let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-                format!("{}[{pid}]", String::from_utf8_lossy(&comm[..len]))
+                format!("{}[{pid}]", crate::explain::name_text(&comm[..len]))
             }
             Self::Group(g) => g.clone(),
             Self::NoProcess => "-".to_owned(),

@@ -153,3 +153,47 @@ fn hostile_comm_is_visible_in_text_and_exact_in_json() {
     let (status, _) = json.stop();
     assert!(status.success());
 }
+
+/// A name that is not UTF-8 (`prctl(PR_SET_NAME)` takes any byte but NUL), with a C1 control
+/// (U+009B, a terminal's CSI) and DEL: text shows each byte that is not UTF-8 as `\xNN` and
+/// the controls visibly; JSON carries the same `\xNN` and escapes the controls, so neither
+/// output has a raw control character.
+#[test]
+fn name_not_utf8_with_c1_controls_is_visible_in_text_and_escaped_in_json() {
+    let ns = Netns::new("badutf8");
+    let args = ["--port", "20096", "--duration", "4"];
+    let (mut text, _errs) = spawn_attached(&args);
+    let (mut json, _jerrs) = spawn_attached(&[&["--json"][..], &args].concat());
+    // The peer turns `\xff` and `\xfe` into those bytes: n ff fe c2 9b '2' 'J' 7f.
+    let c = Peer::spawn(
+        &ns,
+        "n\\xff\\xfe\u{9b}2J\u{7f}",
+        &["connect=127.0.0.1:20096"],
+    );
+    let pid = c.pid();
+    c.expect("errno ECONNREFUSED");
+
+    let out = rst_trace_tests::visible_text_output(&mut text);
+    let recv_line = out
+        .lines()
+        .find(|l| l.contains("RECV") && l.contains("connection_refused"))
+        .unwrap_or_else(|| panic!("no RECV line: {out}"));
+    let shown = format!("n\\xff\\xfe\\u{{9b}}2J\\x7f[{pid}]");
+    assert!(recv_line.contains(&shown), "{recv_line}");
+
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut json.stdout.take().expect("stdout"), &mut raw).unwrap();
+    assert!(json.wait().unwrap().success());
+    let raw = rst_trace_tests::no_raw_controls(raw);
+    let line = raw
+        .lines()
+        .find(|l| l.contains("\"received\"") && l.contains("connection_refused"))
+        .unwrap_or_else(|| panic!("no received record: {raw}"));
+    assert!(
+        line.contains(r#""comm":"n\\xff\\xfe\u009b2J\u007f""#),
+        "{line}"
+    );
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["process"]["comm"], "n\\xff\\xfe\u{9b}2J\u{7f}", "{v:#}");
+    assert_eq!(v["process"]["pid"], pid);
+}

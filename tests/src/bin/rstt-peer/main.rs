@@ -3,6 +3,7 @@
 //! reports on stdout.
 //!
 //! Usage: rstt-peer --netns NAME --name COMM STEP...
+//! (`\xNN` in COMM is the byte NN: a name that is not UTF-8.)
 //!
 //! Steps (`ADDR` is `127.0.0.1:PORT` or `[::1]:PORT`):
 //!   listen=ADDR[,BACKLOG]   listen (default backlog 16)
@@ -69,7 +70,19 @@ fn enter_netns(name: &str) {
 }
 
 fn set_comm(name: &str) {
-    let c = CString::new(name).expect("comm without NUL");
+    let mut bytes = Vec::new();
+    let mut rest = name.as_bytes();
+    while !rest.is_empty() {
+        let hex = rest
+            .strip_prefix(b"\\x")
+            .and_then(|r| r.get(..2))
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match hex {
+            Some(b) => (bytes.push(b), rest = &rest[4..]),
+            None => (bytes.push(rest[0]), rest = &rest[1..]),
+        };
+    }
+    let c = CString::new(bytes).expect("comm without NUL");
     // SAFETY: PR_SET_NAME with a NUL-terminated string (the kernel truncates to 15 bytes).
     unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
 }
