@@ -161,7 +161,7 @@ pub struct Cli {
     pub duration: Option<u64>,
 
     /// On exit (and every --interval SECS if given) print counts by process, condition and
-    /// direction.
+    /// direction (a table on stderr; with --json, a summary record on stdout).
     #[arg(long)]
     pub summary: bool,
 

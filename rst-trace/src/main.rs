@@ -241,11 +241,24 @@ fn start_otlp(st: &mut State, o: &otlp::Options) -> Result<()> {
     Ok(())
 }
 
+/// A summary: in JSON a `summary` record on stdout, in the stream of records; in text a table
+/// on stderr, after the event lines before it, so that stdout keeps one line per event.
+fn print_summary(st: &mut State, s: &str) {
+    st.sink.out.flush();
+    if st.sink.fmt == Format::Json {
+        st.sink.out.line(s);
+        st.sink.out.flush();
+    } else {
+        // Not eprintln!, which panics when stderr is closed.
+        let _ = io::Write::write_all(&mut io::stderr().lock(), format!("{s}\n").as_bytes());
+    }
+}
+
 /// The last words at exit: losses, the summary, malformed records, and a write error.
 fn finish(st: &mut State, tracer: &Tracer, count_in_kernel: bool) -> Result<()> {
     report_losses(st, tracer)?;
     if let Some(s) = st.summary_now(tracer, count_in_kernel) {
-        st.sink.out.line(&s);
+        print_summary(st, &s);
     }
     st.sink.out.flush();
     if let Some(o) = st.sink.otlp.take() {
@@ -457,8 +470,7 @@ async fn event_loop(
             }
             _ = summary_tick.tick(), if settings.interval.is_some() => {
                 if let Some(s) = st.summary_now(tracer, count_in_kernel) {
-                    st.sink.out.line(&s);
-                    st.sink.out.flush();
+                    print_summary(st, &s);
                 }
             }
         }

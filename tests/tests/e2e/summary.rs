@@ -291,3 +291,36 @@ fn summary_every_interval() {
     assert!(status.success());
     assert!(events.iter().all(|v| v["type"] == "summary"), "{events:#?}");
 }
+
+/// In text mode the summary table goes to stderr and stdout keeps one line per event
+/// (docs/output.md): with `--quiet`, stdout stays empty.
+#[test]
+fn text_summary_goes_to_stderr() {
+    let ns = Netns::new("sumtext");
+    let (mut t, errs) = rst_trace_tests::spawn_attached(&[
+        "--summary",
+        "--quiet",
+        "--port",
+        "20095",
+        "--duration",
+        "3",
+    ]);
+    let c = Peer::spawn(&ns, "rstt-sumtext", &["connect=127.0.0.1:20095"]);
+    let pid = c.pid();
+    c.expect("errno ECONNREFUSED");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut t.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(t.wait().unwrap().success());
+    assert_eq!(out, "", "stdout");
+    let err: Vec<String> = errs.map_while(Result::ok).collect();
+    let head = err
+        .iter()
+        .position(|l| l.starts_with("--- summary at "))
+        .unwrap_or_else(|| panic!("no summary on stderr: {err:#?}"));
+    assert!(
+        err[head..].iter().any(
+            |l| l.contains(&format!("rstt-sumtext[{pid}]")) && l.contains("connection_refused")
+        ),
+        "{err:#?}"
+    );
+}
