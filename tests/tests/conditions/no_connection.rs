@@ -146,6 +146,9 @@ fn segment_to_time_wait() {
     server.expect("errno EPIPE");
     let v = sent(&t, &ns, "time_wait_segment");
     assert_eq!(v["state"], "TIME_WAIT");
+    // The mini-socket left by the client's close() in FIN_WAIT2 (what /proc/net/tcp shows).
+    let why = v["explanation"].as_str().unwrap();
+    assert!(why.contains("FIN_WAIT2 sub-state"), "{why}");
     assert_reason(&v, "TCP_TIMEWAIT_SOCKET");
     assert_eq!(s(&v, "remote.port"), 21010);
     assert_eq!(s(&v, "detail.incoming_flags"), "PSH|ACK");
