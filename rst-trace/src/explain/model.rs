@@ -183,7 +183,6 @@ pub struct Process {
     pub identity: Option<std::sync::Arc<crate::identity::Identity>>,
 }
 
-/// A NUL-padded kernel comm's bytes.
 /// A kernel name (a comm) as text: its UTF-8 as it is, and each byte that is not UTF-8 as the
 /// four characters `\xNN`. `prctl(PR_SET_NAME)` takes any byte but NUL; a lossy decoding
 /// would make every such byte U+FFFD and hide it in both outputs.
@@ -198,6 +197,7 @@ pub fn name_text(bytes: &[u8]) -> String {
     out
 }
 
+/// A NUL-padded kernel comm's bytes.
 fn comm_bytes(c: &[u8; 16]) -> &[u8] {
     let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
     &c[..end]
