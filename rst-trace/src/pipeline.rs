@@ -173,7 +173,10 @@ impl State {
     /// Explains held received resets once they are old enough (all of them if `force`).
     pub fn release(&mut self, force: bool) -> bool {
         let now = Clock::mono_now();
-        while let Some(ev) = self.held.next_due(now, force) {
+        while let Some(mut ev) = self.held.next_due(now, force) {
+            if let Some(holder) = self.noticing.holder(&ev) {
+                ev.owner = holder;
+            }
             if self.emit(&ev, None) {
                 return true;
             }

@@ -8,6 +8,8 @@ use std::{
     net::SocketAddr,
 };
 
+use rst_trace_common::{RstEvent, Task};
+
 use super::AppError;
 use crate::{
     explain::{AppNotice, Condition, Direction, Process, Report, cond},
@@ -160,6 +162,20 @@ impl Noticing {
             self.early_order
                 .retain(|(k, t, _)| early.get(k).is_some_and(|e| e.mono_ns == *t));
         }
+    }
+
+    /// The process holding a received reset's socket, when it is not the owner the kernel
+    /// side had recorded: a failing call on that socket, made after the reset and read while
+    /// the reset was held, proves its caller holds it. The owner is learned at accept() and at
+    /// each send or receive that returns, so a socket handed on (a server that accepts, forks
+    /// and closes its copy; `SCM_RIGHTS`) keeps its last owner until the new holder's first
+    /// call returns, which is the very call that fails with the reset.
+    pub fn holder(&self, ev: &RstEvent) -> Option<Task> {
+        let k = key(ev.skaddr, (ev.cookie != 0).then_some(ev.cookie));
+        self.early
+            .get(&k)
+            .filter(|e| e.mono_ns >= ev.mono_ns && e.task.pid != ev.owner.pid)
+            .map(|e| e.task)
     }
 
     /// A reset is about to be printed: the call that already noticed it (attached to its

@@ -142,6 +142,8 @@ pub struct AppError {
     pub cookie: Option<u64>,
     /// The caller: process, thread, cgroup.
     pub process: Process,
+    /// The caller as the kernel side recorded it (for [`Noticing::holder`]).
+    pub task: rst_trace_common::Task,
     pub call: Call,
     pub fd: i32,
     pub errno: Errno,
@@ -168,6 +170,7 @@ impl AppError {
             skaddr: ev.skaddr,
             cookie: (ev.cookie != 0).then_some(ev.cookie),
             process: Process::from_task(&ev.task),
+            task: ev.task,
             call: Call::from_nr(ev.nr, ev.flags & APP_SO_ERROR != 0),
             fd: ev.fd,
             errno: Errno::from_raw(ev.errno),

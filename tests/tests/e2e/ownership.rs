@@ -178,3 +178,57 @@ fn connection_accepted_by_forked_child_belongs_to_child() {
     // SAFETY: the child is our grandchild process; make sure it does not outlive the test.
     unsafe { libc::kill(child as i32, libc::SIGKILL) };
 }
+
+/// A socket handed on: the parent accepts, forks and keeps its copy; the child waits in its
+/// first read. The owner the kernel side recorded is the parent (accept()), but the peer's reset
+/// is noticed by the child's read, which proves the child holds the socket: the received reset
+/// names the child, with its failing read joined to it.
+#[test]
+fn reset_on_a_socket_handed_to_a_forked_child_names_the_child() {
+    let (ns, tracer) = Scenario::new("forkrx").port(20033).tracer(&[]);
+    let bind = "127.0.0.1:20033";
+    let server = Peer::spawn(
+        &ns,
+        "rstt-forksrv",
+        &[
+            &format!("listen={bind}"),
+            "accept",
+            "fork",
+            "read_err",
+            "hold",
+        ],
+    );
+    let mut client = Peer::spawn(
+        &ns,
+        "rstt-forkcli",
+        &[
+            &format!("connect={bind}"),
+            "say=connected",
+            "wait",
+            "linger0",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    client.expect("connected");
+    let child: u32 = server
+        .line()
+        .strip_prefix("child ")
+        .expect("child line")
+        .parse()
+        .unwrap();
+    // The child is in its read() before the reset comes.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    client.go();
+    client.expect("closed");
+    let recv = received(&tracer, &ns, "peer_reset");
+    assert_eq!(s(&recv, "process.pid"), child, "{recv:#}");
+    assert_eq!(s(&recv, "app_error.process.pid"), child, "{recv:#}");
+    assert_eq!(s(&recv, "app_error.errno"), "ECONNRESET", "{recv:#}");
+    let why = recv["explanation"].as_str().unwrap();
+    assert!(why.contains(&format!("rstt-forksrv[{child}]")), "{why}");
+    assert!(!why.contains(&format!("[{}]", server.pid())), "{why}");
+    // SAFETY: the child is our grandchild process; make sure it does not outlive the test.
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+}
