@@ -79,6 +79,14 @@ impl Peer {
             .expect("peer printed nothing within 15 s")
     }
 
+    /// The pid of the child a `fork` step made (its `child PID` line).
+    pub fn forked_child(&self) -> u32 {
+        let line = self.line();
+        line.strip_prefix("child ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("peer {}: want `child PID`, got {line:?}", self.pid()))
+    }
+
     /// Asserts the next line.
     pub fn expect(&self, want: &str) {
         assert_eq!(self.line(), want, "peer {} output", self.pid());

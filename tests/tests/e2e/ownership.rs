@@ -151,12 +151,7 @@ fn connection_accepted_by_forked_child_belongs_to_child() {
             "hold",
         ],
     );
-    let child: u32 = server
-        .line()
-        .strip_prefix("child ")
-        .expect("child line")
-        .parse()
-        .unwrap();
+    let child = server.forked_child();
     let client = Peer::spawn(
         &ns,
         "rstt-client",
@@ -212,12 +207,7 @@ fn reset_on_a_socket_handed_to_a_forked_child_names_the_child() {
         ],
     );
     client.expect("connected");
-    let child: u32 = server
-        .line()
-        .strip_prefix("child ")
-        .expect("child line")
-        .parse()
-        .unwrap();
+    let child = server.forked_child();
     // The child is in its read() before the reset comes.
     std::thread::sleep(std::time::Duration::from_millis(300));
     client.go();

@@ -77,10 +77,9 @@ fn set_comm(name: &str) {
             .strip_prefix(b"\\x")
             .and_then(|r| r.get(..2))
             .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match hex {
-            Some(b) => (bytes.push(b), rest = &rest[4..]),
-            None => (bytes.push(rest[0]), rest = &rest[1..]),
-        };
+        let (b, taken) = hex.map_or((rest[0], 1), |b| (b, 4));
+        bytes.push(b);
+        rest = &rest[taken..];
     }
     let c = CString::new(bytes).expect("comm without NUL");
     // SAFETY: PR_SET_NAME with a NUL-terminated string (the kernel truncates to 15 bytes).
