@@ -78,14 +78,20 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
         println!();
     }
     table::print_header(opts);
+    let mut programs = Vec::new();
     for (name, mode, threads, args) in CONFIGS {
         if opts.only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
         let row = measure::row(bin, &ns, mode, threads, args, opts)?;
         table::print_row(name, &row);
+        let k = row.kernel;
+        programs.push((name, "resets", k.generated as f64, k.programs));
     }
     table::print_legend();
+    if !programs.is_empty() {
+        bpf::print_programs(&programs);
+    }
     let (requests, bytes) = otlp.taken();
     println!(
         "OTLP receiver ({}): {requests} requests, {:.1} MB taken",

@@ -21,7 +21,7 @@ use rst_trace_tests::{Netns, enter_netns};
 
 use super::{
     Mode, Opts,
-    bpf::{BPF_STATS_ENABLED, ProgStats, prog_stats},
+    bpf::{BPF_STATS_ENABLED, diff, print_programs, prog_stats},
     load::generate,
     measure::{await_readiness, median},
 };
@@ -105,61 +105,6 @@ pub(super) fn run(bin: &Path, ns: &Netns, opts: &Opts, args: &[&str]) -> Result<
     }
     print_programs(&programs);
     Ok(())
-}
-
-/// Each program's runs and run time between two samples.
-fn diff(a: &[ProgStats], b: &[ProgStats]) -> Vec<ProgStats> {
-    b.iter()
-        .map(|p| {
-            let before = a.iter().find(|q| q.name == p.name);
-            ProgStats {
-                name: p.name.clone(),
-                prog_type: p.prog_type,
-                runs: p.runs - before.map_or(0, |q| q.runs),
-                ns: p.ns - before.map_or(0, |q| q.ns),
-            }
-        })
-        .filter(|p| p.runs > 0)
-        .collect()
-}
-
-fn print_programs(rows: &[(&str, &str, f64, Vec<ProgStats>)]) {
-    println!("\nper program, from the kernel's run-time accounting (kernel.bpf_stats_enabled):");
-    println!(
-        "{:38} {:24} {:>12} {:>10} {:>12}",
-        "load", "program", "runs/op", "ns/run", "ns/op"
-    );
-    for (name, unit, ops, progs) in rows {
-        let ops = ops.max(1.0);
-        let mut total = 0.0;
-        for p in progs {
-            let per_op = p.ns as f64 / ops;
-            total += per_op;
-            println!(
-                "{name:38} {:24} {:>12.3} {:>10.1} {per_op:>12.1}",
-                p.name,
-                p.runs as f64 / ops,
-                p.ns as f64 / p.runs.max(1) as f64
-            );
-        }
-        println!(
-            "{name:38} {:24} {:>12} {:>10} {total:>12.1}   (op = {})",
-            "all",
-            "",
-            "",
-            unit_op(unit)
-        );
-    }
-}
-
-fn unit_op(unit: &str) -> &str {
-    match unit {
-        "calls" => "one getppid()",
-        "round trips" => "one round trip",
-        "requests" => "one HTTP request",
-        "MB" => "one MB streamed",
-        _ => "one connection",
-    }
 }
 
 /// Operations per second of one round of `load`.

@@ -12,7 +12,7 @@ use rst_trace_tests::Netns;
 
 use super::{
     Mode, Opts, PORT,
-    bpf::{BPF_STATS_ENABLED, bpf_stats},
+    bpf::{BPF_STATS_ENABLED, ProgStats, bpf_stats, diff, prog_stats},
     load::generate,
 };
 
@@ -34,7 +34,6 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 }
 
 pub(super) struct Traced {
-    generated: u64,
     rst_events: u64,
     lost: u64,
     cpu_s: f64,
@@ -49,6 +48,10 @@ pub(super) struct Traced {
     pub(super) reset_ns_per_run: f64,
     /// BPF run time of the `sys_exit` hook per system call (0 when it is off).
     pub(super) app_ns_per_call: f64,
+    /// Each program's runs and run time in the round (with `stats` only).
+    pub(super) programs: Vec<ProgStats>,
+    /// Resets generated in the round.
+    pub(super) generated: u64,
 }
 
 /// One traced round: start rst-trace, wait until attached, generate, stop it with SIGTERM.
@@ -78,11 +81,11 @@ fn traced_round(
     let start_rss_kib = rss_kib(pid);
     std::fs::write(BPF_STATS_ENABLED, if stats { "1" } else { "0" })
         .context("setting kernel.bpf_stats_enabled")?;
-    let s0 = bpf_stats(pid);
+    let (s0, p0) = (bpf_stats(pid), prog_stats(pid));
     let generated = generate(ns, mode, threads, secs)?;
     // Let the drain timer catch up before stopping.
     std::thread::sleep(Duration::from_millis(300));
-    let s1 = bpf_stats(pid);
+    let (s1, p1) = (bpf_stats(pid), prog_stats(pid));
     std::fs::write(BPF_STATS_ENABLED, "0")?;
     let peak_rss_kib = status_kib(pid, "VmHWM:");
     let end_rss_kib = rss_kib(pid);
@@ -104,6 +107,7 @@ fn traced_round(
             runs(s0.reset_cnt, s1.reset_cnt),
         ),
         app_ns_per_call: per(runs(s0.app_ns, s1.app_ns), runs(s0.app_cnt, s1.app_cnt)),
+        programs: if stats { diff(&p0, &p1) } else { Vec::new() },
     })
 }
 
