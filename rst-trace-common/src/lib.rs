@@ -107,10 +107,12 @@ pub const PROG_NETIF_RECEIVE: &str = "netif_receive_skb";
 pub const MAP_SEED_OWNERS: &str = "SEED_OWNERS";
 /// The seed map's entries in the object; userspace sizes it from the host at load.
 pub const SEED_MAX_ENTRIES: u32 = 4096;
-/// Before 6.10: connections handed to a TIME_WAIT mini-socket, for the transmit hook.
+/// Connections handed to a TIME_WAIT mini-socket in its FIN_WAIT2 sub-state, by flow
+/// ([`TimeWaitInfo`]): the process that closed the connection, for the reset that mini-socket
+/// sends; before 6.10 also how the transmit hook tells that reset from one for no socket.
 pub const MAP_TIMEWAIT: &str = "TIMEWAIT";
-/// Its entries in the object, and the fewest userspace gives it before 6.10; userspace sizes
-/// it from the host's TIME_WAIT count at load (1 entry from 6.10, where it is never written).
+/// Its entries in the object, and the fewest userspace gives it; userspace sizes it from the
+/// host's TIME_WAIT count at load.
 pub const TIMEWAIT_MAX_ENTRIES: u32 = 16384;
 
 /// The LRU map from socket address to [`SockInfo`]: the owners of sockets seen since start-up.
@@ -209,6 +211,25 @@ pub struct SockInfo {
 }
 
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 80);
+
+/// What the kernel side remembers of a connection handed to a TIME_WAIT mini-socket in its
+/// FIN_WAIT2 sub-state (the `TIMEWAIT` map's value): when, and who had closed it. The
+/// mini-socket (`struct inet_timewait_sock`) keeps no trace of its process, and it is the one
+/// that answers the peer's next segment with RST (tcp_timewait_state_process(): the keep-alive
+/// race, where a client sends a request on a connection the server's idle timeout closed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeWaitInfo {
+    /// `bpf_ktime_get_ns()` at the hand-over (`tcp_destroy_sock` of the full socket).
+    pub since: u64,
+    /// The full socket's owner ([`SockInfo::owner`]).
+    pub owner: Task,
+    /// [`SockInfo::owned`]: 1 when `owner` is known.
+    pub owned: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TimeWaitInfo>() == 72);
+const _: () = assert!(core::mem::offset_of!(TimeWaitInfo, owner) % 8 == 0);
 
 /// `SockInfo::flags`: the socket sent or received a reset (so its move to CLOSE was an abort,
 /// not a hand-over to a TIME_WAIT mini-socket).

@@ -13,7 +13,7 @@ use crate::{
     maps::{
         CLOSING_LISTENERS, CUR_SEG, LAST_LISTENER_CLOSE, LAST_TCP_RST, SLOT_RECV, SLOT_SEND, Window,
     },
-    owners::{fill_current_task, owner_from_map},
+    owners::{fill_current_task, owner_from_map, take_timewait},
     read::kread,
     sock::{
         cookie_or_sock, read_idle, read_tcp_sock, skb_netns, skc, sock_dead, sock_endpoints,
@@ -78,7 +78,13 @@ fn send_reset_event<C: StackIdContext>(ctx: &C, sk: u64, skb: u64, reason: u32, 
         skb_netns(skb)
     };
     ev.cookie = cookie_or_sock(cookie, w);
-    owner_from_map(sk, ev);
+    if state == TCP_TIME_WAIT {
+        // A mini-socket answering a segment (6.10+, where its reset has this tracepoint): no
+        // process ever owned it; the one that closed the connection was noted by flow.
+        take_timewait(ev);
+    } else {
+        owner_from_map(sk, ev);
+    }
     if sk != 0 {
         socket_facts(w, sk, state, ev);
     }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use rst_trace_common::{
     COUNTS_MAX_ENTRIES, CountKey, FILTER_MAX_ENTRIES, HIDDEN_CGROUPS_MAX_ENTRIES, ListenerClose,
     RstEvent, SEED_MAX_ENTRIES, SEEN_CGROUPS_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES,
-    STACKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, TIMEWAIT_MAX_ENTRIES, Task,
+    STACKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, TIMEWAIT_MAX_ENTRIES, Task, TimeWaitInfo,
 };
 
 /// Slots of the per-program maps (`SCRATCH`, `WINDOW`, `TCP_WIN`, `SKB_WINDOW`, `BUSY`,
@@ -99,11 +99,14 @@ pub static CUR_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static XMIT_SK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Before 6.10: connections handed to a TIME_WAIT mini-socket (see `on_destroy`), by flow, with
-/// the time. When that mini-socket answers a segment with RST (tcp_timewait_state_process()
-/// returns TCP_TW_RST), the transmit hook tells it from a reset for no socket at all.
+/// Connections handed to a TIME_WAIT mini-socket in its FIN_WAIT2 sub-state (see
+/// `on_destroy`), by flow, with the time and the process that closed them. When that
+/// mini-socket answers a segment with RST (tcp_timewait_state_process() returns TCP_TW_RST),
+/// its reset names that process; before 6.10 the transmit hook also tells it from a reset for
+/// no socket at all.
 #[map]
-pub static TIMEWAIT: LruHashMap<Flow, u64> = LruHashMap::with_max_entries(TIMEWAIT_MAX_ENTRIES, 0);
+pub static TIMEWAIT: LruHashMap<Flow, TimeWaitInfo> =
+    LruHashMap::with_max_entries(TIMEWAIT_MAX_ENTRIES, 0);
 
 /// A connection's endpoints in its network namespace (IPv4 addresses in the first 4 bytes).
 #[repr(C)]

@@ -5,19 +5,20 @@ use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, generated,
 };
 use rst_trace_common::{
-    AF_INET6, ATTR_OWNER_MAP, ATTR_OWNER_SEED, CgroupSeen, DESTROYED_GRACE_NS, IPPROTO_TCP,
-    ListenerClose, OFF_NONE, RstEvent, SOCK_REFUSED, SOCK_RESET_SEEN, SockInfo, TCP_CLOSE,
-    TCP_FIN_WAIT2, TCP_LISTEN, TCP_RST, TCP_SYN_SENT, Task,
+    ATTR_OWNER_MAP, ATTR_OWNER_SEED, CgroupSeen, DESTROYED_GRACE_NS, IPPROTO_TCP, ListenerClose,
+    OFF_NONE, RstEvent, SOCK_REFUSED, SOCK_RESET_SEEN, SockInfo, TCP_CLOSE, TCP_FIN_WAIT2,
+    TCP_LISTEN, TCP_RST, TCP_SYN_SENT, Task, TimeWaitInfo,
 };
 
 use crate::{
     headers::Segment,
     maps::{
         CLOSING_LISTENERS, CUR_SEG, EVENTS, Flow, IO_SLOTS, LAST_CGROUP, LAST_DESTROYED, LAST_IO,
-        LAST_LISTENER_CLOSE, SAMPLED_SLOTS, SEED_OWNERS, SEEN_CGROUPS, SLOT_PROBE, SOCK_GENERATION,
-        SOCKS, TIMEWAIT, bump_generation, count_insert,
+        LAST_LISTENER_CLOSE, SAMPLED_SLOTS, SEED_OWNERS, SEEN_CGROUPS, SKC_WINDOW, SLOT_PROBE,
+        SOCK_GENERATION, SOCKS, TIMEWAIT, Window, bump_generation, count_insert,
     },
     read::{copy_words, kread, kread_at, zero_words},
+    sock::{sock_netns, window_endpoints},
 };
 
 // The states as `inet_sock_set_state` passes them (int).
@@ -304,11 +305,13 @@ pub fn on_destroy(sk: u64) {
                 (*d).info.destroyed_ns = bpf_ktime_get_ns();
             }
         }
-        if conf!(xmit_socketless) != 0
-            && info.flags & SOCK_RESET_SEEN == 0
+        // From 6.10 the mini-socket's reset has a tracepoint of its own, and only its owner is
+        // worth remembering; before, the transmit hook needs the flow either way.
+        if info.flags & SOCK_RESET_SEEN == 0
             && info.close_prev_state == TCP_FIN_WAIT2
+            && (info.owned != 0 || conf!(xmit_socketless) != 0)
         {
-            remember_timewait(sk);
+            remember_timewait(sk, info);
         }
         let _ = SOCKS.remove(&sk);
         bump_generation();
@@ -321,8 +324,21 @@ pub fn on_destroy(sk: u64) {
 /// FIN_WAIT2 timeout), then tcp_done() moves the socket to CLOSE. No tracepoint marks the
 /// hand-over itself; an abort from FIN_WAIT2 (a reset sent or received) is told apart by
 /// `SOCK_RESET_SEEN`.
-#[inline(always)]
-fn remember_timewait(sk: u64) {
+#[inline(never)]
+fn remember_timewait(sk: u64, info: &SockInfo) {
+    // The socket's `sock_common` window in one read (a raw copy on the stack; this runs at the
+    // end of every connection this host closes first), as the reset programs read it.
+    let mut w = core::mem::MaybeUninit::<Window>::uninit();
+    // SAFETY: bpf_probe_read_kernel never faults and zeroes the destination when it fails;
+    // the slack words after the window are zeroed, so every byte is written.
+    let w = unsafe {
+        let p = w.as_mut_ptr();
+        let _ = generated::bpf_probe_read_kernel(p.cast(), SKC_WINDOW as u32, sk as *const _);
+        zero_words(p.cast::<u64>().add(SKC_WINDOW / 8).cast::<[u64; 2]>());
+        w.assume_init_ref()
+    };
+    // skc_num is 0 once inet_put_port() ran: window_endpoints() then reads inet_sport.
+    let e = window_endpoints(w, sk);
     let mut f = core::mem::MaybeUninit::<Flow>::uninit();
     // SAFETY: Flow is plain integers, 8-aligned, 40 bytes: zeroed with word stores (a literal
     // initialiser becomes a call to the target's byte-loop memset), then filled.
@@ -330,26 +346,64 @@ fn remember_timewait(sk: u64) {
         zero_words(f.as_mut_ptr());
         f.assume_init_mut()
     };
-    f.netns = kread::<u64>(sk, conf!(sk_net))
-        .and_then(|net| kread::<u32>(net, conf!(net_inum)))
-        .unwrap_or(0);
-    // skc_num is 0 once inet_put_port() ran; inet_sport keeps the port (network order).
-    f.local_port = u16::from_be(kread::<u16>(sk, conf!(inet_sport)).unwrap_or(0));
-    f.remote_port = u16::from_be(kread::<u16>(sk, conf!(sk_dport)).unwrap_or(0));
-    if kread::<u16>(sk, conf!(sk_family)) == Some(AF_INET6) {
-        if let Some(a) = kread::<[u64; 2]>(sk, conf!(sk_v6_rcv_saddr)) {
-            f.local = a;
+    f.netns = sock_netns(w);
+    f.local_port = e.local_port;
+    f.remote_port = e.remote_port;
+    f.local = e.local;
+    f.remote = e.remote;
+    let mut tw = core::mem::MaybeUninit::<TimeWaitInfo>::uninit();
+    // SAFETY: TimeWaitInfo is plain integers, 8-aligned, 72 bytes: filled in words (the owner
+    // copied from the map value; a literal initialiser becomes a byte-loop memset).
+    let tw = unsafe {
+        let tw = tw.as_mut_ptr();
+        // SAFETY: helper without preconditions.
+        (*tw).since = bpf_ktime_get_ns();
+        copy_words(&mut (*tw).owner, &info.owner);
+        (*tw).owned = info.owned;
+        &*tw
+    };
+    count_insert(TIMEWAIT.insert(f, tw, 0));
+}
+
+/// How long a TIME_WAIT mini-socket lives: TCP_TIMEWAIT_LEN (60 s), also the longest an
+/// orphan's FIN_WAIT2 sub-state lasts (tcp_fin_time() is capped by it for a mini-socket).
+const TIMEWAIT_NS: u64 = 60_000_000_000;
+
+/// The reset `ev` (its endpoints and netns filled in) comes from a TIME_WAIT mini-socket that
+/// `remember_timewait` noted, not older than such a socket lives: the entry is taken (the
+/// mini-socket is killed after answering with RST, inet_twsk_deschedule_put()), and the
+/// process that closed the connection becomes the event's owner. Not inlined: its locals would
+/// add to the callers' stack frames (the transmit hook's is near the 512-byte limit).
+#[inline(never)]
+pub fn take_timewait(ev: &mut RstEvent) -> bool {
+    // SAFETY: 8-aligned [u8; 16] arrays (asserted in rst-trace-common), read as two words.
+    let (local, remote) = unsafe {
+        (
+            core::ptr::read(ev.local_addr.as_ptr().cast::<[u64; 2]>()),
+            core::ptr::read(ev.remote_addr.as_ptr().cast::<[u64; 2]>()),
+        )
+    };
+    let flow = Flow {
+        netns: ev.netns,
+        local_port: ev.local_port,
+        remote_port: ev.remote_port,
+        local,
+        remote,
+    };
+    let Some(tw) = TIMEWAIT.get_ptr(&flow) else {
+        return false;
+    };
+    // SAFETY: a map value pointer, valid for this program run; read before the removal.
+    let fresh = unsafe {
+        let fresh = ev.mono_ns.wrapping_sub((*tw).since) < TIMEWAIT_NS;
+        if fresh && (*tw).owned != 0 {
+            copy_words(&mut ev.owner, &(*tw).owner);
+            ev.attribution = ATTR_OWNER_MAP;
         }
-        if let Some(a) = kread::<[u64; 2]>(sk, conf!(sk_v6_daddr)) {
-            f.remote = a;
-        }
-    } else {
-        f.local[0] = u64::from(kread::<u32>(sk, conf!(sk_rcv_saddr)).unwrap_or(0));
-        f.remote[0] = u64::from(kread::<u32>(sk, conf!(sk_daddr)).unwrap_or(0));
-    }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    count_insert(TIMEWAIT.insert(f, &now, 0));
+        fresh
+    };
+    let _ = TIMEWAIT.remove(&flow);
+    fresh
 }
 
 /// A send or receive on `sk` by the current process, which owns it from then on; a per-CPU

@@ -10,7 +10,8 @@ use rst_trace_common::{
 use crate::{
     deliver::{claim, deliver, scratch_event, unclaim, wanted},
     headers::{Headers, Segment},
-    maps::{CUR_RX, Flow, LAST_REJECT_SKB, LAST_TCP_RST, SLOT_TRANSMIT, TIMEWAIT, XMIT_SK},
+    maps::{CUR_RX, LAST_REJECT_SKB, LAST_TCP_RST, SLOT_TRANSMIT, XMIT_SK},
+    owners::take_timewait,
     read::kread,
     sock::skb_netns,
 };
@@ -20,8 +21,6 @@ use crate::{
 const TCP_CTL_SOCK: u32 = 3 | (6 << 16);
 /// `CHECKSUM_PARTIAL` (include/linux/skbuff.h).
 const CHECKSUM_PARTIAL: u8 = 3;
-/// TCP_TIMEWAIT_LEN (60 s), also the default FIN_WAIT2 timeout of an orphan.
-const TIMEWAIT_NS: u64 = 60_000_000_000;
 /// How long after `tcp_send_reset` the RST it announced may reach the transmit hook (it is
 /// sent in the same softirq; generous for emulated or overloaded machines).
 const ANNOUNCED_NS: u64 = 50_000_000;
@@ -173,11 +172,13 @@ fn socketless_event(ev: &mut RstEvent, rst: &Headers) {
     if !answered_segment(ev, rst) {
         rst.fill(ev, false);
     }
-    timewait_state(ev);
+    if take_timewait(ev) {
+        ev.state = TCP_TIME_WAIT;
+    }
 }
 
-/// Fills in the segment `rst` answers, if this CPU's receive path is handling it. Calls of their
-/// own (bpf-to-bpf, 4.16+), this and the next: inlined, their locals and the transmit hook's
+/// Fills in the segment `rst` answers, if this CPU's receive path is handling it. A call of its
+/// own (bpf-to-bpf, 4.16+), as `take_timewait`: inlined, their locals and the transmit hook's
 /// exceed the 512-byte stack.
 #[inline(never)]
 fn answered_segment(ev: &mut RstEvent, rst: &Headers) -> bool {
@@ -204,31 +205,4 @@ fn answered_segment(ev: &mut RstEvent, rst: &Headers) -> bool {
     seg.read_addrs(version, &mut ev.remote_addr, &mut ev.local_addr);
     ev.facts |= FACT_PACKET;
     true
-}
-
-/// TIME_WAIT if the flow was handed to a TIME_WAIT mini-socket (`remember_timewait`).
-#[inline(never)]
-fn timewait_state(ev: &mut RstEvent) {
-    // SAFETY: 8-aligned [u8; 16] arrays (asserted in rst-trace-common), read as two words.
-    let (local, remote) = unsafe {
-        (
-            core::ptr::read(ev.local_addr.as_ptr().cast::<[u64; 2]>()),
-            core::ptr::read(ev.remote_addr.as_ptr().cast::<[u64; 2]>()),
-        )
-    };
-    let flow = Flow {
-        netns: ev.netns,
-        local_port: ev.local_port,
-        remote_port: ev.remote_port,
-        local,
-        remote,
-    };
-    // SAFETY: copied out at once.
-    if let Some(&since) = unsafe { TIMEWAIT.get(&flow) } {
-        // The mini-socket is killed after answering with RST (inet_twsk_deschedule_put()).
-        let _ = TIMEWAIT.remove(&flow);
-        if ev.mono_ns.wrapping_sub(since) < TIMEWAIT_NS {
-            ev.state = TCP_TIME_WAIT;
-        }
-    }
 }

@@ -10,9 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rst_trace_tests::{
-    Netns, Peer, Tracer, Value, kernel_has_reasons, require_root, smallest_socket_map,
-};
+use rst_trace_tests::{Netns, Peer, Tracer, Value, require_root, smallest_socket_map};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -244,9 +242,9 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
         "forgotten owners rule: {forgotten:?} (small map at {})",
         targets[1]
     );
-    // Before 6.10 the TIME_WAIT map is watched too; from 6.10 there is none.
+    // The TIME_WAIT map is watched too.
     let tw = prom.query("rst_trace_time_wait_map_capacity >= 16000");
-    assert_eq!(tw.len(), if kernel_has_reasons() { 0 } else { 2 }, "{tw:?}");
+    assert_eq!(tw.len(), 2, "{tw:?}");
     drop(crowd.stdin.take());
     std::io::copy(&mut said, &mut std::io::sink()).unwrap();
     assert!(crowd.wait().unwrap().success(), "crowd.py");

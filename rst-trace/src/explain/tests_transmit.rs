@@ -71,6 +71,26 @@ fn timewait_handover_is_time_wait_segment() {
     assert_eq!(r.state, Some(TcpState::TimeWait));
     assert_eq!(incoming(&r).as_deref(), Some("PSH|ACK"));
     assert!(r.inferred);
+    assert_eq!(r.process, None);
+    assert!(
+        r.explanation.contains("left when the process closed it"),
+        "{}",
+        r.explanation
+    );
+    // With the owner the kernel side remembered for the flow: the process that closed it.
+    let mut ev = xmit(FACT_PACKET, TCP_PSH | TCP_ACK, TCP_TIME_WAIT);
+    ev.attribution = rst_trace_common::ATTR_OWNER_MAP;
+    ev.owner.pid = 4242;
+    ev.owner.tid = 4242;
+    ev.owner.comm[..5].copy_from_slice(b"nginx");
+    let r = report(&ev);
+    assert_eq!(r.condition, cond::TIME_WAIT_SEGMENT);
+    assert_eq!(r.process.as_ref().map(|p| p.pid), Some(4242));
+    assert!(
+        r.explanation.contains("left when nginx[4242] closed it"),
+        "{}",
+        r.explanation
+    );
 }
 
 /// Before 6.10 an IPv6 RST without a socket used to be reported as "netfilter or TCP": the

@@ -6,10 +6,10 @@
 //! `tcp_destroy_sock`) and the seed map (sockets older than rst-trace). A host with more live
 //! TCP sockets than the socket map holds makes the LRU forget the owners of the least recently
 //! used ones, and their resets name no process: so the map is sized from the host's socket
-//! count, and a host that outgrows it is warned about. Before 6.10 the TIME_WAIT map
-//! (`TIMEWAIT`, the flows handed to a TIME_WAIT mini-socket) is sized and watched the same way
-//! from the host's TIME_WAIT count: a flow it forgot makes that mini-socket's reset look like
-//! one for no socket at all.
+//! count, and a host that outgrows it is warned about. The TIME_WAIT map (`TIMEWAIT`, the
+//! flows handed to a TIME_WAIT mini-socket, with the process that closed each) is sized and
+//! watched the same way from the host's TIME_WAIT count: a flow it forgot makes that
+//! mini-socket's reset name no process (and before 6.10 look like one for no socket at all).
 
 use anyhow::{Context as _, Result};
 
@@ -36,9 +36,9 @@ pub struct SocketMaps {
     /// Live sockets the socket map holds before its LRU evicts (`owners` less the free
     /// entries the kernel keeps per CPU).
     pub usable: u64,
-    /// The TIME_WAIT map (`TIMEWAIT`): 1 where the kernel side never writes it (6.10+).
+    /// The TIME_WAIT map (`TIMEWAIT`).
     pub timewait: u32,
-    /// TIME_WAIT flows it holds before its LRU evicts; 0 where it is not used.
+    /// TIME_WAIT flows it holds before its LRU evicts.
     pub timewait_usable: u64,
 }
 
@@ -100,8 +100,8 @@ fn lru_size(count: u64, reserve: u64, min: u32) -> u32 {
 /// Sizes the maps: `requested` (`--max-sockets`) for the socket map, else room for twice the
 /// host's sockets (the count at start-up) and never fewer than [`DEFAULT_OWNERS`]; the seed
 /// map for the sockets found now, with a margin for those opened during the scan; the
-/// TIME_WAIT map, where `timewait` says the kernel side uses it, like the socket map.
-pub fn plan(requested: Option<u32>, host: HostSockets, cpus: u32, timewait: bool) -> SocketMaps {
+/// TIME_WAIT map like the socket map, from the host's TIME_WAIT count.
+pub fn plan(requested: Option<u32>, host: HostSockets, cpus: u32) -> SocketMaps {
     let reserve = lru_reserve(cpus);
     let tcp = host.alloc;
     let owners = requested.unwrap_or_else(|| lru_size(tcp, reserve, DEFAULT_OWNERS));
@@ -109,18 +109,13 @@ pub fn plan(requested: Option<u32>, host: HostSockets, cpus: u32, timewait: bool
     let seeds = (tcp + tcp / 4 + 1024)
         .next_power_of_two()
         .clamp(u64::from(SEEDS_MIN), u64::from(AUTO_OWNERS_MAX)) as u32;
-    let (timewait, timewait_usable) = if timewait {
-        let n = lru_size(host.tw, reserve, TIMEWAIT_MIN);
-        (n, u64::from(n).saturating_sub(reserve))
-    } else {
-        (1, 0)
-    };
+    let timewait = lru_size(host.tw, reserve, TIMEWAIT_MIN);
     SocketMaps {
         owners,
         seeds,
         usable: u64::from(owners).saturating_sub(reserve),
         timewait,
-        timewait_usable,
+        timewait_usable: u64::from(timewait).saturating_sub(reserve),
     }
 }
 
@@ -131,8 +126,8 @@ pub struct MapUse {
     pub tcp_sockets: u64,
     /// Live sockets the socket map holds before its LRU evicts.
     pub owner_capacity: u64,
-    /// Where the TIME_WAIT map is read (before 6.10): TIME_WAIT sockets, and flows it holds.
-    pub time_wait: Option<(u64, u64)>,
+    /// TIME_WAIT sockets, and the flows the TIME_WAIT map holds.
+    pub time_wait: (u64, u64),
 }
 
 /// Watches the host's socket counts against the maps: warns once when they outgrow a map, and
@@ -163,7 +158,7 @@ impl Watch {
         Some(MapUse {
             tcp_sockets: host.alloc,
             owner_capacity: m.usable,
-            time_wait: (m.timewait_usable > 0).then_some((host.tw, m.timewait_usable)),
+            time_wait: (host.tw, m.timewait_usable),
         })
     }
 
@@ -189,15 +184,13 @@ impl Watch {
                 )
             });
         }
-        let tw_over = host.tw > m.timewait_usable;
-        if m.timewait_usable > 0
-            && let Some(over) = crossed(&mut self.over[1], tw_over)
-        {
+        if let Some(over) = crossed(&mut self.over[1], host.tw > m.timewait_usable) {
             lines.push(if over {
                 format!(
                     "rst-trace: warning: this host has {} TIME_WAIT sockets, more than the {} \
-                     the TIME_WAIT map keeps: a reset one of the oldest sends may be reported \
-                     as a reset for no socket. Restart rst-trace to size the map for this host",
+                     the TIME_WAIT map keeps: a reset one of the oldest sends may name no \
+                     process (before 6.10: be reported as a reset for no socket). Restart \
+                     rst-trace to size the map for this host",
                     host.tw, m.timewait_usable
                 )
             } else {
@@ -223,8 +216,8 @@ pub fn host_sockets_or_warn() -> HostSockets {
     host_sockets().unwrap_or_else(|e| {
         eprintln!(
             "rst-trace: warning: cannot count this host's TCP sockets ({e:#}): the socket \
-             owner map gets the default {DEFAULT_OWNERS} entries (before 6.10 the TIME_WAIT \
-             map {TIMEWAIT_MIN}), and neither is watched"
+             owner map gets the default {DEFAULT_OWNERS} entries (the TIME_WAIT map \
+             {TIMEWAIT_MIN}), and neither is watched"
         );
         HostSockets::default()
     })
@@ -251,34 +244,31 @@ mod tests {
     fn maps_grow_with_the_host() {
         // A small host: the default socket map, the smallest seed map.
         let host = |alloc, tw| HostSockets { alloc, tw };
-        let p = plan(None, host(40, 10), 2, true);
+        let p = plan(None, host(40, 10), 2);
         assert_eq!((p.owners, p.seeds), (DEFAULT_OWNERS, SEEDS_MIN));
         assert_eq!(p.usable, u64::from(DEFAULT_OWNERS) - 3 * 128);
         assert_eq!(p.timewait, TIMEWAIT_MIN);
         assert_eq!(p.timewait_usable, u64::from(TIMEWAIT_MIN) - 3 * 128);
         // 100k sockets on 64 CPUs: room for twice as many, and for the LRU's free lists.
-        let p = plan(None, host(100_000, 50_000), 64, true);
+        let p = plan(None, host(100_000, 50_000), 64);
         assert_eq!(p.owners, 1 << 18);
         assert!(p.usable >= 200_000, "{p:?}");
         assert!(u64::from(p.seeds) >= 125_000, "{p:?}");
         assert_eq!(p.timewait, 1 << 17);
         assert!(p.timewait_usable >= 100_000, "{p:?}");
         // The automatic sizes stop at 1M entries; --max-sockets decides beyond.
-        let huge = plan(None, host(10_000_000, 10_000_000), 2, true);
+        let huge = plan(None, host(10_000_000, 10_000_000), 2);
         assert_eq!(
             (huge.owners, huge.seeds, huge.timewait),
             (AUTO_OWNERS_MAX, AUTO_OWNERS_MAX, AUTO_OWNERS_MAX)
         );
-        assert_eq!(plan(Some(4096), host(10_000_000, 0), 2, true).owners, 4096);
-        // 6.10+: the TIME_WAIT map is never written, one entry, not watched.
-        let p = plan(None, host(40, 100_000), 2, false);
-        assert_eq!((p.timewait, p.timewait_usable), (1, 0));
+        assert_eq!(plan(Some(4096), host(10_000_000, 0), 2).owners, 4096);
     }
 
     #[test]
     fn the_watch_warns_once_each_way() {
         let host = |alloc, tw| HostSockets { alloc, tw };
-        let mut w = Watch::new(plan(Some(4096), host(0, 0), 2, true));
+        let mut w = Watch::new(plan(Some(4096), host(0, 0), 2));
         assert!(w.check(host(100, 100)).is_empty());
         let warn = w.check(host(4000, 100));
         assert!(
@@ -301,8 +291,5 @@ mod tests {
             fits.len() == 1 && fits[0].contains("fit the TIME_WAIT map"),
             "{fits:?}"
         );
-        // 6.10+: TIME_WAIT sockets are not the map's business.
-        let mut w = Watch::new(plan(None, host(0, 0), 2, false));
-        assert!(w.check(host(0, 1_000_000)).is_empty());
     }
 }

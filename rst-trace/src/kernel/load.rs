@@ -269,14 +269,7 @@ pub fn load(
     filter_config(filter, &mut cfg);
 
     let cpus = capacity::possible_cpus();
-    // The TIME_WAIT map is written where the transmit hook would see socketless resets (with
-    // --no-firewall too: an LRU map of one entry would fail the inserts).
-    let socket_maps = capacity::plan(
-        max_sockets,
-        capacity::host_sockets_or_warn(),
-        cpus,
-        cfg.xmit_socketless != 0,
-    );
+    let socket_maps = capacity::plan(max_sockets, capacity::host_sockets_or_warn(), cpus);
     let mut ebpf = load_object(&cfg, ring_size, hooks, socket_maps)?;
     fill_filters(&mut ebpf, filter)?;
 

@@ -216,33 +216,32 @@ fn register(provider: &SdkMeterProvider, counts: &metrics::Shared) {
     register_maps(&meter, &snap);
 }
 
-/// The host's sockets against the kernel side's maps, as gauges (the TIME_WAIT pair before
-/// 6.10 only).
+/// The host's sockets against the kernel side's maps, as gauges.
 fn register_maps(
     meter: &opentelemetry::metrics::Meter,
     snap: &Arc<dyn Fn() -> Snapshot + Send + Sync>,
 ) {
-    type Read = fn(&crate::kernel::MapUse) -> Option<u64>;
+    type Read = fn(&crate::kernel::MapUse) -> u64;
     let gauges: [(&'static str, &'static str, Read); 4] = [
         (
             "rst_trace.host.tcp_sockets",
             "TCP sockets on the host, every network namespace",
-            |m| Some(m.tcp_sockets),
+            |m| m.tcp_sockets,
         ),
         (
             "rst_trace.socket_owner_map.capacity",
             "Live TCP sockets whose owners the kernel side remembers",
-            |m| Some(m.owner_capacity),
+            |m| m.owner_capacity,
         ),
         (
             "rst_trace.host.time_wait_sockets",
-            "TIME_WAIT sockets of rst-trace's network namespace (before Linux 6.10)",
-            |m| m.time_wait.map(|(tw, _)| tw),
+            "TIME_WAIT sockets of rst-trace's network namespace",
+            |m| m.time_wait.0,
         ),
         (
             "rst_trace.time_wait_map.capacity",
-            "TIME_WAIT connections the kernel side remembers (before Linux 6.10)",
-            |m| m.time_wait.map(|(_, cap)| cap),
+            "TIME_WAIT connections the kernel side remembers",
+            |m| m.time_wait.1,
         ),
     ];
     for (name, what, read) in gauges {
@@ -252,7 +251,7 @@ fn register_maps(
             .with_description(what)
             .with_unit("{socket}")
             .with_callback(move |o| {
-                if let Some(v) = s().maps.as_ref().and_then(read) {
+                if let Some(v) = s().maps.as_ref().map(read) {
                     o.observe(v, &[]);
                 }
             })

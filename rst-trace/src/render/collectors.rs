@@ -102,7 +102,7 @@ fn per_program<N: prometheus_client::encoding::EncodeCounterValue>(
 }
 
 /// The host's sockets against the maps that remember them, as last read (once a second):
-/// `rst_trace_host_tcp_sockets` against `rst_trace_socket_owner_map_capacity`, and before 6.10
+/// `rst_trace_host_tcp_sockets` against `rst_trace_socket_owner_map_capacity`, and
 /// `rst_trace_host_time_wait_sockets` against `rst_trace_time_wait_map_capacity`. A host over
 /// a capacity has its least recently used entries forgotten (see `kernel::capacity`).
 #[derive(Clone, Debug, Default)]
@@ -113,7 +113,8 @@ impl Collector for MapMetrics {
         let Some(m) = self.0.lock().ok().and_then(|m| *m) else {
             return Ok(());
         };
-        let mut gauges = vec![
+        let (tw, tw_capacity) = m.time_wait;
+        let gauges = [
             (
                 "rst_trace_host_tcp_sockets",
                 "TCP sockets on the host, every network namespace (/proc/net/sockstat alloc)",
@@ -124,19 +125,17 @@ impl Collector for MapMetrics {
                 "Live TCP sockets whose owners the kernel side remembers before it forgets the least recently used",
                 m.owner_capacity,
             ),
-        ];
-        if let Some((tw, capacity)) = m.time_wait {
-            gauges.push((
+            (
                 "rst_trace_host_time_wait_sockets",
                 "TIME_WAIT sockets of rst-trace's network namespace (/proc/net/sockstat tw)",
                 tw,
-            ));
-            gauges.push((
+            ),
+            (
                 "rst_trace_time_wait_map_capacity",
-                "TIME_WAIT connections the kernel side remembers before it forgets the oldest (before Linux 6.10)",
-                capacity,
-            ));
-        }
+                "TIME_WAIT connections the kernel side remembers before it forgets the oldest",
+                tw_capacity,
+            ),
+        ];
         for (name, help, value) in gauges {
             let g = ConstGauge::new(value as i64);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;

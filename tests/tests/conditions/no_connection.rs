@@ -152,10 +152,89 @@ fn segment_to_time_wait() {
     assert_reason(&v, "TCP_TIMEWAIT_SOCKET");
     assert_eq!(s(&v, "remote.port"), 21010);
     assert_eq!(s(&v, "detail.incoming_flags"), "PSH|ACK");
+    // The mini-socket has no process; the one that closed the connection is named, in the
+    // record and in the sentence.
+    assert_process(&v, &client, "rstt-client");
+    assert!(
+        why.contains(&format!(
+            "left when rstt-client[{}] closed it",
+            client.pid()
+        )),
+        "{why}"
+    );
     let r = received(&t, &ns, "peer_reset");
     assert_process(&r, &server, "rstt-server");
+    assert_eq!(s(&r, "linked_sent.process.pid"), client.pid());
     assert_eq!(r["state"], "CLOSE_WAIT");
     assert_eq!(s(&r, "detail.errno"), "EPIPE");
+    assert_only(
+        t,
+        &ns,
+        &[("sent", "time_wait_segment"), ("received", "peer_reset")],
+    );
+}
+
+/// The keep-alive race: a server closes an idle connection it accepted (its keep-alive
+/// timeout), and the client, which has not noticed, sends its next request. The server's
+/// TIME_WAIT mini-socket answers with RST; it has no process, but the server that closed the
+/// connection is named (remembered by flow at the hand-over, from the accepted socket's
+/// owner), in the sent reset and in the client's received one.
+#[test]
+fn keepalive_race_names_the_server_that_closed() {
+    let (ns, t) = Scenario::new("karace").port(21011).tracer(&[]);
+    let bind = "127.0.0.1:21011";
+    let mut server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            &format!("listen={bind}"),
+            "say=listening",
+            "accept",
+            "say=accepted",
+            "wait",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let mut client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[
+            &format!("connect={bind}"),
+            "say=connected",
+            "wait",
+            "send=10",
+            "sleep=200",
+            "send=10",
+            "hold",
+        ],
+    );
+    client.expect("connected");
+    server.expect("accepted");
+    server.go();
+    server.expect("closed");
+    wait_tcp(&ns, "in TIME_WAIT", time_wait);
+    client.go();
+    client.expect("errno EPIPE");
+    let v = sent(&t, &ns, "time_wait_segment");
+    assert_eq!(v["state"], "TIME_WAIT");
+    assert_eq!(s(&v, "local.port"), 21011);
+    assert_process(&v, &server, "rstt-server");
+    let why = v["explanation"].as_str().unwrap();
+    assert!(
+        why.contains(&format!(
+            "left when rstt-server[{}] closed it",
+            server.pid()
+        )),
+        "{why}"
+    );
+    let r = received(&t, &ns, "peer_reset");
+    assert_process(&r, &client, "rstt-client");
+    assert_eq!(r["state"], "CLOSE_WAIT");
+    assert_eq!(s(&r, "linked_sent.condition"), "time_wait_segment");
+    assert_eq!(s(&r, "linked_sent.process.pid"), server.pid());
     assert_only(
         t,
         &ns,

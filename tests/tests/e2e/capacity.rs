@@ -6,8 +6,7 @@ use std::{
 };
 
 use rst_trace_tests::{
-    Netns, Tracer, Value, is_rst, kernel_has_reasons, possible_cpus, s, scrape_until,
-    smallest_socket_map,
+    Netns, Tracer, Value, is_rst, possible_cpus, s, scrape_until, smallest_socket_map,
 };
 
 /// tests/scripts/crowd.py in `ns`: `pairs` idle connections to `port`, held until its stdin
@@ -130,11 +129,10 @@ fn host_outgrowing_the_owner_map_is_warned() {
     );
 }
 
-/// Before 6.10 the TIME_WAIT map (an LRU hash, 9, from a 40-byte flow to a time) is sized from
-/// the TIME_WAIT sockets of rst-trace's network namespace at start-up: room for twice as many
-/// and the LRU's free lists, so with more than ~8000 of them it outgrows its smallest size,
-/// 16384. From 6.10, `tcp_send_reset` shows those resets and the map is never read: one entry.
-/// `--metrics` says the TIME_WAIT count and the map's capacity before 6.10, and neither after.
+/// The TIME_WAIT map (an LRU hash, 9, from a 40-byte flow to a 72-byte `TimeWaitInfo`) is
+/// sized from the TIME_WAIT sockets of rst-trace's network namespace at start-up: room for
+/// twice as many and the LRU's free lists, so with more than ~8000 of them it outgrows its
+/// smallest size, 16384. `--metrics` says the TIME_WAIT count and the map's capacity.
 #[test]
 fn time_wait_map_is_sized_from_the_host() {
     // TIME_WAIT sockets are counted per network namespace: these are rst-trace's, the host's
@@ -159,7 +157,7 @@ fn time_wait_map_is_sized_from_the_host() {
         "only {tw} TIME_WAIT sockets (net.ipv4.tcp_max_tw_buckets?): {sockstat}"
     );
     let t = Tracer::start(&["--port", "20072", "--metrics", "127.0.0.1:0"]);
-    let entries = map_entries(t.pid(), 9, (40, 8));
+    let entries = map_entries(t.pid(), 9, (40, 72));
     let owners = map_entries(t.pid(), 9, (8, 80));
     let page = scrape_until(&t.metrics_url(), "rst_trace_host_tcp_sockets");
     let (status, _, lines) = t.stop_with_stderr();
@@ -174,25 +172,20 @@ fn time_wait_map_is_sized_from_the_host() {
         Some(owners[0] - reserve),
         "{page}"
     );
-    if kernel_has_reasons() {
-        assert_eq!(entries, vec![1], "6.10+: the TIME_WAIT map is never read");
-        assert!(!page.contains("time_wait"), "6.10+: {page}");
-    } else {
-        let want = (2 * tw + reserve).next_power_of_two();
-        assert!(
-            entries.len() == 1 && entries[0] >= want && entries[0].is_power_of_two(),
-            "{tw} TIME_WAIT sockets: map entries {entries:?}, want at least {want}"
-        );
-        assert!(
-            gauge("rst_trace_host_time_wait_sockets") > Some(8000),
-            "{page}"
-        );
-        assert_eq!(
-            gauge("rst_trace_time_wait_map_capacity"),
-            Some(entries[0] - reserve),
-            "{page}"
-        );
-    }
+    let want = (2 * tw + reserve).next_power_of_two();
+    assert!(
+        entries.len() == 1 && entries[0] >= want && entries[0].is_power_of_two(),
+        "{tw} TIME_WAIT sockets: map entries {entries:?}, want at least {want}"
+    );
+    assert!(
+        gauge("rst_trace_host_time_wait_sockets") > Some(8000),
+        "{page}"
+    );
+    assert_eq!(
+        gauge("rst_trace_time_wait_map_capacity"),
+        Some(entries[0] - reserve),
+        "{page}"
+    );
     assert!(
         !lines.iter().any(|l| l.contains("TIME_WAIT map")),
         "the map sized for them was outgrown: {lines:#?}"

@@ -41,15 +41,21 @@ pub(super) fn no_socket(s: &Sent, r: &mut Report) {
 /// Only a TIME_WAIT mini-socket in its FIN_WAIT2 sub-state answers with RST (new data, or a
 /// SYN in the window: tcp_timewait_state_process(); the true TIME_WAIT sub-state answers with
 /// ACKs), so this side had closed and the peer had not: the sentence says so, as `ss` and
-/// /proc/net/tcp show that mini-socket as FIN-WAIT-2.
+/// /proc/net/tcp show that mini-socket as FIN-WAIT-2. The process is the one that closed the
+/// connection, where the kernel side knew the full socket's owner (`take_timewait`).
 pub(super) fn time_wait_segment(s: &Sent, r: &mut Report) {
     let (local, remote, incoming) = (Ep(r.local), Ep(r.remote), &s.incoming);
     r.condition = cond::TIME_WAIT_SEGMENT;
     r.no_process_why = Some("closed, in TIME_WAIT");
+    let closer = if r.process.is_some() {
+        s.proc_.as_str()
+    } else {
+        "the process"
+    };
     say!(
         s.words,
         r,
-        "a segment ({incoming}) from {remote} hit a connection {local} had already closed: a TIME_WAIT mini-socket in its FIN_WAIT2 sub-state (ss: FIN-WAIT-2), left when the process closed it while the peer had not closed its side (as when a server's keep-alive timeout closes an idle connection and the client then sends a request on it), so the kernel answered with RST; the peer sees ECONNRESET"
+        "a segment ({incoming}) from {remote} hit a connection {local} had already closed: a TIME_WAIT mini-socket in its FIN_WAIT2 sub-state (ss: FIN-WAIT-2), left when {closer} closed it while the peer had not closed its side (as when a server's keep-alive timeout closes an idle connection and the client then sends a request on it), so the kernel answered with RST; the peer sees ECONNRESET"
     );
 }
 
