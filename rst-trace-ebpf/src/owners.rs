@@ -349,8 +349,8 @@ fn remember_timewait(sk: u64, info: &SockInfo) {
     f.netns = sock_netns(w);
     f.local_port = e.local_port;
     f.remote_port = e.remote_port;
-    f.local = e.local;
-    f.remote = e.remote;
+    f.local = unmapped(e.local);
+    f.remote = unmapped(e.remote);
     let mut tw = core::mem::MaybeUninit::<TimeWaitInfo>::uninit();
     // SAFETY: TimeWaitInfo is plain integers, 8-aligned, 72 bytes: filled in words (the owner
     // copied from the map value; a literal initialiser becomes a byte-loop memset).
@@ -363,6 +363,18 @@ fn remember_timewait(sk: u64, info: &SockInfo) {
         &*tw
     };
     count_insert(TIMEWAIT.insert(f, tw, 0));
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, held as two little-endian words) as the
+/// IPv4 address it maps: a dual-stack listener's IPv4 connections are AF_INET6 sockets, but
+/// their mini-socket's reset is an IPv4 packet, whose endpoints the look-up uses.
+#[inline(always)]
+fn unmapped(a: [u64; 2]) -> [u64; 2] {
+    if a[0] == 0 && a[1] as u32 == 0xffff_0000 {
+        [a[1] >> 32, 0]
+    } else {
+        a
+    }
 }
 
 /// How long a TIME_WAIT mini-socket lives: TCP_TIMEWAIT_LEN (60 s), also the longest an

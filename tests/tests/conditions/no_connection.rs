@@ -181,13 +181,25 @@ fn segment_to_time_wait() {
 /// owner), in the sent reset and in the client's received one.
 #[test]
 fn keepalive_race_names_the_server_that_closed() {
-    let (ns, t) = Scenario::new("karace").port(21011).tracer(&[]);
-    let bind = "127.0.0.1:21011";
+    keepalive_race("karace", 21011, "127.0.0.1");
+}
+
+/// The same on a dual-stack listener (`[::]`, as Go's and Java's default listeners are): its
+/// IPv4 connections are AF_INET6 sockets with IPv4-mapped addresses, while the mini-socket's
+/// reset is an IPv4 packet.
+#[test]
+fn keepalive_race_on_a_dual_stack_listener_names_the_server() {
+    keepalive_race("karace6", 21012, "[::]");
+}
+
+fn keepalive_race(name: &str, port: u16, listen: &str) {
+    let (ns, t) = Scenario::new(name).port(port).tracer(&[]);
+    let bind = format!("127.0.0.1:{port}");
     let mut server = Peer::spawn(
         &ns,
         "rstt-server",
         &[
-            &format!("listen={bind}"),
+            &format!("listen={listen}:{port}"),
             "say=listening",
             "accept",
             "say=accepted",
@@ -220,7 +232,8 @@ fn keepalive_race_names_the_server_that_closed() {
     client.expect("errno EPIPE");
     let v = sent(&t, &ns, "time_wait_segment");
     assert_eq!(v["state"], "TIME_WAIT");
-    assert_eq!(s(&v, "local.port"), 21011);
+    assert_eq!(s(&v, "local.port"), u64::from(port));
+    assert_eq!(s(&v, "local.addr"), "127.0.0.1");
     assert_process(&v, &server, "rstt-server");
     let why = v["explanation"].as_str().unwrap();
     assert!(
@@ -297,15 +310,22 @@ fn time_wait(f: &[&str]) -> bool {
     f.get(5).is_some_and(|tr| tr.starts_with("03:"))
 }
 
-/// Waits until a TCP socket of `ns` is `what`, as `test` tells from its /proc/net/tcp line;
-/// fails after 10 s with what the table held.
+/// Waits until a TCP socket of `ns` is `what`, as `test` tells from its /proc/net/tcp (or tcp6,
+/// which has the same columns) line; fails after 10 s with what the tables held.
 fn wait_tcp(ns: &Netns, what: &str, test: fn(&[&str]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "cat", "/proc/net/tcp"])
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "cat",
+                "/proc/net/tcp",
+                "/proc/net/tcp6",
+            ])
             .output()
-            .expect("ip netns exec cat /proc/net/tcp");
+            .expect("ip netns exec cat /proc/net/tcp /proc/net/tcp6");
         let table = String::from_utf8_lossy(&out.stdout);
         if table.lines().skip(1).any(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();

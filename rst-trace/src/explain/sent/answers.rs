@@ -55,7 +55,7 @@ pub(super) fn time_wait_segment(s: &Sent, r: &mut Report) {
     say!(
         s.words,
         r,
-        "a segment ({incoming}) from {remote} hit a connection {local} had already closed: a TIME_WAIT mini-socket in its FIN_WAIT2 sub-state (ss: FIN-WAIT-2), left when {closer} closed it while the peer had not closed its side (as when a server's keep-alive timeout closes an idle connection and the client then sends a request on it), so the kernel answered with RST; the peer sees ECONNRESET"
+        "a segment ({incoming}) from {remote} hit a connection {local} had already closed: a TIME_WAIT mini-socket in its FIN_WAIT2 sub-state (ss: FIN-WAIT-2), left when {closer} closed it while the peer had not closed its side (as when a server's keep-alive timeout closes an idle connection and the client then sends a request on it), so the kernel answered with RST; the peer, which had this side's FIN (CLOSE_WAIT), sees EPIPE on its next write and the end of the stream on a read"
     );
 }
 
