@@ -1,13 +1,13 @@
 //! Socket owners and state history, learned only in the owner's own system calls, and the
-//! TIME_WAIT hand-overs the transmit hook needs before 6.10.
+//! connections handed to a TIME_WAIT mini-socket, with the process that closed them.
 
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, generated,
 };
 use rst_trace_common::{
-    ATTR_OWNER_MAP, ATTR_OWNER_SEED, CgroupSeen, DESTROYED_GRACE_NS, IPPROTO_TCP, ListenerClose,
-    OFF_NONE, RstEvent, SOCK_REFUSED, SOCK_RESET_SEEN, SockInfo, TCP_CLOSE, TCP_FIN_WAIT2,
-    TCP_LISTEN, TCP_RST, TCP_SYN_SENT, Task, TimeWaitInfo,
+    ATTR_NONE, ATTR_OWNER_MAP, ATTR_OWNER_SEED, CgroupSeen, DESTROYED_GRACE_NS, IPPROTO_TCP,
+    ListenerClose, OFF_NONE, RstEvent, SOCK_REFUSED, SOCK_RESET_SEEN, SockInfo, TCP_CLOSE,
+    TCP_FIN_WAIT2, TCP_LISTEN, TCP_RST, TCP_SYN_SENT, Task, TimeWaitInfo,
 };
 
 use crate::{
@@ -108,11 +108,17 @@ pub fn owner_from_map(sk: u64, ev: &mut RstEvent) {
             return;
         }
     }
-    // Sockets that existed before rst-trace started: userspace seeded their owners by cookie.
+    seed_owner(ev);
+}
+
+/// Sockets that existed before rst-trace started: userspace seeded their owners by cookie.
+#[inline(always)]
+fn seed_owner(ev: &mut RstEvent) {
+    // SAFETY: the value is copied out at once.
     if ev.cookie != 0
         && let Some(t) = unsafe { SEED_OWNERS.get(&ev.cookie) }
     {
-        // SAFETY: as above.
+        // SAFETY: Tasks are 8-aligned (repr(align(8))), 56 bytes.
         unsafe { copy_words(&mut ev.owner, t) };
         ev.attribution = ATTR_OWNER_SEED;
     }
@@ -305,12 +311,9 @@ pub fn on_destroy(sk: u64) {
                 (*d).info.destroyed_ns = bpf_ktime_get_ns();
             }
         }
-        // From 6.10 the mini-socket's reset has a tracepoint of its own, and only its owner is
-        // worth remembering; before, the transmit hook needs the flow either way.
-        if info.flags & SOCK_RESET_SEEN == 0
-            && info.close_prev_state == TCP_FIN_WAIT2
-            && (info.owned != 0 || conf!(xmit_socketless) != 0)
-        {
+        // Also without a known owner: the entry then replaces any an earlier connection of the
+        // same flow left (the transmit hook before 6.10 needs the flow either way).
+        if info.flags & SOCK_RESET_SEEN == 0 && info.close_prev_state == TCP_FIN_WAIT2 {
             remember_timewait(sk, info);
         }
         let _ = SOCKS.remove(&sk);
@@ -384,9 +387,11 @@ const TIMEWAIT_NS: u64 = 60_000_000_000;
 /// The reset `ev` (its endpoints and netns filled in) comes from a TIME_WAIT mini-socket that
 /// `remember_timewait` noted, not older than such a socket lives: the entry is taken (the
 /// mini-socket is killed after answering with RST, inet_twsk_deschedule_put()), and the
-/// process that closed the connection becomes the event's owner. Not inlined: its locals would
-/// add to the callers' stack frames (the transmit hook's is near the 512-byte limit).
-#[inline(never)]
+/// process that closed the connection becomes the event's owner; without one, a socket older
+/// than rst-trace is named by the cookie the mini-socket inherited (inet_twsk_alloc()).
+/// Inlined: as a call of its own, its frame and the caller's would each be rounded up to 32
+/// bytes, which leaves the `tcp_send_reset` programs less of the 512-byte stack.
+#[inline(always)]
 pub fn take_timewait(ev: &mut RstEvent) -> bool {
     // SAFETY: 8-aligned [u8; 16] arrays (asserted in rst-trace-common), read as two words.
     let (local, remote) = unsafe {
@@ -403,6 +408,7 @@ pub fn take_timewait(ev: &mut RstEvent) -> bool {
         remote,
     };
     let Some(tw) = TIMEWAIT.get_ptr(&flow) else {
+        seed_owner(ev);
         return false;
     };
     // SAFETY: a map value pointer, valid for this program run; read before the removal.
@@ -415,6 +421,9 @@ pub fn take_timewait(ev: &mut RstEvent) -> bool {
         fresh
     };
     let _ = TIMEWAIT.remove(&flow);
+    if ev.attribution == ATTR_NONE {
+        seed_owner(ev);
+    }
     fresh
 }
 

@@ -85,6 +85,66 @@ fn socket_opened_before_start_is_owned() {
     assert!(tracer.ready_line().contains("existing sockets owned"));
 }
 
+/// The keep-alive race on a connection older than rst-trace, idle since: the server closes
+/// it after rst-trace started, and the client's next request hits the server's TIME_WAIT
+/// mini-socket. No call of the server's ever ran under rst-trace, so no owner was learned;
+/// from 6.10 the mini-socket's reset has the cookie its socket had (inet_twsk_alloc() copies
+/// it), by which the owner was seeded. Before 6.10 that reset is seen on transmit, without a
+/// cookie: no process.
+#[test]
+fn keepalive_race_on_a_connection_older_than_rst_trace() {
+    let ns = Netns::new("seedtw");
+    let bind = "127.0.0.1:20034";
+    let mut server = Peer::spawn(
+        &ns,
+        "rstt-old-srv",
+        &[
+            &format!("listen={bind}"),
+            "say=listening",
+            "accept",
+            "say=accepted",
+            "wait",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("listening");
+    let mut client = Peer::spawn(
+        &ns,
+        "rstt-old-cli",
+        &[
+            &format!("connect={bind}"),
+            "say=connected",
+            "wait",
+            "send=10",
+            "sleep=200",
+            "send=10",
+            "hold",
+        ],
+    );
+    client.expect("connected");
+    server.expect("accepted");
+    let tracer = Tracer::start(&["--port", "20034"]);
+    server.go();
+    server.expect("closed");
+    // The server's FIN is acknowledged at once on loopback: its socket is a FIN_WAIT2
+    // mini-socket before the client writes.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    client.go();
+    client.expect("errno EPIPE");
+    let v = sent(&tracer, &ns, "time_wait_segment");
+    if rst_trace_tests::kernel_has_reasons() {
+        assert_eq!(s(&v, "process.pid"), server.pid(), "{v:#}");
+        assert_eq!(s(&v, "process.comm"), "rstt-old-srv");
+        assert_eq!(v["attribution"], "socket_owner");
+    } else {
+        assert_eq!(v["process"], rst_trace_tests::Value::Null, "{v:#}");
+    }
+    let r = received(&tracer, &ns, "peer_reset");
+    assert_eq!(s(&r, "process.pid"), client.pid(), "{r:#}");
+}
+
 /// Issue 11: the process, not the thread. A server process named rstt-server whose thread
 /// "conn-worker-7" accepts a connection and closes it with unread data: the reset names the
 /// process (its thread-group leader's comm), the thread apart, and the cgroup v2 id learned in

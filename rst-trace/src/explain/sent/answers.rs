@@ -52,10 +52,17 @@ pub(super) fn time_wait_segment(s: &Sent, r: &mut Report) {
     } else {
         "the process"
     };
+    // tcp_reset(): the old connection's peer is in CLOSE_WAIT (it had this side's FIN); a SYN
+    // in the window is a new attempt on the same ports, in SYN_SENT.
+    let peer_sees = if s.flags & SYN != 0 {
+        "the connecting peer sees ECONNREFUSED"
+    } else {
+        "the peer, which had this side's FIN (CLOSE_WAIT), sees EPIPE on its next write and the end of the stream on a read"
+    };
     say!(
         s.words,
         r,
-        "a segment ({incoming}) from {remote} hit a connection {local} had already closed: a TIME_WAIT mini-socket in its FIN_WAIT2 sub-state (ss: FIN-WAIT-2), left when {closer} closed it while the peer had not closed its side (as when a server's keep-alive timeout closes an idle connection and the client then sends a request on it), so the kernel answered with RST; the peer, which had this side's FIN (CLOSE_WAIT), sees EPIPE on its next write and the end of the stream on a read"
+        "a segment ({incoming}) from {remote} hit a connection {local} had already closed: a TIME_WAIT mini-socket in its FIN_WAIT2 sub-state (ss: FIN-WAIT-2), left when {closer} closed it while the peer had not closed its side (as when a server's keep-alive timeout closes an idle connection and the client then sends a request on it), so the kernel answered with RST; {peer_sees}"
     );
 }
 
