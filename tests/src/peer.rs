@@ -79,6 +79,49 @@ impl Peer {
             .expect("peer printed nothing within 15 s")
     }
 
+    /// An idle keep-alive connection in `ns`: a server (`comms.0`) listening on `listen`:`port`
+    /// that has accepted it and, once told to `go`, closes it (says `closed`); a client
+    /// (`comms.1`) connected to 127.0.0.1:`port` that, once told to `go`, sends twice, 200 ms
+    /// apart (the second send fails if the first drew a reset).
+    pub fn keepalive_pair(
+        ns: &Netns,
+        comms: (&str, &str),
+        listen: &str,
+        port: u16,
+    ) -> (Self, Self) {
+        let server = Self::spawn(
+            ns,
+            comms.0,
+            &[
+                &format!("listen={listen}:{port}"),
+                "say=listening",
+                "accept",
+                "say=accepted",
+                "wait",
+                "close",
+                "say=closed",
+                "hold",
+            ],
+        );
+        server.expect("listening");
+        let client = Self::spawn(
+            ns,
+            comms.1,
+            &[
+                &format!("connect=127.0.0.1:{port}"),
+                "say=connected",
+                "wait",
+                "send=10",
+                "sleep=200",
+                "send=10",
+                "hold",
+            ],
+        );
+        client.expect("connected");
+        server.expect("accepted");
+        (server, client)
+    }
+
     /// The pid of the child a `fork` step made (its `child PID` line).
     pub fn forked_child(&self) -> u32 {
         let line = self.line();

@@ -194,37 +194,8 @@ fn keepalive_race_on_a_dual_stack_listener_names_the_server() {
 
 fn keepalive_race(name: &str, port: u16, listen: &str) {
     let (ns, t) = Scenario::new(name).port(port).tracer(&[]);
-    let bind = format!("127.0.0.1:{port}");
-    let mut server = Peer::spawn(
-        &ns,
-        "rstt-server",
-        &[
-            &format!("listen={listen}:{port}"),
-            "say=listening",
-            "accept",
-            "say=accepted",
-            "wait",
-            "close",
-            "say=closed",
-            "hold",
-        ],
-    );
-    server.expect("listening");
-    let mut client = Peer::spawn(
-        &ns,
-        "rstt-client",
-        &[
-            &format!("connect={bind}"),
-            "say=connected",
-            "wait",
-            "send=10",
-            "sleep=200",
-            "send=10",
-            "hold",
-        ],
-    );
-    client.expect("connected");
-    server.expect("accepted");
+    let (mut server, mut client) =
+        Peer::keepalive_pair(&ns, ("rstt-server", "rstt-client"), listen, port);
     server.go();
     server.expect("closed");
     wait_tcp(&ns, "in TIME_WAIT", time_wait);

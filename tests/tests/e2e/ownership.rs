@@ -94,37 +94,8 @@ fn socket_opened_before_start_is_owned() {
 #[test]
 fn keepalive_race_on_a_connection_older_than_rst_trace() {
     let ns = Netns::new("seedtw");
-    let bind = "127.0.0.1:20034";
-    let mut server = Peer::spawn(
-        &ns,
-        "rstt-old-srv",
-        &[
-            &format!("listen={bind}"),
-            "say=listening",
-            "accept",
-            "say=accepted",
-            "wait",
-            "close",
-            "say=closed",
-            "hold",
-        ],
-    );
-    server.expect("listening");
-    let mut client = Peer::spawn(
-        &ns,
-        "rstt-old-cli",
-        &[
-            &format!("connect={bind}"),
-            "say=connected",
-            "wait",
-            "send=10",
-            "sleep=200",
-            "send=10",
-            "hold",
-        ],
-    );
-    client.expect("connected");
-    server.expect("accepted");
+    let (mut server, mut client) =
+        Peer::keepalive_pair(&ns, ("rstt-old-srv", "rstt-old-cli"), "127.0.0.1", 20034);
     let tracer = Tracer::start(&["--port", "20034"]);
     server.go();
     server.expect("closed");
