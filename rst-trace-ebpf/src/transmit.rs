@@ -178,8 +178,8 @@ fn socketless_event(ev: &mut RstEvent, rst: &Headers) {
 }
 
 /// Fills in the segment `rst` answers, if this CPU's receive path is handling it. A call of its
-/// own (bpf-to-bpf, 4.16+), as `take_timewait`: inlined, their locals and the transmit hook's
-/// exceed the 512-byte stack.
+/// own (bpf-to-bpf, 4.16+): inlined, its locals and the transmit hook's exceed the 512-byte
+/// stack.
 #[inline(never)]
 fn answered_segment(ev: &mut RstEvent, rst: &Headers) -> bool {
     let Some(rx) = CUR_RX.get(0).copied() else {
