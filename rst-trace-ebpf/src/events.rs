@@ -13,13 +13,14 @@ use crate::{
     maps::{
         CLOSING_LISTENERS, CUR_SEG, LAST_LISTENER_CLOSE, LAST_TCP_RST, SLOT_RECV, SLOT_SEND, Window,
     },
-    owners::{fill_current_task, owner_from_map, take_timewait},
+    owners::{fill_current_task, owner_from_map},
     read::kread,
     sock::{
         cookie_or_sock, read_idle, read_tcp_sock, skb_netns, skc, sock_dead, sock_endpoints,
         sock_netns, sock_window,
     },
     stacks,
+    timewait::take_timewait,
 };
 
 /// How long after a listener's close() the resets of its unaccepted children may come: they are

@@ -9,7 +9,8 @@
 //! - `read`: kernel memory, tracepoint arguments, word-by-word copies;
 //! - `sock`: a socket's `sock_common` and `tcp_sock` facts;
 //! - `headers`: the IP/TCP header parser;
-//! - `owners`: socket owners, state history, TIME_WAIT hand-overs, peer TTL samples;
+//! - `owners`: socket owners, state history, peer TTL samples;
+//! - `timewait`: connections handed to a TIME_WAIT mini-socket, and who closed them;
 //! - `events`: the sent and received reset events;
 //! - `app`: application calls that failed because their connection died;
 //! - `transmit`: the transmit hook's events (netfilter, socketless resets before 6.10);
@@ -52,6 +53,7 @@ mod owners;
 mod read;
 mod sock;
 mod stacks;
+mod timewait;
 mod transmit;
 
 use events::{on_receive_reset, on_send_reset};

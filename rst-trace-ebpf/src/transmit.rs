@@ -11,9 +11,9 @@ use crate::{
     deliver::{claim, deliver, scratch_event, unclaim, wanted},
     headers::{Headers, Segment},
     maps::{CUR_RX, LAST_REJECT_SKB, LAST_TCP_RST, SLOT_TRANSMIT, XMIT_SK},
-    owners::take_timewait,
     read::kread,
     sock::skb_netns,
+    timewait::take_timewait,
 };
 
 /// `sk_type` (low half) and `sk_protocol` (high half) of the per-CPU TCP control sockets

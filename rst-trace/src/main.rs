@@ -9,6 +9,7 @@ mod apperr;
 mod cli;
 mod correlate;
 mod enrich;
+mod event_loop;
 mod explain;
 mod filter;
 mod hashing;
@@ -21,30 +22,23 @@ mod render;
 mod stacks;
 mod top;
 
-use std::{io, process::ExitCode, time::Duration};
+use std::{io, process::ExitCode};
 
 use anyhow::{Context as _, Result, anyhow};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
-    time::{Instant, interval, sleep_until},
+    sync::mpsc::{UnboundedSender, unbounded_channel},
 };
 
 use crate::{
     cli::Settings,
-    correlate::{HOLD_RECEIVED_NS, Held, History},
+    correlate::{Held, History},
     enrich::Enricher,
     identity::{Roots, Waiting},
     kernel::{Ring, Tracer},
-    pipeline::{Drained, State},
+    pipeline::State,
     render::{Format, Out, Sink, metrics},
 };
-
-/// The answers the event loop waits for besides the ring: flow owners and container identities.
-struct Answers {
-    owners: UnboundedReceiver<enrich::Answer>,
-    identities: UnboundedReceiver<identity::Answer>,
-}
 
 /// Exit codes (output.md): 0 normal end, 1 runtime error, 2 usage error (clap, or a command
 /// line `cli::validate` refuses).
@@ -100,12 +94,6 @@ fn note_unknown_pids(pids: &[u32]) {
             );
         }
     }
-}
-
-/// The signals that end the run (status 0).
-struct Stop {
-    sigint: tokio::signal::unix::Signal,
-    sigterm: tokio::signal::unix::Signal,
 }
 
 /// Loads and attaches the programs; the ring buffer, registered with the event loop.
@@ -216,7 +204,7 @@ fn new_state(
 
 /// Events the kernel could not queue (ring full) and application errors it could not keep, so
 /// far: counted on stderr and in the summary and metrics, never lost silently.
-fn report_losses(st: &mut State, tracer: &Tracer) -> Result<()> {
+pub(crate) fn report_losses(st: &mut State, tracer: &Tracer) -> Result<()> {
     let lost = kernel::lost_total(&tracer.ebpf)?;
     st.stacks_tick();
     st.sink.lost(lost);
@@ -243,7 +231,7 @@ fn start_otlp(st: &mut State, o: &otlp::Options) -> Result<()> {
 
 /// A summary: in JSON a `summary` record on stdout, in the stream of records; in text a table
 /// on stderr, after the event lines before it, so that stdout keeps one line per event.
-fn print_summary(st: &mut State, s: &str) {
+pub(crate) fn print_summary(st: &mut State, s: &str) {
     st.sink.out.flush();
     if st.sink.fmt == Format::Json {
         st.sink.out.line(s);
@@ -281,7 +269,7 @@ async fn run(settings: Settings) -> Result<()> {
     kernel::raise_memlock();
     note_unknown_pids(&settings.pids);
     // Before the (slower) start-up, so that SIGINT/SIGTERM meanwhile still end with status 0.
-    let mut stop = Stop {
+    let mut stop = event_loop::Stop {
         sigint: signal(SignalKind::interrupt())?,
         sigterm: signal(SignalKind::terminate())?,
     };
@@ -290,7 +278,7 @@ async fn run(settings: Settings) -> Result<()> {
     let cost = self_cost(&settings);
     let (owners_tx, owners) = unbounded_channel();
     let (identities_tx, identities) = unbounded_channel();
-    let mut answers = Answers { owners, identities };
+    let mut answers = event_loop::Answers { owners, identities };
     let mut st = new_state(&settings, &mut tracer, owners_tx, identities_tx)?;
     if let Some(addr) = settings.metrics {
         let shared = metrics::Shared::default();
@@ -311,7 +299,7 @@ async fn run(settings: Settings) -> Result<()> {
         None
     };
 
-    let mut done = event_loop(
+    let mut done = event_loop::event_loop(
         &mut st,
         &mut tracer,
         &mut ring,
@@ -325,7 +313,7 @@ async fn run(settings: Settings) -> Result<()> {
     if !done {
         done = st.drain(ring.get_mut()) || st.release(true);
     }
-    finish_waiting(&mut st, &mut answers, done).await;
+    event_loop::finish_waiting(&mut st, &mut answers, done).await;
     // Calls still waiting for a reset, and resets still waiting for a call, go out as they are
     // (not after --count: it asked for that many resets, and got them).
     if !done && !st.sink.out.broken {
@@ -357,162 +345,4 @@ fn self_cost(settings: &Settings) -> Option<kernel::SelfCost> {
             None
         }
     }
-}
-
-/// Until `--count`, `--duration`, a signal or a closed stdout: explains and prints the resets as
-/// they come. True when `--count` was reached.
-async fn event_loop(
-    st: &mut State,
-    tracer: &mut Tracer,
-    ring: &mut Ring,
-    (settings, cost): (&Settings, bool),
-    (stop, mut ui): (&mut Stop, Option<&mut top::Ui>),
-    answers: &mut Answers,
-) -> Result<bool> {
-    let count_in_kernel = settings.hooks.count_in_kernel;
-    let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
-    let deadline = settings
-        .duration
-        .map_or(far, |d| Instant::now() + Duration::from_secs(d));
-    let mut lost_tick = interval(Duration::from_secs(1));
-    let mut drain_tick = interval(kernel::DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut summary_tick = interval(Duration::from_secs(
-        settings.interval.unwrap_or(3600).max(1),
-    ));
-    summary_tick.tick().await;
-    let mut done = st.count == Some(0);
-    let mut reject_failing = false;
-    let mut reject_tick = interval(Duration::from_millis(100));
-    let mut redraw_tick = interval(Duration::from_secs(1));
-    let mut sockets = kernel::SocketWatch::new(tracer.socket_maps);
-    while !done && !st.sink.out.broken {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                let drained = st.drain_some(guard.get_inner_mut());
-                // Records left: stay ready, so the loop comes back after its other work.
-                if drained != Drained::More {
-                    guard.clear_ready();
-                }
-                done = drained == Drained::Done || st.release(false);
-                st.sink.out.flush();
-            }
-            _ = drain_tick.tick() => {
-                done = st.drain_some(ring.get_mut()) == Drained::Done || st.release(false);
-                st.app_tick(false);
-                st.sink.out.flush();
-            }
-            () = tokio::time::sleep(Duration::from_nanos(HOLD_RECEIVED_NS)), if !st.held.is_empty() => {
-                // The sent reset a held one waits for may sit in the ring without a wakeup.
-                done = st.drain_some(ring.get_mut()) == Drained::Done || st.release(false);
-                st.sink.out.flush();
-            }
-            Some(answer) = answers.owners.recv() => {
-                done = st.owner_found(answer);
-                st.sink.out.flush();
-            }
-            Some(answer) = answers.identities.recv() => {
-                done = st.identity_found(answer);
-                st.hide_cgroups(tracer);
-                st.sink.out.flush();
-            }
-            () = sleep_until(st.identity.next_deadline().map_or(far, Instant::from_std)) => {
-                done = st.identity_overdue(false);
-                st.sink.out.flush();
-            }
-            _ = redraw_tick.tick(), if ui.is_some() => {
-                if let (Some(ui), Some(t)) = (ui.as_deref_mut(), st.sink.top.as_mut()) {
-                    ui.tick(t)?;
-                }
-            }
-            Some(ev) = top_key(&mut ui) => {
-                let ev = ev.context("rst-trace top: reading the terminal's keys")?;
-                if let (Some(ui), Some(t)) = (ui.as_deref_mut(), st.sink.top.as_ref()) {
-                    match ui.handle(&ev) {
-                        top::Action::Quit => break,
-                        top::Action::Redraw => ui.draw(t)?,
-                        top::Action::Nothing => {}
-                    }
-                }
-            }
-            _ = stop.sigint.recv() => break,
-            _ = stop.sigterm.recv() => break,
-            () = sleep_until(deadline) => break,
-            _ = lost_tick.tick() => {
-                report_losses(st, tracer)?;
-                st.sink.insert_failures(kernel::insert_failures(&tracer.ebpf)?);
-                let maps = sockets.tick();
-                st.sink.unlabelled(st.identity.gave_up);
-                if let Some(m) = &st.sink.metrics && let Ok(mut m) = m.lock() {
-                    if cost {
-                        m.set_programs(kernel::program_costs(&tracer.ebpf));
-                    }
-                    if let Some(maps) = maps {
-                        m.set_maps(maps);
-                    }
-                }
-                st.sink.otlp_tick();
-                st.sink.out.flush();
-            }
-            _ = reject_tick.tick(), if tracer.reject_pending() => {
-                // Said once when it starts failing; the moment it is attached, said too.
-                match tracer.poll_reject() {
-                    Err(e) if !reject_failing => {
-                        reject_failing = true;
-                        eprintln!("rst-trace: warning: cannot watch firewall resets: {e:#}");
-                    }
-                    Ok(true) => eprintln!(
-                        "rst-trace: firewall resets: yes (nf_reject loaded): watched from now on"
-                    ),
-                    _ => {}
-                }
-            }
-            _ = summary_tick.tick(), if settings.interval.is_some() => {
-                if let Some(s) = st.summary_now(tracer, count_in_kernel) {
-                    print_summary(st, &s);
-                }
-            }
-        }
-    }
-    Ok(done)
-}
-
-/// The next key of `rst-trace top`'s terminal; never, without it.
-async fn top_key(
-    ui: &mut Option<&mut top::Ui>,
-) -> Option<std::io::Result<crossterm::event::Event>> {
-    match ui {
-        Some(ui) => ui.keys.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resets still waiting for their firewall flow's owner or their container: a moment for the
-/// answers, then they go out without.
-async fn finish_waiting(st: &mut State, answers: &mut Answers, mut done: bool) {
-    let give_up = Instant::now() + Duration::from_secs(2);
-    while !done && !st.sink.out.broken && st.enrich.is_waiting() {
-        match tokio::time::timeout_at(give_up, answers.owners.recv()).await {
-            Ok(Some(answer)) => done = st.owner_found(answer),
-            _ => break,
-        }
-    }
-    for token in st.enrich.waiting_tokens() {
-        if done || st.sink.out.broken {
-            break;
-        }
-        done = st.owner_found((token, None));
-    }
-    let give_up = Instant::now() + identity::wait::MAX_WAIT;
-    while !done && !st.sink.out.broken && !st.identity.is_empty() {
-        match tokio::time::timeout_at(give_up, answers.identities.recv()).await {
-            Ok(Some(answer)) => done = st.identity_found(answer),
-            _ => break,
-        }
-    }
-    if !done {
-        st.identity_overdue(true);
-    }
-    st.sink.unlabelled(st.identity.gave_up);
 }

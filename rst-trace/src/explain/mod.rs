@@ -28,8 +28,8 @@ mod tests_transmit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub use model::{
-    AppNotice, Attribution, Condition, Detail, DetailValue, Linked, Origin, Process, Report, cond,
-    name_text, put_ipv4,
+    AppNotice, Attribution, Condition, Detail, DetailValue, Linked, Origin, Process, Report,
+    comm_bytes, cond, name_text, put_ipv4,
 };
 use rst_trace_common::{ATTR_NONE, FACT_IDLE, RstEvent};
 pub use tcp::{Direction, TcpState};

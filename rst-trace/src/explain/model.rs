@@ -198,7 +198,7 @@ pub fn name_text(bytes: &[u8]) -> String {
 }
 
 /// A NUL-padded kernel comm's bytes.
-fn comm_bytes(c: &[u8; 16]) -> &[u8] {
+pub fn comm_bytes(c: &[u8; 16]) -> &[u8] {
     let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
     &c[..end]
 }

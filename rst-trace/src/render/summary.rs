@@ -34,8 +34,8 @@ impl Who {
     fn name(&self) -> String {
         match self {
             Self::Process(pid, comm) => {
-                let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-                format!("{}[{pid}]", crate::explain::name_text(&comm[..len]))
+                use crate::explain::{comm_bytes, name_text};
+                format!("{}[{pid}]", name_text(comm_bytes(comm)))
             }
             Self::Group(g) => g.clone(),
             Self::NoProcess => "-".to_owned(),
