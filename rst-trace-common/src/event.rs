@@ -117,8 +117,10 @@ pub struct RstEvent {
 pub struct StackIds {
     /// The user stack's id in the generation's map of [`MAP_STACKS`](crate::MAP_STACKS), or
     /// `-errno` (e.g. `-EFAULT`: no user stack, as in a process's exit; `-EEXIST`: another
-    /// stack holds the id's bucket). Ids are below
-    /// [`STACKS_MAX_ENTRIES`](crate::STACKS_MAX_ENTRIES).
+    /// stack holds the id's bucket in every map). Ids below
+    /// [`STACKS_MAX_ENTRIES`](crate::STACKS_MAX_ENTRIES) are in that map, the others in a spill
+    /// map of [`MAP_STACKS_SPILL`](crate::MAP_STACKS_SPILL), offset by its
+    /// [`STACKS_ID_BASE`](crate::STACKS_ID_BASE).
     pub user: i16,
     /// The kernel stack's id, or `-errno`.
     pub kernel: i16,
@@ -132,7 +134,7 @@ pub struct StackIds {
     pub user_caller: u64,
 }
 
-const _: () = assert!(crate::STACKS_MAX_ENTRIES <= i16::MAX as u32);
+const _: () = assert!(crate::STACKS_MAX_ENTRIES + crate::STACKS_SPILL_ENTRIES <= i16::MAX as u32);
 const _: () = assert!(core::mem::size_of::<StackIds>() == 16);
 const _: () = assert!(core::mem::offset_of!(RstEvent, stacks) % 8 == 0);
 

@@ -60,13 +60,34 @@ pub const MAP_STACKS: [&str; 2] = ["STACKS_EVEN", "STACKS_ODD"];
 /// `--stacks`: the current stack generation (`Array<u32>`, one entry), written by userspace.
 pub const MAP_STACK_GENERATION: &str = "STACK_GENERATION";
 /// Entries of each of the [`MAP_STACKS`] with `--stacks` (1 without, set at load). Each entry
-/// is preallocated kernel memory of ~1 KiB (127 frames of 8 bytes), so 4 MiB in all. The
-/// kernel hashes a stack to a bucket and fails with `-EEXIST` when another stack holds it, so a
-/// map is kept far emptier than its size: it holds one generation's stacks (a generation ends
-/// when userspace reads one of its records, or after a second); with k distinct stacks in a
-/// generation, a new one collides with probability k/2048 (a storm of one code path's aborts
-/// is 2 stacks, shared). An id fits [`StackIds`]' `i16`.
+/// is preallocated kernel memory of ~1 KiB (127 frames of 8 bytes). The kernel hashes a stack
+/// to a bucket (`jhash2(ips, .., 0) & (buckets - 1)`) and fails with `-EEXIST` when another
+/// stack holds it, so a map is kept far emptier than its size: it holds one generation's stacks
+/// (a generation ends when userspace reads one of its records, or after a second); with k
+/// distinct stacks in a generation, a new one collides with probability k/2048 (a storm of one
+/// code path's aborts is 2 stacks, shared). Such a stack goes to the generation's spill maps
+/// ([`MAP_STACKS_SPILL`]).
 pub const STACKS_MAX_ENTRIES: u32 = 2048;
+/// `--stacks`: two spill maps per generation's parity (`[parity][level]`), beside
+/// [`MAP_STACKS`]. A stack whose bucket holds another one (`-EEXIST`) is captured again into
+/// the first, and if its bucket there is taken too, into the second. They hold only the stacks
+/// that collided, so they stay nearly empty with fewer buckets. (The kernel picks a bucket from
+/// the same hash's lower bits in every map, so three stacks in one bucket of the first map also
+/// share one in a smaller spill map: the second takes the third.) A stack is lost only if its
+/// bucket is taken in all three. Ids are told apart by [`STACKS_ID_BASE`].
+pub const MAP_STACKS_SPILL: [[&str; 2]; 2] = [
+    ["STACKS_SPILL_EVEN", "STACKS_SPILL2_EVEN"],
+    ["STACKS_SPILL_ODD", "STACKS_SPILL2_ODD"],
+];
+/// Entries of each of the [`MAP_STACKS_SPILL`] with `--stacks` (1 without).
+pub const STACKS_SPILL_ENTRIES: u32 = 512;
+/// The first id of each of a generation's maps, in order: its map of [`MAP_STACKS`], then its
+/// spill maps; an id is its key in its map plus that map's base.
+pub const STACKS_ID_BASE: [u32; 3] = [
+    0,
+    STACKS_MAX_ENTRIES,
+    STACKS_MAX_ENTRIES + STACKS_SPILL_ENTRIES,
+];
 /// The [`Config`] global, filled in by userspace before load.
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 

@@ -7,7 +7,8 @@ use aya_ebpf::{
 use rst_trace_common::{
     COUNTS_MAX_ENTRIES, CountKey, FILTER_MAX_ENTRIES, HIDDEN_CGROUPS_MAX_ENTRIES, ListenerClose,
     RstEvent, SEED_MAX_ENTRIES, SEEN_CGROUPS_MAX_ENTRIES, SKB_HDR_WINDOW, SOCKS_MAX_ENTRIES,
-    STACKS_MAX_ENTRIES, SockInfo, TCP_WINDOW, TIMEWAIT_MAX_ENTRIES, Task, TimeWaitInfo,
+    STACKS_MAX_ENTRIES, STACKS_SPILL_ENTRIES, SockInfo, TCP_WINDOW, TIMEWAIT_MAX_ENTRIES, Task,
+    TimeWaitInfo,
 };
 
 /// Slots of the per-program maps (`SCRATCH`, `WINDOW`, `TCP_WIN`, `SKB_WINDOW`, `BUSY`,
@@ -57,6 +58,17 @@ pub fn bump_generation() {
 pub static STACKS_EVEN: StackTrace = StackTrace::with_max_entries(STACKS_MAX_ENTRIES, 0);
 #[map]
 pub static STACKS_ODD: StackTrace = StackTrace::with_max_entries(STACKS_MAX_ENTRIES, 0);
+/// `--stacks`: the stacks whose bucket in the generation's map above holds another one, then
+/// those whose bucket in the first spill map is taken too (`MAP_STACKS_SPILL`); 1 entry each
+/// without `--stacks`.
+#[map]
+pub static STACKS_SPILL_EVEN: StackTrace = StackTrace::with_max_entries(STACKS_SPILL_ENTRIES, 0);
+#[map]
+pub static STACKS_SPILL2_EVEN: StackTrace = StackTrace::with_max_entries(STACKS_SPILL_ENTRIES, 0);
+#[map]
+pub static STACKS_SPILL_ODD: StackTrace = StackTrace::with_max_entries(STACKS_SPILL_ENTRIES, 0);
+#[map]
+pub static STACKS_SPILL2_ODD: StackTrace = StackTrace::with_max_entries(STACKS_SPILL_ENTRIES, 0);
 
 /// `--stacks`: the stack generation, which userspace advances (`MAP_STACK_GENERATION`).
 #[map]

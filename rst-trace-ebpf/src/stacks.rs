@@ -12,13 +12,18 @@ use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_user},
     programs::tracing::StackIdContext,
 };
-use rst_trace_common::{OFF_NONE, REGS_ARM64, REGS_X86_64, StackIds};
+use rst_trace_common::{OFF_NONE, REGS_ARM64, REGS_X86_64, STACKS_ID_BASE, StackIds};
 
 use crate::{
-    maps::{STACK_GENERATION, STACKS_EVEN, STACKS_ODD},
+    maps::{
+        STACK_GENERATION, STACKS_EVEN, STACKS_ODD, STACKS_SPILL_EVEN, STACKS_SPILL_ODD,
+        STACKS_SPILL2_EVEN, STACKS_SPILL2_ODD,
+    },
     read::{kread, kread_at},
 };
 
+/// `EEXIST` (include/uapi/asm-generic/errno-base.h).
+const EEXIST: i32 = 17;
 /// x86_64's user code and stack segment selectors (`__USER_CS`, `__USER_DS`), as the entry
 /// code saves them in `pt_regs.cs`/`pt_regs.ss` for a 64-bit task.
 const USER_CS: u64 = 0x33;
@@ -27,10 +32,36 @@ const USER_DS: u64 = 0x2b;
 /// a 64-bit task's user mode (user_mode() && !compat_user_mode()).
 const PSR_MODE_BITS: u64 = 0x1f;
 
-/// The user and kernel stack ids of the current call in the current generation's map, each
+/// The id of the current stack (`flags`: user or kernel) in `$map`, or, where its bucket there
+/// holds another stack (`-EEXIST`, `__bpf_get_stackid()`), in `$spill`, or else in `$spill2`,
+/// offset by that map's `STACKS_ID_BASE`; `-errno` if none takes it. A macro, so that each map
+/// stays the constant argument of a call of its own.
+macro_rules! stackid {
+    ($ctx:expr, [$map:ident, $spill:ident, $spill2:ident], $flags:expr) => {
+        match $ctx.get_stackid(&$map, $flags) {
+            Err(e) if e == -EEXIST => match $ctx.get_stackid(&$spill, $flags) {
+                Err(e) if e == -EEXIST => based($ctx.get_stackid(&$spill2, $flags), 2),
+                r => based(r, 1),
+            },
+            r => based(r, 0),
+        }
+    };
+}
+
+/// A stack id as the record holds it: the map's key plus the map's base, or `-errno`. Both fit
+/// an i16 (asserted in rst-trace-common).
+#[inline(always)]
+fn based(r: Result<i64, i32>, map: usize) -> i16 {
+    match r {
+        Ok(id) => (id + i64::from(STACKS_ID_BASE[map])) as i16,
+        Err(e) => e as i16,
+    }
+}
+
+/// The user and kernel stack ids of the current call in the current generation's maps, each
 /// an id or `-errno` (`-EFAULT`: no such stack, e.g. no user memory left in an exiting process;
-/// `-EEXIST`: the id's bucket holds another stack). Nothing is captured, and `None` returned,
-/// without `--stacks`.
+/// `-EEXIST`: the id's bucket holds another stack in every map). Nothing is captured, and
+/// `None` returned, without `--stacks`.
 #[inline(always)]
 pub fn capture<C: StackIdContext>(ctx: &C) -> Option<StackIds> {
     if conf!(stacks) == 0 {
@@ -39,27 +70,26 @@ pub fn capture<C: StackIdContext>(ctx: &C) -> Option<StackIds> {
     // Read before the captures: if userspace moves on meanwhile, the record names the
     // generation whose map it wrote to, and userspace tells it apart.
     let generation = STACK_GENERATION.get(0).copied().unwrap_or(0);
-    // Ids are below STACKS_MAX_ENTRIES and errnos small: both fit an i16 (asserted in
-    // rst-trace-common).
-    let id = |r: Result<i64, i32>| match r {
-        Ok(id) => id as i16,
-        Err(errno) => errno as i16,
-    };
-    // The map is the helper's constant argument: one call site per map.
+    const USER: u64 = BPF_F_USER_STACK as u64;
+    // The map is the helper's constant argument: one call site per map and flag.
     let (user, kernel) = if generation & 1 == 0 {
         (
-            ctx.get_stackid(&STACKS_EVEN, u64::from(BPF_F_USER_STACK)),
-            ctx.get_stackid(&STACKS_EVEN, 0),
+            stackid!(
+                ctx,
+                [STACKS_EVEN, STACKS_SPILL_EVEN, STACKS_SPILL2_EVEN],
+                USER
+            ),
+            stackid!(ctx, [STACKS_EVEN, STACKS_SPILL_EVEN, STACKS_SPILL2_EVEN], 0),
         )
     } else {
         (
-            ctx.get_stackid(&STACKS_ODD, u64::from(BPF_F_USER_STACK)),
-            ctx.get_stackid(&STACKS_ODD, 0),
+            stackid!(ctx, [STACKS_ODD, STACKS_SPILL_ODD, STACKS_SPILL2_ODD], USER),
+            stackid!(ctx, [STACKS_ODD, STACKS_SPILL_ODD, STACKS_SPILL2_ODD], 0),
         )
     };
     Some(StackIds {
-        user: id(user),
-        kernel: id(kernel),
+        user,
+        kernel,
         generation,
         user_caller: user_caller(),
     })

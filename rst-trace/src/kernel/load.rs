@@ -7,8 +7,9 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, EbpfLoader, maps::MapType};
 use rst_trace_common::{
     COUNTS_MAX_ENTRIES, Config, FILTER_CGROUP, FILTER_NO_RECEIVED, FILTER_PID, FILTER_PORT,
-    GLOBAL_CONFIG, MAP_COUNTS, MAP_EVENTS, MAP_SEED_OWNERS, MAP_SOCKS, MAP_STACKS, MAP_TIMEWAIT,
-    PROG_DEV_QUEUE, PROG_NETIF_RECEIVE, PROG_TCP_PROBE, STACKS_MAX_ENTRIES,
+    GLOBAL_CONFIG, MAP_COUNTS, MAP_EVENTS, MAP_SEED_OWNERS, MAP_SOCKS, MAP_STACKS,
+    MAP_STACKS_SPILL, MAP_TIMEWAIT, PROG_DEV_QUEUE, PROG_NETIF_RECEIVE, PROG_TCP_PROBE,
+    STACKS_MAX_ENTRIES, STACKS_SPILL_ENTRIES,
 };
 
 use super::{
@@ -221,7 +222,11 @@ fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks, socks: SocketMaps) ->
     // No target BTF: aya reads it only for CO-RE relocations and typed ksyms, which the object
     // has none of (offsets come from `CONFIG`); the BTF tracepoints get a BTF of their own
     // (btf/for_aya.rs).
-    let stacks_entries = if hooks.stacks { STACKS_MAX_ENTRIES } else { 1 };
+    let (stacks_entries, spill_entries) = if hooks.stacks {
+        (STACKS_MAX_ENTRIES, STACKS_SPILL_ENTRIES)
+    } else {
+        (1, 1)
+    };
     EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, cfg, true)
         .map_max_entries(MAP_EVENTS, ring_size)
@@ -230,6 +235,10 @@ fn load_object(cfg: &Config, ring_size: u32, hooks: Hooks, socks: SocketMaps) ->
         // Without --stacks the stack maps are never written: 1 entry (~1 KiB), not 2 MiB each.
         .map_max_entries(MAP_STACKS[0], stacks_entries)
         .map_max_entries(MAP_STACKS[1], stacks_entries)
+        .map_max_entries(MAP_STACKS_SPILL[0][0], spill_entries)
+        .map_max_entries(MAP_STACKS_SPILL[0][1], spill_entries)
+        .map_max_entries(MAP_STACKS_SPILL[1][0], spill_entries)
+        .map_max_entries(MAP_STACKS_SPILL[1][1], spill_entries)
         // Preallocated maps only some configurations write: 1 entry where they are never
         // written (creating a preallocated map is a start-up cost).
         .map_max_entries(

@@ -13,7 +13,8 @@
 //! stack for as long as a record of it can be read. (Deleting each id once read, as before,
 //! let a record still in the ring meet its id's bucket refilled by another stack.) A map holds
 //! one generation's stacks, so it stays far from full: a full bucket makes
-//! `bpf_get_stackid()` fail with `-EEXIST`.
+//! `bpf_get_stackid()` fail with `-EEXIST`, and the stack then goes to the generation's spill
+//! maps (its id offset by the map's `STACKS_ID_BASE`), which only such stacks fill.
 
 mod frameless;
 mod symbolize;
@@ -26,7 +27,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, MapData, StackTraceMap};
 use rst_trace_common::{
-    APP_STACKS, AppErrorEvent, FACT_STACKS, MAP_STACK_GENERATION, MAP_STACKS, RstEvent, StackIds,
+    APP_STACKS, AppErrorEvent, FACT_STACKS, MAP_STACK_GENERATION, MAP_STACKS, MAP_STACKS_SPILL,
+    RstEvent, STACKS_ID_BASE, StackIds,
 };
 
 use self::{
@@ -97,14 +99,25 @@ fn stackid_error(errno: i32) -> String {
                          memory left, as when a process's exit closes its sockets)"
             .into(),
         libc::EEXIST => {
-            "EEXIST: the stack map's bucket for this stack held another one (rst-trace was \
-             behind reading them)"
+            "EEXIST: the stack map's bucket for this stack held another one, and so did the \
+             spill maps' (rst-trace was behind reading them)"
                 .into()
         }
         libc::ENOMEM => "ENOMEM: the stack map had no free entry".into(),
         libc::EINVAL => "EINVAL: the kernel refused the request".into(),
         n => format!("errno {n}"),
     }
+}
+
+/// Which of its generation's maps a (non-negative) id is in (see `STACKS_ID_BASE`), and its key
+/// there.
+fn map_of(id: i16) -> (usize, u32) {
+    let id = id as u32;
+    let which = STACKS_ID_BASE
+        .iter()
+        .rposition(|&base| id >= base)
+        .unwrap_or(0);
+    (which, id - STACKS_ID_BASE[which])
 }
 
 /// An idle ring's generation moves on this often, so that the stacks of records never read
@@ -117,8 +130,9 @@ const FORCE_ADVANCE: Duration = Duration::from_secs(2);
 /// Reads and symbolizes the stacks records refer to, and moves the stack generation on;
 /// counts the failures.
 pub struct StackReader {
-    /// The maps of the even and the odd generations.
-    maps: [StackTraceMap<MapData>; 2],
+    /// The maps of the even and the odd generations, each with its spill maps (for ids from
+    /// `STACKS_ID_BASE[1]` on), in the order of `STACKS_ID_BASE`.
+    maps: [[StackTraceMap<MapData>; 3]; 2],
     /// The kernel side's current generation (one entry).
     generation_map: Array<MapData, u32>,
     /// The generation captures go to now; records of the one before can be read.
@@ -141,10 +155,16 @@ impl StackReader {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))
         };
-        let maps = [
-            StackTraceMap::try_from(map(MAP_STACKS[0])?)?,
-            StackTraceMap::try_from(map(MAP_STACKS[1])?)?,
-        ];
+        let mut stack_map = |name| Ok::<_, anyhow::Error>(StackTraceMap::try_from(map(name)?)?);
+        let mut maps_of = |parity: usize| -> Result<[StackTraceMap<MapData>; 3]> {
+            let [spill, spill2] = MAP_STACKS_SPILL[parity];
+            Ok([
+                stack_map(MAP_STACKS[parity])?,
+                stack_map(spill)?,
+                stack_map(spill2)?,
+            ])
+        };
+        let maps = [maps_of(0)?, maps_of(1)?];
         let generation_map = Array::try_from(map(MAP_STACK_GENERATION)?)?;
         Ok(Self {
             maps,
@@ -223,8 +243,9 @@ impl StackReader {
         if let Some(ips) = self.read.get(&(generation, id)) {
             return Ok(ips.clone());
         }
-        let map = &self.maps[(generation & 1) as usize];
-        match map.get(&(id as u32), 0) {
+        let (which, key) = map_of(id);
+        let map = &self.maps[(generation & 1) as usize][which];
+        match map.get(&key, 0) {
             Ok(st) => {
                 let ips: Vec<u64> = st.frames().iter().map(|f| f.ip).collect();
                 self.read.insert((generation, id), ips.clone());
@@ -250,10 +271,11 @@ impl StackReader {
     /// stack, or `-EEXIST`.)
     fn advance(&mut self) {
         let next = self.generation.wrapping_add(1);
-        let map = &mut self.maps[(next & 1) as usize];
-        let ids: Vec<u32> = map.stack_ids().filter_map(Result::ok).collect();
-        for id in ids {
-            let _ = map.remove(&id);
+        for map in &mut self.maps[(next & 1) as usize] {
+            let ids: Vec<u32> = map.stack_ids().filter_map(Result::ok).collect();
+            for id in ids {
+                let _ = map.remove(&id);
+            }
         }
         if let Err(e) = self.generation_map.set(0, &next, 0) {
             // The kernel side stays on the current generation, whose map is never emptied
@@ -265,5 +287,20 @@ impl StackReader {
         self.read.retain(|&(g, _), _| g == old);
         self.generation = next;
         self.started = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::map_of;
+
+    #[test]
+    fn ids_name_their_map_and_key() {
+        assert_eq!(map_of(0), (0, 0));
+        assert_eq!(map_of(2047), (0, 2047));
+        assert_eq!(map_of(2048), (1, 0));
+        assert_eq!(map_of(2559), (1, 511));
+        assert_eq!(map_of(2560), (2, 0));
+        assert_eq!(map_of(3071), (2, 511));
     }
 }
