@@ -417,13 +417,19 @@ fn apperr_no_syscall_hooks_flag() {
     // Owned at its first receive.
     let served = |port: u16, read: bool| {
         let bind = format!("127.0.0.1:{port}");
-        let mut steps = vec![format!("listen={bind}"), "accept".into()];
+        let mut steps = vec![
+            format!("listen={bind}"),
+            "say=listening".into(),
+            "accept".into(),
+        ];
         if read {
             steps.push("read=1".into());
         }
         steps.extend(["say=ready".into(), "hold".into()]);
         let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
         let server = Peer::spawn(&ns, "rstt-nshsrv", &steps);
+        // Listening before the client connects (else its connect() may be refused).
+        server.expect("listening");
         let mut client = Peer::spawn(
             &ns,
             "rstt-nshcli",

@@ -218,12 +218,15 @@ fn reset_on_a_socket_handed_to_a_forked_child_names_the_child() {
         "rstt-forksrv",
         &[
             &format!("listen={bind}"),
+            "say=listening",
             "accept",
             "fork",
             "read_err",
             "hold",
         ],
     );
+    // Listening before the client connects (else its connect() may be refused).
+    server.expect("listening");
     let mut client = Peer::spawn(
         &ns,
         "rstt-forkcli",
