@@ -19,9 +19,9 @@ use rst_trace_common::{
 use crate::{
     deliver::{count_app_lost, wake_flags_reserved},
     maps::{EVENTS, FILTER_PIDS, FILTER_PORTS, HIDDEN_CGROUPS, SO_ERROR_CALLS, SOCKS, Window},
-    owners::{fd_sock, fill_current_task, insert_fresh},
+    owners::{fill_current_task, insert_fresh},
     read::{kread, zero_words},
-    sock::{Endpoints, put16, skc, window_endpoints},
+    sock::{Endpoints, fd_sock, put16, skc, window_endpoints},
     stacks,
 };
 

@@ -7,7 +7,7 @@
 //! This file holds the program entry points only; the modules:
 //! - `maps`: every map, and the per-program slots;
 //! - `read`: kernel memory, tracepoint arguments, word-by-word copies;
-//! - `sock`: a socket's `sock_common` and `tcp_sock` facts;
+//! - `sock`: a socket's `sock_common` and `tcp_sock` facts, the socket of a file descriptor;
 //! - `headers`: the IP/TCP header parser;
 //! - `owners`: socket owners, state history, peer TTL samples;
 //! - `timewait`: connections handed to a TIME_WAIT mini-socket, and who closed them;

@@ -17,7 +17,8 @@ use crate::{
         LAST_LISTENER_CLOSE, SAMPLED_SLOTS, SEED_OWNERS, SEEN_CGROUPS, SLOT_PROBE, SOCK_GENERATION,
         SOCKS, bump_generation, count_insert,
     },
-    read::{copy_words, kread, kread_at, zero_words},
+    read::{copy_words, kread, zero_words},
+    sock::fd_sock,
     timewait::remember_timewait,
 };
 
@@ -344,48 +345,6 @@ pub fn on_sock_io(sk: u64) {
         return;
     }
     learn_owner(sk);
-}
-
-/// The socket of the current task's file descriptor `fd`:
-/// current->files->fdt->fd[fd]->private_data (struct socket)->sk, if `fd` is a socket: a
-/// socket's `file` points back at its file (sock_alloc_file()); another file's private_data
-/// (a pipe's pipe_inode_info, ...) holds something else there.
-#[inline(always)]
-pub fn fd_sock(fd: i64) -> Option<u64> {
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: helper without preconditions; the result is only used as a number.
-    let task = unsafe { bpf_get_current_task() };
-    let files = kread::<u64>(task, conf!(task_files))?;
-    let fdt = kread::<u64>(files, conf!(files_fdt))?;
-    // fdtable { max_fds; fd; } and socket { ...; file; sk; } side by side, as in every
-    // kernel so far: one read each (this runs at every accept()'s exit). The unsigned int
-    // max_fds is the low half of its word: the eBPF target is little-endian (bpfel).
-    let (max, fds) = if conf!(fdt_fd) == conf!(fdt_max_fds).wrapping_add(8) {
-        let [max, fds] = kread::<[u64; 2]>(fdt, conf!(fdt_max_fds))?;
-        (max as u32, fds)
-    } else {
-        (
-            kread::<u32>(fdt, conf!(fdt_max_fds))?,
-            kread::<u64>(fdt, conf!(fdt_fd))?,
-        )
-    };
-    if fd as u64 >= u64::from(max) {
-        return None;
-    }
-    let file = kread_at::<u64>(fds + (fd as u64) * 8)?;
-    let sock = kread::<u64>(file, conf!(file_private_data))?;
-    let (back, sk) = if conf!(socket_sk) == conf!(socket_file).wrapping_add(8) {
-        let [back, sk] = kread::<[u64; 2]>(sock, conf!(socket_file))?;
-        (back, sk)
-    } else {
-        (
-            kread::<u64>(sock, conf!(socket_file))?,
-            kread::<u64>(sock, conf!(socket_sk))?,
-        )
-    };
-    (back == file).then_some(sk)
 }
 
 /// `accept()` returned `fd`: its socket belongs to the caller.

@@ -1,10 +1,10 @@
 //! A socket's facts: the `sock_common` window (endpoints, state, netns, cookie) and the
-//! `tcp_sock` one (sequence numbers, clocks, linger).
+//! `tcp_sock` one (sequence numbers, clocks, linger); and the socket behind a file descriptor.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_jiffies64},
+    helpers::{bpf_get_current_task, bpf_get_socket_cookie, bpf_jiffies64},
     programs::BtfTracePointContext,
 };
 use rst_trace_common::{
@@ -14,7 +14,7 @@ use rst_trace_common::{
 
 use crate::{
     maps::{SKC_WINDOW, SLOT_RECV, SLOT_SEND, TCP_WIN, TcpWindow, WINDOW, Window},
-    read::{kread, zero_words},
+    read::{kread, kread_at, zero_words},
 };
 
 /// The first [`SKC_WINDOW`] bytes of socket `sk`, read into this program's window slot; all
@@ -278,4 +278,46 @@ fn sk_flags(w: &Window, sk: u64) -> Option<u64> {
 pub fn sock_dead(w: &Window, sk: u64) -> bool {
     let bit = conf!(sock_dead_bit);
     bit < 64 && sk_flags(w, sk).is_some_and(|f| f & (1u64 << bit) != 0)
+}
+
+/// The socket of the current task's file descriptor `fd`:
+/// current->files->fdt->fd[fd]->private_data (struct socket)->sk, if `fd` is a socket: a
+/// socket's `file` points back at its file (sock_alloc_file()); another file's private_data
+/// (a pipe's pipe_inode_info, ...) holds something else there.
+#[inline(always)]
+pub fn fd_sock(fd: i64) -> Option<u64> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: helper without preconditions; the result is only used as a number.
+    let task = unsafe { bpf_get_current_task() };
+    let files = kread::<u64>(task, conf!(task_files))?;
+    let fdt = kread::<u64>(files, conf!(files_fdt))?;
+    // fdtable { max_fds; fd; } and socket { ...; file; sk; } side by side, as in every
+    // kernel so far: one read each (this runs at every accept()'s exit). The unsigned int
+    // max_fds is the low half of its word: the eBPF target is little-endian (bpfel).
+    let (max, fds) = if conf!(fdt_fd) == conf!(fdt_max_fds).wrapping_add(8) {
+        let [max, fds] = kread::<[u64; 2]>(fdt, conf!(fdt_max_fds))?;
+        (max as u32, fds)
+    } else {
+        (
+            kread::<u32>(fdt, conf!(fdt_max_fds))?,
+            kread::<u64>(fdt, conf!(fdt_fd))?,
+        )
+    };
+    if fd as u64 >= u64::from(max) {
+        return None;
+    }
+    let file = kread_at::<u64>(fds + (fd as u64) * 8)?;
+    let sock = kread::<u64>(file, conf!(file_private_data))?;
+    let (back, sk) = if conf!(socket_sk) == conf!(socket_file).wrapping_add(8) {
+        let [back, sk] = kread::<[u64; 2]>(sock, conf!(socket_file))?;
+        (back, sk)
+    } else {
+        (
+            kread::<u64>(sock, conf!(socket_file))?,
+            kread::<u64>(sock, conf!(socket_sk))?,
+        )
+    };
+    (back == file).then_some(sk)
 }

@@ -98,13 +98,8 @@ pub async fn event_loop(
                 }
             }
             Some(ev) = top_key(&mut ui) => {
-                let ev = ev.context("rst-trace top: reading the terminal's keys")?;
-                if let (Some(ui), Some(t)) = (ui.as_deref_mut(), st.sink.top.as_ref()) {
-                    match ui.handle(&ev) {
-                        top::Action::Quit => break,
-                        top::Action::Redraw => ui.draw(t)?,
-                        top::Action::Nothing => {}
-                    }
+                if key_quits(st, ui.as_deref_mut(), ev)? {
+                    break;
                 }
             }
             _ = stop.sigint.recv() => break,
@@ -122,6 +117,23 @@ pub async fn event_loop(
         }
     }
     Ok(done)
+}
+
+/// A key pressed in `rst-trace top`: handled; true if it quits.
+fn key_quits(
+    st: &State,
+    ui: Option<&mut top::Ui>,
+    ev: std::io::Result<crossterm::event::Event>,
+) -> Result<bool> {
+    let ev = ev.context("rst-trace top: reading the terminal's keys")?;
+    if let (Some(ui), Some(t)) = (ui, st.sink.top.as_ref()) {
+        match ui.handle(&ev) {
+            top::Action::Quit => return Ok(true),
+            top::Action::Redraw => ui.draw(t)?,
+            top::Action::Nothing => {}
+        }
+    }
+    Ok(false)
 }
 
 /// The next key of `rst-trace top`'s terminal; never, without it.
