@@ -366,13 +366,13 @@ fn stacks_in_a_storm_are_each_their_own_resets() {
         shown += 1;
     }
     // A generation holds the stacks of one drain's records: some dozens of the 256, in 2048
-    // buckets, so collisions stay rare; a stack that collides goes to the spill map, where
-    // only those are, and is lost only if it collides there too.
+    // buckets, so collisions stay rare; a stack that collides goes to the spill maps, where
+    // only those are, and is lost only if its bucket is taken in all three maps.
     eprintln!("{shown} of {N} user stacks shown; {collided} stacks lost to EEXIST");
     assert!(shown * 10 >= N * 9, "only {shown} of {N} user stacks shown");
     assert!(
         collided * 100 <= N,
-        "{collided} of {N} resets' stacks lost to EEXIST (a bucket taken in both maps)"
+        "{collided} of {N} resets' stacks lost to EEXIST (a bucket taken in all three maps)"
     );
     // Its stdin closed, the server exits.
     drop(srv.stdin.take());
