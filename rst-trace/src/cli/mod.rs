@@ -2,6 +2,10 @@
 
 use clap::{Parser, ValueEnum};
 
+mod values;
+
+use values::{parse_comm, parse_condition, parse_container, parse_pod, parse_ring_size};
+
 use crate::{
     explain::{Condition, Direction, Sentences},
     filter::Filter,
@@ -46,46 +50,6 @@ pub enum DirectionArg {
     Both,
 }
 
-fn parse_condition(s: &str) -> Result<Condition, String> {
-    if let Some(c) = Condition::from_id(s) {
-        Ok(c)
-    } else {
-        let ids: Vec<&str> = Condition::ALL.iter().map(|c| c.as_str()).collect();
-        Err(format!(
-            "unknown condition id; valid ids: {}",
-            ids.join(", ")
-        ))
-    }
-}
-
-fn parse_comm(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.len() > 15 {
-        return Err(
-            "a comm is 1 to 15 bytes (the kernel truncates longer names): give the first 15".into(),
-        );
-    }
-    Ok(s.to_owned())
-}
-
-fn parse_container(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.contains('/') {
-        return Err("give a container's name or the first digits of its id (docker ps)".into());
-    }
-    Ok(s.to_owned())
-}
-
-fn parse_pod(s: &str) -> Result<String, String> {
-    let name = match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.contains('/') => name,
-        Some(_) => return Err("a pod is NAME or NAMESPACE/NAME".into()),
-        None => s,
-    };
-    if name.is_empty() {
-        return Err("a pod is NAME or NAMESPACE/NAME".into());
-    }
-    Ok(s.to_owned())
-}
-
 /// What `--summary` rows count by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum ByArg {
@@ -96,14 +60,6 @@ pub enum ByArg {
     Container,
     /// NAMESPACE/POD; `-` outside Kubernetes pods
     Pod,
-}
-
-fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
-    if n < 4096 || !n.is_power_of_two() {
-        return Err("must be a power of two of at least 4096 bytes".into());
-    }
-    Ok(n)
 }
 
 /// Names the process and the condition behind every TCP reset on this host.

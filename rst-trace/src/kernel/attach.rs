@@ -101,6 +101,13 @@ pub(super) fn attach_owner_hooks(
             notes.failed("accepted sockets are not owned at accept()", &e);
         }
     }
+    attach_sock_io(ebpf, cfg, tps, notes);
+    Ok(())
+}
+
+/// The owner hook on every send and receive (which also reports failing calls when they are
+/// seen at the socket layer), or before 6.3 on receives that read data.
+fn attach_sock_io(ebpf: &mut Ebpf, cfg: &Config, tps: &Tracepoints, notes: Notes) {
     if tps.send_length.is_none() {
         // Before 6.3: tcp_rcv_space_adjust(sk) (4.16+) runs in the receiving process's
         // tcp_recvmsg() each time it reads data, so a worker that inherited a socket still
@@ -130,7 +137,6 @@ pub(super) fn attach_owner_hooks(
     } {
         notes.failed("owners are not learned from sends and receives", &e);
     }
-    Ok(())
 }
 
 /// Which pair of reset programs runs.

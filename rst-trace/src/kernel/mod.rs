@@ -12,6 +12,7 @@ mod layout;
 mod load;
 mod maps;
 mod tracefs;
+mod transmit;
 
 pub use attach::detach_record_links;
 pub use capacity::{MapUse, Watch as SocketWatch, min_owners, possible_cpus};
