@@ -56,7 +56,8 @@ pub async fn event_loop(
     let mut reject_failing = false;
     let mut reject_tick = interval(Duration::from_millis(100));
     let mut redraw_tick = interval(Duration::from_secs(1));
-    let mut sockets = kernel::SocketWatch::new(tracer.socket_maps);
+    let mut sockets =
+        kernel::SocketWatch::new(tracer.socket_maps, std::mem::take(&mut tracer.namespaces));
     while !done && !st.sink.out.broken {
         tokio::select! {
             guard = ring.readable_mut() => {

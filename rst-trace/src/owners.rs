@@ -223,6 +223,20 @@ fn dump_in_netns(ns: &Path) -> Result<Vec<DiagSock>> {
     .map_err(|_| anyhow::anyhow!("sock_diag thread panicked"))?
 }
 
+/// One process in each network namespace but ours (`capacity::Namespaces`).
+pub fn netns_pids() -> Vec<i32> {
+    let own = own_netns();
+    let mut seen = std::collections::HashSet::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pids = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+    pids.filter(|&pid| net_ns(pid).is_some_and(|(ino, _)| Some(ino) != own && seen.insert(ino)))
+        .collect()
+}
+
 /// Our own network namespace's inode.
 fn own_netns() -> Option<u64> {
     net_ns(std::process::id() as i32).map(|(ino, _)| ino)

@@ -8,7 +8,8 @@
 //! used ones, and their resets name no process: so the map is sized from the host's socket
 //! count, and a host that outgrows it is warned about. The TIME_WAIT map (`TIMEWAIT`, the
 //! flows handed to a TIME_WAIT mini-socket, with the process that closed each) is sized and
-//! watched the same way from the host's TIME_WAIT count: a flow it forgot makes that
+//! watched the same way from the host's TIME_WAIT count (every network namespace's, as the
+//! kernel counts them per namespace): a flow it forgot makes that
 //! mini-socket's reset name no process (and before 6.10 look like one for no socket at all).
 
 use anyhow::{Context as _, Result};
@@ -49,16 +50,58 @@ pub struct HostSockets {
     /// every state but TIME_WAIT and request mini-sockets, which are not in the socket map
     /// either).
     pub alloc: u64,
-    /// `tw`: TIME_WAIT sockets of rst-trace's own network namespace (the count is kept per
-    /// namespace; containers' own namespaces are not in it).
+    /// `tw`: TIME_WAIT sockets of every network namespace a process is in (the kernel counts
+    /// them per namespace: rst-trace's own /proc/net/sockstat has only its own, and on a
+    /// container host most are in the containers' namespaces).
     pub tw: u64,
 }
 
-/// The host's TCP sockets, from /proc/net/sockstat.
-pub fn host_sockets() -> Result<HostSockets> {
+/// The host's TCP sockets: /proc/net/sockstat, and the TIME_WAIT count of each other network
+/// namespace through one of its processes (`others`, from [`Namespaces`]).
+pub fn host_sockets(others: &[i32]) -> Result<HostSockets> {
     let text =
         std::fs::read_to_string("/proc/net/sockstat").context("reading /proc/net/sockstat")?;
-    parse_sockstat(&text).context("no `TCP: ... tw N alloc N` line in /proc/net/sockstat")
+    let mut host =
+        parse_sockstat(&text).context("no `TCP: ... tw N alloc N` line in /proc/net/sockstat")?;
+    for pid in others {
+        // A process that exited meanwhile: its namespace is counted again at the next scan.
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/sockstat"));
+        host.tw += text
+            .ok()
+            .and_then(|t| parse_sockstat(&t))
+            .map_or(0, |h| h.tw);
+    }
+    Ok(host)
+}
+
+/// One process in each network namespace but rst-trace's own, whose /proc/PID/net/sockstat
+/// shows that namespace's TIME_WAIT count. Found by a walk of /proc (a stat per process), so
+/// the watch walks again only every [`RESCAN_TICKS`] seconds. A namespace no process is in
+/// (`ip netns add` alone) is not counted.
+#[derive(Debug, Default)]
+pub struct Namespaces {
+    pub pids: Vec<i32>,
+    age: u32,
+}
+
+/// How often, in watch ticks (seconds), [`Namespaces`] walks /proc again.
+const RESCAN_TICKS: u32 = 10;
+
+impl Namespaces {
+    pub fn scan() -> Self {
+        Self {
+            pids: crate::owners::netns_pids(),
+            age: 0,
+        }
+    }
+
+    /// Walks /proc again when the last walk is [`RESCAN_TICKS`] old.
+    fn refresh(&mut self) {
+        self.age += 1;
+        if self.age >= RESCAN_TICKS {
+            *self = Self::scan();
+        }
+    }
 }
 
 fn parse_sockstat(text: &str) -> Option<HostSockets> {
@@ -134,14 +177,16 @@ pub struct MapUse {
 /// once when they fit again.
 pub struct Watch {
     maps: SocketMaps,
+    namespaces: Namespaces,
     /// Whether the host was over the socket map and over the TIME_WAIT map, as last said.
     over: [bool; 2],
 }
 
 impl Watch {
-    pub fn new(maps: SocketMaps) -> Self {
+    pub fn new(maps: SocketMaps, namespaces: Namespaces) -> Self {
         Self {
             maps,
+            namespaces,
             over: [false; 2],
         }
     }
@@ -150,7 +195,8 @@ impl Watch {
     /// cross, and returned for the metrics. (Counts that cannot be read were warned about at
     /// start-up.)
     pub fn tick(&mut self) -> Option<MapUse> {
-        let host = host_sockets().ok()?;
+        self.namespaces.refresh();
+        let host = host_sockets(&self.namespaces.pids).ok()?;
         for line in self.check(host) {
             eprintln!("{line}");
         }
@@ -212,8 +258,8 @@ fn crossed(was: &mut bool, now: bool) -> Option<bool> {
 
 /// Read on the way, so that a host without /proc/net/sockstat (never seen) still starts: the
 /// default sizes then, said on stderr.
-pub fn host_sockets_or_warn() -> HostSockets {
-    host_sockets().unwrap_or_else(|e| {
+pub fn host_sockets_or_warn(namespaces: &Namespaces) -> HostSockets {
+    host_sockets(&namespaces.pids).unwrap_or_else(|e| {
         eprintln!(
             "rst-trace: warning: cannot count this host's TCP sockets ({e:#}): the socket \
              owner map gets the default {DEFAULT_OWNERS} entries (the TIME_WAIT map \
@@ -268,7 +314,7 @@ mod tests {
     #[test]
     fn the_watch_warns_once_each_way() {
         let host = |alloc, tw| HostSockets { alloc, tw };
-        let mut w = Watch::new(plan(Some(4096), host(0, 0), 2));
+        let mut w = Watch::new(plan(Some(4096), host(0, 0), 2), Namespaces::default());
         assert!(w.check(host(100, 100)).is_empty());
         let warn = w.check(host(4000, 100));
         assert!(

@@ -40,6 +40,8 @@ pub struct Tracer {
     pub seeded: usize,
     /// The owner maps' sizes, set from the host's socket count.
     pub socket_maps: SocketMaps,
+    /// The other network namespaces the TIME_WAIT count was read from (for the watch).
+    pub namespaces: capacity::Namespaces,
     /// Whether netfilter REJECT resets are watched (see [`RejectSupport`]).
     pub reject: RejectSupport,
     pub(super) reject_attached: bool,
@@ -192,7 +194,10 @@ pub fn load(
     filter_config(filter, &mut cfg);
 
     let cpus = capacity::possible_cpus();
-    let socket_maps = capacity::plan(max_sockets, capacity::host_sockets_or_warn(), cpus);
+    // TIME_WAIT sockets are counted per network namespace: those of every namespace in use.
+    let namespaces = capacity::Namespaces::scan();
+    let host = capacity::host_sockets_or_warn(&namespaces);
+    let socket_maps = capacity::plan(max_sockets, host, cpus);
     let mut ebpf = load_object(&cfg, ring_size, hooks, socket_maps)?;
     fill_filters(&mut ebpf, filter)?;
 
@@ -234,6 +239,7 @@ pub fn load(
         info,
         seeded,
         socket_maps,
+        namespaces,
         reject,
         reject_attached,
         socketless,

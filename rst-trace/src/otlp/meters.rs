@@ -235,7 +235,7 @@ fn register_maps(
         ),
         (
             "rst_trace.host.time_wait_sockets",
-            "TIME_WAIT sockets of rst-trace's network namespace",
+            "TIME_WAIT sockets of every network namespace a process is in",
             |m| m.time_wait.0,
         ),
         (

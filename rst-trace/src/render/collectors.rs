@@ -127,7 +127,7 @@ impl Collector for MapMetrics {
             ),
             (
                 "rst_trace_host_time_wait_sockets",
-                "TIME_WAIT sockets of rst-trace's network namespace (/proc/net/sockstat tw)",
+                "TIME_WAIT sockets of every network namespace a process is in (/proc/PID/net/sockstat tw)",
                 tw,
             ),
             (

@@ -130,9 +130,9 @@ fn host_outgrowing_the_owner_map_is_warned() {
 }
 
 /// The TIME_WAIT map (an LRU hash, 9, from a 40-byte flow to a 72-byte `TimeWaitInfo`) is
-/// sized from the TIME_WAIT sockets of rst-trace's network namespace at start-up: room for
-/// twice as many and the LRU's free lists, so with more than ~8000 of them it outgrows its
-/// smallest size, 16384. `--metrics` says the TIME_WAIT count and the map's capacity.
+/// sized from the host's TIME_WAIT sockets at start-up (here those of rst-trace's own network
+/// namespace; the next test has another's): room for twice as many and the LRU's free lists,
+/// so with more than ~8000 of them it outgrows its smallest size, 16384. `--metrics` says the TIME_WAIT count and the map's capacity.
 #[test]
 fn time_wait_map_is_sized_from_the_host() {
     // TIME_WAIT sockets are counted per network namespace: these are rst-trace's, the host's
@@ -189,5 +189,71 @@ fn time_wait_map_is_sized_from_the_host() {
     assert!(
         !lines.iter().any(|l| l.contains("TIME_WAIT map")),
         "the map sized for them was outgrown: {lines:#?}"
+    );
+}
+
+/// TIME_WAIT sockets are counted per network namespace, and on a container host most are in
+/// the containers' namespaces: rst-trace adds up those of every namespace a process is in, so
+/// a namespace of this test's own with 20000 of them (more than this test leaves in rst-trace's
+/// own namespace) sizes the TIME_WAIT map and shows in `rst_trace_host_time_wait_sockets`.
+#[test]
+fn time_wait_of_other_namespaces_is_counted() {
+    let ns = Netns::new("captw");
+    // A namespace's count is read through a process in it, as a container's or a pod's is.
+    let mut holder = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sleep", "300"])
+        .spawn()
+        .expect("ip netns exec sleep");
+    // Room for them: the namespace's own limit, and ports (bind() looks for a free port in
+    // half the range first, and past that slowly).
+    ns.exec(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.tcp_max_tw_buckets=65536",
+        "net.ipv4.ip_local_port_range=1024 65000",
+    ]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/timewait.py");
+    ns.exec(&["/usr/bin/python3", script, "20073", "20000"]);
+    let tw_of = |path: &str| -> u64 {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("TCP:"))
+            .and_then(|l| l.split_whitespace().skip_while(|w| *w != "tw").nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("tw in {path}: {text}"))
+    };
+    let in_ns = tw_of(&format!("/proc/{}/net/sockstat", holder.id()));
+    assert!(
+        in_ns >= 19_000,
+        "only {in_ns} TIME_WAIT sockets in the namespace"
+    );
+    let t = Tracer::start(&["--port", "20073", "--metrics", "127.0.0.1:0"]);
+    let entries = map_entries(t.pid(), 9, (40, 72));
+    let page = scrape_until(&t.metrics_url(), "rst_trace_host_time_wait_sockets");
+    let (status, _, lines) = t.stop_with_stderr();
+    let own = tw_of("/proc/net/sockstat");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(status.success(), "rst-trace exit {status:?}: {lines:#?}");
+    // Else rst-trace's own namespace alone could explain what follows.
+    assert!(
+        own < in_ns / 2,
+        "{own} TIME_WAIT sockets in rst-trace's own namespace: the test cannot tell"
+    );
+    let reserve = 128 * (u64::from(possible_cpus()) + 1);
+    let want = (2 * in_ns + reserve).next_power_of_two();
+    assert!(
+        entries.len() == 1 && entries[0] >= want,
+        "{in_ns} TIME_WAIT sockets in another namespace: map entries {entries:?}, want at least \
+         {want}"
+    );
+    let gauge = page.lines().find_map(|l| {
+        l.strip_prefix("rst_trace_host_time_wait_sockets ")?
+            .parse::<u64>()
+            .ok()
+    });
+    assert!(
+        gauge >= Some(in_ns - 500),
+        "{in_ns} in the namespace: {page}"
     );
 }
