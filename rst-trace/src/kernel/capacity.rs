@@ -56,50 +56,47 @@ pub struct HostSockets {
     pub tw: u64,
 }
 
-/// The host's TCP sockets: /proc/net/sockstat, and the TIME_WAIT count of each other network
-/// namespace through one of its processes (`others`, from [`Namespaces`]).
-pub fn host_sockets(others: &[i32]) -> Result<HostSockets> {
+/// The host's TCP sockets: /proc/net/sockstat, and the TIME_WAIT sockets of the other network
+/// namespaces as last counted ([`Namespaces`]).
+pub fn host_sockets(others: &Namespaces) -> Result<HostSockets> {
     let text =
         std::fs::read_to_string("/proc/net/sockstat").context("reading /proc/net/sockstat")?;
     let mut host =
         parse_sockstat(&text).context("no `TCP: ... tw N alloc N` line in /proc/net/sockstat")?;
-    for pid in others {
-        // A process that exited meanwhile: its namespace is counted again at the next scan.
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/sockstat"));
-        host.tw += text
-            .ok()
-            .and_then(|t| parse_sockstat(&t))
-            .map_or(0, |h| h.tw);
-    }
+    host.tw += others.tw;
     Ok(host)
 }
 
-/// One process in each network namespace but rst-trace's own, whose /proc/PID/net/sockstat
-/// shows that namespace's TIME_WAIT count. Found by a walk of /proc (a stat per process), so
-/// the watch walks again only every [`RESCAN_TICKS`] seconds. A namespace no process is in
-/// (`ip netns add` alone) is not counted.
+/// The TIME_WAIT sockets of every network namespace but rst-trace's own, each read from
+/// /proc/PID/net/sockstat of one process in it. The namespaces are found by a walk of /proc (a
+/// stat per process), and reading each one's count costs a few microseconds, so the watch does
+/// both only every [`RESCAN_TICKS`] seconds. A namespace no process is in (`ip netns add`
+/// alone) is not counted.
 #[derive(Debug, Default)]
 pub struct Namespaces {
-    pub pids: Vec<i32>,
+    tw: u64,
     age: u32,
 }
 
-/// How often, in watch ticks (seconds), [`Namespaces`] walks /proc again.
+/// How often, in watch ticks (seconds), [`Namespaces`] counts again.
 const RESCAN_TICKS: u32 = 10;
 
 impl Namespaces {
-    pub fn scan() -> Self {
-        Self {
-            pids: crate::owners::netns_pids(),
-            age: 0,
-        }
+    pub fn count() -> Self {
+        let tw = crate::owners::netns_pids()
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/net/sockstat")).ok())
+            .filter_map(|text| parse_sockstat(&text))
+            .map(|h| h.tw)
+            .sum();
+        Self { tw, age: 0 }
     }
 
-    /// Walks /proc again when the last walk is [`RESCAN_TICKS`] old.
+    /// Counts again when the last count is [`RESCAN_TICKS`] old.
     fn refresh(&mut self) {
         self.age += 1;
         if self.age >= RESCAN_TICKS {
-            *self = Self::scan();
+            *self = Self::count();
         }
     }
 }
@@ -196,7 +193,7 @@ impl Watch {
     /// start-up.)
     pub fn tick(&mut self) -> Option<MapUse> {
         self.namespaces.refresh();
-        let host = host_sockets(&self.namespaces.pids).ok()?;
+        let host = host_sockets(&self.namespaces).ok()?;
         for line in self.check(host) {
             eprintln!("{line}");
         }
@@ -259,7 +256,7 @@ fn crossed(was: &mut bool, now: bool) -> Option<bool> {
 /// Read on the way, so that a host without /proc/net/sockstat (never seen) still starts: the
 /// default sizes then, said on stderr.
 pub fn host_sockets_or_warn(namespaces: &Namespaces) -> HostSockets {
-    host_sockets(&namespaces.pids).unwrap_or_else(|e| {
+    host_sockets(namespaces).unwrap_or_else(|e| {
         eprintln!(
             "rst-trace: warning: cannot count this host's TCP sockets ({e:#}): the socket \
              owner map gets the default {DEFAULT_OWNERS} entries (the TIME_WAIT map \

@@ -195,7 +195,7 @@ pub fn load(
 
     let cpus = capacity::possible_cpus();
     // TIME_WAIT sockets are counted per network namespace: those of every namespace in use.
-    let namespaces = capacity::Namespaces::scan();
+    let namespaces = capacity::Namespaces::count();
     let host = capacity::host_sockets_or_warn(&namespaces);
     let socket_maps = capacity::plan(max_sockets, host, cpus);
     let mut ebpf = load_object(&cfg, ring_size, hooks, socket_maps)?;

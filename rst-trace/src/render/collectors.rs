@@ -127,7 +127,7 @@ impl Collector for MapMetrics {
             ),
             (
                 "rst_trace_host_time_wait_sockets",
-                "TIME_WAIT sockets of every network namespace a process is in (/proc/PID/net/sockstat tw)",
+                "TIME_WAIT sockets of every network namespace a process is in (/proc/PID/net/sockstat tw; other namespaces' every 10 s)",
                 tw,
             ),
             (
