@@ -177,6 +177,9 @@ pub fn load(
     notes: Notes,
 ) -> Result<Tracer> {
     require_ringbuf()?;
+    // TIME_WAIT sockets are counted per network namespace, through a walk of /proc (~10 ms with
+    // 2000 processes): on another core while BTF and the tracepoint formats are read.
+    let namespaces = std::thread::spawn(capacity::Namespaces::count);
     let tracefs = tracefs::locate()?;
     let tps = read_tracepoints(&tracefs)?;
     let mut cfg = Config::empty();
@@ -194,8 +197,7 @@ pub fn load(
     filter_config(filter, &mut cfg);
 
     let cpus = capacity::possible_cpus();
-    // TIME_WAIT sockets are counted per network namespace: those of every namespace in use.
-    let namespaces = capacity::Namespaces::count();
+    let namespaces = namespaces.join().unwrap_or_default();
     let host = capacity::host_sockets_or_warn(&namespaces);
     let socket_maps = capacity::plan(max_sockets, host, cpus);
     let mut ebpf = load_object(&cfg, ring_size, hooks, socket_maps)?;
