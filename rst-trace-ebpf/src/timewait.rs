@@ -5,10 +5,10 @@ use aya_ebpf::helpers::{bpf_ktime_get_ns, generated};
 use rst_trace_common::{ATTR_NONE, ATTR_OWNER_MAP, RstEvent, SockInfo, TimeWaitInfo};
 
 use crate::{
-    maps::{Flow, SKC_WINDOW, TIMEWAIT, Window, count_insert},
+    maps::{Flow, SEED_OWNERS, SKC_WINDOW, TIMEWAIT, Window, count_insert},
     owners::seed_owner,
     read::{copy_words, zero_words},
-    sock::{sock_netns, window_endpoints},
+    sock::{cookie_or_sock, sock_netns, window_endpoints},
 };
 
 /// Records that `sk`'s connection may live on in a TIME_WAIT mini-socket that resets: only one
@@ -53,6 +53,17 @@ pub fn remember_timewait(sk: u64, info: &SockInfo) {
         (*tw).since = bpf_ktime_get_ns();
         copy_words(&mut (*tw).owner, &info.owner);
         (*tw).owned = info.owned;
+        // A connection older than rst-trace whose process made no call since: no owner was
+        // learned, but one was seeded by the socket's cookie. Taken now, as before 6.10 the
+        // mini-socket's reset is seen on transmit, with no cookie to look it up by.
+        let cookie = cookie_or_sock(0, w);
+        if info.owned == 0
+            && cookie != 0
+            && let Some(t) = SEED_OWNERS.get(&cookie)
+        {
+            copy_words(&mut (*tw).owner, t);
+            (*tw).owned = 1;
+        }
         &*tw
     };
     count_insert(TIMEWAIT.insert(f, tw, 0));

@@ -87,10 +87,10 @@ fn socket_opened_before_start_is_owned() {
 
 /// The keep-alive race on a connection older than rst-trace, idle since: the server closes
 /// it after rst-trace started, and the client's next request hits the server's TIME_WAIT
-/// mini-socket. No call of the server's ever ran under rst-trace, so no owner was learned;
-/// from 6.10 the mini-socket's reset has the cookie its socket had (inet_twsk_alloc() copies
-/// it), by which the owner was seeded. Before 6.10 that reset is seen on transmit, without a
-/// cookie: no process.
+/// mini-socket. No call of the server's ever ran under rst-trace, so no owner was learned; the
+/// owner seeded by the socket's cookie names the reset: from 6.10 by the cookie the
+/// mini-socket inherits (inet_twsk_alloc() copies it), before 6.10 (where that reset is seen on
+/// transmit, without a cookie) taken at the hand-over, with the flow.
 #[test]
 fn keepalive_race_on_a_connection_older_than_rst_trace() {
     let ns = Netns::new("seedtw");
@@ -105,13 +105,9 @@ fn keepalive_race_on_a_connection_older_than_rst_trace() {
     client.go();
     client.expect("errno EPIPE");
     let v = sent(&tracer, &ns, "time_wait_segment");
-    if rst_trace_tests::kernel_has_reasons() {
-        assert_eq!(s(&v, "process.pid"), server.pid(), "{v:#}");
-        assert_eq!(s(&v, "process.comm"), "rstt-old-srv");
-        assert_eq!(v["attribution"], "socket_owner");
-    } else {
-        assert_eq!(v["process"], rst_trace_tests::Value::Null, "{v:#}");
-    }
+    assert_eq!(s(&v, "process.pid"), server.pid(), "{v:#}");
+    assert_eq!(s(&v, "process.comm"), "rstt-old-srv");
+    assert_eq!(v["attribution"], "socket_owner");
     let r = received(&tracer, &ns, "peer_reset");
     assert_eq!(s(&r, "process.pid"), client.pid(), "{r:#}");
 }
