@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use tokio::{
     sync::mpsc::UnboundedReceiver,
-    time::{Instant, interval, sleep_until},
+    time::{Instant, Interval, interval, sleep_until},
 };
 
 use crate::{
@@ -30,6 +30,39 @@ pub struct Stop {
     pub sigterm: tokio::signal::unix::Signal,
 }
 
+/// The event loop's timers.
+struct Ticks {
+    /// [`each_second`]: lost events, the socket maps against the host's count, metrics, OTLP.
+    second: Interval,
+    /// Records the ring holds without a wakeup (`kernel::DRAIN_INTERVAL`).
+    drain: Interval,
+    /// `--summary --interval SECS`.
+    summary: Interval,
+    /// Whether netfilter's REJECT code has been loaded since ([`poll_reject`]).
+    reject: Interval,
+    /// `rst-trace top`'s screen.
+    redraw: Interval,
+}
+
+impl Ticks {
+    async fn new(settings: &Settings) -> Self {
+        let mut drain = interval(kernel::DRAIN_INTERVAL);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut summary = interval(Duration::from_secs(
+            settings.interval.unwrap_or(3600).max(1),
+        ));
+        // The first tick is at once: the first summary is due one interval from now.
+        summary.tick().await;
+        Self {
+            second: interval(Duration::from_secs(1)),
+            drain,
+            summary,
+            reject: interval(Duration::from_millis(100)),
+            redraw: interval(Duration::from_secs(1)),
+        }
+    }
+}
+
 /// Until `--count`, `--duration`, a signal or a closed stdout: explains and prints the resets as
 /// they come. True when `--count` was reached.
 pub async fn event_loop(
@@ -45,17 +78,9 @@ pub async fn event_loop(
     let deadline = settings
         .duration
         .map_or(far, |d| Instant::now() + Duration::from_secs(d));
-    let mut lost_tick = interval(Duration::from_secs(1));
-    let mut drain_tick = interval(kernel::DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut summary_tick = interval(Duration::from_secs(
-        settings.interval.unwrap_or(3600).max(1),
-    ));
-    summary_tick.tick().await;
+    let mut ticks = Ticks::new(settings).await;
     let mut done = st.count == Some(0);
     let mut reject_failing = false;
-    let mut reject_tick = interval(Duration::from_millis(100));
-    let mut redraw_tick = interval(Duration::from_secs(1));
     let mut sockets =
         kernel::SocketWatch::new(tracer.socket_maps, std::mem::take(&mut tracer.namespaces));
     while !done && !st.sink.out.broken {
@@ -70,7 +95,7 @@ pub async fn event_loop(
                 done = drained == Drained::Done || st.release(false);
                 st.sink.out.flush();
             }
-            _ = drain_tick.tick() => {
+            _ = ticks.drain.tick() => {
                 done = st.drain_some(ring.get_mut()) == Drained::Done || st.release(false);
                 st.app_tick(false);
                 st.sink.out.flush();
@@ -93,7 +118,7 @@ pub async fn event_loop(
                 done = st.identity_overdue(false);
                 st.sink.out.flush();
             }
-            _ = redraw_tick.tick(), if ui.is_some() => {
+            _ = ticks.redraw.tick(), if ui.is_some() => {
                 if let (Some(ui), Some(t)) = (ui.as_deref_mut(), st.sink.top.as_mut()) {
                     ui.tick(t)?;
                 }
@@ -106,11 +131,11 @@ pub async fn event_loop(
             _ = stop.sigint.recv() => break,
             _ = stop.sigterm.recv() => break,
             () = sleep_until(deadline) => break,
-            _ = lost_tick.tick() => each_second(st, tracer, &mut sockets, cost)?,
-            _ = reject_tick.tick(), if tracer.reject_pending() => {
+            _ = ticks.second.tick() => each_second(st, tracer, &mut sockets, cost)?,
+            _ = ticks.reject.tick(), if tracer.reject_pending() => {
                 poll_reject(tracer, &mut reject_failing);
             }
-            _ = summary_tick.tick(), if settings.interval.is_some() => {
+            _ = ticks.summary.tick(), if settings.interval.is_some() => {
                 if let Some(s) = st.summary_now(tracer, count_in_kernel) {
                     print_summary(st, &s);
                 }

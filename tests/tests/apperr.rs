@@ -375,6 +375,47 @@ fn apperr_no_app_errors_flag() {
     );
 }
 
+/// A server in `ns` on `port` that accepts (and with `read`, reads one byte), and a client that
+/// sends a byte and aborts (SO_LINGER 0): the server's received reset.
+fn served(t: &Tracer, ns: &Netns, port: u16, read: bool) -> (Peer, Peer, Value) {
+    let bind = format!("127.0.0.1:{port}");
+    let mut steps = vec![
+        format!("listen={bind}"),
+        "say=listening".into(),
+        "accept".into(),
+    ];
+    if read {
+        steps.push("read=1".into());
+    }
+    steps.extend(["say=ready".into(), "hold".into()]);
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let server = Peer::spawn(ns, "rstt-nshsrv", &steps);
+    // Listening before the client connects (else its connect() may be refused).
+    server.expect("listening");
+    let mut client = Peer::spawn(
+        ns,
+        "rstt-nshcli",
+        &[
+            &format!("connect={bind}"),
+            "send=1",
+            "wait",
+            "linger0",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("ready");
+    client.go();
+    client.expect("closed");
+    let rst = t.wait_for("peer_reset", |v| {
+        is_rst(v, "received", "peer_reset")
+            && v["netns"] == ns.inode()
+            && v["local"]["port"] == port
+    });
+    (server, client, rst)
+}
+
 /// `--no-syscall-hooks`: no program on any system call, and the readiness line says what that
 /// leaves out. A refused connect() is then not reported as a failing call, nor its reset as
 /// unnoticed. An accepted socket is owned from its first receive (no accept() hook): the reset
@@ -415,50 +456,14 @@ fn apperr_no_syscall_hooks_flag() {
     assert_eq!(s(&refused, "process.pid"), client.pid(), "{refused:#}");
 
     // Owned at its first receive.
-    let served = |port: u16, read: bool| {
-        let bind = format!("127.0.0.1:{port}");
-        let mut steps = vec![
-            format!("listen={bind}"),
-            "say=listening".into(),
-            "accept".into(),
-        ];
-        if read {
-            steps.push("read=1".into());
-        }
-        steps.extend(["say=ready".into(), "hold".into()]);
-        let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
-        let server = Peer::spawn(&ns, "rstt-nshsrv", &steps);
-        // Listening before the client connects (else its connect() may be refused).
-        server.expect("listening");
-        let mut client = Peer::spawn(
-            &ns,
-            "rstt-nshcli",
-            &[
-                &format!("connect={bind}"),
-                "send=1",
-                "wait",
-                "linger0",
-                "close",
-                "say=closed",
-                "hold",
-            ],
-        );
-        server.expect("ready");
-        client.go();
-        client.expect("closed");
-        let rst = t.wait_for("peer_reset", |v| {
-            is_rst(v, "received", "peer_reset") && v["netns"] == inode && v["local"]["port"] == port
-        });
-        (server, client, rst)
-    };
-    let (server, _client, after_read) = served(24062, true);
+    let (server, _client, after_read) = served(&t, &ns, 24062, true);
     assert_eq!(
         s(&after_read, "process.pid"),
         server.pid(),
         "{after_read:#}"
     );
     // Not owned yet: no accept() hook, no send or receive.
-    let (server, _client, before_io) = served(24063, false);
+    let (server, _client, before_io) = served(&t, &ns, 24063, false);
     assert_ne!(before_io["process"]["pid"], server.pid(), "{before_io:#}");
 
     std::thread::sleep(Duration::from_millis(300));

@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -163,6 +163,35 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
         "--max-sockets",
         &max_sockets.to_string(),
     ]);
+    let (mut crowd, mut said) = start_crowd(&ns, usable);
+    let targets = [metrics_target(&main), metrics_target(&small)];
+    let prom = Prometheus::start(&targets);
+    // A storm of refused connects for 15 s, several hundred a second.
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        let storm = Peer::spawn(&ns, "rstt-prom", &[&format!("storm=2000,127.0.0.1:{PORT}")]);
+        storm.expect("stormed 2000");
+    }
+    // A few scrapes after the last resets.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_dashboard(&prom);
+    assert_alerts(&prom, &targets);
+    // The TIME_WAIT map is watched too.
+    let tw = prom.query("rst_trace_time_wait_map_capacity >= 16000");
+    assert_eq!(tw.len(), 2, "{tw:?}");
+    drop(crowd.stdin.take());
+    std::io::copy(&mut said, &mut std::io::sink()).unwrap();
+    assert!(crowd.wait().unwrap().success(), "crowd.py");
+    assert_rules_healthy(&prom);
+    let (s1, _) = main.stop();
+    let (s2, _) = small.stop();
+    assert!(s1.success() && s2.success());
+}
+
+/// tests/scripts/crowd.py in `ns`: `usable / 2 + 50` idle connections (two sockets each: more
+/// than a socket map that keeps `usable` holds), until its stdin ends; its stdout, read past
+/// its `ready`.
+fn start_crowd(ns: &Netns, usable: u32) -> (Child, BufReader<ChildStdout>) {
     let mut crowd = Command::new("ip")
         .args(["netns", "exec", &ns.name, "/usr/bin/python3"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/crowd.py"))
@@ -176,16 +205,11 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
     let mut ready = String::new();
     said.read_line(&mut ready).unwrap();
     assert_eq!(ready.trim(), "ready", "crowd.py");
-    let targets = [metrics_target(&main), metrics_target(&small)];
-    let prom = Prometheus::start(&targets);
-    // A storm of refused connects for 15 s, several hundred a second.
-    let until = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < until {
-        let storm = Peer::spawn(&ns, "rstt-prom", &[&format!("storm=2000,127.0.0.1:{PORT}")]);
-        storm.expect("stormed 2000");
-    }
-    // A few scrapes after the last resets.
-    std::thread::sleep(Duration::from_secs(3));
+    (crowd, said)
+}
+
+/// Every dashboard panel returns series, and the right ones.
+fn assert_dashboard(prom: &Prometheus) {
     for (title, expr) in dashboard_queries() {
         let result = prom.query(&expr);
         assert!(
@@ -213,8 +237,11 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
         "errno",
     );
     assert!(errnos.iter().any(|e| e == "ECONNREFUSED"), "{errnos:?}");
-    // Each alerting rule's expression, as the rules file has it: the storm on both instances,
-    // the losses on the small ring's.
+}
+
+/// Each alerting rule's expression, as the rules file has it: the storm on both instances,
+/// the losses and the forgotten owners on the small instance (`targets[1]`).
+fn assert_alerts(prom: &Prometheus, targets: &[String; 2]) {
     let text = std::fs::read_to_string(deploy("prometheus-rules.yaml")).unwrap();
     let exprs: Vec<&str> = text
         .lines()
@@ -242,13 +269,10 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
         "forgotten owners rule: {forgotten:?} (small map at {})",
         targets[1]
     );
-    // The TIME_WAIT map is watched too.
-    let tw = prom.query("rst_trace_time_wait_map_capacity >= 16000");
-    assert_eq!(tw.len(), 2, "{tw:?}");
-    drop(crowd.stdin.take());
-    std::io::copy(&mut said, &mut std::io::sink()).unwrap();
-    assert!(crowd.wait().unwrap().success(), "crowd.py");
-    // Prometheus itself evaluates the rules without errors.
+}
+
+/// Prometheus itself evaluates the rules without errors.
+fn assert_rules_healthy(prom: &Prometheus) {
     let body = ureq::get(format!("{}/api/v1/rules", prom.url))
         .call()
         .unwrap()
@@ -262,7 +286,4 @@ fn dashboard_and_alerts_answer_from_a_real_prometheus() {
         .unwrap_or_default();
     assert_eq!(rules.len(), 3, "{body}");
     assert!(rules.iter().all(|r| r["health"] == "ok"), "{body}");
-    let (s1, _) = main.stop();
-    let (s2, _) = small.stop();
-    assert!(s1.success() && s2.success());
 }

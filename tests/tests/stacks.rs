@@ -197,10 +197,24 @@ fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
             && (kernel.contains(&SYS_CLOSE) || kernel.contains(&"task_work_run")),
         "kernel stack: {kernel:?} in {ev:#}"
     );
-    // The client's failing read, in read_after_reset() (libc's single-threaded read() keeps no
-    // frame either), taken at the system call's exit.
-    let rst = received(&tracer, &ns, "peer_reset");
-    let app = app_error_of(&tracer, &rst);
+    assert_read_stacks(&tracer, &ns, &client, &bin);
+    // Nothing of the kind without --stacks.
+    let ev = sent(&plain, &ns, "close_with_unread_data");
+    assert_eq!(ev.get("stacks"), None, "{ev:#}");
+    let rst = received(&plain, &ns, "peer_reset");
+    let app = app_error_of(&plain, &rst);
+    assert_eq!(app["call"], "read", "{app:#}");
+    assert_eq!(app.get("stacks"), None, "{app:#}");
+    let _ = srv.wait();
+    let _ = std::fs::remove_dir_all(bin.parent().unwrap());
+}
+
+/// The client's failing read, in read_after_reset() (libc's single-threaded read() keeps no
+/// frame either), taken at the system call's exit: its user stack names the function and
+/// line, its kernel stack the path the call was seen on.
+fn assert_read_stacks(tracer: &Tracer, ns: &Netns, client: &Peer, bin: &Path) {
+    let rst = received(tracer, ns, "peer_reset");
+    let app = app_error_of(tracer, &rst);
     assert_eq!(s(&app, "process.pid"), client.pid(), "{app:#}");
     assert_eq!(
         (&app["call"], &app["errno"]),
@@ -211,7 +225,7 @@ fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
         &app["stacks"]["user"],
         ["read_after_reset", "client"],
         "/* READ */",
-        &bin,
+        bin,
         &app,
     );
     assert_eq!(app["stacks"].get("user_error"), None, "{app:#}");
@@ -229,15 +243,6 @@ fn close_with_unread_data(tag: &str, port: u16, env: &[(&str, &str)]) {
         kernel.contains(&seen_at) && kernel.iter().any(|f| f.starts_with(SYSCALL_ENTRY)),
         "kernel stack: {kernel:?} in {app:#}"
     );
-    // Nothing of the kind without --stacks.
-    let ev = sent(&plain, &ns, "close_with_unread_data");
-    assert_eq!(ev.get("stacks"), None, "{ev:#}");
-    let rst = received(&plain, &ns, "peer_reset");
-    let app = app_error_of(&plain, &rst);
-    assert_eq!(app["call"], "read", "{app:#}");
-    assert_eq!(app.get("stacks"), None, "{app:#}");
-    let _ = srv.wait();
-    let _ = std::fs::remove_dir_all(bin.parent().unwrap());
 }
 
 /// A process's exit closes its sockets after its memory is gone: the kernel stack says so, the
@@ -278,6 +283,45 @@ fn storm_depth(port: u64) -> usize {
 
 fn storm_via(port: u64) -> String {
     format!("via{}", (port / 32) % 8)
+}
+
+/// One storm reset's stacks: whether its user stack was shown (and is its own: the nesting
+/// depth and the path its port encodes), and how many of its two stacks were lost to `EEXIST`.
+fn storm_stacks(ev: &Value) -> (bool, usize) {
+    let stacks = &ev["stacks"];
+    let eexist = |key: &str| {
+        stacks
+            .get(key)
+            .and_then(Value::as_str)
+            .is_some_and(|why| why.starts_with("EEXIST"))
+    };
+    let collided = usize::from(eexist("user_error")) + usize::from(eexist("kernel_error"));
+    if let Some(why) = stacks.get("user_error") {
+        let why = why.as_str().unwrap_or_default();
+        assert!(
+            why.starts_with("EEXIST") || why.starts_with("read too late"),
+            "{ev:#}"
+        );
+        return (false, collided);
+    }
+    let port = ev["remote"]["port"].as_u64().expect("remote port");
+    let depth = storm_depth(port);
+    let names = functions(&stacks["user"]);
+    // nest(fd, depth) down to nest(fd, 0), which called close(): depth + 1 frames (the
+    // innermost one the frame-pointer walk skips, put back from the saved stack pointer).
+    let nests = names.iter().filter(|f| **f == "nest").count();
+    assert_eq!(nests, depth + 1, "user stack: {names:?} in {ev:#}");
+    assert_eq!(
+        names.get(depth + 2..depth + 4),
+        Some(&[storm_via(port).as_str(), "storm"][..]),
+        "user stack: {names:?} in {ev:#}"
+    );
+    let kernel = functions(&stacks["kernel"]);
+    assert!(
+        kernel.contains(&"tcp_close"),
+        "kernel stack: {kernel:?} in {ev:#}"
+    );
+    (true, collided)
 }
 
 /// A storm of aborts with 256 distinct user stacks (some share a bucket of the stack map),
@@ -330,40 +374,9 @@ fn stacks_in_a_storm_are_each_their_own_resets() {
     assert_eq!(evs.len(), N, "stderr: {:?}", tracer.stderr());
     let (mut shown, mut collided) = (0, 0);
     for ev in &evs {
-        let stacks = &ev["stacks"];
-        let eexist = |key: &str| {
-            stacks
-                .get(key)
-                .and_then(Value::as_str)
-                .is_some_and(|why| why.starts_with("EEXIST"))
-        };
-        collided += usize::from(eexist("user_error")) + usize::from(eexist("kernel_error"));
-        if let Some(why) = stacks.get("user_error") {
-            let why = why.as_str().unwrap_or_default();
-            assert!(
-                why.starts_with("EEXIST") || why.starts_with("read too late"),
-                "{ev:#}"
-            );
-            continue;
-        }
-        let port = ev["remote"]["port"].as_u64().expect("remote port");
-        let depth = storm_depth(port);
-        let names = functions(&stacks["user"]);
-        // nest(fd, depth) down to nest(fd, 0), which called close(): depth + 1 frames (the
-        // innermost one the frame-pointer walk skips, put back from the saved stack pointer).
-        let nests = names.iter().filter(|f| **f == "nest").count();
-        assert_eq!(nests, depth + 1, "user stack: {names:?} in {ev:#}");
-        assert_eq!(
-            names.get(depth + 2..depth + 4),
-            Some(&[storm_via(port).as_str(), "storm"][..]),
-            "user stack: {names:?} in {ev:#}"
-        );
-        let kernel = functions(&stacks["kernel"]);
-        assert!(
-            kernel.contains(&"tcp_close"),
-            "kernel stack: {kernel:?} in {ev:#}"
-        );
-        shown += 1;
+        let (this_shown, this_collided) = storm_stacks(ev);
+        shown += usize::from(this_shown);
+        collided += this_collided;
     }
     // A generation holds the stacks of one drain's records: some dozens of the 256, in 2048
     // buckets, so collisions stay rare; a stack that collides goes to the spill maps, where

@@ -120,7 +120,14 @@ fn top_shows_who_resets_what_and_answers_its_keys() {
     // The selected row's latest reset: its sentence and endpoints.
     let s = tmux.wait("the detail pane", |s| s.contains("local 127.0.0.1:"));
     assert!(s.contains("remote 127.0.0.1:"), "{s}");
-    // The second view: the failing calls.
+    assert_calls_view(&tmux);
+    assert_keys_and_resize(&tmux);
+    assert_quits_on_q(&tmux, &exit_file);
+    let _ = std::fs::remove_file(&exit_file);
+}
+
+/// `Tab`: the second view, the failing calls.
+fn assert_calls_view(tmux: &Tmux) {
     tmux.keys(&["Tab"]);
     let s = tmux.wait("the calls view", |s| {
         s.contains("failing application calls")
@@ -136,6 +143,11 @@ fn top_shows_who_resets_what_and_answers_its_keys() {
         "{s}"
     );
     assert!(s.contains("resets nobody noticed"), "{s}");
+}
+
+/// `g` groups by container, then by remote; `s` sorts; `?` helps; a resize redraws at the new
+/// size.
+fn assert_keys_and_resize(tmux: &Tmux) {
     tmux.keys(&["Tab", "g"]);
     tmux.wait("rows by container", |s| s.contains("resets by container"));
     tmux.keys(&["g", "g"]);
@@ -147,7 +159,6 @@ fn top_shows_who_resets_what_and_answers_its_keys() {
         s.contains("group by process, container, pod")
     });
     tmux.keys(&["?"]);
-    // A resize redraws at the new size.
     let ok = Command::new("tmux")
         .args(["resize-window", "-t", &tmux.name, "-x", "100", "-y", "30"])
         .status()
@@ -157,7 +168,11 @@ fn top_shows_who_resets_what_and_answers_its_keys() {
         s.contains("rst-trace top:") && s.lines().all(|l| l.chars().count() <= 100)
     });
     assert!(s.lines().count() <= 30, "{s}");
-    // q quits with status 0 and leaves the alternate screen.
+}
+
+/// `q` quits with status 0 (the shell around it writes it to `exit_file`) and leaves the
+/// alternate screen.
+fn assert_quits_on_q(tmux: &Tmux, exit_file: &std::path::Path) {
     tmux.keys(&["q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !exit_file.exists() {
@@ -174,14 +189,13 @@ fn top_shows_who_resets_what_and_answers_its_keys() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = std::fs::read_to_string(&exit_file).unwrap();
+    let status = std::fs::read_to_string(exit_file).unwrap();
     assert_eq!(status.trim(), "EXIT=0");
     let s = tmux.screen();
     assert!(
         !s.contains("rst-trace top:"),
         "the alternate screen is still up:\n{s}"
     );
-    let _ = std::fs::remove_file(&exit_file);
 }
 
 /// Without a terminal it refuses, in one line, with the usage status.

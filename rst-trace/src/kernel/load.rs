@@ -205,14 +205,8 @@ pub fn load(
 
     // Owner tracking first, so no socket created meanwhile is missed; resets last.
     attach_owner_hooks(&mut ebpf, (&cfg, hooks.syscalls), &tps, &tracefs, notes)?;
-    // TTL evidence for received resets (raw tracepoints: 4.17+).
-    if hooks.ttl
-        && let Err(e) = attach_raw(&mut ebpf, PROG_TCP_PROBE, "tcp_probe")
-    {
-        notes.failed(
-            "no TTL evidence on received resets (raw tracepoint tcp_probe)",
-            &e,
-        );
+    if hooks.ttl {
+        attach_ttl(&mut ebpf, notes);
     }
     // With the owner hooks live, find the sockets that already existed: a scan of /proc and
     // sock_diag, on another core while the other programs load (on a host with many
@@ -250,6 +244,16 @@ pub fn load(
         entry_regs: cfg.regs_arch != 0,
         syscall_hooks: hooks.syscalls,
     })
+}
+
+/// TTL evidence for received resets (raw tracepoints: 4.17+); without it, said and gone on.
+fn attach_ttl(ebpf: &mut Ebpf, notes: Notes) {
+    if let Err(e) = attach_raw(ebpf, PROG_TCP_PROBE, "tcp_probe") {
+        notes.failed(
+            "no TTL evidence on received resets (raw tracepoint tcp_probe)",
+            &e,
+        );
+    }
 }
 
 /// Whether to trace failing application calls (`Ok((so_error, sock_layer))`: yes, `SO_ERROR`

@@ -1,6 +1,8 @@
 //! Handshakes the kernel refuses: an accept queue overflow, crafted SYN-ACKs the client rejects.
 
-use rst_trace_tests::{Peer, Scenario, assert_reason, kernel_has_reasons, received, s, sent};
+use rst_trace_tests::{
+    Netns, Peer, Scenario, assert_reason, kernel_has_reasons, received, s, sent,
+};
 
 use crate::assert_process;
 
@@ -22,45 +24,7 @@ fn accept_queue_overflow() {
         &[&format!("connect={bind}"), "say=connected", "hold"],
     );
     first.expect("connected");
-    // Hold back the next clients' handshake ACKs, so that both wait in SYN_RECV while the
-    // queue still has room (a SYN is dropped once it is full), then let their first data
-    // through: the first completes the queue, the second overflows it.
-    let rule = [
-        "-p",
-        "tcp",
-        "--dport",
-        "21090",
-        "--tcp-flags",
-        "SYN,ACK,RST,PSH,FIN",
-        "ACK",
-        "-j",
-        "DROP",
-    ];
-    let mut add = vec!["iptables", "-A", "OUTPUT"];
-    add.extend(rule);
-    ns.exec(&add);
-    let mut clients: Vec<Peer> = (0..2)
-        .map(|_| {
-            Peer::spawn(
-                &ns,
-                "rstt-client",
-                &[
-                    &format!("connect={bind}"),
-                    "say=connected",
-                    "wait",
-                    "send=10",
-                    "read_err",
-                    "hold",
-                ],
-            )
-        })
-        .collect();
-    for c in &clients {
-        c.expect("connected");
-    }
-    let mut del = vec!["iptables", "-D", "OUTPUT"];
-    del.extend(rule);
-    ns.exec(&del);
+    let mut clients = held_clients(&ns, bind);
     for c in &mut clients {
         c.go();
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -88,6 +52,52 @@ fn accept_queue_overflow() {
     assert_process(&r, reset, "rstt-client");
     assert_eq!(s(&r, "local.port"), s(&v, "remote.port"));
     assert_eq!(s(&r, "linked_sent.condition"), "accept_queue_overflow");
+}
+
+/// Two clients of `bind` connected as far as their side knows, their handshake ACKs held back
+/// by a rule in `ns` until both waited in the listener's SYN_RECV; each sends when told (`go`).
+fn held_clients(ns: &Netns, bind: &str) -> Vec<Peer> {
+    let port = bind.rsplit(':').next().expect("ADDR:PORT").to_owned();
+    // Hold back the next clients' handshake ACKs, so that both wait in SYN_RECV while the
+    // queue still has room (a SYN is dropped once it is full), then let their first data
+    // through: the first completes the queue, the second overflows it.
+    let rule = [
+        "-p",
+        "tcp",
+        "--dport",
+        port.as_str(),
+        "--tcp-flags",
+        "SYN,ACK,RST,PSH,FIN",
+        "ACK",
+        "-j",
+        "DROP",
+    ];
+    let mut add = vec!["iptables", "-A", "OUTPUT"];
+    add.extend(rule);
+    ns.exec(&add);
+    let clients: Vec<Peer> = (0..2)
+        .map(|_| {
+            Peer::spawn(
+                ns,
+                "rstt-client",
+                &[
+                    &format!("connect={bind}"),
+                    "say=connected",
+                    "wait",
+                    "send=10",
+                    "read_err",
+                    "hold",
+                ],
+            )
+        })
+        .collect();
+    for c in &clients {
+        c.expect("connected");
+    }
+    let mut del = vec!["iptables", "-D", "OUTPUT"];
+    del.extend(rule);
+    ns.exec(&del);
+    clients
 }
 
 /// A crafted SYN-ACK (scapy, tests/scripts/synack.py) that the connecting client must reject.

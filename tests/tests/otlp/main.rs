@@ -83,8 +83,36 @@ fn resets_and_failing_calls_reach_the_collector_as_logs_and_metrics() {
     let v = sent(&t, &ns, "close_with_unread_data");
     let r = received(&t, &ns, "peer_reset");
 
+    assert_sent_log(&c, &ns, &v, port, &server);
+    assert_client_side(&c, &t, &ns, &client, &server);
+    assert_counts(&c);
+
+    // A refusal right before the end goes out in the flush at exit.
+    let last = Peer::spawn(
+        &ns,
+        "rstt-last",
+        &[&format!("connect=127.0.0.1:{}", port + 2)],
+    );
+    assert!(last.wait().success());
+    t.wait_for("the last refusal", |e| {
+        e["netns"] == ns.inode() && e["condition"] == "connection_refused"
+    });
+    // Every record printed for the namespace went out, once.
+    let (status, events, _) = t.stop_with_stderr();
+    assert!(status.success());
+    let logs: Vec<Log> = c.logs().into_iter().filter(|l| in_ns(l, &ns)).collect();
+    let printed = printed_in(&events, &ns);
+    assert_eq!(logs.len(), printed.len(), "{logs:#?} vs {printed:#?}");
+    for e in &printed {
+        assert!(find(&logs, e).is_some(), "not exported: {e}");
+    }
+    let _ = r;
+}
+
+/// The server's sent reset `v` as a log record: body, time, severity, attributes, resource.
+fn assert_sent_log(c: &Collector, ns: &Netns, v: &Value, port: u16, server: &Peer) {
     let log = c.wait_log("the sent reset", 10, |l| {
-        in_ns(l, &ns) && l.attrs["rst_trace.condition"] == "close_with_unread_data"
+        in_ns(l, ns) && l.attrs["rst_trace.condition"] == "close_with_unread_data"
     });
     assert_eq!(log.body, v["explanation"]);
     assert_eq!(log.time_unix_nano, unix_ns(v["time"].as_str().unwrap()));
@@ -122,10 +150,18 @@ fn resets_and_failing_calls_reach_the_collector_as_logs_and_metrics() {
     assert_eq!(log.resource["k8s.node.name"], "node-7");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(log.resource["host.name"], host.trim());
+}
 
-    // The client's side: its reset, and its failing read (joined to it, or on its own).
+/// The client's side: its reset, and its failing read (joined to it, or on its own).
+fn assert_client_side(
+    c: &Collector,
+    t: &rst_trace_tests::Tracer,
+    ns: &Netns,
+    client: &Peer,
+    server: &Peer,
+) {
     let got = c.wait_log("the received reset", 10, |l| {
-        in_ns(l, &ns) && l.attrs["rst_trace.condition"] == "peer_reset"
+        in_ns(l, ns) && l.attrs["rst_trace.condition"] == "peer_reset"
     });
     assert_eq!(got.attrs["process.pid"], json!(client.pid()));
     assert_eq!(
@@ -148,8 +184,11 @@ fn resets_and_failing_calls_reach_the_collector_as_logs_and_metrics() {
         );
     }
     assert!(c.auth().iter().all(|a| a == "Bearer t0k3n") && !c.auth().is_empty());
+}
 
-    // The counts, as cumulative monotonic sums.
+/// The counts, as cumulative monotonic sums, and the host's sockets against the socket owner
+/// map, as gauges.
+fn assert_counts(c: &Collector) {
     let p = c.wait_point("rst_trace.resets of the server", 10, |p| {
         p.metric == "rst_trace.resets"
             && p.attrs.get("rst_trace.condition") == Some(&json!("close_with_unread_data"))
@@ -173,27 +212,6 @@ fn resets_and_failing_calls_reach_the_collector_as_logs_and_metrics() {
         let p = c.wait_point(name, 10, |p| p.metric == name);
         assert!(!p.monotonic && p.value >= 1.0, "{p:#?}");
     }
-
-    // A refusal right before the end goes out in the flush at exit.
-    let last = Peer::spawn(
-        &ns,
-        "rstt-last",
-        &[&format!("connect=127.0.0.1:{}", port + 2)],
-    );
-    assert!(last.wait().success());
-    t.wait_for("the last refusal", |e| {
-        e["netns"] == ns.inode() && e["condition"] == "connection_refused"
-    });
-    // Every record printed for the namespace went out, once.
-    let (status, events, _) = t.stop_with_stderr();
-    assert!(status.success());
-    let logs: Vec<Log> = c.logs().into_iter().filter(|l| in_ns(l, &ns)).collect();
-    let printed = printed_in(&events, &ns);
-    assert_eq!(logs.len(), printed.len(), "{logs:#?} vs {printed:#?}");
-    for e in &printed {
-        assert!(find(&logs, e).is_some(), "not exported: {e}");
-    }
-    let _ = r;
 }
 
 /// The collector is down at start: the event output goes on, records wait (up to
@@ -228,20 +246,7 @@ fn a_collector_down_at_start_blocks_nothing_and_the_gap_is_counted() {
     };
     let started = Instant::now();
     refuse(5);
-    let printed = |t: &rst_trace_tests::Tracer| {
-        printed_in(&t.events(), &ns)
-            .iter()
-            .filter(|e| e["condition"] == "connection_refused")
-            .count()
-    };
-    while printed(&t) < 5 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "stdout held up: {:?}",
-            t.events()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_refusals(&t, &ns, 5, started, "stdout held up");
     t.wait_for_stderr("the collector being down", 10, |l| {
         l.starts_with(&format!(
             "rst-trace: warning: OTLP logs export to {url}/v1/logs failed"
@@ -252,15 +257,7 @@ fn a_collector_down_at_start_blocks_nothing_and_the_gap_is_counted() {
         l == format!("rst-trace: OTLP logs export to {url}/v1/logs works again")
     });
     refuse(1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while printed(&t) < 6 {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal after the outage: {:?}",
-            t.events()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_refusals(&t, &ns, 6, Instant::now(), "no refusal after the outage");
     let later = printed_in(&t.events(), &ns)
         .into_iter()
         .rfind(|e| e["condition"] == "connection_refused")
@@ -289,6 +286,23 @@ fn a_collector_down_at_start_blocks_nothing_and_the_gap_is_counted() {
     let printed = printed_in(&events, &ns).len() as u64;
     assert_eq!(exported + dropped, printed, "{stderr:#?}");
     let _ = s;
+}
+
+/// Waits until 10 s after `since` for `n` refused connections of `ns` on rst-trace's stdout
+/// (fails with `what` if they are not there).
+fn wait_refusals(t: &rst_trace_tests::Tracer, ns: &Netns, n: usize, since: Instant, what: &str) {
+    let deadline = since + Duration::from_secs(10);
+    loop {
+        let printed = printed_in(&t.events(), ns)
+            .iter()
+            .filter(|e| e["condition"] == "connection_refused")
+            .count();
+        if printed >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {:?}", t.events());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A collector that never answers: rst-trace still ends at once on SIGINT, within the exit flush's
