@@ -4,7 +4,9 @@ use clap::{Parser, ValueEnum};
 
 mod values;
 
-use values::{parse_comm, parse_condition, parse_container, parse_pod, parse_ring_size};
+use values::{
+    parse_comm, parse_condition, parse_container, parse_pid, parse_pod, parse_port, parse_ring_size,
+};
 
 use crate::{
     explain::{Condition, Direction, Sentences},
@@ -73,7 +75,7 @@ pub enum ByArg {
 pub struct Cli {
     /// Only resets attributed to process PID (thread group): its own sockets' resets, whichever
     /// task was running when the kernel acted. Repeatable.
-    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_pid)]
     pub pids: Vec<u32>,
 
     /// Only processes named NAME: the process's comm (its main thread's, as in `ps -o comm`),
@@ -82,7 +84,7 @@ pub struct Cli {
     pub comms: Vec<String>,
 
     /// Only resets whose local or remote port is PORT. Repeatable.
-    #[arg(long = "port", value_name = "PORT")]
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port)]
     pub ports: Vec<u16>,
 
     /// Only resets of processes in container NAME (docker's or podman's name, or the Kubernetes

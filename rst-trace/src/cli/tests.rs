@@ -16,6 +16,23 @@ fn repeatable_filters_and_bad_values() {
     assert_eq!(c.ports, vec![80]);
     assert!(Cli::try_parse_from(["rst-trace", "--condition", "nope"]).is_err());
     assert!(Cli::try_parse_from(["rst-trace", "--port", "70000"]).is_err());
+    // 0 is no process and no connection's port: a filter on it would show nothing, silently.
+    for (flag, value) in [
+        ("--pid", "0"),
+        ("--port", "0"),
+        ("--pid", "x"),
+        ("--port", "-1"),
+    ] {
+        let e = Cli::try_parse_from(["rst-trace", flag, value]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{flag} {value}");
+    }
+    let e = Cli::try_parse_from(["rst-trace", "--pid", "0"]).unwrap_err();
+    assert!(e.to_string().contains("0 is no process's id"), "{e}");
+    let e = Cli::try_parse_from(["rst-trace", "--port", "0"]).unwrap_err();
+    assert!(
+        e.to_string().contains("port 0 is no connection's port"),
+        "{e}"
+    );
     assert!(Cli::try_parse_from(["rst-trace", "--interval", "5"]).is_err());
     assert!(Cli::try_parse_from(["rst-trace", "--ring-size", "5000"]).is_err());
     assert!(Cli::try_parse_from(["rst-trace", "--max-sockets", "1000"]).is_err());

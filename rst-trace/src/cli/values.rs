@@ -14,6 +14,24 @@ pub(super) fn parse_condition(s: &str) -> Result<Condition, String> {
     }
 }
 
+/// A process id: 1 or more (0 is the kernel's idle task, which owns no socket).
+pub(super) fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("0 is no process's id: give a running program's pid (pgrep NAME)".into()),
+        Ok(pid) => Ok(pid),
+        Err(_) => Err("a pid is a number of 1 or more (pgrep NAME prints them)".into()),
+    }
+}
+
+/// A TCP port: 1 to 65535 (no connection has port 0 at either end).
+pub(super) fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) => Err("port 0 is no connection's port: give one of 1 to 65535".into()),
+        Ok(port) => Ok(port),
+        Err(_) => Err("a port is a number from 1 to 65535".into()),
+    }
+}
+
 pub(super) fn parse_comm(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > 15 {
         return Err(

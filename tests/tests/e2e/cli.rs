@@ -50,6 +50,19 @@ fn unknown_flag_is_usage_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // A filter that can match nothing is refused, not run silently empty.
+    for (flag, why) in [
+        ("--pid", "0 is no process's id"),
+        ("--port", "port 0 is no connection's port"),
+    ] {
+        let out = Command::new(rst_trace_bin())
+            .args([flag, "0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} 0");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{flag} 0: {err}");
+    }
 }
 
 /// `--count` ends the program with status 0 after N events.
