@@ -85,13 +85,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// A note for each `--pid` not running now (its resets show if it starts).
-fn note_unknown_pids(pids: &[u32]) {
-    for pid in pids {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+/// Each `--pid`: a note for one not running now (its resets show if it starts); a thread's id
+/// (from `top -H` or a thread dump) stands for its process, which owns the sockets, and a note
+/// says so.
+fn resolve_pids(settings: &mut Settings) {
+    for pid in &settings.pids {
+        let Ok(status) = procfs::process::Process::new(*pid as i32).and_then(|p| p.status()) else {
             eprintln!(
                 "rst-trace: note: no process {pid} is running now; its resets will show if it starts"
             );
+            continue;
+        };
+        let tgid = status.tgid as u32;
+        if tgid != *pid && tgid != 0 {
+            let process = procfs::process::Process::new(tgid as i32)
+                .and_then(|p| p.stat())
+                .map_or_else(|_| "?".to_owned(), |s| s.comm);
+            eprintln!(
+                "rst-trace: note: {pid} is a thread ({}) of process {}[{tgid}], which owns its \
+                 sockets: showing that process's resets",
+                render::visible(&status.name),
+                render::visible(&process),
+            );
+            settings.filter.pids.remove(pid);
+            settings.filter.pids.insert(tgid);
         }
     }
 }
@@ -264,10 +281,10 @@ fn finish(st: &mut State, tracer: &Tracer, count_in_kernel: bool) -> Result<()> 
     }
 }
 
-async fn run(settings: Settings) -> Result<()> {
+async fn run(mut settings: Settings) -> Result<()> {
     kernel::check_privileges()?;
     kernel::raise_memlock();
-    note_unknown_pids(&settings.pids);
+    resolve_pids(&mut settings);
     // Before the (slower) start-up, so that SIGINT/SIGTERM meanwhile still end with status 0.
     let mut stop = event_loop::Stop {
         sigint: signal(SignalKind::interrupt())?,

@@ -74,7 +74,8 @@ pub enum ByArg {
 )]
 pub struct Cli {
     /// Only resets attributed to process PID (thread group): its own sockets' resets, whichever
-    /// task was running when the kernel acted. Repeatable.
+    /// task was running when the kernel acted. A thread's id stands for its process (a note
+    /// says so). Repeatable.
     #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_pid)]
     pub pids: Vec<u32>,
 
@@ -260,7 +261,7 @@ fn filter_of(cli: &Cli) -> Filter {
 
 /// What a run does, from a command line that makes sense: [`validate`] refuses the rest.
 pub struct Settings {
-    /// `--pid` values as given, for the note on processes not running.
+    /// `--pid` values as given, for the notes on processes not running and on threads' ids.
     pub pids: Vec<u32>,
     pub filter: Filter,
     pub json: bool,

@@ -37,6 +37,65 @@ fn pid_filter_shows_one_process_only() {
     drop(control);
 }
 
+/// `--pid` of a thread (a tid from `top -H` or a thread dump) stands for its process, which
+/// owns the sockets, and a note says so: the reset the thread makes is shown.
+#[test]
+fn pid_of_a_thread_stands_for_its_process() {
+    let ns = Netns::new("pidthread");
+    let bind = "127.0.0.1:20013";
+    let mut server = Peer::spawn(
+        &ns,
+        "rstt-server",
+        &[
+            &format!("listen={bind}"),
+            "thread=rstt-acceptor",
+            "say=threaded",
+            "wait",
+            "accept",
+            "wait_unread=10",
+            "close",
+            "say=closed",
+            "hold",
+        ],
+    );
+    server.expect("threaded");
+    let tid = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", server.pid()))
+                .is_ok_and(|c| c.trim() == "rstt-acceptor")
+        })
+        .expect("the server's thread");
+    assert_ne!(tid, server.pid());
+    let t = Tracer::start(&["--pid", &tid.to_string()]);
+    let note = format!(
+        "rst-trace: note: {tid} is a thread (rstt-acceptor) of process rstt-server[{}]",
+        server.pid()
+    );
+    assert!(
+        t.stderr().iter().any(|l| l.starts_with(&note)),
+        "{:?}",
+        t.stderr()
+    );
+    assert!(
+        t.ready_line().contains(&format!("(pid={};", server.pid())),
+        "{}",
+        t.ready_line()
+    );
+    server.go();
+    let client = Peer::spawn(
+        &ns,
+        "rstt-client",
+        &[&format!("connect={bind}"), "send=10", "read_err"],
+    );
+    server.expect("closed");
+    let v = sent(&t, &ns, "close_with_unread_data");
+    assert_eq!(s(&v, "process.pid"), server.pid(), "{v:#}");
+    assert_eq!(s(&v, "process.tid"), tid, "{v:#}");
+    drop(client);
+}
+
 /// Sockets opened before rst-trace started are owned too (seeded from sock_diag and /proc).
 #[test]
 fn socket_opened_before_start_is_owned() {
