@@ -20,6 +20,7 @@ mod owners;
 mod pipeline;
 mod render;
 mod stacks;
+mod targets;
 mod top;
 
 use std::{io, process::ExitCode};
@@ -81,34 +82,6 @@ fn main() -> ExitCode {
                 kernel::print_details(&e);
             }
             ExitCode::from(EXIT_RUNTIME)
-        }
-    }
-}
-
-/// Each `--pid`: a note for one not running now (its resets show if it starts); a thread's id
-/// (from `top -H` or a thread dump) stands for its process, which owns the sockets, and a note
-/// says so.
-fn resolve_pids(settings: &mut Settings) {
-    for pid in &settings.pids {
-        let Ok(status) = procfs::process::Process::new(*pid as i32).and_then(|p| p.status()) else {
-            eprintln!(
-                "rst-trace: note: no process {pid} is running now; its resets will show if it starts"
-            );
-            continue;
-        };
-        let tgid = status.tgid as u32;
-        if tgid != *pid && tgid != 0 {
-            let process = procfs::process::Process::new(tgid as i32)
-                .and_then(|p| p.stat())
-                .map_or_else(|_| "?".to_owned(), |s| s.comm);
-            eprintln!(
-                "rst-trace: note: {pid} is a thread ({}) of process {}[{tgid}], which owns its \
-                 sockets: showing that process's resets",
-                render::visible(&status.name),
-                render::visible(&process),
-            );
-            settings.filter.pids.remove(pid);
-            settings.filter.pids.insert(tgid);
         }
     }
 }
@@ -284,7 +257,7 @@ fn finish(st: &mut State, tracer: &Tracer, count_in_kernel: bool) -> Result<()> 
 async fn run(mut settings: Settings) -> Result<()> {
     kernel::check_privileges()?;
     kernel::raise_memlock();
-    resolve_pids(&mut settings);
+    targets::resolve(&mut settings);
     // Before the (slower) start-up, so that SIGINT/SIGTERM meanwhile still end with status 0.
     let mut stop = event_loop::Stop {
         sigint: signal(SignalKind::interrupt())?,

@@ -80,7 +80,8 @@ pub struct Cli {
     pub pids: Vec<u32>,
 
     /// Only processes named NAME: the process's comm (its main thread's, as in `ps -o comm`),
-    /// never a thread's own name (at most 15 bytes, as the kernel keeps it). Repeatable.
+    /// never a thread's own name (at most 15 bytes, as the kernel keeps it; a note says when
+    /// only a thread has the name). Repeatable.
     #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
     pub comms: Vec<String>,
 

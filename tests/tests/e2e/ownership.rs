@@ -78,6 +78,17 @@ fn pid_of_a_thread_stands_for_its_process() {
         "{:?}",
         t.stderr()
     );
+    // A thread's name as --comm matches nothing (a reset is its process's): said, with the
+    // process's name to give instead.
+    let by_name = Tracer::start(&["--comm", "rstt-acceptor", "--duration", "0"]);
+    let note = format!(
+        "rst-trace: note: --comm rstt-acceptor: no process is named rstt-acceptor, but a thread \
+         of rstt-server[{}] is: --comm matches processes' names (ps -o comm), so give --comm \
+         rstt-server or --pid {}",
+        server.pid(),
+        server.pid()
+    );
+    assert!(by_name.stderr().contains(&note), "{:?}", by_name.stderr());
     assert!(
         t.ready_line().contains(&format!("(pid={};", server.pid())),
         "{}",
@@ -183,6 +194,15 @@ fn worker_thread_reset_names_the_process() {
     let (ns, tracer) = Scenario::new("thread").port(port).tracer(&[]);
     let by_process = Tracer::start(&["--port", "20061", "--comm", "rstt-server"]);
     let by_thread = Tracer::start(&["--port", "20061", "--comm", "conn-worker-7"]);
+    assert!(
+        by_thread.stderr().contains(
+            &"rst-trace: note: --comm conn-worker-7: no process is named conn-worker-7 now; its \
+              resets will show if one starts"
+                .to_owned()
+        ),
+        "{:?}",
+        by_thread.stderr()
+    );
     let (server, client) =
         unread_close_peers(&ns, &format!("127.0.0.1:{port}"), &["thread=conn-worker-7"]);
     let snt = sent(&tracer, &ns, "close_with_unread_data");
