@@ -1,6 +1,6 @@
 //! What `--pid` and `--comm` name on this host at start-up. Resets belong to processes (the
 //! thread group that owns the socket), but an operator may hold a thread's id (`top -H`, a
-//! thread dump) or a thread's name (`ps -T`, Java's and Go's named workers): a thread's id
+//! thread dump) or a thread's name (`ps -T`, a JVM's named threads): a thread's id
 //! stands for its process; a value that matches nothing running now is noted, not refused (the
 //! process may start later), and a thread's name is noted with the process to ask for instead.
 
